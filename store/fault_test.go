@@ -1,0 +1,77 @@
+package store
+
+import (
+	"io/fs"
+	"sync"
+)
+
+// faultFS wraps the real filesystem and lets a test intercept any call:
+// hook gets the operation name, the path, and the real call; it may run
+// the real call and still return an error (a lost NFS reply), skip it and
+// fail, or pass through.
+type faultFS struct {
+	OSFS
+	mu   sync.Mutex
+	hook func(op, path string, real func() error) error
+}
+
+func (f *faultFS) do(op, path string, real func() error) error {
+	f.mu.Lock()
+	h := f.hook
+	f.mu.Unlock()
+	if h == nil {
+		return real()
+	}
+	return h(op, path, real)
+}
+
+func (f *faultFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	var file File
+	err := f.do("open", name, func() error {
+		var err error
+		file, err = f.OSFS.OpenFile(name, flag, perm)
+		return err
+	})
+	if err != nil {
+		if file != nil {
+			file.Close()
+		}
+		return nil, err
+	}
+	return &faultFile{File: file, fs: f, path: name}, nil
+}
+
+func (f *faultFS) Link(o, n string) error {
+	return f.do("link", n, func() error { return f.OSFS.Link(o, n) })
+}
+func (f *faultFS) Rename(o, n string) error {
+	return f.do("rename", n, func() error { return f.OSFS.Rename(o, n) })
+}
+func (f *faultFS) Remove(n string) error {
+	return f.do("unlink", n, func() error { return f.OSFS.Remove(n) })
+}
+func (f *faultFS) Mkdir(n string, p fs.FileMode) error {
+	return f.do("mkdir", n, func() error { return f.OSFS.Mkdir(n, p) })
+}
+func (f *faultFS) SyncDir(n string) error {
+	return f.do("syncdir", n, func() error { return f.OSFS.SyncDir(n) })
+}
+
+type faultFile struct {
+	File
+	fs   *faultFS
+	path string
+}
+
+func (f *faultFile) Write(p []byte) (int, error) {
+	n := 0
+	err := f.fs.do("write", f.path, func() error {
+		var err error
+		n, err = f.File.Write(p)
+		return err
+	})
+	return n, err
+}
+
+func (f *faultFile) Sync() error  { return f.fs.do("fsync", f.path, f.File.Sync) }
+func (f *faultFile) Close() error { return f.fs.do("close", f.path, f.File.Close) }

@@ -1,0 +1,149 @@
+package store
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"syscall"
+	"time"
+)
+
+// FS is every filesystem call the store makes. It exists so that tests can
+// make the store meet what NFS does: replies lost and operations
+// retransmitted (link answering EEXIST after it succeeded), write errors that
+// only surface at fsync or close, ESTALE handles, a full disk mid-write. The
+// production implementation is OSFS.
+type FS interface {
+	// OpenFile is open(2).
+	OpenFile(name string, flag int, perm fs.FileMode) (File, error)
+	// Link is link(2): not idempotent over NFS.
+	Link(oldname, newname string) error
+	// Rename is rename(2): not idempotent over NFS.
+	Rename(oldname, newname string) error
+	// Remove is unlink(2) (or rmdir(2) for an empty directory).
+	Remove(name string) error
+	// Lstat is lstat(2).
+	Lstat(name string) (Info, error)
+	// Mkdir is mkdir(2).
+	Mkdir(name string, perm fs.FileMode) error
+	// Lchown is lchown(2).
+	Lchown(name string, uid, gid int) error
+	// SyncDir opens a directory and fsyncs it, which is what makes a new
+	// directory entry durable on local filesystems (on NFS, LINK and
+	// RENAME are synchronous on the server and this is nearly free).
+	SyncDir(name string) error
+	// ReadDirNames lists a directory's entries (no "." or "..").
+	ReadDirNames(name string) ([]string, error)
+}
+
+// File is an open file in the store.
+type File interface {
+	Write(p []byte) (int, error)
+	Read(p []byte) (int, error)
+	Sync() error
+	Close() error
+	Stat() (Info, error)
+	Chown(uid, gid int) error
+}
+
+// Info is the part of stat(2) the store needs: identity for the
+// verify-after-EEXIST rule, size for quota, times for the sweeper.
+type Info struct {
+	Dev, Ino uint64
+	Nlink    uint64
+	Size     int64
+	Mode     fs.FileMode
+	ModTime  time.Time
+	ChangeAt time.Time
+	UID, GID int
+}
+
+// SameFile reports whether a and b are the same inode.
+func (a Info) SameFile(b Info) bool { return a.Dev == b.Dev && a.Ino == b.Ino }
+
+// OSFS is the real filesystem.
+type OSFS struct{}
+
+var _ FS = OSFS{}
+
+func (OSFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	f, err := os.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return osFile{f}, nil
+}
+
+func (OSFS) Link(oldname, newname string) error   { return os.Link(oldname, newname) }
+func (OSFS) Rename(oldname, newname string) error { return os.Rename(oldname, newname) }
+func (OSFS) Remove(name string) error {
+	// os.Remove tries unlink then rmdir and may report the rmdir error
+	// for a file; call unlink first ourselves so the errno is the real one.
+	err := syscall.Unlink(name)
+	if errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.EPERM) {
+		if rerr := syscall.Rmdir(name); rerr == nil {
+			return nil
+		}
+	}
+	if err != nil {
+		return &os.PathError{Op: "unlink", Path: name, Err: err}
+	}
+	return nil
+}
+func (OSFS) Lstat(name string) (Info, error) {
+	fi, err := os.Lstat(name)
+	if err != nil {
+		return Info{}, err
+	}
+	return infoOf(fi), nil
+}
+func (OSFS) Mkdir(name string, perm fs.FileMode) error { return os.Mkdir(name, perm) }
+func (OSFS) Lchown(name string, uid, gid int) error    { return os.Lchown(name, uid, gid) }
+func (OSFS) SyncDir(name string) error {
+	d, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	serr := d.Sync()
+	cerr := d.Close()
+	if serr != nil {
+		return serr
+	}
+	return cerr
+}
+func (OSFS) ReadDirNames(name string) ([]string, error) {
+	d, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Readdirnames(-1)
+}
+
+type osFile struct{ f *os.File }
+
+func (o osFile) Write(p []byte) (int, error) { return o.f.Write(p) }
+func (o osFile) Read(p []byte) (int, error)  { return o.f.Read(p) }
+func (o osFile) Sync() error                 { return o.f.Sync() }
+func (o osFile) Close() error                { return o.f.Close() }
+func (o osFile) Chown(uid, gid int) error    { return o.f.Chown(uid, gid) }
+func (o osFile) Stat() (Info, error) {
+	fi, err := o.f.Stat()
+	if err != nil {
+		return Info{}, err
+	}
+	return infoOf(fi), nil
+}
+
+func infoOf(fi fs.FileInfo) Info {
+	in := Info{Size: fi.Size(), Mode: fi.Mode(), ModTime: fi.ModTime(), ChangeAt: fi.ModTime(), UID: -1, GID: -1}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		in.Dev = uint64(st.Dev)
+		in.Ino = st.Ino
+		in.Nlink = uint64(st.Nlink)
+		in.UID = int(st.Uid)
+		in.GID = int(st.Gid)
+		in.ChangeAt = time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
+	}
+	return in
+}

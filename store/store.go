@@ -1,0 +1,526 @@
+// Package store is the Maildir on NFS: delivery, quota, the tmp/ sweeper,
+// and (for POP3) mailbox snapshots and session locks.
+//
+// Delivery follows DJB's Maildir algorithm hardened for NFS the way Postfix
+// (virtual/maildir.c, util/sane_link.c), qmail and Dovecot do it:
+//
+//  1. refuse to create anything when the mail root's mount marker is
+//     missing (an unmounted NFS export must not fill with new maildirs);
+//  2. create tmp/<unique> with O_CREAT|O_EXCL, write, fsync, close — and
+//     check every return, because NFS reports write errors at fsync/close;
+//  3. publish with link() into new/ (rename() on filesystems without hard
+//     links); LINK and RENAME are not idempotent over NFS, so after EEXIST
+//     or ENOENT we look at the target and call it success only when it is
+//     our inode;
+//  4. fsync new/ (shared between concurrent deliveries), then report
+//     success; 5. unlink tmp/.
+//
+// Any failure unlinks what was written to tmp/ and returns a
+// *failure.Error. The store never answers a protocol: callers map errors.
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+// Options configures a Store.
+type Options struct {
+	// MailRoot is the absolute directory every Maildir lies under.
+	MailRoot string
+	// MountMarker is a file name under MailRoot that must exist before the
+	// store creates anything (proof that the NFS export is mounted); ""
+	// disables the guard.
+	MountMarker string
+	// Hostname gives the host part of unique names; "" means os.Hostname().
+	// It must differ between machines sharing a store.
+	Hostname string
+	// QuotaDefer makes over-quota a temporary failure (452 4.2.2) instead
+	// of a permanent one (552 5.2.2).
+	QuotaDefer bool
+	// ESTALERetries bounds how often an operation that got ESTALE is
+	// repeated by path (the path lookup gets a fresh file handle).
+	ESTALERetries int
+	// Chown makes new maildirs and files owned by the mailbox's UID/GID.
+	// nil means "when running as root".
+	Chown *bool
+	// FS is the filesystem; nil means the real one.
+	FS FS
+	// Logger receives warnings that do not fail a delivery (quota file
+	// trouble, a tmp file that could not be removed). nil discards.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Quota is a Maildir++ quota; a zero field is unlimited.
+type Quota struct {
+	Bytes    int64
+	Messages int64
+}
+
+// Mailbox is one user's Maildir as the store needs to know it.
+type Mailbox struct {
+	// Path is the absolute Maildir directory (confined by the userdb).
+	Path string
+	// UID and GID own what the store creates when chowning; -1 leaves it.
+	UID, GID int
+	Quota    Quota
+}
+
+// Delivery describes a message published into a Maildir's new/.
+type Delivery struct {
+	// Key is the file name in new/: the message's Maildir key.
+	Key string
+	// Size is the stored size; CRLFSize the size with CRLF line ends.
+	Size, CRLFSize int64
+	// Linked is true when the file is a hard link of the staged copy.
+	Linked bool
+}
+
+// Store delivers into Maildirs under one mail root.
+type Store struct {
+	fs         FS
+	root       string
+	marker     string
+	host       string
+	quotaDefer bool
+	retries    int
+	chown      bool
+	log        *slog.Logger
+	now        func() time.Time
+	pid        int
+	counter    atomic.Uint32
+	dirs       *dirSyncer
+	bufs       sync.Pool
+}
+
+// New validates opts and returns a Store.
+func New(opts Options) (*Store, error) {
+	if !filepath.IsAbs(opts.MailRoot) {
+		return nil, fmt.Errorf("store: mail root %q is not an absolute path", opts.MailRoot)
+	}
+	if opts.MountMarker != "" && (filepath.IsAbs(opts.MountMarker) || strings.Contains(opts.MountMarker, "..")) {
+		return nil, fmt.Errorf("store: mount marker %q must be a name under the mail root", opts.MountMarker)
+	}
+	host := opts.Hostname
+	if host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("store: hostname: %w", err)
+		}
+		host = h
+	}
+	s := &Store{
+		fs:         opts.FS,
+		root:       filepath.Clean(opts.MailRoot),
+		marker:     opts.MountMarker,
+		host:       HostPart(host),
+		quotaDefer: opts.QuotaDefer,
+		retries:    opts.ESTALERetries,
+		log:        opts.Logger,
+		now:        opts.Now,
+		pid:        os.Getpid(),
+	}
+	if s.fs == nil {
+		s.fs = OSFS{}
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if opts.Chown != nil {
+		s.chown = *opts.Chown
+	} else {
+		s.chown = os.Geteuid() == 0
+	}
+	s.dirs = newDirSyncer(func(dir string) error {
+		return s.retryStale(func() error { return s.fs.SyncDir(dir) })
+	})
+	s.bufs.New = func() any { b := make([]byte, 64<<10); return &b }
+	return s, nil
+}
+
+// Root is the mail root.
+func (s *Store) Root() string { return s.root }
+
+// HostPart is the host part this store puts in unique names.
+func (s *Store) HostPart() string { return s.host }
+
+// CheckMount fails (temporarily) when the mount marker is missing, so mail
+// waits in Postfix's queue instead of landing on an empty mount point.
+func (s *Store) CheckMount() error {
+	if s.marker == "" {
+		return nil
+	}
+	p := filepath.Join(s.root, s.marker)
+	err := s.retryStale(func() error { _, err := s.fs.Lstat(p); return err })
+	if err != nil {
+		return failure.Temp("mount guard", "mail store not mounted", fmt.Errorf("marker %s: %w", p, err))
+	}
+	return nil
+}
+
+// retryStale runs op again while it fails with ESTALE, at most s.retries
+// more times. Every op passed here works by path, so the retry looks the
+// path up again and gets a fresh file handle.
+func (s *Store) retryStale(op func() error) error {
+	err := op()
+	for i := 0; i < s.retries && isErrno(err, syscall.ESTALE); i++ {
+		err = op()
+	}
+	return err
+}
+
+// inRoot reports whether p is the mail root or lies under it.
+func (s *Store) inRoot(p string) bool {
+	return p == s.root || strings.HasPrefix(p, s.root+string(filepath.Separator))
+}
+
+// EnsureMaildir creates mb's Maildir (new/, cur/, tmp/, mode 0700, owned
+// by the mailbox's uid/gid when chowning) if it does not exist yet, after
+// checking the mount guard. Parents are created with mode 0711 (traversable,
+// not listable: a domain directory does not reveal its users).
+func (s *Store) EnsureMaildir(mb Mailbox) error {
+	path := filepath.Clean(mb.Path)
+	if !s.inRoot(path) || path == s.root {
+		return failure.Perm("maildir", "mailbox path outside the mail root", fmt.Errorf("%s not under %s", path, s.root))
+	}
+	if info, err := s.fs.Lstat(filepath.Join(path, "tmp")); err == nil && info.Mode.IsDir() {
+		return nil
+	}
+	if err := s.CheckMount(); err != nil {
+		return err
+	}
+	rel, _ := filepath.Rel(s.root, path)
+	dir := s.root
+	parts := strings.Split(rel, string(filepath.Separator))
+	for i, part := range parts {
+		dir = filepath.Join(dir, part)
+		mode := os.FileMode(0o711)
+		last := i == len(parts)-1
+		if last {
+			mode = 0o700
+		}
+		if err := s.mkdir(dir, mode, mb, last); err != nil {
+			return err
+		}
+	}
+	for _, sub := range [...]string{"cur", "new", "tmp"} {
+		if err := s.mkdir(filepath.Join(path, sub), 0o700, mb, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mkdir makes one directory; an existing directory is fine (another machine
+// may have made it, or our retransmitted MKDIR found its own work done).
+func (s *Store) mkdir(dir string, mode os.FileMode, mb Mailbox, own bool) error {
+	err := s.retryStale(func() error { return s.fs.Mkdir(dir, mode) })
+	if err == nil {
+		if own && s.chown && (mb.UID >= 0 || mb.GID >= 0) {
+			if err := s.fs.Lchown(dir, mb.UID, mb.GID); err != nil {
+				return s.classify("chown maildir", err)
+			}
+		}
+		return nil
+	}
+	if isErrno(err, syscall.EEXIST) {
+		info, serr := s.fs.Lstat(dir)
+		if serr == nil && info.Mode.IsDir() {
+			return nil
+		}
+		if serr == nil {
+			return failure.Perm("mkdir", "mailbox path unusable", fmt.Errorf("%s exists and is not a directory", dir))
+		}
+	}
+	return s.classify("mkdir", err)
+}
+
+// Staged is a message written durably once into a tmp/ directory, ready to
+// be published into one or more Maildirs. Discard must be called when done.
+type Staged struct {
+	s *Store
+	// src is the file recipients are linked from: the tmp/ file, or, after
+	// a rename fallback consumed it, the published file in new/.
+	src     string
+	srcInfo Info
+	inTmp   bool // src is still in tmp/ and must be removed by Discard
+	// noLinks is set once the filesystem refused a hard link (EPERM), so
+	// later recipients get copies without trying again.
+	noLinks        bool
+	base           string
+	size, crlfSize int64
+	uid, gid       int
+}
+
+// Size is the staged message's size in bytes.
+func (st *Staged) Size() int64 { return st.size }
+
+// Stage writes r durably into mb's tmp/ (creating the Maildir if needed).
+// The returned Staged holds the file; nothing is visible in new/ yet. An
+// error from r (a client gone mid-DATA, a size limit) fails the stage and
+// removes the file; a *failure.Error from r is passed through as it is.
+func (s *Store) Stage(mb Mailbox, r io.Reader) (*Staged, error) {
+	if err := s.CheckMount(); err != nil {
+		return nil, err
+	}
+	if err := s.EnsureMaildir(mb); err != nil {
+		return nil, err
+	}
+	return s.writeTmp(mb, r)
+}
+
+func (s *Store) newBase() string {
+	return uniqueBase(s.now(), s.pid, s.counter.Add(1), s.host)
+}
+
+// writeTmp is steps 2 of the algorithm: O_EXCL create in mb's tmp/,
+// write, fsync, checked close. On any error the tmp file is removed.
+func (s *Store) writeTmp(mb Mailbox, r io.Reader) (st *Staged, err error) {
+	var (
+		f       File
+		base    string
+		tmpPath string
+	)
+	for attempt := 0; ; attempt++ {
+		base = s.newBase()
+		tmpPath = filepath.Join(mb.Path, "tmp", base)
+		err = s.retryStale(func() error {
+			var oerr error
+			f, oerr = s.fs.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			return oerr
+		})
+		// EEXIST: another process holds this name (clock stepped back
+		// and pid reused); take a fresh name.
+		if isErrno(err, syscall.EEXIST) && attempt < 3 {
+			continue
+		}
+		break
+	}
+	if err != nil {
+		return nil, s.classify("create tmp file", err)
+	}
+	closed := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		if !closed {
+			f.Close()
+		}
+		if rerr := s.fs.Remove(tmpPath); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
+			s.log.Warn("could not remove tmp file after a failed delivery", "path", tmpPath, "err", rerr)
+		}
+	}()
+	if s.chown && (mb.UID >= 0 || mb.GID >= 0) {
+		if err = f.Chown(mb.UID, mb.GID); err != nil {
+			return nil, s.classify("chown tmp file", err)
+		}
+	}
+	var cnt crlfCounter
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			cnt.add(buf[:n])
+			if _, werr := f.Write(buf[:n]); werr != nil {
+				return nil, s.classify("write", werr)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			var fe *failure.Error
+			if errors.As(rerr, &fe) {
+				return nil, rerr
+			}
+			return nil, failure.Temp("read message", "message not received completely", rerr)
+		}
+	}
+	info, err := f.Stat()
+	if err != nil {
+		return nil, s.classify("fstat", err)
+	}
+	if err = f.Sync(); err != nil {
+		return nil, s.classify("fsync", err)
+	}
+	closed = true
+	if err = f.Close(); err != nil {
+		return nil, s.classify("close", err)
+	}
+	return &Staged{
+		s: s, src: tmpPath, srcInfo: info, inTmp: true,
+		base: base, size: cnt.size, crlfSize: cnt.crlf,
+		uid: mb.UID, gid: mb.GID,
+	}, nil
+}
+
+// Deliver publishes the staged message into mb's new/ and returns once it
+// is durable there. Each call is independent: a failure for one mailbox
+// (over quota, bad path) leaves the staged copy usable for the others.
+func (st *Staged) Deliver(mb Mailbox) (Delivery, error) {
+	s := st.s
+	if err := s.EnsureMaildir(mb); err != nil {
+		return Delivery{}, err
+	}
+	if err := s.CheckQuota(mb, st.size); err != nil {
+		return Delivery{}, err
+	}
+	name := fullName(st.base, st.size, st.crlfSize)
+	newDir := filepath.Join(mb.Path, "new")
+	dst := filepath.Join(newDir, name)
+	d := Delivery{Key: name, Size: st.size, CRLFSize: st.crlfSize}
+
+	sameOwner := !s.chown || (st.uid == mb.UID && st.gid == mb.GID)
+	linked := false
+	if sameOwner && !st.noLinks {
+		err := s.publishLink(st.src, st.srcInfo, dst)
+		switch {
+		case err == nil:
+			linked = true
+		case isErrno(err, syscall.EXDEV):
+			// Another filesystem: copy below.
+		case isErrno(err, syscall.EPERM) && st.inTmp:
+			// A filesystem without hard links: rename the staged file
+			// into place; later recipients copy from there.
+			st.noLinks = true
+			if err := s.publishRename(st.src, st.srcInfo, dst); err != nil {
+				return Delivery{}, s.classify("rename into new", err)
+			}
+			st.src, st.inTmp = dst, false
+			linked = true
+		default:
+			return Delivery{}, s.classify("link into new", err)
+		}
+	}
+	if !linked {
+		if err := st.publishCopy(mb, dst); err != nil {
+			return Delivery{}, err
+		}
+	}
+	if err := s.dirs.Sync(newDir); err != nil {
+		// The entry may not be durable, so the caller must not
+		// acknowledge, and Postfix will deliver again under a new name.
+		// Take our entry back out so that retry does not double it.
+		if rerr := s.fs.Remove(dst); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
+			s.log.Warn("could not withdraw a message whose directory fsync failed", "path", dst, "err", rerr)
+		}
+		return Delivery{}, s.classify("fsync new", err)
+	}
+	d.Linked = linked
+	s.addQuota(mb, st.size)
+	return d, nil
+}
+
+// publishCopy writes a fresh copy of the staged message into mb's tmp/ and
+// publishes it under dst's name (used across filesystems or owners).
+func (st *Staged) publishCopy(mb Mailbox, dst string) error {
+	s := st.s
+	f, err := s.fs.OpenFile(st.src, os.O_RDONLY, 0)
+	if err != nil {
+		return s.classify("open staged message", err)
+	}
+	cp, err := s.writeTmp(mb, f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	defer cp.Discard()
+	err = s.publishLink(cp.src, cp.srcInfo, dst)
+	if isErrno(err, syscall.EPERM) {
+		if err = s.publishRename(cp.src, cp.srcInfo, dst); err == nil {
+			cp.inTmp = false
+		}
+	}
+	return s.classify("publish copy", err)
+}
+
+// publishLink links src to dst. Over NFS a LINK whose reply was lost is
+// retransmitted and the retransmission answers EEXIST (or ENOENT) although
+// the first one worked, so on those errors dst is checked: if it is our
+// inode, the link succeeded. Anything else at dst is a name collision,
+// reported as a temporary failure (Postfix retries under a new name).
+func (s *Store) publishLink(src string, srcInfo Info, dst string) error {
+	err := s.retryStale(func() error { return s.fs.Link(src, dst) })
+	if err == nil || !(isErrno(err, syscall.EEXIST) || isErrno(err, syscall.ENOENT)) {
+		return err
+	}
+	if s.verifyPublished(src, srcInfo, dst, true) {
+		s.log.Debug("link answered an error but had succeeded (lost NFS reply)", "err", err, "path", dst)
+		return nil
+	}
+	return err
+}
+
+// publishRename renames src to dst, with the same verification: a
+// retransmitted RENAME answers ENOENT because src is already gone.
+func (s *Store) publishRename(src string, srcInfo Info, dst string) error {
+	err := s.retryStale(func() error { return s.fs.Rename(src, dst) })
+	if err == nil || !(isErrno(err, syscall.ENOENT) || isErrno(err, syscall.EEXIST)) {
+		return err
+	}
+	if s.verifyPublished(src, srcInfo, dst, false) {
+		s.log.Debug("rename answered an error but had succeeded (lost NFS reply)", "err", err, "path", dst)
+		return nil
+	}
+	return err
+}
+
+// verifyPublished decides whether dst holds our inode: same dev/ino, or —
+// when dst cannot be stat'ed through a stale attribute cache — a link count
+// on src that rose above what it was when we wrote it.
+func (s *Store) verifyPublished(src string, srcInfo Info, dst string, link bool) bool {
+	var info Info
+	err := s.retryStale(func() error { var e error; info, e = s.fs.Lstat(dst); return e })
+	if err == nil {
+		return info.SameFile(srcInfo)
+	}
+	if link {
+		if si, serr := s.fs.Lstat(src); serr == nil && si.SameFile(srcInfo) && si.Nlink > srcInfo.Nlink {
+			return true
+		}
+	}
+	return false
+}
+
+// Discard removes the staged tmp/ file. Call it once every recipient has
+// been delivered (or has failed). An error is logged, not returned: the
+// message is already safe in new/ and the sweeper removes leftovers.
+func (st *Staged) Discard() {
+	if !st.inTmp {
+		return
+	}
+	st.inTmp = false
+	err := st.s.retryStale(func() error { return st.s.fs.Remove(st.src) })
+	if err != nil && !isErrno(err, syscall.ENOENT) {
+		st.s.log.Warn("could not remove staged tmp file; the sweeper will", "path", st.src, "err", err)
+	}
+}
+
+// Deliver is Stage + Deliver + Discard for a single mailbox.
+func (s *Store) Deliver(mb Mailbox, r io.Reader) (Delivery, error) {
+	st, err := s.Stage(mb, r)
+	if err != nil {
+		return Delivery{}, err
+	}
+	defer st.Discard()
+	return st.Deliver(mb)
+}

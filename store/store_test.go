@@ -1,0 +1,471 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+const testMarker = ".nfsdrop-mounted"
+
+func newTestStore(t testing.TB, fsys FS, opts ...func(*Options)) (*Store, string) {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, testMarker), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	no := false
+	o := Options{MailRoot: root, MountMarker: testMarker, Hostname: "mx1.test", ESTALERetries: 3, FS: fsys, Chown: &no}
+	for _, f := range opts {
+		f(&o)
+	}
+	s, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, root
+}
+
+func mailbox(root, user string) Mailbox {
+	return Mailbox{Path: filepath.Join(root, "example.org", user, "Maildir"), UID: -1, GID: -1}
+}
+
+func listDir(t testing.TB, dir string) []string {
+	t.Helper()
+	names, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, n := range names {
+		out = append(out, n.Name())
+	}
+	return out
+}
+
+// checkOutcome asserts the store's contract: acknowledged ⇔ exactly one
+// complete file in new/; tmp/ empty either way.
+func checkOutcome(t *testing.T, mb Mailbox, acked bool, want []byte) {
+	t.Helper()
+	newFiles := listDir(t, filepath.Join(mb.Path, "new"))
+	tmpFiles := listDir(t, filepath.Join(mb.Path, "tmp"))
+	if len(tmpFiles) != 0 {
+		t.Errorf("tmp/ not empty: %v", tmpFiles)
+	}
+	if !acked {
+		if len(newFiles) != 0 {
+			t.Errorf("failed delivery left files in new/: %v", newFiles)
+		}
+		return
+	}
+	if len(newFiles) != 1 {
+		t.Fatalf("acknowledged delivery: want exactly 1 file in new/, got %v", newFiles)
+	}
+	got, err := os.ReadFile(filepath.Join(mb.Path, "new", newFiles[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("stored message differs: got %d bytes, want %d", len(got), len(want))
+	}
+}
+
+var testMessage = []byte("Subject: test\r\nFrom: a@example.org\r\n\r\nbody line\r\nsecond\n")
+
+func TestDeliverFaults(t *testing.T) {
+	type hook = func(op, path string, real func() error) error
+	onceErr := func(target string, errno syscall.Errno, runReal bool) hook {
+		var done atomic.Bool
+		return func(op, path string, real func() error) error {
+			if op == target && done.CompareAndSwap(false, true) {
+				if runReal {
+					if err := real(); err != nil {
+						return err
+					}
+				}
+				return &os.LinkError{Op: op, Old: "", New: path, Err: errno}
+			}
+			return real()
+		}
+	}
+	tests := []struct {
+		name     string
+		hook     hook
+		acked    bool
+		kind     failure.Kind
+		errno    syscall.Errno
+		deferred bool // QuotaDefer set
+	}{
+		{name: "clean", hook: nil, acked: true},
+		{name: "link succeeded but reply lost (EEXIST on retransmit)", hook: onceErr("link", syscall.EEXIST, true), acked: true},
+		{name: "link succeeded but answers ENOENT", hook: onceErr("link", syscall.ENOENT, true), acked: true},
+		{name: "link EEXIST for another file (collision)", hook: onceErr("link", syscall.EEXIST, false), acked: false, kind: failure.Temporary, errno: syscall.EEXIST},
+		{name: "link ESTALE once then works", hook: onceErr("link", syscall.ESTALE, false), acked: true},
+		{name: "link ESTALE forever", hook: func(op, path string, real func() error) error {
+			if op == "link" {
+				return &os.LinkError{Op: "link", New: path, Err: syscall.ESTALE}
+			}
+			return real()
+		}, acked: false, kind: failure.Temporary, errno: syscall.ESTALE},
+		{name: "no hard links: rename fallback", hook: func(op, path string, real func() error) error {
+			if op == "link" {
+				return &os.LinkError{Op: "link", New: path, Err: syscall.EPERM}
+			}
+			return real()
+		}, acked: true},
+		{name: "no hard links: rename succeeded but answers ENOENT", hook: func() hook {
+			var done atomic.Bool
+			return func(op, path string, real func() error) error {
+				switch {
+				case op == "link":
+					return &os.LinkError{Op: "link", New: path, Err: syscall.EPERM}
+				case op == "rename" && done.CompareAndSwap(false, true):
+					if err := real(); err != nil {
+						return err
+					}
+					return &os.LinkError{Op: "rename", New: path, Err: syscall.ENOENT}
+				}
+				return real()
+			}
+		}(), acked: true},
+		{name: "cross-device link: copy", hook: onceErr("link", syscall.EXDEV, false), acked: true},
+		{name: "EIO at fsync", hook: onceErr("fsync", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+		{name: "EIO at close", hook: onceErr("close", syscall.EIO, true), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+		{name: "ENOSPC at write, after part was written", hook: onceErr("write", syscall.ENOSPC, true), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
+		{name: "EDQUOT at write, bounce", hook: onceErr("write", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
+		{name: "EDQUOT at write, defer", hook: onceErr("write", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT, deferred: true},
+		{name: "ESTALE at tmp create once", hook: onceErr("open", syscall.ESTALE, false), acked: true},
+		{name: "EIO at new/ fsync", hook: func(op, path string, real func() error) error {
+			if op == "syncdir" {
+				return &os.PathError{Op: "fsync", Path: path, Err: syscall.EIO}
+			}
+			return real()
+		}, acked: false, kind: failure.Temporary, errno: syscall.EIO},
+		{name: "unlink of tmp fails (ESTALE): still acknowledged", hook: func(op, path string, real func() error) error {
+			if op == "unlink" && strings.Contains(path, "/tmp/") {
+				real() // the file goes, but the reply says stale
+				return &os.PathError{Op: "unlink", Path: path, Err: syscall.ESTALE}
+			}
+			return real()
+		}, acked: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ffs := &faultFS{}
+			s, root := newTestStore(t, ffs, func(o *Options) { o.QuotaDefer = tc.deferred })
+			mb := mailbox(root, "alice")
+			if err := s.EnsureMaildir(mb); err != nil {
+				t.Fatal(err)
+			}
+			ffs.hook = tc.hook
+			d, err := s.Deliver(mb, bytes.NewReader(testMessage))
+			acked := err == nil
+			if acked != tc.acked {
+				t.Fatalf("acknowledged=%v, want %v (err %v)", acked, tc.acked, err)
+			}
+			ffs.hook = nil
+			checkOutcome(t, mb, acked, testMessage)
+			if acked {
+				if _, err := os.Stat(filepath.Join(mb.Path, "new", d.Key)); err != nil {
+					t.Errorf("key %q not in new/: %v", d.Key, err)
+				}
+				return
+			}
+			fe := failure.As(err)
+			if fe.Kind != tc.kind {
+				t.Errorf("kind = %v, want %v (%v)", fe.Kind, tc.kind, err)
+			}
+			if tc.errno != 0 && !errors.Is(err, tc.errno) {
+				t.Errorf("errors.Is(err, %v) = false: %v", tc.errno, err)
+			}
+			if fe.Temporary() != (tc.kind == failure.Temporary || tc.deferred) {
+				t.Errorf("Temporary() = %v for %v", fe.Temporary(), err)
+			}
+		})
+	}
+}
+
+// A reader that fails mid-message (client gone during DATA): nothing is
+// stored, nothing left in tmp/.
+func TestDeliverReaderFails(t *testing.T) {
+	s, root := newTestStore(t, nil)
+	mb := mailbox(root, "bob")
+	r := io.MultiReader(bytes.NewReader([]byte("Subject: x\r\n")), errReader{io.ErrUnexpectedEOF})
+	_, err := s.Deliver(mb, r)
+	if err == nil || !failure.As(err).Temporary() {
+		t.Fatalf("want temporary failure, got %v", err)
+	}
+	checkOutcome(t, mb, false, nil)
+
+	tooBig := failure.New(failure.TooLarge, "read", "message too large", nil)
+	_, err = s.Deliver(mb, io.MultiReader(bytes.NewReader([]byte("x")), errReader{tooBig}))
+	if failure.KindOf(err) != failure.TooLarge {
+		t.Fatalf("a *failure.Error from the reader must pass through, got %v", err)
+	}
+	checkOutcome(t, mb, false, nil)
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+func TestMountGuard(t *testing.T) {
+	s, root := newTestStore(t, nil)
+	os.Remove(filepath.Join(root, testMarker))
+	mb := mailbox(root, "carol")
+	_, err := s.Deliver(mb, bytes.NewReader(testMessage))
+	if err == nil || failure.KindOf(err) != failure.Temporary {
+		t.Fatalf("missing marker: want temporary failure, got %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "example.org")); !os.IsNotExist(err) {
+		t.Fatalf("the store created directories on an unmounted root: %v", err)
+	}
+}
+
+func TestMaildirCreation(t *testing.T) {
+	s, root := newTestStore(t, nil)
+	mb := mailbox(root, "dave")
+	if _, err := s.Deliver(mb, bytes.NewReader(testMessage)); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"", "new", "cur", "tmp"} {
+		fi, err := os.Stat(filepath.Join(mb.Path, sub))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s mode %v, want 0700", sub, fi.Mode().Perm())
+		}
+	}
+	fi, _ := os.Stat(filepath.Join(root, "example.org"))
+	if fi.Mode().Perm() != 0o711 {
+		t.Errorf("parent mode %v, want 0711", fi.Mode().Perm())
+	}
+	// A mailbox path outside the root is refused permanently.
+	_, err := s.Deliver(Mailbox{Path: "/etc/evil", UID: -1, GID: -1}, bytes.NewReader(testMessage))
+	if failure.KindOf(err) != failure.Permanent {
+		t.Fatalf("outside root: got %v", err)
+	}
+	// A file where the Maildir should be: permanent for that user.
+	os.MkdirAll(filepath.Join(root, "example.org"), 0o711)
+	os.WriteFile(filepath.Join(root, "example.org", "erin"), nil, 0o600)
+	_, err = s.Deliver(mailbox(root, "erin"), bytes.NewReader(testMessage))
+	if failure.KindOf(err) != failure.Permanent {
+		t.Fatalf("file in the way: got %v", err)
+	}
+}
+
+func TestMultiRecipientLinks(t *testing.T) {
+	s, root := newTestStore(t, nil)
+	boxes := []Mailbox{mailbox(root, "u1"), mailbox(root, "u2"), mailbox(root, "u3")}
+	full := mailbox(root, "full")
+	full.Quota = Quota{Messages: 1}
+	if _, err := s.Deliver(full, bytes.NewReader(testMessage)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Stage(boxes[0], bytes.NewReader(testMessage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for i, mb := range append(boxes[:2:2], full, boxes[2]) {
+		d, err := st.Deliver(mb)
+		if mb.Path == full.Path {
+			if failure.KindOf(err) != failure.OverQuota {
+				t.Fatalf("full mailbox: %v", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("recipient %d: %v", i, err)
+		}
+		if !d.Linked {
+			t.Errorf("recipient %d not hard-linked", i)
+		}
+		keys = append(keys, d.Key)
+	}
+	st.Discard()
+	var ino uint64
+	for i, mb := range boxes {
+		checkOutcome(t, mb, true, testMessage)
+		fi, err := os.Stat(filepath.Join(mb.Path, "new", keys[i]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sys := fi.Sys().(*syscall.Stat_t)
+		if i == 0 {
+			ino = sys.Ino
+		} else if sys.Ino != ino {
+			t.Errorf("recipient %d is a copy, want one inode", i)
+		}
+		if sys.Nlink != 3 {
+			t.Errorf("nlink = %d, want 3", sys.Nlink)
+		}
+	}
+	if n := len(listDir(t, filepath.Join(full.Path, "new"))); n != 1 {
+		t.Errorf("over-quota mailbox touched: %d files", n)
+	}
+}
+
+func TestSizesInName(t *testing.T) {
+	s, root := newTestStore(t, nil)
+	mb := mailbox(root, "sizes")
+	cases := []struct {
+		msg        string
+		size, crlf int64
+	}{
+		{"", 0, 0},
+		{"a\nb\n", 4, 6},
+		{"a\r\nb\r\n", 6, 6},
+		{"a\x00b\nc", 5, 6},
+		{"\n\n\r\n\r", 5, 7},
+	}
+	for _, c := range cases {
+		d, err := s.Deliver(mb, bytes.NewReader([]byte(c.msg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		size, ok1, crlf, ok2 := SizesFromName(d.Key)
+		if !ok1 || !ok2 || size != c.size || crlf != c.crlf {
+			t.Errorf("%q: name %s: S=%d W=%d, want %d %d", c.msg, d.Key, size, crlf, c.size, c.crlf)
+		}
+		got, _ := os.ReadFile(filepath.Join(mb.Path, "new", d.Key))
+		if string(got) != c.msg {
+			t.Errorf("%q stored as %q", c.msg, got)
+		}
+	}
+}
+
+func TestCRLFCounterAcrossChunks(t *testing.T) {
+	msg := []byte("a\r\nb\nc\r\n\n\rx\r")
+	for split := 0; split <= len(msg); split++ {
+		var c crlfCounter
+		c.add(msg[:split])
+		c.add(msg[split:])
+		var whole crlfCounter
+		whole.add(msg)
+		if c != whole {
+			t.Errorf("split at %d: %+v, whole %+v", split, c, whole)
+		}
+		if whole.crlf != int64(len(msg))+2 {
+			t.Errorf("crlf = %d", whole.crlf)
+		}
+	}
+}
+
+func TestUniqueNameUIDLLimit(t *testing.T) {
+	long := strings.Repeat("very-long-hostname-label.", 10) + "example.org"
+	host := HostPart(long)
+	if host != HostPart(long) {
+		t.Fatal("HostPart not deterministic")
+	}
+	if HostPart(long+"x") == host {
+		t.Fatal("different hostnames must stay distinct")
+	}
+	worst := time.Unix(9999999999, 999999000)
+	base := uniqueBase(worst, 4194304, ^uint32(0), host)
+	if len(base) > MaxUIDLLen {
+		t.Errorf("base %q is %d chars > %d", base, len(base), MaxUIDLLen)
+	}
+	for _, c := range []byte(base) {
+		if c < 0x21 || c > 0x7e {
+			t.Errorf("base %q has byte %#x outside RFC 1939's range", base, c)
+		}
+	}
+	if got := HostPart("a/b:c,d"); got != `a\057b\072c\054d` {
+		t.Errorf("HostPart escaping: %q", got)
+	}
+	name := fullName(base, 10, 12)
+	if BaseName(name) != base || BaseName(name+":2,S") != base {
+		t.Error("BaseName")
+	}
+}
+
+func TestQuota(t *testing.T) {
+	s, root := newTestStore(t, nil)
+	mb := mailbox(root, "q")
+	mb.Quota = Quota{Bytes: 1000, Messages: 3}
+	msg := bytes.Repeat([]byte("x"), 300)
+	for i := 0; i < 3; i++ {
+		if _, err := s.Deliver(mb, bytes.NewReader(msg)); err != nil {
+			t.Fatalf("delivery %d: %v", i, err)
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(mb.Path, "maildirsize"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, ok := parseMaildirsize(data, "1000S,3C"); !ok || u.bytes != 900 || u.count != 3 {
+		t.Fatalf("maildirsize %q -> %+v %v", data, u, ok)
+	}
+	_, err = s.Deliver(mb, bytes.NewReader(msg))
+	if fe := failure.As(err); fe.Kind != failure.OverQuota || fe.Temporary() {
+		t.Fatalf("4th message: want permanent over-quota, got %v", err)
+	}
+	// At RCPT time (size unknown) a full mailbox is refused too.
+	if failure.KindOf(s.CheckQuota(mb, 0)) != failure.OverQuota {
+		t.Error("CheckQuota(0) on a full mailbox passed")
+	}
+	// Byte limit, defer mode.
+	s.quotaDefer = true
+	mb.Quota = Quota{Bytes: 1000}
+	_, err = s.Deliver(mb, bytes.NewReader(msg))
+	if fe := failure.As(err); fe.Kind != failure.OverQuota || !fe.Temporary() {
+		t.Fatalf("bytes over quota in defer mode: %v", err)
+	}
+	// The definition changed, so the file was recalculated.
+	data, _ = os.ReadFile(filepath.Join(mb.Path, "maildirsize"))
+	if !strings.HasPrefix(string(data), "1000S\n900 3\n") {
+		t.Errorf("recalculated maildirsize = %q", data)
+	}
+	// A torn line forces recalculation, and removal records count down.
+	os.WriteFile(filepath.Join(mb.Path, "maildirsize"), []byte("1000S\n900 3\n30"), 0o600)
+	u, _, err := s.Usage(mb)
+	if err != nil || u.bytes != 900 || u.count != 3 {
+		t.Fatalf("usage after torn line: %+v %v", u, err)
+	}
+	s.RecordRemoval(mb, 300, 1)
+	if u, _, _ = s.Usage(mb); u.bytes != 600 || u.count != 2 {
+		t.Errorf("after removal: %+v", u)
+	}
+}
+
+func TestSweepTmp(t *testing.T) {
+	now := time.Now()
+	s, root := newTestStore(t, nil, func(o *Options) { o.Now = func() time.Time { return now.Add(40 * time.Hour) } })
+	mb := mailbox(root, "sweep")
+	if _, err := s.Deliver(mb, bytes.NewReader(testMessage)); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(mb.Path, "tmp", "old")
+	os.WriteFile(old, []byte("partial"), 0o600)
+	n, err := s.SweepTmp(mb.Path, TmpMaxAge, true)
+	if err != nil || n != 1 {
+		t.Fatalf("dry run: %d %v", n, err)
+	}
+	if _, err := os.Stat(old); err != nil {
+		t.Fatal("dry run removed a file")
+	}
+	n, err = s.SweepTmp(mb.Path, TmpMaxAge, false)
+	if err != nil || n != 1 {
+		t.Fatalf("sweep: %d %v", n, err)
+	}
+	if len(listDir(t, filepath.Join(mb.Path, "new"))) != 1 {
+		t.Error("sweeper touched new/")
+	}
+	// A fresh file is kept.
+	s.now = time.Now
+	os.WriteFile(old, []byte("in progress"), 0o600)
+	if n, _ := s.SweepTmp(mb.Path, TmpMaxAge, false); n != 0 {
+		t.Error("sweeper removed a fresh tmp file")
+	}
+}
