@@ -35,7 +35,8 @@ const (
 	overQuotaRecheck = 15 * time.Minute
 )
 
-type usage struct{ bytes, count int64 }
+// Usage is what a Maildir holds, as maildirsize counts it.
+type Usage struct{ Bytes, Messages int64 }
 
 func (q Quota) enabled() bool { return q.Bytes > 0 || q.Messages > 0 }
 
@@ -51,8 +52,8 @@ func (q Quota) definition() string {
 	return strings.Join(parts, ",")
 }
 
-func (q Quota) exceeded(u usage, size int64, newMessages int64) bool {
-	return (q.Bytes > 0 && u.bytes+size > q.Bytes) || (q.Messages > 0 && u.count+newMessages > q.Messages)
+func (q Quota) exceeded(u Usage, size int64, newMessages int64) bool {
+	return (q.Bytes > 0 && u.Bytes+size > q.Bytes) || (q.Messages > 0 && u.Messages+newMessages > q.Messages)
 }
 
 // CheckQuota fails with failure.OverQuota when adding a message of size
@@ -61,14 +62,14 @@ func (s *Store) CheckQuota(mb Mailbox, size int64) error {
 	if !mb.Quota.enabled() {
 		return nil
 	}
-	u, fresh, err := s.Usage(mb)
+	u, fresh, err := s.QuotaUsage(mb)
 	if err != nil {
 		return err
 	}
 	newMsgs := int64(1)
 	if size == 0 {
 		newMsgs = 0 // at RCPT time only a full mailbox is refused
-		if mb.Quota.Messages > 0 && u.count >= mb.Quota.Messages {
+		if mb.Quota.Messages > 0 && u.Messages >= mb.Quota.Messages {
 			newMsgs = 1
 		}
 	}
@@ -80,15 +81,15 @@ func (s *Store) CheckQuota(mb Mailbox, size int64) error {
 	}
 	if mb.Quota.exceeded(u, size, newMsgs) {
 		return &failure.Error{Kind: failure.OverQuota, Defer: s.quotaDefer, Op: "quota", Reason: "mailbox full",
-			Err: fmt.Errorf("usage %d bytes %d messages, limit %s, message %d bytes", u.bytes, u.count, mb.Quota.definition(), size)}
+			Err: fmt.Errorf("usage %d bytes %d messages, limit %s, message %d bytes", u.Bytes, u.Messages, mb.Quota.definition(), size)}
 	}
 	return nil
 }
 
-// Usage returns the mailbox's usage from maildirsize (recalculating it
+// QuotaUsage returns the mailbox's usage from maildirsize (recalculating it
 // when needed). fresh is false when the figure came from a file older than
 // the over-quota recheck interval.
-func (s *Store) Usage(mb Mailbox) (u usage, fresh bool, err error) {
+func (s *Store) QuotaUsage(mb Mailbox) (u Usage, fresh bool, err error) {
 	path := filepath.Join(mb.Path, maildirsizeName)
 	data, info, rerr := s.readSmall(path)
 	if rerr == nil && info.Size < maildirsizeLimit {
@@ -100,7 +101,7 @@ func (s *Store) Usage(mb Mailbox) (u usage, fresh bool, err error) {
 		s.log.Warn("maildirsize unreadable; recalculating", "path", path, "err", rerr)
 	}
 	if _, err := s.fs.Lstat(mb.Path); isErrno(err, syscall.ENOENT) {
-		return usage{}, true, nil // no Maildir yet: empty
+		return Usage{}, true, nil // no Maildir yet: empty
 	}
 	u, err = s.recalculate(mb)
 	return u, true, err
@@ -122,13 +123,13 @@ func (s *Store) readSmall(path string) ([]byte, Info, error) {
 
 // parseMaildirsize sums the deltas; ok is false when the definition line
 // differs from want or any line is malformed.
-func parseMaildirsize(data []byte, want string) (u usage, ok bool) {
+func parseMaildirsize(data []byte, want string) (u Usage, ok bool) {
 	lines := bytes.Split(data, []byte("\n"))
 	if len(lines) == 0 || strings.TrimSpace(string(lines[0])) != want {
-		return usage{}, false
+		return Usage{}, false
 	}
 	if len(data) > 0 && data[len(data)-1] != '\n' {
-		return usage{}, false // torn append
+		return Usage{}, false // torn append
 	}
 	for _, l := range lines[1:] {
 		f := strings.Fields(string(l))
@@ -136,21 +137,21 @@ func parseMaildirsize(data []byte, want string) (u usage, ok bool) {
 			continue
 		}
 		if len(f) != 2 {
-			return usage{}, false
+			return Usage{}, false
 		}
 		b, err1 := strconv.ParseInt(f[0], 10, 64)
 		c, err2 := strconv.ParseInt(f[1], 10, 64)
 		if err1 != nil || err2 != nil {
-			return usage{}, false
+			return Usage{}, false
 		}
-		u.bytes += b
-		u.count += c
+		u.Bytes += b
+		u.Messages += c
 	}
-	if u.bytes < 0 {
-		u.bytes = 0
+	if u.Bytes < 0 {
+		u.Bytes = 0
 	}
-	if u.count < 0 {
-		u.count = 0
+	if u.Messages < 0 {
+		u.Messages = 0
 	}
 	return u, true
 }
@@ -158,8 +159,8 @@ func parseMaildirsize(data []byte, want string) (u usage, ok bool) {
 // recalculate counts every message in the Maildir and its Maildir++
 // folders (".Name" subdirectories), sizes from ,S= where present, and
 // replaces maildirsize atomically (write in tmp/, rename).
-func (s *Store) recalculate(mb Mailbox) (usage, error) {
-	var u usage
+func (s *Store) recalculate(mb Mailbox) (Usage, error) {
+	var u Usage
 	dirs := []string{mb.Path}
 	names, err := s.fs.ReadDirNames(mb.Path)
 	if err != nil {
@@ -189,12 +190,12 @@ func (s *Store) recalculate(mb Mailbox) (usage, error) {
 					}
 					size = info.Size
 				}
-				u.bytes += size
-				u.count++
+				u.Bytes += size
+				u.Messages++
 			}
 		}
 	}
-	content := fmt.Sprintf("%s\n%d %d\n", mb.Quota.definition(), u.bytes, u.count)
+	content := fmt.Sprintf("%s\n%d %d\n", mb.Quota.definition(), u.Bytes, u.Messages)
 	tmp := filepath.Join(mb.Path, "tmp", s.newBase()+".maildirsize")
 	if err := s.writeFile(tmp, []byte(content), mb); err != nil {
 		s.log.Warn("could not write maildirsize", "path", mb.Path, "err", err)

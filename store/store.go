@@ -20,6 +20,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -377,25 +378,38 @@ func (s *Store) writeTmp(mb Mailbox, r io.Reader) (st *Staged, err error) {
 // is durable there. Each call is independent: a failure for one mailbox
 // (over quota, bad path) leaves the staged copy usable for the others.
 func (st *Staged) Deliver(mb Mailbox) (Delivery, error) {
+	return st.deliver(mb, nil)
+}
+
+// DeliverWithPrefix publishes a copy of the staged message with prefix
+// (per-recipient header lines) written before it. It costs a second write
+// of the message, so callers use it only when a recipient's copy must
+// differ from the others'.
+func (st *Staged) DeliverWithPrefix(mb Mailbox, prefix []byte) (Delivery, error) {
+	return st.deliver(mb, prefix)
+}
+
+func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	s := st.s
 	if err := s.EnsureMaildir(mb); err != nil {
 		return Delivery{}, err
 	}
-	if err := s.CheckQuota(mb, st.size); err != nil {
+	if err := s.CheckQuota(mb, st.size+int64(len(prefix))); err != nil {
 		return Delivery{}, err
 	}
-	name := fullName(st.base, st.size, st.crlfSize)
 	newDir := filepath.Join(mb.Path, "new")
-	dst := filepath.Join(newDir, name)
-	d := Delivery{Key: name, Size: st.size, CRLFSize: st.crlfSize}
-
+	var (
+		d   Delivery
+		dst string
+	)
 	sameOwner := !s.chown || (st.uid == mb.UID && st.gid == mb.GID)
-	linked := false
-	if sameOwner && !st.noLinks {
+	if prefix == nil && sameOwner && !st.noLinks {
+		d = Delivery{Key: fullName(st.base, st.size, st.crlfSize), Size: st.size, CRLFSize: st.crlfSize}
+		dst = filepath.Join(newDir, d.Key)
 		err := s.publishLink(st.src, st.srcInfo, dst)
 		switch {
 		case err == nil:
-			linked = true
+			d.Linked = true
 		case isErrno(err, syscall.EXDEV):
 			// Another filesystem: copy below.
 		case isErrno(err, syscall.EPERM) && st.inTmp:
@@ -406,15 +420,17 @@ func (st *Staged) Deliver(mb Mailbox) (Delivery, error) {
 				return Delivery{}, s.classify("rename into new", err)
 			}
 			st.src, st.inTmp = dst, false
-			linked = true
+			d.Linked = true
 		default:
 			return Delivery{}, s.classify("link into new", err)
 		}
 	}
-	if !linked {
-		if err := st.publishCopy(mb, dst); err != nil {
+	if !d.Linked {
+		var err error
+		if d, err = st.publishCopy(mb, prefix); err != nil {
 			return Delivery{}, err
 		}
+		dst = filepath.Join(newDir, d.Key)
 	}
 	if err := s.dirs.Sync(newDir); err != nil {
 		// The entry may not be durable, so the caller must not
@@ -425,32 +441,34 @@ func (st *Staged) Deliver(mb Mailbox) (Delivery, error) {
 		}
 		return Delivery{}, s.classify("fsync new", err)
 	}
-	d.Linked = linked
-	s.addQuota(mb, st.size)
+	s.addQuota(mb, d.Size)
 	return d, nil
 }
 
-// publishCopy writes a fresh copy of the staged message into mb's tmp/ and
-// publishes it under dst's name (used across filesystems or owners).
-func (st *Staged) publishCopy(mb Mailbox, dst string) error {
+// publishCopy writes a fresh copy of the staged message (after prefix)
+// into mb's tmp/ and publishes it into new/ (used across filesystems or
+// owners, and for per-recipient headers).
+func (st *Staged) publishCopy(mb Mailbox, prefix []byte) (Delivery, error) {
 	s := st.s
 	f, err := s.fs.OpenFile(st.src, os.O_RDONLY, 0)
 	if err != nil {
-		return s.classify("open staged message", err)
+		return Delivery{}, s.classify("open staged message", err)
 	}
-	cp, err := s.writeTmp(mb, f)
+	cp, err := s.writeTmp(mb, io.MultiReader(bytes.NewReader(prefix), f))
 	f.Close()
 	if err != nil {
-		return err
+		return Delivery{}, err
 	}
 	defer cp.Discard()
+	d := Delivery{Key: fullName(cp.base, cp.size, cp.crlfSize), Size: cp.size, CRLFSize: cp.crlfSize}
+	dst := filepath.Join(mb.Path, "new", d.Key)
 	err = s.publishLink(cp.src, cp.srcInfo, dst)
 	if isErrno(err, syscall.EPERM) {
 		if err = s.publishRename(cp.src, cp.srcInfo, dst); err == nil {
 			cp.inTmp = false
 		}
 	}
-	return s.classify("publish copy", err)
+	return d, s.classify("publish copy", err)
 }
 
 // publishLink links src to dst. Over NFS a LINK whose reply was lost is

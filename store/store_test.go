@@ -404,7 +404,7 @@ func TestQuota(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u, ok := parseMaildirsize(data, "1000S,3C"); !ok || u.bytes != 900 || u.count != 3 {
+	if u, ok := parseMaildirsize(data, "1000S,3C"); !ok || u.Bytes != 900 || u.Messages != 3 {
 		t.Fatalf("maildirsize %q -> %+v %v", data, u, ok)
 	}
 	_, err = s.Deliver(mb, bytes.NewReader(msg))
@@ -429,12 +429,12 @@ func TestQuota(t *testing.T) {
 	}
 	// A torn line forces recalculation, and removal records count down.
 	os.WriteFile(filepath.Join(mb.Path, "maildirsize"), []byte("1000S\n900 3\n30"), 0o600)
-	u, _, err := s.Usage(mb)
-	if err != nil || u.bytes != 900 || u.count != 3 {
+	u, _, err := s.QuotaUsage(mb)
+	if err != nil || u.Bytes != 900 || u.Messages != 3 {
 		t.Fatalf("usage after torn line: %+v %v", u, err)
 	}
 	s.RecordRemoval(mb, 300, 1)
-	if u, _, _ = s.Usage(mb); u.bytes != 600 || u.count != 2 {
+	if u, _, _ = s.QuotaUsage(mb); u.Bytes != 600 || u.Messages != 2 {
 		t.Errorf("after removal: %+v", u)
 	}
 }

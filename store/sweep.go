@@ -1,9 +1,12 @@
 package store
 
 import (
+	"io/fs"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
 )
 
 // TmpMaxAge is the Maildir rule: a file in tmp/ untouched for 36 hours is
@@ -49,4 +52,96 @@ func (s *Store) SweepTmp(maildir string, maxAge time.Duration, dryRun bool) (int
 		s.log.Info("swept old tmp files", "maildir", maildir, "count", removed, "dry_run", dryRun)
 	}
 	return removed, nil
+}
+
+// SweepTree sweeps every Maildir (and Maildir++ folder) found under root:
+// any directory holding cur/, new/ and tmp/. It returns the files removed
+// and the Maildirs visited; it keeps going past a Maildir it cannot sweep
+// and returns the first such error at the end.
+func (s *Store) SweepTree(root string, maxAge time.Duration, dryRun bool) (removed, maildirs int, err error) {
+	var first error
+	walkErr := filepath.WalkDir(root, func(p string, d fs.DirEntry, werr error) error {
+		if werr != nil {
+			if first == nil {
+				first = werr
+			}
+			return nil
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		switch d.Name() {
+		case "cur", "new", "tmp":
+			return fs.SkipDir
+		}
+		if !s.isMaildir(p) {
+			return nil
+		}
+		maildirs++
+		n, err := s.SweepTmp(p, maxAge, dryRun)
+		removed += n
+		if err != nil && first == nil {
+			first = err
+		}
+		return nil
+	})
+	if first == nil {
+		first = walkErr
+	}
+	return removed, maildirs, first
+}
+
+func (s *Store) isMaildir(p string) bool {
+	for _, sub := range [...]string{"cur", "new", "tmp"} {
+		info, err := s.fs.Lstat(filepath.Join(p, sub))
+		if err != nil || !info.Mode.IsDir() {
+			return false
+		}
+	}
+	return true
+}
+
+// CheckReport is what Check finds in a Maildir.
+type CheckReport struct {
+	New, Cur, Tmp, OldTmp int
+	Bytes                 int64
+}
+
+// Check verifies that path is a Maildir (cur/, new/, tmp/ directories)
+// and counts its messages.
+func (s *Store) Check(path string) (CheckReport, error) {
+	var r CheckReport
+	if !s.isMaildir(path) {
+		return r, failure.Perm("maildir check", "not a Maildir (cur/, new/ and tmp/ must be directories)", nil)
+	}
+	cutoff := s.now().Add(-TmpMaxAge)
+	for _, sub := range [...]string{"new", "cur", "tmp"} {
+		dir := filepath.Join(path, sub)
+		names, err := s.fs.ReadDirNames(dir)
+		if err != nil {
+			return r, s.classify("maildir check", err)
+		}
+		for _, n := range names {
+			switch sub {
+			case "tmp":
+				r.Tmp++
+				if info, err := s.fs.Lstat(filepath.Join(dir, n)); err == nil && info.ModTime.Before(cutoff) {
+					r.OldTmp++
+				}
+				continue
+			case "new":
+				r.New++
+			default:
+				r.Cur++
+			}
+			size, ok, _, _ := SizesFromName(n)
+			if !ok {
+				if info, err := s.fs.Lstat(filepath.Join(dir, n)); err == nil {
+					size = info.Size
+				}
+			}
+			r.Bytes += size
+		}
+	}
+	return r, nil
 }

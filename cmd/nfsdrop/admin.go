@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nfsdrop/nfsdrop/internal/delivery"
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/store"
+)
+
+func checkCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "check",
+		Usage: "validate the configuration and print the effective settings",
+		Description: `Loads the configuration strictly (an unknown key is an error naming its
+line), validates every value, opens the user database and reports its
+problems, then prints the effective configuration with every default.`,
+		Flags: []cli.Flag{configFlag()},
+		Action: func(c *cli.Context) error {
+			cfg, err := configFrom(c)
+			if err != nil {
+				return err
+			}
+			users, err := openUserDB(cfg, newLogger(cfg, c.App.ErrWriter))
+			if err != nil {
+				return exitError(err.Error(), exConfig)
+			}
+			defer users.Close()
+			problems := 0
+			if pf, ok := users.(*userdb.PasswdFile); ok {
+				for _, p := range pf.Problems() {
+					fmt.Fprintln(c.App.ErrWriter, "warning:", p)
+					problems++
+				}
+				fmt.Fprintf(c.App.ErrWriter, "%s: %d users\n", cfg.UserDB.PasswdFile, pf.Users())
+			}
+			if err := cfg.WriteTOML(c.App.Writer); err != nil {
+				return err
+			}
+			if problems > 0 {
+				return exitError(fmt.Sprintf("%d problem(s) in the user database", problems), exConfig)
+			}
+			return nil
+		},
+	}
+}
+
+func userCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "user",
+		Usage: "look users up and test passwords as nfsdrop sees them",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "lookup",
+				Usage:     "show what a recipient address resolves to",
+				ArgsUsage: "ADDRESS",
+				Flags:     []cli.Flag{configFlag()},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return exitError("user lookup: one ADDRESS expected", exUsage)
+					}
+					e, err := envFrom(c)
+					if err != nil {
+						return err
+					}
+					defer e.Close()
+					u, err := e.users.Lookup(context.Background(), c.Args().First())
+					if err != nil {
+						fe := failure.As(err)
+						return exitError(fmt.Sprintf("%s: %s (%v)", c.Args().First(), fe.Kind, err), exitCode(err))
+					}
+					w := c.App.Writer
+					fmt.Fprintf(w, "name:     %s\naddress:  %s\nmailbox:  %s\nuid:gid:  %d:%d\nquota:    %s\nenabled:  %v\n",
+						u.Name, u.Address, u.Mailbox, u.UID, u.GID, quotaString(u.Quota), u.Enabled)
+					mb := delivery.MailboxOf(u)
+					if usage, _, err := e.store.QuotaUsage(mb); err == nil && (mb.Quota.Bytes > 0 || mb.Quota.Messages > 0) {
+						fmt.Fprintf(w, "usage:    %d bytes, %d messages\n", usage.Bytes, usage.Messages)
+					}
+					return nil
+				},
+			},
+			{
+				Name:      "auth",
+				Usage:     "check a password (read from standard input) for a login name",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{configFlag()},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return exitError("user auth: one NAME expected", exUsage)
+					}
+					e, err := envFrom(c)
+					if err != nil {
+						return err
+					}
+					defer e.Close()
+					fmt.Fprint(c.App.ErrWriter, "Password: ")
+					line, _ := bufio.NewReader(c.App.Reader).ReadString('\n')
+					pw := strings.TrimRight(line, "\r\n")
+					u, err := e.users.Authenticate(context.Background(), c.Args().First(), pw)
+					if err != nil {
+						fe := failure.As(err)
+						return exitError(fmt.Sprintf("%s: %s", c.Args().First(), fe.Reason), exitCode(err))
+					}
+					fmt.Fprintf(c.App.Writer, "ok: %s (%s)\n", u.Name, u.Mailbox)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func quotaString(q userdb.Quota) string {
+	if q.Bytes == 0 && q.Messages == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprintf("%d bytes, %d messages (0 = unlimited)", q.Bytes, q.Messages)
+}
+
+func maildirCommand() *cli.Command {
+	storeFor := func(c *cli.Context) (*env, string, error) {
+		if c.NArg() != 1 {
+			return nil, "", exitError(c.Command.Name+": one PATH expected", exUsage)
+		}
+		e, err := envFrom(c)
+		if err != nil {
+			return nil, "", err
+		}
+		p, err := filepath.Abs(c.Args().First())
+		return e, p, err
+	}
+	return &cli.Command{
+		Name:  "maildir",
+		Usage: "check, create and clean Maildirs",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "check",
+				Usage:     "check a Maildir's structure and print its usage",
+				ArgsUsage: "PATH",
+				Flags:     []cli.Flag{configFlag()},
+				Action: func(c *cli.Context) error {
+					e, p, err := storeFor(c)
+					if err != nil {
+						return err
+					}
+					defer e.Close()
+					rep, err := e.store.Check(p)
+					if err != nil {
+						return exitError(err.Error(), exitCode(err))
+					}
+					fmt.Fprintf(c.App.Writer, "%s: ok\nnew: %d messages\ncur: %d messages\ntmp: %d files (%d older than %s)\nsize: %d bytes\n",
+						p, rep.New, rep.Cur, rep.Tmp, rep.OldTmp, store.TmpMaxAge, rep.Bytes)
+					return nil
+				},
+			},
+			{
+				Name:      "create",
+				Usage:     "create a Maildir (new/ cur/ tmp/, mode 0700) under the mail root",
+				ArgsUsage: "PATH",
+				Flags: []cli.Flag{configFlag(),
+					&cli.IntFlag{Name: "uid", Value: -1, Usage: "owner `UID` (when run as root)"},
+					&cli.IntFlag{Name: "gid", Value: -1, Usage: "owner `GID` (when run as root)"}},
+				Action: func(c *cli.Context) error {
+					e, p, err := storeFor(c)
+					if err != nil {
+						return err
+					}
+					defer e.Close()
+					if err := e.store.EnsureMaildir(store.Mailbox{Path: p, UID: c.Int("uid"), GID: c.Int("gid")}); err != nil {
+						return exitError(err.Error(), exitCode(err))
+					}
+					fmt.Fprintln(c.App.Writer, "created", p)
+					return nil
+				},
+			},
+			{
+				Name:      "clean",
+				Usage:     "remove files in tmp/ older than store.tmp_max_age (36h) from every Maildir under ROOT",
+				ArgsUsage: "ROOT",
+				Flags: []cli.Flag{configFlag(),
+					&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only count what would be removed"}},
+				Action: func(c *cli.Context) error {
+					e, p, err := storeFor(c)
+					if err != nil {
+						return err
+					}
+					defer e.Close()
+					n, dirs, err := e.store.SweepTree(p, time.Duration(e.cfg.Store.TmpMaxAge), c.Bool("dry-run"))
+					verb := "removed"
+					if c.Bool("dry-run") {
+						verb = "would remove"
+					}
+					fmt.Fprintf(c.App.Writer, "%s %d old tmp files in %d maildirs\n", verb, n, dirs)
+					if err != nil {
+						return exitError(err.Error(), exitCode(err))
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+// envFrom loads the config and opens the environment, exiting with
+// EX_CONFIG on trouble.
+func envFrom(c *cli.Context) (*env, error) {
+	cfg, err := configFrom(c)
+	if err != nil {
+		return nil, err
+	}
+	e, err := openEnv(cfg, c.App.ErrWriter)
+	if err != nil {
+		return nil, exitError(err.Error(), exConfig)
+	}
+	return e, nil
+}

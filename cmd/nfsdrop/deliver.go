@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nfsdrop/nfsdrop/internal/config"
+	"github.com/nfsdrop/nfsdrop/internal/delivery"
+	"github.com/nfsdrop/nfsdrop/internal/envelope"
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+func deliverCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "deliver",
+		Usage:     "deliver one message from standard input (Postfix mailbox_command or pipe)",
+		ArgsUsage: " ",
+		Description: `Reads one message on standard input and stores it in each recipient's
+Maildir. Exit status follows sysexits(3) as Postfix reads it: 0 stored,
+67 unknown user, 69 refused (too big, loop), 75 try again later, 77 over
+quota (75 when store.quota_action = "defer"), 78 configuration error.
+
+Without -a, the recipient is taken from $RECIPIENT and the sender from
+$SENDER, which Postfix sets for mailbox_command. With several -a, the exit
+status is the most urgent one (temporary failures first): use a recipient
+limit of 1 on the Postfix transport so that a retry never doubles mail.`,
+		Flags: []cli.Flag{
+			configFlag(),
+			&cli.StringFlag{Name: "from", Aliases: []string{"f"}, Usage: "envelope sender `ADDRESS` (default $SENDER)"},
+			&cli.StringSliceFlag{Name: "rcpt", Aliases: []string{"a"}, Usage: "recipient `ADDRESS` (repeatable; default $RECIPIENT)"},
+		},
+		Action: runDeliver,
+	}
+}
+
+func runDeliver(c *cli.Context) error {
+	start := time.Now()
+	stderr := c.App.ErrWriter
+	cfg, err := configFrom(c)
+	if err != nil {
+		return err
+	}
+	from := c.String("from")
+	if !c.IsSet("from") {
+		from = os.Getenv("SENDER")
+	}
+	rcpts := c.StringSlice("rcpt")
+	if len(rcpts) == 0 {
+		if r := os.Getenv("RECIPIENT"); r != "" {
+			rcpts = []string{r}
+		}
+	}
+	if len(rcpts) == 0 {
+		return exitError("deliver: no recipient (-a ADDRESS, or $RECIPIENT)", exUsage)
+	}
+	e, err := openEnv(cfg, stderr)
+	if err != nil {
+		// The configuration named a userdb that cannot be opened: mail
+		// must wait in Postfix's queue until the administrator fixes it.
+		return exitError("deliver: "+err.Error(), exTempFail)
+	}
+	defer e.Close()
+	log := e.log.With("from", from)
+	agent := e.agent()
+	ctx := context.Background()
+
+	results := make([]error, len(rcpts))
+	var targets []rcptTarget
+	for i, r := range rcpts {
+		t, err := agent.Resolve(ctx, r)
+		if err != nil {
+			results[i] = err
+			continue
+		}
+		targets = append(targets, rcptTarget{addr: r, t: t, index: i})
+	}
+
+	if len(targets) > 0 {
+		limit := int64(cfg.LMTP.MaxMessageSize)
+		hdr, msg, err := envelope.ReadHeader(&limitReader{r: c.App.Reader, left: limit, limit: limit})
+		if err != nil {
+			for _, tg := range targets {
+				results[tg.index] = failure.Temp("read message", "message not read", err)
+			}
+		} else {
+			deliverAll(e, hdr, msg, from, targets, results)
+		}
+	}
+
+	worst := exOK
+	for i, r := range rcpts {
+		err := results[i]
+		code := exitCode(err)
+		if err == nil {
+			continue // logged with the key by deliverAll
+		}
+		fe := failure.As(err)
+		log.Warn("not delivered", "rcpt", r, "exit", code, "kind", fe.Kind.String(), "reason", reason(fe), "err", err.Error(), "duration", time.Since(start).Round(time.Microsecond))
+		worst = moreUrgent(worst, code)
+	}
+	if worst != exOK {
+		return exitError("", worst)
+	}
+	return nil
+}
+
+// rcptTarget is a recipient that resolved, with its index in the
+// command line's recipient list.
+type rcptTarget struct {
+	addr  string
+	t     delivery.Target
+	index int
+}
+
+// deliverAll stages the message once and publishes it to each target,
+// storing each outcome in results at the target's index.
+func deliverAll(e *env, hdr envelope.Header, msg io.Reader, from string, targets []rcptTarget, results []error) {
+	start := time.Now()
+	var live []rcptTarget
+	for _, tg := range targets {
+		if hdr.Looped(tg.addr, tg.t.User.Address) {
+			results[tg.index] = failure.New(failure.Loop, "loop check", "mail loop", nil)
+			continue
+		}
+		live = append(live, tg)
+	}
+	if len(live) == 0 {
+		return
+	}
+	trace := envelope.ReturnPath(from)
+	if len(live) == 1 {
+		trace += envelope.DeliveredTo(live[0].addr) + envelope.Received("", "", e.hostname, "local", "", live[0].addr, time.Now())
+	} else {
+		trace += envelope.Received("", "", e.hostname, "local", "", "", time.Now())
+	}
+	st, err := e.store.Stage(live[0].t.Mailbox, io.MultiReader(strings.NewReader(trace), msg))
+	if err != nil {
+		for _, tg := range live {
+			results[tg.index] = err
+		}
+		return
+	}
+	defer st.Discard()
+	for _, tg := range live {
+		d, err := st.Deliver(tg.t.Mailbox)
+		results[tg.index] = err
+		if err == nil {
+			e.log.Info("delivered", "from", from, "rcpt", tg.addr, "key", d.Key, "size", d.Size, "duration", time.Since(start).Round(time.Microsecond))
+		}
+	}
+}
+
+func reason(fe *failure.Error) string {
+	if fe.Detail != "" {
+		return fe.Reason + ": " + fe.Detail
+	}
+	return fe.Reason
+}
+
+// moreUrgent picks the exit status to report for several recipients: a
+// temporary failure wins (Postfix retries, nothing bounces wrongly), then
+// any failure over success.
+func moreUrgent(a, b int) int {
+	if a == exTempFail || b == exTempFail {
+		return exTempFail
+	}
+	if a == exOK {
+		return b
+	}
+	return a
+}
+
+// limitReader fails with failure.TooLarge once more than limit bytes were
+// read (limit 0: no limit).
+type limitReader struct {
+	r           io.Reader
+	left, limit int64
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.limit <= 0 {
+		return l.r.Read(p)
+	}
+	if l.left < 0 {
+		return 0, failure.New(failure.TooLarge, "read message", "message too big", fmt.Errorf("larger than %d bytes", l.limit))
+	}
+	if int64(len(p)) > l.left+1 {
+		p = p[:l.left+1]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	if l.left < 0 {
+		return n, failure.New(failure.TooLarge, "read message", "message too big", fmt.Errorf("larger than %d bytes", l.limit))
+	}
+	return n, err
+}
+
+// configFrom loads the config named by --config.
+func configFrom(c *cli.Context) (*config.Config, error) { return loadConfig(c.String("config")) }

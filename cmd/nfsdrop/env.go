@@ -1,0 +1,114 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/nfsdrop/nfsdrop/internal/config"
+	"github.com/nfsdrop/nfsdrop/internal/delivery"
+	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/store"
+)
+
+// env is what every command builds from the configuration.
+type env struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	hostname string
+	users    userdb.DB
+	store    *store.Store
+}
+
+// loadConfig reads and validates the configuration; errors exit with
+// EX_CONFIG and name the file, line and key.
+func loadConfig(path string) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, exitError(err.Error(), exConfig)
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	level := slog.LevelInfo
+	switch cfg.Log.Level {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// openEnv builds the logger, the user database and the store. A problem
+// here is a configuration or environment problem: the caller decides the
+// exit code (deliver must answer EX_TEMPFAIL so that mail waits).
+func openEnv(cfg *config.Config, logw io.Writer) (*env, error) {
+	e := &env{cfg: cfg, log: newLogger(cfg, logw)}
+	e.hostname = cfg.Hostname
+	if e.hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("hostname: %w", err)
+		}
+		e.hostname = h
+	}
+	users, err := openUserDB(cfg, e.log)
+	if err != nil {
+		return nil, err
+	}
+	e.users = users
+	st, err := store.New(store.Options{
+		MailRoot:      cfg.Store.MailRoot,
+		MountMarker:   cfg.Store.MountMarker,
+		Hostname:      e.hostname,
+		QuotaDefer:    cfg.Store.QuotaAction == "defer",
+		ESTALERetries: cfg.Store.EstaleRetries,
+		Logger:        e.log,
+	})
+	if err != nil {
+		users.Close()
+		return nil, err
+	}
+	e.store = st
+	return e, nil
+}
+
+func openUserDB(cfg *config.Config, log *slog.Logger) (userdb.DB, error) {
+	switch cfg.UserDB.Driver {
+	case "passwd-file":
+		return userdb.OpenPasswdFile(userdb.PasswdFileOptions{
+			Path:        cfg.UserDB.PasswdFile,
+			MailRoot:    cfg.Store.MailRoot,
+			MaildirName: cfg.UserDB.Maildir,
+			Normalizer:  normalizer(cfg),
+			DefaultQuota: userdb.Quota{
+				Bytes:    int64(cfg.UserDB.QuotaStorage),
+				Messages: cfg.UserDB.QuotaMessages,
+			},
+			Logger: log,
+		})
+	}
+	return nil, errors.New("userdb.driver " + cfg.UserDB.Driver + " is not supported")
+}
+
+func normalizer(cfg *config.Config) userdb.Normalizer {
+	return userdb.Normalizer{Delimiters: cfg.UserDB.RecipientDelimiter, DefaultDomain: cfg.UserDB.DefaultDomain}
+}
+
+func (e *env) agent() *delivery.Agent { return &delivery.Agent{Users: e.users, Store: e.store} }
+
+func (e *env) Close() {
+	if e.users != nil {
+		e.users.Close()
+	}
+}

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"github.com/urfave/cli/v2"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+// sysexits(3) codes, as Postfix's pipe and local delivery read them: 75 is
+// "try again later", everything else non-zero bounces.
+const (
+	exOK          = 0
+	exUsage       = 64
+	exDataErr     = 65
+	exNoUser      = 67
+	exUnavailable = 69
+	exSoftware    = 70
+	exTempFail    = 75
+	exNoPerm      = 77
+	exConfig      = 78
+)
+
+// exitCode maps a delivery failure to its sysexits code (the deliver
+// command's one error mapping; see DESIGN's failure table).
+func exitCode(err error) int {
+	if err == nil {
+		return exOK
+	}
+	fe := failure.As(err)
+	switch fe.Kind {
+	case failure.NotFound, failure.Disabled, failure.BadInput:
+		return exNoUser
+	case failure.OverQuota:
+		if fe.Defer {
+			return exTempFail
+		}
+		return exNoPerm
+	case failure.TooLarge, failure.Virus, failure.Loop, failure.Permanent:
+		return exUnavailable
+	}
+	return exTempFail
+}
+
+// exitError makes a cli error with a sysexits code.
+func exitError(msg string, code int) error { return cli.Exit(msg, code) }

@@ -1,0 +1,220 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestValidate(t *testing.T) {
+	long := strings.Repeat("a", 256)
+	longSock := "/" + strings.Repeat("s", 107)
+	for _, tt := range []struct {
+		name string
+		data []byte
+		want []string // substrings, one per error, in order; none: valid
+	}{
+		{"defaults", nil, nil},
+		{"hostname ok", doc(`hostname = "mx1.example.org"`), nil},
+		{"hostname slash", doc(`hostname = "mx/1"`), []string{`x.toml:1: key hostname: "mx/1" must not contain '/', ':', ','`}},
+		{"hostname colon", doc(`hostname = "mx:1"`), []string{`x.toml:1: key hostname:`}},
+		{"hostname comma", doc(`hostname = "mx,1"`), []string{`x.toml:1: key hostname:`}},
+		{"hostname space", doc(`hostname = "mx 1"`), []string{`x.toml:1: key hostname:`}},
+		{"hostname tab", doc(`hostname = "mx\t1"`), []string{`x.toml:1: key hostname:`}},
+		{"hostname long", doc(`hostname = "` + long + `"`), []string{`x.toml:1: key hostname: must be at most 255 bytes, got 256`}},
+
+		{"log format", doc("[log]", `format = "text"`), []string{`x.toml:2: key log.format: must be "logfmt" or "json", got "text"`}},
+		{"log json", doc("[log]", `format = "json"`, `level = "debug"`), nil},
+		{"log level", doc("[log]", `level = "trace"`), []string{`x.toml:2: key log.level: must be "debug", "info", "warn" or "error", got "trace"`}},
+
+		{"mail_root empty", doc("[store]", `mail_root = ""`), []string{`x.toml:2: key store.mail_root: must be set`}},
+		{"mail_root relative", doc("[store]", `mail_root = "var/mail"`), []string{`x.toml:2: key store.mail_root: "var/mail" must be an absolute path`}},
+		{"mail_root unclean", doc("[store]", `mail_root = "/srv/mail/"`), []string{`x.toml:2: key store.mail_root: "/srv/mail/" must be a clean path (did you mean "/srv/mail"?)`}},
+		{"mount_marker off", doc("[store]", `mount_marker = ""`), nil},
+		{"mount_marker subdir", doc("[store]", `mount_marker = "sub/marker"`), nil},
+		{"mount_marker absolute", doc("[store]", `mount_marker = "/marker"`), []string{`x.toml:2: key store.mount_marker: "/marker" must be a file name relative to store.mail_root`}},
+		{"mount_marker dotdot", doc("[store]", `mount_marker = "../marker"`), []string{`x.toml:2: key store.mount_marker:`}},
+		{"mount_marker dot", doc("[store]", `mount_marker = "."`), []string{`x.toml:2: key store.mount_marker:`}},
+		{"quota_action defer", doc("[store]", `quota_action = "defer"`), nil},
+		{"quota_action bad", doc("[store]", `quota_action = "drop"`), []string{`x.toml:2: key store.quota_action: must be "bounce" or "defer", got "drop"`}},
+		{"tmp_max_age min", doc("[store]", `tmp_max_age = "1h"`), nil},
+		{"tmp_max_age short", doc("[store]", `tmp_max_age = "59m"`), []string{`x.toml:2: key store.tmp_max_age: must be at least "1h", got "59m"`}},
+		{"estale_retries bounds", doc("[store]", `estale_retries = 0`), nil},
+		{"estale_retries max", doc("[store]", `estale_retries = 10`), nil},
+		{"estale_retries high", doc("[store]", `estale_retries = 11`), []string{`x.toml:2: key store.estale_retries: must be between 0 and 10, got 11`}},
+		{"estale_retries negative", doc("[store]", `estale_retries = -1`), []string{`x.toml:2: key store.estale_retries: must be between 0 and 10, got -1`}},
+
+		{"driver ldap", doc("[userdb]", `driver = "ldap"`), []string{`x.toml:2: key userdb.driver: "ldap" is not yet supported`}},
+		{"driver bad", doc("[userdb]", `driver = "sql"`), []string{`x.toml:2: key userdb.driver: must be "passwd-file", got "sql"`}},
+		{"passwd_file empty", doc("[userdb]", `passwd_file = ""`), []string{`x.toml:2: key userdb.passwd_file: must be set when userdb.driver is "passwd-file"`}},
+		{"maildir dot", doc("[userdb]", `maildir = "."`), nil},
+		{"maildir nested", doc("[userdb]", `maildir = "mail/Maildir"`), nil},
+		{"maildir empty", doc("[userdb]", `maildir = ""`), []string{`x.toml:2: key userdb.maildir: "" must be a relative path inside the home directory`}},
+		{"maildir absolute", doc("[userdb]", `maildir = "/Maildir"`), []string{`x.toml:2: key userdb.maildir:`}},
+		{"maildir escapes", doc("[userdb]", `maildir = "../Maildir"`), []string{`x.toml:2: key userdb.maildir:`}},
+		{"delimiter several", doc("[userdb]", `recipient_delimiter = "+-"`), nil},
+		{"delimiter off", doc("[userdb]", `recipient_delimiter = ""`), nil},
+		{"delimiter at", doc("[userdb]", `recipient_delimiter = "+@"`), []string{`x.toml:2: key userdb.recipient_delimiter: "+@": delimiters must be punctuation`}},
+		{"delimiter letter", doc("[userdb]", `recipient_delimiter = "x"`), []string{`x.toml:2: key userdb.recipient_delimiter:`}},
+		{"delimiter space", doc("[userdb]", `recipient_delimiter = " "`), []string{`x.toml:2: key userdb.recipient_delimiter:`}},
+		{"default_domain ok", doc("[userdb]", `default_domain = "example.org"`), nil},
+		{"default_domain at", doc("[userdb]", `default_domain = "@example.org"`), []string{`x.toml:2: key userdb.default_domain: "@example.org" is not a domain name`}},
+		{"default_domain space", doc("[userdb]", `default_domain = "exa mple.org"`), []string{`x.toml:2: key userdb.default_domain:`}},
+		{"default_domain dots", doc("[userdb]", `default_domain = "example..org"`), []string{`x.toml:2: key userdb.default_domain:`}},
+		{"quota_messages negative", doc("[userdb]", `quota_messages = -1`), []string{`x.toml:2: key userdb.quota_messages: must be at least 0, got -1`}},
+
+		{"lmtp listen forms", doc("[lmtp]", `listen = ["unix:/run/a", "tcp:127.0.0.1:24", "[::1]:24", "localhost:2424", ":2525"]`), nil},
+		{"lmtp listen empty", doc("[lmtp]", `listen = []`), nil},
+		{"lmtp listen relative socket", doc("[lmtp]", `listen = ["unix:run/lmtp"]`), []string{`x.toml:2: key lmtp.listen: "unix:run/lmtp": the socket path must be absolute`}},
+		{"lmtp listen long socket", doc("[lmtp]", `listen = ["unix:`+longSock+`"]`), []string{`x.toml:2: key lmtp.listen:`, `longer than 107 bytes`}},
+		{"lmtp listen no port", doc("[lmtp]", `listen = ["tcp:localhost"]`), []string{`x.toml:2: key lmtp.listen: "tcp:localhost" is not "unix:/path", "tcp:host:port" or "host:port"`}},
+		{"lmtp listen port 0", doc("[lmtp]", `listen = ["tcp::0"]`), []string{`x.toml:2: key lmtp.listen: "tcp::0": the port must be a number from 1 to 65535`}},
+		{"lmtp listen port big", doc("[lmtp]", `listen = [":65536"]`), []string{`x.toml:2: key lmtp.listen: ":65536": the port must be`}},
+		{"lmtp listen port name", doc("[lmtp]", `listen = [":lmtp"]`), []string{`x.toml:2: key lmtp.listen: ":lmtp": the port must be`}},
+		{"lmtp listen bad host", doc("[lmtp]", `listen = ["exa_mple:24"]`), []string{`x.toml:2: key lmtp.listen: "exa_mple:24": "exa_mple" is neither an IP address nor a host name`}},
+		{"lmtp listen scheme", doc("[lmtp]", `listen = ["udp:/x"]`), []string{`x.toml:2: key lmtp.listen: "udp:/x" is not`}},
+		{"lmtp listen duplicate", doc("[lmtp]", `listen = [`, `"tcp:127.0.0.1:24",`, `"127.0.0.1:24",`, `]`), []string{`x.toml:2: key lmtp.listen: "127.0.0.1:24" is listed twice`}},
+		{"lmtp max_message_size", doc("[lmtp]", `max_message_size = 0`), []string{`x.toml:2: key lmtp.max_message_size: must be at least 1, got 0`}},
+		{"lmtp max_recipients", doc("[lmtp]", `max_recipients = 0`), []string{`x.toml:2: key lmtp.max_recipients: must be at least 1, got 0`}},
+		{"lmtp max_user_concurrency 0", doc("[lmtp]", `max_user_concurrency = 0`), nil},
+		{"lmtp max_user_concurrency", doc("[lmtp]", `max_user_concurrency = -1`), []string{`x.toml:2: key lmtp.max_user_concurrency: must be at least 0 (0 means unlimited), got -1`}},
+		{"lmtp max_connections", doc("[lmtp]", `max_connections = 0`), []string{`x.toml:2: key lmtp.max_connections: must be at least 1, got 0`}},
+		{"lmtp max_line_length 1000", doc("[lmtp]", `max_line_length = 1000`), nil},
+		{"lmtp max_line_length", doc("[lmtp]", `max_line_length = 998`), []string{`x.toml:2: key lmtp.max_line_length: must be at least 1000 (RFC 5321 requires 1000), got 998`}},
+		{"lmtp read_timeout", doc("[lmtp]", `read_timeout = "0s"`), []string{`x.toml:2: key lmtp.read_timeout: must be at least "1s", got "0s"`}},
+		{"lmtp write_timeout", doc("[lmtp]", `write_timeout = "500ms"`), []string{`x.toml:2: key lmtp.write_timeout: must be at least "1s", got "500ms"`}},
+		{"lmtp shutdown_timeout", doc("[lmtp]", `shutdown_timeout = "0"`), []string{`x.toml:2: key lmtp.shutdown_timeout: must be at least "1s", got "0s"`}},
+		{"lmtp delivered_to always", doc("[lmtp]", `delivered_to = "always"`), nil},
+		{"lmtp delivered_to", doc("[lmtp]", `delivered_to = "never"`), []string{`x.toml:2: key lmtp.delivered_to: must be "single" or "always", got "never"`}},
+
+		{"pop3 plain", doc("[pop3]", `listen = [":110"]`), nil},
+		{"pop3 tls", doc("[pop3]", `listen_tls = [":995"]`, `tls_cert = "/c"`, `tls_key = "/k"`), nil},
+		{"pop3 stls", doc("[pop3]", `stls = true`, `tls_cert = "/c"`, `tls_key = "/k"`), nil},
+		{"pop3 listen_tls without cert", doc("[pop3]", `listen_tls = [":995"]`), []string{
+			`x.toml: key pop3.tls_cert (default): must be set when pop3.listen_tls is set`,
+			`x.toml: key pop3.tls_key (default): must be set when pop3.listen_tls is set`,
+		}},
+		{"pop3 stls without cert", doc("[pop3]", `stls = true`, `tls_key = "/k"`), []string{`x.toml: key pop3.tls_cert (default): must be set when pop3.stls is true`}},
+		{"pop3 cert without key", doc("[pop3]", `tls_cert = "/c"`), []string{`x.toml: key pop3.tls_key (default): must be set together with pop3.tls_cert and pop3.tls_key`}},
+		{"pop3 relative cert", doc("[pop3]", `tls_cert = "c.pem"`, `tls_key = "/k"`), []string{`x.toml:2: key pop3.tls_cert: "c.pem" must be an absolute path`}},
+		{"pop3 listen shared with lmtp", doc("[lmtp]", `listen = ["tcp::110"]`, "[pop3]", `listen = [":110"]`), []string{`x.toml:4: key pop3.listen: ":110" is also in lmtp.listen`}},
+		{"pop3 listen shared with listen_tls", doc("[pop3]", `listen = [":110"]`, `listen_tls = ["tcp::110"]`, `tls_cert = "/c"`, `tls_key = "/k"`), []string{`x.toml:3: key pop3.listen_tls: "tcp::110" is also in pop3.listen`}},
+		{"pop3 networks", doc("[pop3]", `trusted_networks = ["10.0.0.0/8", "192.0.2.1", "2001:db8::/32", "::1"]`, `proxy_networks = ["198.51.100.0/24"]`), nil},
+		{"pop3 trusted bad", doc("[pop3]", `trusted_networks = ["10.0.0.0/33"]`), []string{`x.toml:2: key pop3.trusted_networks: "10.0.0.0/33" is not a network in CIDR notation`}},
+		{"pop3 trusted host bits", doc("[pop3]", `trusted_networks = ["10.1.2.3/8"]`), []string{`x.toml:2: key pop3.trusted_networks: "10.1.2.3/8" has host bits set: did you mean "10.0.0.0/8"?`}},
+		{"pop3 trusted name", doc("[pop3]", `trusted_networks = ["localhost"]`), []string{`x.toml:2: key pop3.trusted_networks: "localhost" is not a network in CIDR notation or an IP address`}},
+		{"pop3 proxy bad", doc("[pop3]", `proxy_networks = ["fe80::1%eth0"]`), []string{`x.toml:2: key pop3.proxy_networks: "fe80::1%eth0" is not`}},
+		{"pop3 idle_timeout", doc("[pop3]", `idle_timeout = "9m59s"`), []string{`x.toml:2: key pop3.idle_timeout: must be at least "10m", got "9m59s"`}},
+		{"pop3 max_sessions", doc("[pop3]", `max_sessions = 0`), []string{`x.toml:2: key pop3.max_sessions: must be at least 1, got 0`}},
+		{"pop3 max_per_ip", doc("[pop3]", `max_per_ip = 0`), []string{`x.toml:2: key pop3.max_per_ip: must be at least 1, got 0`}},
+		{"pop3 auth_fail_delay 0", doc("[pop3]", `auth_fail_delay = "0s"`), nil},
+		{"pop3 max_auth_failures", doc("[pop3]", `max_auth_failures = 0`), []string{`x.toml:2: key pop3.max_auth_failures: must be at least 1, got 0`}},
+		{"pop3 lock_stale", doc("[pop3]", `lock_stale = "29s"`), []string{`x.toml:2: key pop3.lock_stale: must be at least "30s", got "29s"`}},
+		{"pop3 uidl_format", doc("[pop3]", `uidl_format = "dovecot"`), nil},
+		{"pop3 uidl_format bad", doc("[pop3]", `uidl_format = "imap"`), []string{`x.toml:2: key pop3.uidl_format: must be "maildir", "dovecot" or "courier", got "imap"`}},
+
+		{"metrics listen", doc("[metrics]", `listen = "tcp:127.0.0.1:9100"`), nil},
+		{"metrics listen bad", doc("[metrics]", `listen = "9100"`), []string{`x.toml:2: key metrics.listen: "9100" is not`}},
+		{"metrics listen shared", doc("[lmtp]", `listen = ["127.0.0.1:9100"]`, "[metrics]", `listen = "tcp:127.0.0.1:9100"`), []string{`x.toml:4: key metrics.listen: "tcp:127.0.0.1:9100" is also in lmtp.listen`}},
+
+		{"sorted by line, defaults last", doc(
+			"[pop3]",
+			`idle_timeout = "1m"`,
+			`listen_tls = [":995"]`,
+			"[store]",
+			`mail_root = "x"`,
+		), []string{
+			`x.toml:2: key pop3.idle_timeout:`,
+			`x.toml:5: key store.mail_root:`,
+			`x.toml: key pop3.tls_cert (default):`,
+			`x.toml: key pop3.tls_key (default):`,
+		}},
+		{"dotted key line", doc(`hostname = "a"`, `store.mail_root = "x"`), []string{`x.toml:2: key store.mail_root:`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(tt.data, "x.toml")
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if tt.name == "lmtp listen long socket" {
+				wantErrors(t, err, tt.want[0])
+				wantErrors(t, err, tt.want[1])
+				return
+			}
+			wantErrors(t, err, tt.want...)
+		})
+	}
+}
+
+func TestValidateWithoutFile(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Default() does not validate: %v", err)
+	}
+	c.Store.MailRoot = "relative"
+	c.POP3.STLS = true
+	err := c.Validate()
+	wantErrors(t, err,
+		`key store.mail_root: "relative" must be an absolute path`,
+		`key pop3.tls_cert: must be set when pop3.stls is true`,
+		`key pop3.tls_key: must be set when pop3.stls is true`,
+	)
+	if strings.Contains(err.Error(), "(default)") {
+		t.Errorf("a Config built in code has no defaults to point at: %v", err)
+	}
+	var e *Error
+	if !errors.As(err, &e) || e.Key != "store.mail_root" || e.File != "" || e.Line != 0 {
+		t.Errorf("first error: %#v", e)
+	}
+	if !strings.HasPrefix(err.Error(), "key store.mail_root") {
+		t.Errorf("no file, so no location: %q", err)
+	}
+}
+
+func TestValidateAfterParse(t *testing.T) {
+	// Validate on a parsed Config, changed in code, still points at lines.
+	c, err := Parse(doc("", `[store]`, `mail_root = "/srv/mail"`), "nfsdrop.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Store.MailRoot = ""
+	c.Log.Level = "loud"
+	wantErrors(t, c.Validate(),
+		`nfsdrop.toml:3: key store.mail_root: must be set`,
+		`nfsdrop.toml: key log.level (default): must be`,
+	)
+}
+
+func TestSplitListen(t *testing.T) {
+	for _, tt := range []struct{ in, network, address string }{
+		{"unix:/run/nfsdrop/lmtp", "unix", "/run/nfsdrop/lmtp"},
+		{"tcp:127.0.0.1:24", "tcp", "127.0.0.1:24"},
+		{"127.0.0.1:24", "tcp", "127.0.0.1:24"},
+		{"tcp:[::1]:24", "tcp", "[::1]:24"},
+		{":110", "tcp", ":110"},
+		{"tcp::110", "tcp", ":110"},
+		{"mx.example.org:24", "tcp", "mx.example.org:24"},
+	} {
+		n, a, err := SplitListen(tt.in)
+		if err != nil || n != tt.network || a != tt.address {
+			t.Errorf("SplitListen(%q) = %q, %q, %v; want %q, %q", tt.in, n, a, err, tt.network, tt.address)
+		}
+	}
+}
+
+func TestParsePrefix(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"10.0.0.0/8", "10.0.0.0/8"},
+		{"192.0.2.7", "192.0.2.7/32"},
+		{"::1", "::1/128"},
+		{"2001:db8::/32", "2001:db8::/32"},
+	} {
+		p, err := ParsePrefix(tt.in)
+		if err != nil || p.String() != tt.want {
+			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", tt.in, p, err, tt.want)
+		}
+	}
+}

@@ -1,0 +1,407 @@
+package lmtp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/nfsdrop/nfsdrop/internal/envelope"
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+// Options configures the LMTP server.
+type Options struct {
+	// Hostname is announced in the greeting and the Received header.
+	Hostname string
+	// MaxMessageSize is advertised as SIZE and enforced (552 5.3.4).
+	MaxMessageSize int64
+	// MaxRecipients per transaction (452 4.5.3 beyond it).
+	MaxRecipients int
+	// MaxUserConcurrency bounds concurrent deliveries to one address,
+	// like Dovecot's lmtp_user_concurrency_limit (451 4.3.0 beyond it);
+	// 0 is unlimited.
+	MaxUserConcurrency int
+	// MaxConnections bounds open connections (421 4.3.2 beyond it).
+	MaxConnections int
+	// MaxLineLength bounds a command or message line.
+	MaxLineLength int
+	// ReadTimeout and WriteTimeout are deadlines on every read and write.
+	ReadTimeout, WriteTimeout time.Duration
+	// DeliveredToAlways gives every recipient its own copy with its own
+	// Delivered-To header. Otherwise Delivered-To is added only when a
+	// transaction has one recipient, so a message for many recipients is
+	// written once and hard-linked (the default; Dovecot's LMTP does the
+	// same).
+	DeliveredToAlways bool
+	// Logger gets one line per recipient and per session problem.
+	Logger *slog.Logger
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// Server is an LMTP server over a Backend.
+type Server struct {
+	opts    Options
+	backend Backend
+	smtp    *smtp.Server
+	log     *slog.Logger
+	conns   atomic.Int64
+
+	mu     sync.Mutex
+	active map[string]int // deliveries in progress per address
+}
+
+// New makes a Server.
+func New(b Backend, opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Server{opts: opts, backend: b, log: opts.Logger, active: make(map[string]int)}
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.LMTP = true
+	srv.Domain = opts.Hostname
+	srv.MaxMessageBytes = opts.MaxMessageSize
+	srv.MaxRecipients = opts.MaxRecipients
+	srv.MaxLineLength = opts.MaxLineLength
+	srv.ReadTimeout = opts.ReadTimeout
+	srv.WriteTimeout = opts.WriteTimeout
+	srv.EnableBINARYMIME = true
+	srv.ErrorLog = slogPrinter{opts.Logger}
+	s.smtp = srv
+	return s
+}
+
+// Serve accepts connections on l until Shutdown or Close.
+func (s *Server) Serve(l net.Listener) error {
+	return s.smtp.Serve(&limitListener{Listener: l, s: s})
+}
+
+// Shutdown stops accepting and waits for open sessions to end, until ctx
+// is done; then it closes them (a delivery in flight is answered 421 or
+// the client sees the connection drop, and Postfix retries: nothing is
+// acknowledged that is not stored).
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.smtp.Shutdown(ctx)
+	if err != nil {
+		s.smtp.Close()
+	}
+	return err
+}
+
+// Close closes listeners and connections at once.
+func (s *Server) Close() error { return s.smtp.Close() }
+
+// Connections is the number of open connections.
+func (s *Server) Connections() int64 { return s.conns.Load() }
+
+// limitListener answers connections beyond MaxConnections with 421 and
+// closes them, instead of leaving them queued in the kernel.
+type limitListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		n := l.s.conns.Add(1)
+		if max := l.s.opts.MaxConnections; max > 0 && n > int64(max) {
+			l.s.conns.Add(-1)
+			l.s.log.Warn("lmtp connection refused: too many connections", "remote", c.RemoteAddr().String(), "max", max)
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "421 4.3.2 "+l.s.opts.Hostname+" Too many connections, try again later\r\n")
+			c.Close()
+			continue
+		}
+		return &countedConn{Conn: c, s: l.s}, nil
+	}
+}
+
+type countedConn struct {
+	net.Conn
+	s    *Server
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.s.conns.Add(-1) })
+	return c.Conn.Close()
+}
+
+// acquire takes a delivery slot for addr; false when the limit is reached.
+func (s *Server) acquire(addr string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if max := s.opts.MaxUserConcurrency; max > 0 && s.active[addr] >= max {
+		return false
+	}
+	s.active[addr]++
+	return true
+}
+
+func (s *Server) release(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active[addr]--; s.active[addr] <= 0 {
+		delete(s.active, addr)
+	}
+}
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	var id [10]byte
+	rand.Read(id[:])
+	remote := ""
+	if a := c.Conn().RemoteAddr(); a != nil {
+		remote = a.String()
+	}
+	if remote == "" || remote == "@" {
+		remote = "unix"
+	}
+	return &session{
+		s:      s,
+		conn:   c,
+		id:     strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(id[:])),
+		remote: remote,
+	}, nil
+}
+
+// session is one LMTP connection. go-smtp calls it from one goroutine.
+type session struct {
+	s      *Server
+	conn   *smtp.Conn
+	id     string
+	remote string
+	txn    int
+
+	from  string
+	rcpts []rcptEntry
+}
+
+type rcptEntry struct {
+	addr string // as given in RCPT TO
+	r    Recipient
+}
+
+func (ss *session) txnID() string { return ss.id + "." + strconv.Itoa(ss.txn) }
+
+func (ss *session) Reset() {
+	for _, e := range ss.rcpts {
+		ss.s.release(e.r.Address)
+	}
+	ss.rcpts = nil
+	ss.from = ""
+}
+
+func (ss *session) Logout() error {
+	ss.Reset()
+	return nil
+}
+
+func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+	ss.Reset()
+	ss.txn++
+	ss.from = from
+	return nil
+}
+
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ctx, cancel := ss.context()
+	defer cancel()
+	r, err := ss.s.backend.Resolve(ctx, to)
+	if err != nil {
+		rep := reply(to, err)
+		ss.logRcpt(to, "", rep, err, 0, 0)
+		return rep
+	}
+	if !ss.s.acquire(r.Address) {
+		rep := &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Too many concurrent deliveries for this user, try again later"}
+		ss.logRcpt(to, "", rep, nil, 0, 0)
+		return rep
+	}
+	ss.rcpts = append(ss.rcpts, rcptEntry{addr: to, r: r})
+	return nil
+}
+
+func (ss *session) context() (context.Context, context.CancelFunc) {
+	d := ss.s.opts.ReadTimeout
+	if d <= 0 {
+		d = 5 * time.Minute
+	}
+	return context.WithTimeout(context.Background(), d)
+}
+
+// Data is used only outside LMTP mode; go-smtp calls LMTPData here.
+func (ss *session) Data(r io.Reader) error {
+	var first error
+	ss.LMTPData(r, statusFunc(func(_ string, err error) {
+		if first == nil {
+			first = err
+		}
+	}))
+	return first
+}
+
+type statusFunc func(string, error)
+
+func (f statusFunc) SetStatus(rcpt string, err error) { f(rcpt, err) }
+
+// LMTPData reads the message once, stages it once, and publishes it for
+// each recipient, answering each on its own (RFC 2033 section 4.2).
+func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	start := ss.s.opts.Now()
+	ctx, cancel := ss.context()
+	defer cancel()
+
+	hdr, msg, err := envelope.ReadHeader(&dataReader{r})
+	if err != nil {
+		return ss.failAll(status, err, start)
+	}
+	// Loop refusal: a recipient already named in Delivered-To gets 554
+	// 5.4.6; the others are delivered.
+	var targets []rcptEntry
+	for _, e := range ss.rcpts {
+		if hdr.Looped(e.addr, e.r.Address) {
+			err := failure.New(failure.Loop, "loop check", "mail loop", nil)
+			rep := reply(e.addr, err)
+			ss.logRcpt(e.addr, "", rep, err, 0, time.Since(start))
+			status.SetStatus(e.addr, rep)
+			continue
+		}
+		targets = append(targets, e)
+	}
+	if len(targets) == 0 {
+		io.Copy(io.Discard, msg)
+		return nil
+	}
+
+	trace := envelope.ReturnPath(ss.from) + ss.received(targets)
+	perRecipient := ss.s.opts.DeliveredToAlways && len(targets) > 1
+	if len(targets) == 1 {
+		trace = envelope.ReturnPath(ss.from) + envelope.DeliveredTo(targets[0].addr) + ss.received(targets)
+	}
+	staged, err := ss.s.backend.Stage(ctx, targets[0].r, io.MultiReader(strings.NewReader(trace), msg))
+	if err != nil {
+		io.Copy(io.Discard, msg)
+		for _, e := range targets {
+			rep := reply(e.addr, err)
+			ss.logRcpt(e.addr, "", rep, err, 0, time.Since(start))
+			status.SetStatus(e.addr, rep)
+		}
+		return nil
+	}
+	defer staged.Discard()
+	for _, e := range targets {
+		var prefix []byte
+		if perRecipient {
+			prefix = []byte(envelope.DeliveredTo(e.addr))
+		}
+		key, err := staged.Deliver(ctx, e.r, prefix)
+		var rep *smtp.SMTPError
+		if err != nil {
+			rep = reply(e.addr, err)
+		} else {
+			rep = saved(key)
+		}
+		ss.logRcpt(e.addr, key, rep, err, len(targets), time.Since(start))
+		status.SetStatus(e.addr, rep)
+	}
+	return nil
+}
+
+// failAll answers every recipient with err (the message could not be read).
+func (ss *session) failAll(status smtp.StatusCollector, err error, start time.Time) error {
+	for _, e := range ss.rcpts {
+		rep := reply(e.addr, err)
+		ss.logRcpt(e.addr, "", rep, err, 0, time.Since(start))
+		status.SetStatus(e.addr, rep)
+	}
+	return nil
+}
+
+func (ss *session) received(targets []rcptEntry) string {
+	rcpt := ""
+	if len(targets) == 1 {
+		rcpt = targets[0].addr
+	}
+	return envelope.Received(ss.conn.Hostname(), ss.remote, ss.s.opts.Hostname, "LMTP", ss.txnID(), rcpt, ss.s.opts.Now())
+}
+
+func (ss *session) logRcpt(rcpt, key string, rep *smtp.SMTPError, err error, nrcpt int, d time.Duration) {
+	attrs := []any{
+		"session", ss.txnID(), "remote", ss.remote, "from", ss.from, "rcpt", rcpt,
+		"code", rep.Code, "dsn", dsn(rep.EnhancedCode),
+	}
+	if key != "" {
+		attrs = append(attrs, "key", key)
+	}
+	if nrcpt > 0 {
+		attrs = append(attrs, "recipients", nrcpt)
+	}
+	if d > 0 {
+		attrs = append(attrs, "duration", d.Round(time.Microsecond))
+	}
+	switch {
+	case rep.Code < 300:
+		ss.s.log.Info("delivered", attrs...)
+	case rep.Code < 500:
+		ss.s.log.Warn("deferred", append(attrs, "reason", rep.Message, "err", errString(err))...)
+	default:
+		ss.s.log.Info("refused", append(attrs, "reason", rep.Message, "err", errString(err))...)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func dsn(c smtp.EnhancedCode) string {
+	return strconv.Itoa(c[0]) + "." + strconv.Itoa(c[1]) + "." + strconv.Itoa(c[2])
+}
+
+// dataReader turns go-smtp's size-limit error into a failure the store
+// passes through (so the answer is 552 5.3.4, not "try again"), and any
+// other read error into a temporary failure.
+type dataReader struct{ r io.Reader }
+
+func (d *dataReader) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	if err != nil && err != io.EOF {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code == 552 {
+			return n, failure.New(failure.TooLarge, "read message", "message too big", err)
+		}
+		return n, failure.Temp("read message", "message not received completely", err)
+	}
+	return n, err
+}
+
+// slogPrinter adapts go-smtp's ErrorLog to slog.
+type slogPrinter struct{ l *slog.Logger }
+
+func (p slogPrinter) Printf(format string, v ...any) {
+	p.l.Warn("lmtp protocol error", "detail", strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+func (p slogPrinter) Println(v ...any) {
+	p.l.Warn("lmtp protocol error", "detail", strings.TrimSpace(fmt.Sprintln(v...)))
+}
