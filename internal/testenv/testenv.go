@@ -1,0 +1,135 @@
+// Package testenv is shared by the integration tests: finding real peers
+// (Postfix, slapd, clamd, HAProxy, ...), building the nfsdrop binary once,
+// and picking free loopback ports.
+//
+// A test whose peer is missing fails under CI=true (CI must prove what a
+// user gets, never skip silently) and is skipped elsewhere with a message
+// naming the package to install (./test.sh installs them all).
+package testenv
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// CI reports whether the tests run under CI (CI=true).
+func CI() bool { return os.Getenv("CI") == "true" }
+
+// Require looks each program up in PATH (and /usr/sbin, /usr/lib/postfix/sbin)
+// and returns their paths. A missing one fails the test under CI and skips
+// it otherwise.
+func Require(t testing.TB, pkg string, programs ...string) []string {
+	t.Helper()
+	var paths []string
+	for _, p := range programs {
+		path, err := LookPath(p)
+		if err != nil {
+			msg := p + " not found (Debian package " + pkg + "; ./test.sh installs it)"
+			if CI() {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+		paths = append(paths, path)
+	}
+	return paths
+}
+
+// RequireRoot fails under CI and skips elsewhere when not running as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if CI() {
+			t.Fatal("this test needs root (CI runs as root)")
+		}
+		t.Skip("needs root")
+	}
+}
+
+// LookPath is exec.LookPath that also searches the sbin directories
+// Postfix and others install into.
+func LookPath(p string) (string, error) {
+	if path, err := exec.LookPath(p); err == nil {
+		return path, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/lib/postfix/sbin", "/usr/lib/dovecot"} {
+		c := filepath.Join(dir, p)
+		if fi, err := os.Stat(c); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return c, nil
+		}
+	}
+	return exec.LookPath(p)
+}
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+	buildOut  []byte
+)
+
+// Binary builds cmd/nfsdrop once per test process and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "nfsdrop-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "nfsdrop")
+		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/nfsdrop")
+		cmd.Dir = RepoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		buildOut, buildErr = cmd.CombinedOutput()
+	})
+	if buildErr != nil {
+		t.Fatalf("building nfsdrop: %v\n%s", buildErr, buildOut)
+	}
+	return buildPath
+}
+
+// RepoRoot is the repository's top directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// ShortTempDir makes a temporary directory with a short path (Unix socket
+// paths are limited to 108 bytes, and t.TempDir() paths are long).
+func ShortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "nd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// Contains reports whether s contains every one of subs.
+func Contains(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need when it is missing,
+# then runs gofmt, go vet, staticcheck and every test (unit and
+# integration, with real Postfix, real POP3 clients, ...).
+#
+#   ./test.sh            everything
+#   ./test.sh -run LMTP  extra arguments go to `go test`
+#
+# Under CI=true an integration test whose peer is missing fails; elsewhere
+# it is skipped with the name of the package to install.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+STATICCHECK_VERSION="(0.8.2)"
+STATICCHECK_MODULE_VERSION=v0.8.2
+
+# Debian packages the integration tests use (program -> package).
+declare -A NEED=(
+  [postfix]=postfix
+  [systemd-socket-activate]=systemd
+  [python3]=python3
+  [curl]=curl
+  [fetchmail]=fetchmail
+  [openssl]=openssl
+)
+
+log() { printf '== %s\n' "$*" >&2; }
+
+install_packages() {
+  local missing=()
+  for prog in "${!NEED[@]}"; do
+    if ! command -v "$prog" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$prog" ]; then
+      missing+=("${NEED[$prog]}")
+    fi
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    log "missing packages (${missing[*]}); run as root to install them, or install them yourself"
+    return 0
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_go_tools() {
+  local bin
+  bin="$(go env GOPATH)/bin"
+  export PATH="$bin:$PATH"
+  if ! staticcheck -version 2>/dev/null | grep -q "$STATICCHECK_VERSION"; then
+    log "installing staticcheck $STATICCHECK_MODULE_VERSION"
+    GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_MODULE_VERSION"
+  fi
+}
+
+install_packages
+install_go_tools
+
+log "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change:" >&2; echo "$unformatted" >&2; exit 1
+fi
+log "go vet"
+go vet ./...
+log "staticcheck"
+staticcheck ./...
+
+log "go test"
+# -p 1 keeps integration tests (each starts its own Postfix etc.) from
+# competing for the 2 cores of a CI machine; packages are many and small.
+go test -race -shuffle=on -count=1 -timeout 30m "$@" ./...
+
+if [ $# -eq 0 ]; then
+  log "fuzz (bounded)"
+  go test -run '^$' -fuzz '^FuzzNormalize$' -fuzztime 10s ./internal/userdb/
+fi
+log "all tests passed"
