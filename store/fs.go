@@ -6,6 +6,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // FS is every filesystem call the store makes. It exists so that tests can
@@ -34,6 +36,10 @@ type FS interface {
 	SyncDir(name string) error
 	// ReadDirNames lists a directory's entries (no "." or "..").
 	ReadDirNames(name string) ([]string, error)
+	// TouchNow sets a file's times to "now" as the file server sees it
+	// (utimensat with UTIME_NOW, which an NFS client sends as
+	// SET_TO_SERVER_TIME), so that staleness is judged on one clock.
+	TouchNow(name string) error
 }
 
 // File is an open file in the store.
@@ -118,6 +124,14 @@ func (OSFS) ReadDirNames(name string) ([]string, error) {
 	}
 	defer d.Close()
 	return d.Readdirnames(-1)
+}
+
+func (OSFS) TouchNow(name string) error {
+	now := unix.Timespec{Nsec: unix.UTIME_NOW}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, name, []unix.Timespec{now, now}, 0); err != nil {
+		return &os.PathError{Op: "utimensat", Path: name, Err: err}
+	}
+	return nil
 }
 
 type osFile struct{ f *os.File }

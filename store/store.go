@@ -63,6 +63,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// IndexCacheSize bounds how many Maildir listings this process keeps
+	// for POP3 (0: 10000).
+	IndexCacheSize int
 }
 
 // Quota is a Maildir++ quota; a zero field is unlimited.
@@ -105,6 +108,27 @@ type Store struct {
 	counter    atomic.Uint32
 	dirs       *dirSyncer
 	bufs       sync.Pool
+	index      *indexCache
+	stats      statsBox
+}
+
+// statsBox guards the index cache counters.
+type statsBox struct {
+	mu sync.Mutex
+	c  CacheStats
+}
+
+func (b *statsBox) add(f func(*CacheStats)) {
+	b.mu.Lock()
+	f(&b.c)
+	b.mu.Unlock()
+}
+
+// IndexStats returns the index cache counters so far.
+func (s *Store) IndexStats() CacheStats {
+	s.stats.mu.Lock()
+	defer s.stats.mu.Unlock()
+	return s.stats.c
 }
 
 // New validates opts and returns a Store.
@@ -152,6 +176,10 @@ func New(opts Options) (*Store, error) {
 		return s.retryStale(func() error { return s.fs.SyncDir(dir) })
 	})
 	s.bufs.New = func() any { b := make([]byte, 64<<10); return &b }
+	if opts.IndexCacheSize <= 0 {
+		opts.IndexCacheSize = 10000
+	}
+	s.index = newIndexCache(opts.IndexCacheSize)
 	return s, nil
 }
 

@@ -35,9 +35,11 @@ const (
 	Loop
 	// BadInput: the peer sent something malformed (501/554 style refusal).
 	BadInput
+	// InUse: the mailbox is held by another session (POP3 [IN-USE]).
+	InUse
 )
 
-var kindNames = [...]string{"temporary", "permanent", "not-found", "disabled", "over-quota", "too-large", "virus", "loop", "bad-input"}
+var kindNames = [...]string{"temporary", "permanent", "not-found", "disabled", "over-quota", "too-large", "virus", "loop", "bad-input", "in-use"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {

@@ -72,6 +72,7 @@ type PasswdFile struct {
 	mailRoot    string
 	maildirName string
 	norm        Normalizer
+	defDomain   string // norm.DefaultDomain, normalised
 	defQuota    Quota
 	log         *slog.Logger
 	interval    time.Duration
@@ -161,6 +162,9 @@ func OpenPasswdFile(opts PasswdFileOptions) (*PasswdFile, error) {
 		log:         opts.Logger,
 		interval:    opts.ReloadCheckInterval,
 	}
+	if opts.Normalizer.DefaultDomain != "" {
+		p.defDomain, _ = normalizeDomain(opts.Normalizer.DefaultDomain) // validated above
+	}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -207,7 +211,7 @@ func (p *PasswdFile) Lookup(ctx context.Context, address string) (*User, error) 
 		return nil, err
 	}
 	p.maybeReload()
-	e, local := p.tab.Load().match(a, full, p.norm.DefaultDomain)
+	e, local := p.tab.Load().match(a, full, p.defDomain)
 	if e == nil {
 		return nil, failure.New(failure.NotFound, op, reasonNoUser, nil)
 	}
@@ -238,7 +242,7 @@ func (p *PasswdFile) Authenticate(ctx context.Context, name, password string) (*
 	}
 	p.maybeReload()
 	t := p.tab.Load()
-	e, local := t.match(a, full, p.norm.DefaultDomain)
+	e, local := t.match(a, full, p.defDomain)
 	stored := t.dummy
 	if e != nil && e.password != "" {
 		stored = e.password
@@ -324,10 +328,7 @@ func (p *PasswdFile) mailboxPath(e *passwdEntry) (path string, dotdot bool) {
 		// happened to be addressed to, so it uses the default domain.
 		dom := e.domain
 		if dom == "" {
-			dom = p.norm.DefaultDomain
-			if dom != "" {
-				dom, _ = normalizeDomain(dom)
-			}
+			dom = p.defDomain
 		}
 		local := e.name
 		if i := strings.LastIndexByte(local, '@'); i >= 0 {

@@ -47,6 +47,7 @@ var knownVectors = []struct {
 func TestVerifyPasswordKnownVectors(t *testing.T) {
 	for _, tt := range knownVectors {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel() // argon2 and bcrypt are slow on purpose
 			ok, err := VerifyPassword(tt.stored, tt.password)
 			if err != nil || !ok {
 				t.Fatalf("right password: ok=%v err=%v", ok, err)
@@ -66,6 +67,7 @@ func TestHashPasswordRoundTrip(t *testing.T) {
 		"SSHA", "SSHA256", "SSHA512", "PLAIN", "CLEAR", "{ssha}", "blf-crypt"}
 	for _, scheme := range schemes {
 		t.Run(scheme, func(t *testing.T) {
+			t.Parallel()
 			h, err := HashPassword(scheme, "Tr0ub4dor&3")
 			if err != nil {
 				t.Fatal(err)

@@ -1,0 +1,506 @@
+package store
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+// GenerationName is the file every session that removes or moves messages
+// rewrites, so that other machines' cached listings of the Maildir are
+// known to be out of date even where directory times are coarse.
+const GenerationName = "nfsdrop-pop3.gen"
+
+// SessionOptions configures a POP3 session on a Maildir.
+type SessionOptions struct {
+	// LockStale is how long a session lock may go unrefreshed before
+	// another session takes it over.
+	LockStale time.Duration
+	// MoveToCur moves retrieved messages from new/ to cur/ (flag S) at
+	// QUIT. The UIDL does not change either way.
+	MoveToCur bool
+	// UIDLFormat is UIDLMaildir, UIDLDovecot or UIDLCourier.
+	UIDLFormat string
+	// Owner names the session in the lock file (user, remote address).
+	Owner string
+}
+
+// Entry is one message of a session's listing.
+type Entry struct {
+	// Dir is "new" or "cur"; Name the file name in it.
+	Dir, Name string
+	// Size is the RFC 1939 size: octets with CRLF line ends.
+	Size int64
+	// StoredSize is the file's size (for quota), from ,S= or the file.
+	StoredSize int64
+	// UIDL is stable across sessions and machines.
+	UIDL string
+	// order sorts by delivery time: seconds, then microseconds, then name.
+	sec, usec int64
+}
+
+// dirStamp identifies a directory's state: a cached listing of it is
+// valid while the stamp is unchanged.
+type dirStamp struct {
+	ino, size    uint64
+	mtime, ctime int64
+	cacheable    bool
+}
+
+// indexCache keeps each Maildir's last listing on this machine, so that a
+// repeat login on a large, unchanged mailbox does not look at every file.
+// Every session revalidates the entry before use (see Session).
+type indexCache struct {
+	mu      sync.Mutex
+	entries map[string]*cachedListing
+	max     int
+}
+
+type cachedListing struct {
+	gen        string
+	format     string
+	new, cur   dirStamp
+	newEntries []Entry
+	curEntries []Entry
+}
+
+func newIndexCache(max int) *indexCache {
+	return &indexCache{entries: make(map[string]*cachedListing), max: max}
+}
+
+func (c *indexCache) get(path string) *cachedListing {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.entries[path]
+}
+
+func (c *indexCache) put(path string, l *cachedListing) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= c.max {
+		// Drop an arbitrary entry: a miss costs one directory listing.
+		for k := range c.entries {
+			delete(c.entries, k)
+			break
+		}
+	}
+	c.entries[path] = l
+}
+
+func (c *indexCache) drop(path string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.entries, path)
+}
+
+// CacheStats counts index cache outcomes (for metrics and tests).
+type CacheStats struct {
+	Hits, PartialHits, Misses, Invalidations int64
+}
+
+// Session is a POP3 session's hold on a Maildir: the lock, and the listing
+// made once at login. The listing never changes during the session
+// (RFC 1939); deliveries go on into new/ without the lock and show up in
+// the next session.
+type Session struct {
+	s       *Store
+	mb      Mailbox
+	opts    SessionOptions
+	lock    *dotlock
+	entries []Entry
+	cache   string // how the listing was obtained: "hit", "partial", "miss"
+	closed  bool
+}
+
+// OpenSession takes mb's session lock (failure.InUse when another session
+// holds it) and lists the Maildir, revalidating this machine's cached
+// listing first:
+//
+//  1. the generation file is read through open() (which makes an NFS
+//     client revalidate it: close-to-open consistency);
+//  2. new/ and cur/ are opened and fstat'ed, again forcing fresh
+//     attributes instead of the attribute cache;
+//  3. if the generation and both directories' inode, mtime, ctime and size
+//     are as cached, the cached listing is used; if only new/ changed
+//     (a delivery), only new/ is listed again; otherwise both are.
+//
+// A directory changed in the last two seconds is never cached: two changes
+// within one timestamp tick must not look like none.
+func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err error) {
+	if _, err := s.fs.Lstat(filepath.Join(mb.Path, "cur")); err != nil {
+		if isErrno(err, syscall.ENOENT) {
+			// No Maildir yet: a user who never received mail has an
+			// empty mailbox. Create it so the lock has a home.
+			if err := s.EnsureMaildir(mb); err != nil {
+				return nil, err
+			}
+		} else {
+			return nil, s.classify("open maildir", err)
+		}
+	}
+	lock, err := s.acquireLock(mb.Path, opts.LockStale, opts.Owner)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lock.Release()
+		}
+	}()
+	entries, how, err := s.listing(mb, opts.UIDLFormat)
+	if err != nil {
+		return nil, err
+	}
+	return &Session{s: s, mb: mb, opts: opts, lock: lock, entries: entries, cache: how}, nil
+}
+
+// Entries is the session's listing, sorted by delivery time.
+func (ss *Session) Entries() []Entry { return ss.entries }
+
+// CacheResult says how the listing was made: "hit", "partial" or "miss".
+func (ss *Session) CacheResult() string { return ss.cache }
+
+func (s *Store) stampOf(dir string) (dirStamp, error) {
+	var info Info
+	err := s.retryStale(func() error { var e error; info, e = s.freshInfo(dir); return e })
+	if err != nil {
+		return dirStamp{}, err
+	}
+	now := s.now()
+	age := now.Sub(info.ModTime)
+	return dirStamp{
+		ino: info.Ino, size: uint64(info.Size),
+		mtime: info.ModTime.UnixNano(), ctime: info.ChangeAt.UnixNano(),
+		cacheable: age > 2*time.Second,
+	}, nil
+}
+
+func (a dirStamp) same(b dirStamp) bool {
+	return a.cacheable && a.ino == b.ino && a.size == b.size && a.mtime == b.mtime && a.ctime == b.ctime
+}
+
+func (s *Store) readGeneration(maildir string) (string, error) {
+	var data []byte
+	err := s.retryStale(func() error {
+		var e error
+		data, _, e = s.readSmall(filepath.Join(maildir, GenerationName))
+		return e
+	})
+	if err != nil {
+		if isErrno(err, syscall.ENOENT) {
+			return "", nil
+		}
+		return "", s.classify("read generation", err)
+	}
+	return strings.TrimSpace(string(data)), nil
+}
+
+// bumpGeneration writes a new generation (unique name of this change)
+// atomically: write in tmp/, rename over.
+func (s *Store) bumpGeneration(mb Mailbox) error {
+	tmp := filepath.Join(mb.Path, "tmp", s.newBase()+".gen")
+	if err := s.writeFile(tmp, []byte(s.newBase()+"\n"), mb); err != nil {
+		return s.classify("write generation", err)
+	}
+	info, err := s.fs.Lstat(tmp)
+	if err == nil {
+		err = s.publishRename(tmp, info, filepath.Join(mb.Path, GenerationName))
+	}
+	if err != nil {
+		s.fs.Remove(tmp)
+		return s.classify("write generation", err)
+	}
+	return nil
+}
+
+func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
+	gen, err := s.readGeneration(mb.Path)
+	if err != nil {
+		return nil, "", err
+	}
+	newStamp, err := s.stampOf(filepath.Join(mb.Path, "new"))
+	if err != nil {
+		return nil, "", s.classify("list new", err)
+	}
+	curStamp, err := s.stampOf(filepath.Join(mb.Path, "cur"))
+	if err != nil {
+		return nil, "", s.classify("list cur", err)
+	}
+	cached := s.index.get(mb.Path)
+	how := "miss"
+	var legacy *legacyUIDLs
+	loadLegacy := func() error {
+		if legacy != nil || format == UIDLMaildir || format == "" {
+			return nil
+		}
+		l, err := s.readLegacyUIDLs(mb.Path, format)
+		if err != nil {
+			s.log.Warn("could not read legacy UIDL list; using Maildir names", "maildir", mb.Path, "err", err)
+			l = &legacyUIDLs{}
+		}
+		if l == nil {
+			l = &legacyUIDLs{}
+		}
+		legacy = l
+		return nil
+	}
+	var newEntries, curEntries []Entry
+	switch {
+	case cached != nil && cached.gen == gen && cached.format == format && cached.cur.same(curStamp) && cached.new.same(newStamp):
+		how = "hit"
+		newEntries, curEntries = cached.newEntries, cached.curEntries
+	case cached != nil && cached.gen == gen && cached.format == format && cached.cur.same(curStamp):
+		how = "partial"
+		s.stats.add(func(c *CacheStats) { c.Invalidations++ })
+		curEntries = cached.curEntries
+		loadLegacy()
+		if newEntries, err = s.listDir(mb.Path, "new", legacy, cached.newEntries); err != nil {
+			return nil, "", err
+		}
+	default:
+		if cached != nil {
+			s.stats.add(func(c *CacheStats) { c.Invalidations++ })
+		}
+		loadLegacy()
+		if newEntries, err = s.listDir(mb.Path, "new", legacy, nil); err != nil {
+			return nil, "", err
+		}
+		if curEntries, err = s.listDir(mb.Path, "cur", legacy, nil); err != nil {
+			return nil, "", err
+		}
+	}
+	s.stats.add(func(c *CacheStats) {
+		switch how {
+		case "hit":
+			c.Hits++
+		case "partial":
+			c.PartialHits++
+		default:
+			c.Misses++
+		}
+	})
+	if how != "hit" {
+		s.index.put(mb.Path, &cachedListing{gen: gen, format: format, new: newStamp, cur: curStamp, newEntries: newEntries, curEntries: curEntries})
+	}
+	all := make([]Entry, 0, len(newEntries)+len(curEntries))
+	all = append(all, curEntries...)
+	all = append(all, newEntries...)
+	sort.Slice(all, func(i, j int) bool {
+		a, b := &all[i], &all[j]
+		if a.sec != b.sec {
+			return a.sec < b.sec
+		}
+		if a.usec != b.usec {
+			return a.usec < b.usec
+		}
+		return a.UIDL < b.UIDL
+	})
+	return all, how, nil
+}
+
+// listDir lists one of new/ or cur/. prev (the cached entries of the same
+// directory) is reused for names still present, so sizes that had to be
+// computed from a file are not computed again.
+func (s *Store) listDir(maildir, sub string, legacy *legacyUIDLs, prev []Entry) ([]Entry, error) {
+	dir := filepath.Join(maildir, sub)
+	var names []string
+	err := s.retryStale(func() error { var e error; names, e = s.fs.ReadDirNames(dir); return e })
+	if err != nil {
+		return nil, s.classify("list "+sub, err)
+	}
+	known := make(map[string]*Entry, len(prev))
+	for i := range prev {
+		known[prev[i].Name] = &prev[i]
+	}
+	out := make([]Entry, 0, len(names))
+	for _, name := range names {
+		if strings.HasPrefix(name, ".") {
+			continue
+		}
+		if e, ok := known[name]; ok {
+			out = append(out, *e)
+			continue
+		}
+		e := Entry{Dir: sub, Name: name}
+		base := BaseName(name)
+		e.UIDL = uidlOf(name)
+		if legacy != nil {
+			if u, ok := legacy.uidl[base]; ok {
+				e.UIDL = u
+			}
+		}
+		size, sizeOK, crlf, crlfOK := SizesFromName(name)
+		if !crlfOK && legacy != nil {
+			crlf, crlfOK = legacy.size[base]
+		}
+		if !sizeOK || !crlfOK {
+			st, w, err := s.measure(filepath.Join(dir, name))
+			if err != nil {
+				if isErrno(err, syscall.ENOENT) {
+					continue // removed while we listed
+				}
+				return nil, s.classify("measure message", err)
+			}
+			if !sizeOK {
+				size = st
+			}
+			if !crlfOK {
+				crlf = w
+			}
+		}
+		e.StoredSize, e.Size = size, crlf
+		e.sec, e.usec = deliveryTime(base)
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// measure reads a message to find its size and its CRLF size (for files
+// whose names do not carry ,S= and ,W=: mail written by other programs).
+func (s *Store) measure(path string) (size, crlf int64, err error) {
+	f, err := s.fs.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	var c crlfCounter
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	for {
+		n, err := f.Read(*bp)
+		c.add((*bp)[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+	}
+	return c.size, c.crlf, nil
+}
+
+// deliveryTime parses "<sec>.M<usec>..." (or "<sec>.<anything>") from a
+// base name; names without a leading number sort first.
+func deliveryTime(base string) (sec, usec int64) {
+	dot := strings.IndexByte(base, '.')
+	if dot <= 0 {
+		return 0, 0
+	}
+	sec, err := strconv.ParseInt(base[:dot], 10, 64)
+	if err != nil {
+		return 0, 0
+	}
+	rest := base[dot+1:]
+	if strings.HasPrefix(rest, "M") {
+		end := 1
+		for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
+			end++
+		}
+		usec, _ = strconv.ParseInt(rest[1:end], 10, 64)
+	}
+	return sec, usec
+}
+
+// Open returns the content of entry i.
+func (ss *Session) Open(i int) (io.ReadCloser, error) {
+	if i < 0 || i >= len(ss.entries) {
+		return nil, failure.New(failure.BadInput, "open message", "no such message", nil)
+	}
+	e := ss.entries[i]
+	f, err := ss.s.fs.OpenFile(filepath.Join(ss.mb.Path, e.Dir, e.Name), os.O_RDONLY, 0)
+	if err != nil {
+		if isErrno(err, syscall.ESTALE) {
+			f, err = ss.s.fs.OpenFile(filepath.Join(ss.mb.Path, e.Dir, e.Name), os.O_RDONLY, 0)
+		}
+		if err != nil {
+			return nil, ss.s.classify("open message", err)
+		}
+	}
+	return f, nil
+}
+
+// Commit is POP3's UPDATE state: it checks the lock is still this
+// session's, removes the deleted entries (ENOENT is fine: already gone),
+// moves retrieved ones to cur/ when configured, records the removal in
+// maildirsize, writes a new generation so that other machines drop their
+// cached listing, and releases the lock. It removes nothing when the lock
+// was taken over.
+func (ss *Session) Commit(deleted, retrieved []int) error {
+	if ss.closed {
+		return failure.Temp("commit", "session already closed", nil)
+	}
+	defer ss.Close()
+	s := ss.s
+	if len(deleted) == 0 && (!ss.opts.MoveToCur || len(retrieved) == 0) {
+		return nil
+	}
+	if !ss.lock.Held() {
+		return failure.Temp("commit", "session lock lost; nothing deleted", nil)
+	}
+	var firstErr error
+	var bytes, count int64
+	isDeleted := make(map[int]bool, len(deleted))
+	for _, i := range deleted {
+		if i < 0 || i >= len(ss.entries) || isDeleted[i] {
+			continue
+		}
+		isDeleted[i] = true
+		e := ss.entries[i]
+		path := filepath.Join(ss.mb.Path, e.Dir, e.Name)
+		err := s.retryStale(func() error { return s.fs.Remove(path) })
+		switch {
+		case err == nil:
+			bytes += e.StoredSize
+			count++
+		case isErrno(err, syscall.ENOENT):
+			// Already gone (a retransmitted REMOVE, or removed by hand).
+		default:
+			if firstErr == nil {
+				firstErr = s.classify("remove message", err)
+			}
+		}
+	}
+	if ss.opts.MoveToCur {
+		for _, i := range retrieved {
+			if i < 0 || i >= len(ss.entries) || isDeleted[i] || ss.entries[i].Dir != "new" {
+				continue
+			}
+			e := ss.entries[i]
+			src := filepath.Join(ss.mb.Path, "new", e.Name)
+			dst := filepath.Join(ss.mb.Path, "cur", e.Name+":2,S")
+			if err := s.retryStale(func() error { return s.fs.Rename(src, dst) }); err != nil && !isErrno(err, syscall.ENOENT) {
+				s.log.Warn("could not move a retrieved message to cur", "path", src, "err", err)
+			}
+		}
+	}
+	if count > 0 {
+		s.RecordRemoval(ss.mb, bytes, count)
+	}
+	if err := s.bumpGeneration(ss.mb); err != nil && firstErr == nil {
+		firstErr = err
+	}
+	s.index.drop(ss.mb.Path)
+	if firstErr != nil {
+		return fmt.Errorf("commit: %w", firstErr)
+	}
+	return nil
+}
+
+// Close releases the lock without changing the Maildir.
+func (ss *Session) Close() error {
+	if ss.closed {
+		return nil
+	}
+	ss.closed = true
+	ss.lock.Release()
+	return nil
+}
