@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -85,8 +86,15 @@ func runDeliver(c *cli.Context) error {
 		limit := int64(cfg.LMTP.MaxMessageSize)
 		hdr, msg, err := envelope.ReadHeader(&limitReader{r: c.App.Reader, left: limit, limit: limit})
 		if err != nil {
+			// A *failure.Error (the size limit hit inside the header
+			// section) keeps its kind: 69, not 75. Anything else is
+			// temporary.
+			var fe *failure.Error
+			if !errors.As(err, &fe) {
+				err = failure.Temp("read message", "message not read", err)
+			}
 			for _, tg := range targets {
-				results[tg.index] = failure.Temp("read message", "message not read", err)
+				results[tg.index] = err
 			}
 		} else {
 			deliverAll(e, hdr, msg, from, targets, results)

@@ -3,12 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,12 +36,12 @@ database (listen addresses and limits need a restart).`,
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}
-			ls, err := lmtpListeners(cfg)
-			if err != nil {
+			d := &daemonRun{env: e, cfgPath: c.String("config"), logw: c.App.ErrWriter}
+			if err := d.addLMTP(); err != nil {
 				e.Close()
 				return exitError(err.Error(), exConfig)
 			}
-			return serveDaemon(c.Context, e, c.String("config"), ls, c.App.ErrWriter, nil)
+			return d.run(c.Context)
 		},
 	}
 }
@@ -80,7 +77,9 @@ func lmtpListeners(cfg *config.Config) ([]net.Listener, error) {
 
 // agentSwitch lets SIGHUP swap the user database and store under a
 // running server: each recipient resolves through the current agent.
-type agentSwitch struct{ p atomic.Pointer[delivery.Agent] }
+type agentSwitch struct {
+	p atomic.Pointer[delivery.Agent]
+}
 
 func (s *agentSwitch) Resolve(ctx context.Context, addr string) (lmtp.Recipient, error) {
 	return s.p.Load().LMTP().Resolve(ctx, addr)
@@ -103,89 +102,4 @@ func lmtpOptions(cfg *config.Config, hostname string, log *slog.Logger) lmtp.Opt
 		DeliveredToAlways:  cfg.LMTP.DeliveredTo == "always",
 		Logger:             log.With("service", "lmtp"),
 	}
-}
-
-// serveDaemon runs the LMTP server on ls until SIGTERM/SIGINT or ctx ends.
-// ready, when set, is called with the listeners once they accept.
-func serveDaemon(ctx context.Context, e *env, cfgPath string, ls []net.Listener, logw io.Writer, ready func([]net.Listener)) error {
-	log := e.log
-	notify := daemon.NewNotifier(log)
-	var current atomic.Pointer[env]
-	current.Store(e)
-	sw := &agentSwitch{}
-	sw.p.Store(e.agent())
-
-	srv := lmtp.New(sw, lmtpOptions(e.cfg, e.hostname, log))
-	var wg sync.WaitGroup
-	serveErr := make(chan error, len(ls))
-	var addrs []string
-	for _, l := range ls {
-		addrs = append(addrs, l.Addr().Network()+":"+l.Addr().String())
-		wg.Add(1)
-		go func(l net.Listener) {
-			defer wg.Done()
-			if err := srv.Serve(l); !daemon.IsClosed(err) {
-				serveErr <- err
-			}
-		}(l)
-	}
-	log.Info("lmtp listening", "addresses", strings.Join(addrs, ","), "mail_root", e.cfg.Store.MailRoot, "hostname", e.hostname)
-	if ready != nil {
-		ready(ls)
-	}
-	notify.Ready(fmt.Sprintf("accepting LMTP on %s", strings.Join(addrs, ", ")))
-
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go notify.Watchdog(runCtx, func() error { return nil })
-	go func() {
-		select {
-		case err := <-serveErr:
-			log.Error("lmtp listener failed", "err", err)
-			cancel()
-		case <-runCtx.Done():
-		}
-	}()
-	go func() {
-		t := time.NewTicker(30 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-runCtx.Done():
-				return
-			case <-t.C:
-				notify.Status(fmt.Sprintf("accepting LMTP on %s; %d connections", strings.Join(addrs, ", "), srv.Connections()))
-			}
-		}
-	}()
-
-	reload := func() error {
-		done := notify.Reloading()
-		defer done()
-		cfg, err := config.Load(cfgPath)
-		if err != nil {
-			return err
-		}
-		ne, err := openEnv(cfg, logw)
-		if err != nil {
-			return err
-		}
-		old := current.Swap(ne)
-		sw.p.Store(ne.agent())
-		old.Close()
-		return nil
-	}
-	daemon.Signals(runCtx, log, reload)
-
-	notify.Stopping()
-	timeout := time.Duration(current.Load().cfg.LMTP.ShutdownTimeout)
-	sctx, scancel := context.WithTimeout(context.Background(), timeout)
-	defer scancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("shutdown timed out; closed remaining connections", "timeout", timeout, "err", err)
-	}
-	wg.Wait()
-	current.Load().Close()
-	log.Info("stopped")
-	return nil
 }

@@ -71,6 +71,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			deliverCommand(),
 			lmtpdCommand(),
+			pop3dCommand(),
 			serveCommand(),
 			userCommand(),
 			maildirCommand(),

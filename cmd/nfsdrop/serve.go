@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,7 +23,8 @@ func serveCommand() *cli.Command {
 		Description: `With --dev, needs no root, no LDAP and no Postfix: creates DIR (default
 ./nfsdrop-dev) holding a configuration, a passwd-file with one demo user
 (its password printed once) and a mail root with its mount marker, then
-serves LMTP on a free loopback port and prints how to send a test message.`,
+serves LMTP and POP3 on free loopback ports and prints how to send a test
+message and fetch it.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "dev", Usage: "run on the embedded default in DIR", Required: true},
 		},
@@ -59,17 +59,24 @@ serves LMTP on a free loopback port and prints how to send a test message.`,
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}
-			ls, err := lmtpListeners(cfg)
-			if err != nil {
+			d := &daemonRun{env: e, cfgPath: cfgPath, logw: logFile}
+			if err := d.addLMTP(); err != nil {
+				e.Close()
+				return exitError(err.Error(), exConfig)
+			}
+			if err := d.addPOP3([]string{"tcp:127.0.0.1:0"}); err != nil {
 				e.Close()
 				return exitError(err.Error(), exConfig)
 			}
 			w := c.App.Writer
-			return serveDaemon(c.Context, e, cfgPath, ls, logFile, func(ls []net.Listener) {
-				addr := ls[len(ls)-1].Addr().String()
+			d.ready = func(d *daemonRun) {
+				lmtpAddrs, pop3Addrs := d.addr("lmtp"), d.addr("pop3")
+				tcp := lmtpAddrs[len(lmtpAddrs)-1]
+				pop := pop3Addrs[len(pop3Addrs)-1]
 				fmt.Fprintf(w, "nfsdrop %s, development mode\n\n", versionString())
 				fmt.Fprintf(w, "  config    %s\n  log       %s\n  mail root %s\n", cfgPath, filepath.Join(dir, "nfsdrop.log"), cfg.Store.MailRoot)
-				fmt.Fprintf(w, "  LMTP      %s\n  LMTP      unix:%s\n", addr, ls[0].Addr().String())
+				fmt.Fprintf(w, "  LMTP      %s  and unix:%s\n", tcp, lmtpAddrs[0])
+				fmt.Fprintf(w, "  POP3      %s\n", pop)
 				if password != "" {
 					fmt.Fprintf(w, "  user      %s  password %s  (shown once; stored hashed in %s)\n", devUser, password, cfg.UserDB.PasswdFile)
 				} else {
@@ -79,9 +86,11 @@ serves LMTP on a free loopback port and prints how to send a test message.`,
 				if self == "" {
 					self = "nfsdrop"
 				}
-				fmt.Fprintf(w, "\nSend a test message:\n  %s lmtp-send --server %s --to %s\n", self, addr, devUser)
-				fmt.Fprintf(w, "It lands in %s/example.test/demo/Maildir/new/\n\nCtrl-C stops.\n", cfg.Store.MailRoot)
-			})
+				fmt.Fprintf(w, "\nSend a test message:\n  %s lmtp-send --server %s --to %s\n", self, tcp, devUser)
+				fmt.Fprintf(w, "It lands in %s/example.test/demo/Maildir/new/\n", cfg.Store.MailRoot)
+				fmt.Fprintf(w, "Fetch it over POP3:\n  curl -s pop3://%s/1 -u '%s:PASSWORD'\n\nCtrl-C stops.\n", pop, devUser)
+			}
+			return d.run(c.Context)
 		},
 	}
 }
@@ -132,6 +141,11 @@ default_domain = "example.test"
 [lmtp]
 # serve --dev also listens on a free loopback TCP port and prints it.
 listen = ["unix:%s"]
+
+[pop3]
+# serve --dev listens on a free loopback port and prints it. Plaintext
+# passwords are accepted from loopback only.
+trusted_networks = ["127.0.0.0/8", "::1/128"]
 `, mailRoot, filepath.Join(dir, "lmtp.sock"))
 	return password, os.WriteFile(cfgPath, []byte(cfg), 0o600)
 }

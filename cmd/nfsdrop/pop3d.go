@@ -1,0 +1,171 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nfsdrop/nfsdrop/internal/config"
+	"github.com/nfsdrop/nfsdrop/internal/daemon"
+	"github.com/nfsdrop/nfsdrop/internal/pop3backend"
+	"github.com/nfsdrop/nfsdrop/pop3"
+	"github.com/nfsdrop/nfsdrop/store"
+)
+
+func pop3dCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "pop3d",
+		Usage: "run the POP3 server over the same Maildirs",
+		Description: `Listens on pop3.listen (plain, with STLS when a certificate is set) and
+pop3.listen_tls (implicit TLS), or on the sockets systemd passes with the
+names "pop3" and "pop3s". Any number of machines may serve the same NFS
+mail root: a session locks the mailbox with a link()-based dotlock, and
+every login revalidates this machine's cached listing. SIGHUP reloads the
+configuration, the user database and the TLS certificate.`,
+		Flags: []cli.Flag{configFlag()},
+		Action: func(c *cli.Context) error {
+			cfg, err := configFrom(c)
+			if err != nil {
+				return err
+			}
+			e, err := openEnv(cfg, c.App.ErrWriter)
+			if err != nil {
+				return exitError(err.Error(), exConfig)
+			}
+			d := &daemonRun{env: e, cfgPath: c.String("config"), logw: c.App.ErrWriter}
+			if err := d.addPOP3(nil); err != nil {
+				e.Close()
+				return exitError(err.Error(), exConfig)
+			}
+			return d.run(c.Context)
+		},
+	}
+}
+
+// pop3Listeners takes "pop3" and "pop3s" sockets from systemd, or binds
+// pop3.listen and pop3.listen_tls. extra adds plain listeners (serve --dev).
+func pop3Listeners(cfg *config.Config, extra []string) (plain, implicit []net.Listener, err error) {
+	named, activated, err := daemon.Listeners("pop3", "pop3s")
+	if err != nil {
+		return nil, nil, err
+	}
+	if activated {
+		if len(named["pop3"])+len(named["pop3s"]) == 0 {
+			return nil, nil, errors.New(`socket activation passed no socket named "pop3" or "pop3s" (set FileDescriptorName=)`)
+		}
+		return named["pop3"], named["pop3s"], nil
+	}
+	bind := func(specs []string) ([]net.Listener, error) {
+		var ls []net.Listener
+		for _, spec := range specs {
+			l, err := daemon.Listen(spec)
+			if err != nil {
+				for _, l := range ls {
+					l.Close()
+				}
+				return nil, err
+			}
+			ls = append(ls, l)
+		}
+		return ls, nil
+	}
+	if plain, err = bind(append(append([]string{}, cfg.POP3.Listen...), extra...)); err != nil {
+		return nil, nil, err
+	}
+	if implicit, err = bind(cfg.POP3.ListenTLS); err != nil {
+		for _, l := range plain {
+			l.Close()
+		}
+		return nil, nil, err
+	}
+	if len(plain)+len(implicit) == 0 {
+		return nil, nil, errors.New("pop3.listen and pop3.listen_tls are empty and no sockets were passed by systemd")
+	}
+	return plain, implicit, nil
+}
+
+func sessionOptions(cfg *config.Config) store.SessionOptions {
+	return store.SessionOptions{
+		LockStale:  time.Duration(cfg.POP3.LockStale),
+		MoveToCur:  cfg.POP3.MoveToCur,
+		UIDLFormat: cfg.POP3.UIDLFormat,
+	}
+}
+
+func pop3Options(cfg *config.Config, hostname string, certs *daemon.CertReloader, e *env) (pop3.Options, error) {
+	o := pop3.Options{
+		Hostname:        hostname,
+		AllowPlaintext:  cfg.POP3.AllowPlaintext,
+		IdleTimeout:     time.Duration(cfg.POP3.IdleTimeout),
+		MaxSessions:     cfg.POP3.MaxSessions,
+		MaxPerIP:        cfg.POP3.MaxPerIP,
+		AuthFailDelay:   time.Duration(cfg.POP3.AuthFailDelay),
+		MaxAuthFailures: cfg.POP3.MaxAuthFailures,
+		Logger:          e.log.With("service", "pop3"),
+	}
+	if certs != nil {
+		o.TLSConfig = func() *tls.Config { return certs.Config() }
+	}
+	for _, n := range cfg.POP3.TrustedNetworks {
+		p, err := config.ParsePrefix(n)
+		if err != nil {
+			return o, fmt.Errorf("pop3.trusted_networks: %w", err)
+		}
+		o.TrustedNetworks = append(o.TrustedNetworks, p)
+	}
+	for _, n := range cfg.POP3.ProxyNetworks {
+		p, err := config.ParsePrefix(n)
+		if err != nil {
+			return o, fmt.Errorf("pop3.proxy_networks: %w", err)
+		}
+		o.ProxyNetworks = append(o.ProxyNetworks, p)
+	}
+	return o, nil
+}
+
+// addPOP3 adds the POP3 server and its listeners.
+func (d *daemonRun) addPOP3(extra []string) error {
+	cfg := d.env.cfg
+	var certs *daemon.CertReloader
+	if cfg.POP3.TLSCert != "" {
+		var err error
+		if certs, err = daemon.LoadCert(cfg.POP3.TLSCert, cfg.POP3.TLSKey); err != nil {
+			return err
+		}
+	}
+	plain, implicit, err := pop3Listeners(cfg, extra)
+	if err != nil {
+		return err
+	}
+	if len(implicit) > 0 && certs == nil {
+		return errors.New("pop3: implicit TLS listeners need pop3.tls_cert and pop3.tls_key")
+	}
+	opts, err := pop3Options(cfg, d.env.hostname, certs, d.env)
+	if err != nil {
+		return err
+	}
+	be := pop3backend.New(&pop3backend.Sources{Users: d.env.users, Store: d.env.store, Session: sessionOptions(cfg)}, d.env.log)
+	srv := pop3.New(be, opts)
+	for _, l := range plain {
+		d.listeners = append(d.listeners, boundListener{l: l, proto: "pop3", serve: srv.Serve})
+	}
+	for _, l := range implicit {
+		d.listeners = append(d.listeners, boundListener{l: l, proto: "pop3s", serve: srv.ServeTLS})
+	}
+	d.shutdowns = append(d.shutdowns, srv.Shutdown)
+	d.reloaders = append(d.reloaders, func(_, ne *env) error {
+		if certs != nil {
+			if err := certs.Reload(); err != nil {
+				return err
+			}
+		}
+		be.Swap(&pop3backend.Sources{Users: ne.users, Store: ne.store, Session: sessionOptions(ne.cfg)})
+		return nil
+	})
+	d.statuses = append(d.statuses, func() string { return fmt.Sprintf("POP3 %d sessions", srv.Sessions()) })
+	return nil
+}

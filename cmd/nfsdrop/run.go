@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/config"
+	"github.com/nfsdrop/nfsdrop/internal/daemon"
+	"github.com/nfsdrop/nfsdrop/lmtp"
+)
+
+// daemonRun is one server process: the LMTP and/or POP3 servers it runs,
+// their listeners, and what a reload swaps.
+type daemonRun struct {
+	env     *env
+	cfgPath string
+	logw    io.Writer
+
+	listeners []boundListener
+	shutdowns []func(context.Context) error
+	reloaders []func(old, new *env) error
+	statuses  []func() string
+	ready     func(d *daemonRun)
+
+	current atomic.Pointer[env]
+}
+
+type boundListener struct {
+	l     net.Listener
+	proto string // "lmtp", "pop3", "pop3s"
+	serve func(net.Listener) error
+}
+
+func (d *daemonRun) addr(proto string) []string {
+	var out []string
+	for _, b := range d.listeners {
+		if b.proto == proto {
+			out = append(out, b.l.Addr().String())
+		}
+	}
+	return out
+}
+
+// addLMTP binds (or takes from systemd) the LMTP listeners and adds the
+// LMTP server.
+func (d *daemonRun) addLMTP() error {
+	ls, err := lmtpListeners(d.env.cfg)
+	if err != nil {
+		return err
+	}
+	sw := &agentSwitch{}
+	sw.p.Store(d.env.agent())
+	srv := lmtp.New(sw, lmtpOptions(d.env.cfg, d.env.hostname, d.env.log))
+	for _, l := range ls {
+		d.listeners = append(d.listeners, boundListener{l: l, proto: "lmtp", serve: srv.Serve})
+	}
+	d.shutdowns = append(d.shutdowns, srv.Shutdown)
+	d.reloaders = append(d.reloaders, func(_, ne *env) error { sw.p.Store(ne.agent()); return nil })
+	d.statuses = append(d.statuses, func() string { return fmt.Sprintf("LMTP %d connections", srv.Connections()) })
+	return nil
+}
+
+// run serves until SIGTERM/SIGINT (or ctx ends), reloading on SIGHUP, and
+// drains on the way out.
+func (d *daemonRun) run(ctx context.Context) error {
+	e := d.env
+	log := e.log
+	d.current.Store(e)
+	notify := daemon.NewNotifier(log)
+	var wg sync.WaitGroup
+	serveErr := make(chan error, len(d.listeners))
+	var addrs []string
+	for _, b := range d.listeners {
+		addrs = append(addrs, b.proto+"="+b.l.Addr().Network()+":"+b.l.Addr().String())
+		wg.Add(1)
+		go func(b boundListener) {
+			defer wg.Done()
+			if err := b.serve(b.l); !daemon.IsClosed(err) {
+				serveErr <- fmt.Errorf("%s listener %s: %w", b.proto, b.l.Addr(), err)
+			}
+		}(b)
+	}
+	log.Info("listening", "addresses", strings.Join(addrs, ","), "mail_root", e.cfg.Store.MailRoot, "hostname", e.hostname)
+	if d.ready != nil {
+		d.ready(d)
+	}
+	notify.Ready("serving " + strings.Join(addrs, ", "))
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go notify.Watchdog(runCtx, func() error { return nil })
+	go func() {
+		select {
+		case err := <-serveErr:
+			log.Error("listener failed; stopping", "err", err)
+			cancel()
+		case <-runCtx.Done():
+		}
+	}()
+	go func() {
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+				var parts []string
+				for _, st := range d.statuses {
+					parts = append(parts, st())
+				}
+				notify.Status(strings.Join(parts, "; "))
+			}
+		}
+	}()
+
+	daemon.Signals(runCtx, log, func() error {
+		done := notify.Reloading()
+		defer done()
+		cfg, err := config.Load(d.cfgPath)
+		if err != nil {
+			return err
+		}
+		ne, err := openEnv(cfg, d.logw)
+		if err != nil {
+			return err
+		}
+		old := d.current.Load()
+		for _, r := range d.reloaders {
+			if err := r(old, ne); err != nil {
+				ne.Close()
+				return err
+			}
+		}
+		d.current.Store(ne)
+		old.Close()
+		return nil
+	})
+
+	notify.Stopping()
+	timeout := time.Duration(d.current.Load().cfg.LMTP.ShutdownTimeout)
+	sctx, scancel := context.WithTimeout(context.Background(), timeout)
+	defer scancel()
+	var swg sync.WaitGroup
+	for _, sd := range d.shutdowns {
+		swg.Add(1)
+		go func(sd func(context.Context) error) {
+			defer swg.Done()
+			if err := sd(sctx); err != nil {
+				log.Warn("shutdown timed out; closed remaining connections", "timeout", timeout, "err", err)
+			}
+		}(sd)
+	}
+	swg.Wait()
+	wg.Wait()
+	d.current.Load().Close()
+	log.Info("stopped")
+	return nil
+}
