@@ -61,6 +61,13 @@ type Server struct {
 
 	mu     sync.Mutex
 	active map[string]int // deliveries in progress per address
+
+	// draining is set by Shutdown: connections that are not inside DATA
+	// are closed (nothing was acknowledged on them, so Postfix simply
+	// retries), while those inside DATA finish their delivery first.
+	draining  atomic.Bool
+	connMu    sync.Mutex
+	openConns map[*countedConn]struct{}
 }
 
 // New makes a Server.
@@ -71,7 +78,7 @@ func New(b Backend, opts Options) *Server {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Server{opts: opts, backend: b, log: opts.Logger, active: make(map[string]int)}
+	s := &Server{opts: opts, backend: b, log: opts.Logger, active: make(map[string]int), openConns: make(map[*countedConn]struct{})}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.LMTP = true
 	srv.Domain = opts.Hostname
@@ -91,11 +98,23 @@ func (s *Server) Serve(l net.Listener) error {
 	return s.smtp.Serve(&limitListener{Listener: l, s: s})
 }
 
-// Shutdown stops accepting and waits for open sessions to end, until ctx
-// is done; then it closes them (a delivery in flight is answered 421 or
-// the client sees the connection drop, and Postfix retries: nothing is
+// Shutdown stops accepting, closes connections that are between
+// transactions or before DATA (Postfix caches idle LMTP connections, and
+// nothing on them is acknowledged), lets deliveries inside DATA finish and
+// answer, and waits until ctx is done; then it closes what is left (the
+// client sees the connection drop and Postfix retries: nothing is
 // acknowledged that is not stored).
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.connMu.Lock()
+	for c := range s.openConns {
+		if !c.busy.Load() {
+			// Unblock a Read waiting for the next command; Read then
+			// reports EOF because the server is draining.
+			c.Conn.SetReadDeadline(time.Now())
+		}
+	}
+	s.connMu.Unlock()
 	err := s.smtp.Shutdown(ctx)
 	if err != nil {
 		s.smtp.Close()
@@ -131,18 +150,36 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		return &countedConn{Conn: c, s: l.s}, nil
+		cc := &countedConn{Conn: c, s: l.s}
+		l.s.connMu.Lock()
+		l.s.openConns[cc] = struct{}{}
+		l.s.connMu.Unlock()
+		return cc, nil
 	}
 }
 
+// countedConn counts open connections and lets Shutdown drain them.
 type countedConn struct {
 	net.Conn
 	s    *Server
 	once sync.Once
+	busy atomic.Bool // inside LMTPData: reading the message or storing it
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	if c.s.draining.Load() && !c.busy.Load() {
+		return 0, io.EOF
+	}
+	return c.Conn.Read(p)
 }
 
 func (c *countedConn) Close() error {
-	c.once.Do(func() { c.s.conns.Add(-1) })
+	c.once.Do(func() {
+		c.s.conns.Add(-1)
+		c.s.connMu.Lock()
+		delete(c.s.openConns, c)
+		c.s.connMu.Unlock()
+	})
 	return c.Conn.Close()
 }
 
@@ -266,6 +303,10 @@ func (f statusFunc) SetStatus(rcpt string, err error) { f(rcpt, err) }
 // LMTPData reads the message once, stages it once, and publishes it for
 // each recipient, answering each on its own (RFC 2033 section 4.2).
 func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	if cc, ok := ss.conn.Conn().(*countedConn); ok {
+		cc.busy.Store(true)
+		defer cc.busy.Store(false)
+	}
 	start := ss.s.opts.Now()
 	ctx, cancel := ss.context()
 	defer cancel()
