@@ -385,7 +385,7 @@ func (s *Store) measure(path string) (size, crlf int64, err error) {
 			return 0, 0, err
 		}
 	}
-	return c.size, c.crlf, nil
+	return c.size, c.pop3Size(), nil
 }
 
 // deliveryTime parses "<sec>.M<usec>..." (or "<sec>.<anything>") from a

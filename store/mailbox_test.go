@@ -174,8 +174,8 @@ func TestSessionSizesAndOrder(t *testing.T) {
 	if len(es) != 3 || es[0].UIDL != "1000000001.foreign" || es[1].UIDL != "1000000002.foreign" {
 		t.Fatalf("entries %+v", es)
 	}
-	if es[0].Size != 4 || es[1].Size != 6 {
-		t.Errorf("CRLF sizes %d %d, want 4 6", es[0].Size, es[1].Size)
+	if es[0].Size != 6 || es[1].Size != 6 {
+		t.Errorf("CRLF sizes %d %d, want 6 6 (a missing final line end counts as CRLF)", es[0].Size, es[1].Size)
 	}
 	if !validUIDL(es[2].UIDL) || es[2].UIDL != derivedUIDL(BaseName(long)) {
 		t.Errorf("derived UIDL %q", es[2].UIDL)

@@ -83,7 +83,8 @@ func uniqueBase(now time.Time, pid int, n uint32, host string) string {
 }
 
 // fullName appends the size fields: ,S= the file's size, ,W= its size with
-// every bare LF counted as CRLF (the RFC 1939 size POP3 reports).
+// every bare LF counted as CRLF and a final line end added when missing
+// (the RFC 1939 size POP3 reports; see crlfCounter.pop3Size).
 func fullName(base string, size, crlfSize int64) string {
 	return base + ",S=" + strconv.FormatInt(size, 10) + ",W=" + strconv.FormatInt(crlfSize, 10)
 }
@@ -125,6 +126,18 @@ func SizesFromName(name string) (size int64, sizeOK bool, crlf int64, crlfOK boo
 type crlfCounter struct {
 	size, crlf int64
 	lastCR     bool
+	lastLF     bool
+}
+
+// pop3Size is the RFC 1939 size of the message: its octets as a POP3
+// server sends them, with CRLF line ends and, for a message whose last
+// line has no line end, the CRLF the server must add before the
+// terminating "." (as Courier's pop3d counts it). This is what ,W= holds.
+func (c *crlfCounter) pop3Size() int64 {
+	if c.size > 0 && !c.lastLF {
+		return c.crlf + 2
+	}
+	return c.crlf
 }
 
 func (c *crlfCounter) add(p []byte) {
@@ -147,5 +160,6 @@ func (c *crlfCounter) add(p []byte) {
 	}
 	if len(p) > 0 {
 		c.lastCR = p[len(p)-1] == '\r'
+		c.lastLF = p[len(p)-1] == '\n'
 	}
 }

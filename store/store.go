@@ -397,7 +397,7 @@ func (s *Store) writeTmp(mb Mailbox, r io.Reader) (st *Staged, err error) {
 	}
 	return &Staged{
 		s: s, src: tmpPath, srcInfo: info, inTmp: true,
-		base: base, size: cnt.size, crlfSize: cnt.crlf,
+		base: base, size: cnt.size, crlfSize: cnt.pop3Size(),
 		uid: mb.UID, gid: mb.GID,
 	}, nil
 }

@@ -326,8 +326,8 @@ func TestSizesInName(t *testing.T) {
 		{"", 0, 0},
 		{"a\nb\n", 4, 6},
 		{"a\r\nb\r\n", 6, 6},
-		{"a\x00b\nc", 5, 6},
-		{"\n\n\r\n\r", 5, 7},
+		{"a\x00b\nc", 5, 8},
+		{"\n\n\r\n\r", 5, 9},
 	}
 	for _, c := range cases {
 		d, err := s.Deliver(mb, bytes.NewReader([]byte(c.msg)))

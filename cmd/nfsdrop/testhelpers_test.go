@@ -266,9 +266,15 @@ func nameSizes(name string) (s, w int64, err error) {
 	return s, w, nil
 }
 
-// crlfSize is len(data) with every LF that has no CR before it counted twice.
+// crlfSize is the RFC 1939 size: len(data) with every LF that has no CR
+// before it counted twice, plus the CRLF a POP3 server adds after a last
+// line that has no line end.
 func crlfSize(data []byte) int64 {
-	return int64(len(data) + bytes.Count(data, []byte("\n")) - bytes.Count(data, []byte("\r\n")))
+	n := int64(len(data) + bytes.Count(data, []byte("\n")) - bytes.Count(data, []byte("\r\n")))
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		n += 2
+	}
+	return n
 }
 
 // checkName verifies that name's ,S= is len(data) and ,W= is its CRLF size.
@@ -281,7 +287,7 @@ func checkName(name string, data []byte) error {
 		return fmt.Errorf("%s: S=%d but the file holds %d bytes", name, s, len(data))
 	}
 	if want := crlfSize(data); w != want {
-		return fmt.Errorf("%s: W=%d, want %d (size with bare LF counted as CRLF)", name, w, want)
+		return fmt.Errorf("%s: W=%d, want %d (RFC 1939 size: bare LF counted as CRLF, a missing final line end as CRLF)", name, w, want)
 	}
 	return nil
 }

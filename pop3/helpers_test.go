@@ -1,0 +1,506 @@
+package pop3
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+// fakeMsg is a message of the fake mailbox: data as stored (bare LF or
+// CRLF), or gen bytes of generated bare-LF lines when gen > 0.
+type fakeMsg struct {
+	data string
+	gen  int64
+	uid  string
+}
+
+// crlfSize is the size RFC 1939 LIST reports: line ends as CRLF, and the
+// CRLF that RETR adds to a last line without one.
+func crlfSize(data string) int64 {
+	n := int64(len(data))
+	if data != "" && !strings.HasSuffix(data, "\n") {
+		n += 2
+	}
+	for i := 0; i < len(data); i++ {
+		if data[i] == '\n' && (i == 0 || data[i-1] != '\r') {
+			n++
+		}
+	}
+	return n
+}
+
+const genLine = 100 // generated lines: 99 'x' and LF
+
+func (m fakeMsg) size() int64 {
+	if m.gen > 0 {
+		return m.gen + m.gen/genLine
+	}
+	return crlfSize(m.data)
+}
+
+func (m fakeMsg) open() io.Reader {
+	if m.gen > 0 {
+		return &genReader{left: m.gen}
+	}
+	return strings.NewReader(m.data)
+}
+
+// genReader yields left bytes of "xxx...x\n" lines without holding them.
+type genReader struct{ left, off int64 }
+
+func (g *genReader) Read(p []byte) (int, error) {
+	if g.left == 0 {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(p) && g.left > 0 {
+		if g.off%genLine == genLine-1 {
+			p[n] = '\n'
+		} else {
+			p[n] = 'x'
+		}
+		n++
+		g.off++
+		g.left--
+	}
+	return n, nil
+}
+
+type fakeBackend struct {
+	mu       sync.Mutex
+	users    map[string]string // name → password
+	errs     map[string]error  // name → forced Login error
+	messages []fakeMsg
+	clients  []Client
+	boxes    []*fakeMailbox
+
+	openErr   error
+	readErr   error
+	panicOpen bool
+	commitErr error
+}
+
+func newFakeBackend(msgs ...fakeMsg) *fakeBackend {
+	return &fakeBackend{
+		users:    map[string]string{"alice": "secret word", "bob": "hunter2"},
+		errs:     map[string]error{},
+		messages: msgs,
+	}
+}
+
+func (b *fakeBackend) Login(_ context.Context, c Client, user, pass string) (Mailbox, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.clients = append(b.clients, c)
+	if err := b.errs[user]; err != nil {
+		return nil, err
+	}
+	if p, ok := b.users[user]; !ok {
+		return nil, failure.New(failure.NotFound, "lookup", "no such user", nil)
+	} else if p != pass {
+		return nil, failure.New(failure.NotFound, "password", "wrong password", nil)
+	}
+	mb := &fakeMailbox{b: b, msgs: b.messages, done: make(chan struct{})}
+	b.boxes = append(b.boxes, mb)
+	return mb, nil
+}
+
+func (b *fakeBackend) lastClient(t *testing.T) Client {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.clients) == 0 {
+		t.Fatal("backend saw no login")
+	}
+	return b.clients[len(b.clients)-1]
+}
+
+func (b *fakeBackend) box(t *testing.T, i int) *fakeMailbox {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if i >= len(b.boxes) {
+		t.Fatalf("backend opened %d mailboxes, want more than %d", len(b.boxes), i)
+	}
+	return b.boxes[i]
+}
+
+type fakeMailbox struct {
+	b    *fakeBackend
+	msgs []fakeMsg
+	done chan struct{} // closed by Commit or Close
+	once sync.Once
+
+	mu                 sync.Mutex
+	committed, closed  int
+	deleted, retrieved []int
+}
+
+func (m *fakeMailbox) Messages() []Message {
+	out := make([]Message, len(m.msgs))
+	for i, msg := range m.msgs {
+		uid := msg.uid
+		if uid == "" {
+			uid = "uid" + string(rune('a'+i))
+		}
+		out[i] = Message{Size: msg.size(), UID: uid}
+	}
+	return out
+}
+
+func (m *fakeMailbox) Open(i int) (io.ReadCloser, error) {
+	if m.b.panicOpen {
+		panic("fake backend: open exploded")
+	}
+	if m.b.openErr != nil {
+		return nil, m.b.openErr
+	}
+	r := m.msgs[i].open()
+	if m.b.readErr != nil {
+		r = io.MultiReader(io.LimitReader(r, 10), errReader{m.b.readErr})
+	}
+	return io.NopCloser(r), nil
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+func (m *fakeMailbox) Commit(deleted, retrieved []int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.committed++
+	m.deleted, m.retrieved = deleted, retrieved
+	m.once.Do(func() { close(m.done) })
+	return m.b.commitErr
+}
+
+func (m *fakeMailbox) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed++
+	m.once.Do(func() { close(m.done) })
+	return nil
+}
+
+// wait waits for Commit or Close and returns how many times each ran.
+func (m *fakeMailbox) wait(t *testing.T) (committed, closed int) {
+	t.Helper()
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("mailbox neither committed nor closed")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.committed, m.closed
+}
+
+// logBuffer collects the server's log for checks.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitFor waits until the log has a line containing all of parts (the
+// session line is written after the client sees the connection close).
+func (l *logBuffer) waitFor(t *testing.T, parts ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, line := range strings.Split(l.String(), "\n") {
+			ok := true
+			for _, p := range parts {
+				ok = ok && strings.Contains(line, p)
+			}
+			if ok {
+				return line
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q in:\n%s", parts, l.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func newTestLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func baseOptions() Options {
+	return Options{
+		Hostname:        "pop.test",
+		AllowPlaintext:  true,
+		IdleTimeout:     10 * time.Second,
+		MaxAuthFailures: 3,
+	}
+}
+
+type testServer struct {
+	*Server
+	addr   string
+	log    *logBuffer
+	writes atomic.Int64 // Write calls on accepted connections
+	served chan error
+}
+
+// startServer serves on a loopback port; tls selects ServeTLS.
+func startServer(t *testing.T, b Backend, opts Options, implicitTLS bool, tweak ...func(*Server)) *testServer {
+	t.Helper()
+	ts := &testServer{log: &logBuffer{}, served: make(chan error, 1)}
+	opts.Logger = newTestLogger(ts.log)
+	ts.Server = New(b, opts)
+	for _, f := range tweak {
+		f(ts.Server)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = l.Addr().String()
+	cl := &countingListener{Listener: l, writes: &ts.writes}
+	go func() {
+		if implicitTLS {
+			ts.served <- ts.ServeTLS(cl)
+		} else {
+			ts.served <- ts.Serve(cl)
+		}
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := ts.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if err := <-ts.served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+	return ts
+}
+
+type countingListener struct {
+	net.Listener
+	writes *atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, writes: l.writes}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// client is a raw POP3 client: lines in, lines out.
+type client struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dial(t *testing.T, addr string) *client {
+	t.Helper()
+	return dialFrom(t, addr, nil)
+}
+
+func dialFrom(t *testing.T, addr string, local net.Addr) *client {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: local}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &client{t: t, c: c, r: bufio.NewReader(c)}
+}
+
+// dialTLS connects to an implicit-TLS listener.
+func dialTLS(t *testing.T, addr string, cfg *tls.Config) *client {
+	t.Helper()
+	c := dial(t, addr)
+	c.startTLS(cfg)
+	return c
+}
+
+func (c *client) startTLS(cfg *tls.Config) {
+	c.t.Helper()
+	if c.r.Buffered() != 0 {
+		c.t.Fatalf("%d bytes unread before TLS", c.r.Buffered())
+	}
+	tc := tls.Client(c.c, cfg)
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		c.t.Fatalf("TLS handshake: %v", err)
+	}
+	tc.SetDeadline(time.Time{})
+	c.c = tc
+	c.r = bufio.NewReader(tc)
+}
+
+// send writes the lines, each with CRLF, in one write.
+func (c *client) send(lines ...string) {
+	c.t.Helper()
+	c.raw(strings.Join(lines, "\r\n") + "\r\n")
+}
+
+func (c *client) raw(s string) {
+	c.t.Helper()
+	c.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c.c, s); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// line reads one line without CRLF.
+func (c *client) line() string {
+	c.t.Helper()
+	c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	s, err := c.r.ReadString('\n')
+	if err != nil {
+		c.t.Fatalf("read: %v (got %q)", err, s)
+	}
+	if !strings.HasSuffix(s, "\r\n") {
+		c.t.Fatalf("line %q does not end in CRLF", s)
+	}
+	return strings.TrimSuffix(s, "\r\n")
+}
+
+// expect reads a line and checks that it starts with prefix.
+func (c *client) expect(prefix string) string {
+	c.t.Helper()
+	s := c.line()
+	if !strings.HasPrefix(s, prefix) {
+		c.t.Fatalf("got %q, want %q...", s, prefix)
+	}
+	return s
+}
+
+// multi reads the lines of a multi-line response after its first line,
+// with the byte-stuffing undone.
+func (c *client) multi() []string {
+	c.t.Helper()
+	var out []string
+	for {
+		s := c.line()
+		if s == "." {
+			return out
+		}
+		out = append(out, strings.TrimPrefix(s, "."))
+	}
+}
+
+// body reads a multi-line response's data as sent (stuffed, CRLF) up to
+// and without the terminating ".\r\n".
+func (c *client) body() string {
+	c.t.Helper()
+	var b strings.Builder
+	for {
+		c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		s, err := c.r.ReadString('\n')
+		if err != nil {
+			c.t.Fatalf("read: %v", err)
+		}
+		if s == ".\r\n" {
+			return b.String()
+		}
+		b.WriteString(s)
+	}
+}
+
+// eof checks that the server closed the connection with nothing more.
+func (c *client) eof() {
+	c.t.Helper()
+	c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	s, err := c.r.ReadString('\n')
+	if err == nil || s != "" {
+		c.t.Fatalf("got %q, %v; want the connection closed", s, err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.t.Fatal("connection still open")
+	}
+}
+
+func (c *client) login(user, pass string) {
+	c.t.Helper()
+	c.send("USER "+user, "PASS "+pass)
+	c.expect("+OK")
+	c.expect("+OK Logged in")
+}
+
+// testCert makes a self-signed certificate for localhost and 127.0.0.1,
+// and returns the server config and a client config that trusts it.
+func testCert(t *testing.T) (server, client *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "localhost"},
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	client = &tls.Config{RootCAs: pool, ServerName: "localhost"}
+	return server, client
+}

@@ -1,0 +1,1074 @@
+package pop3
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"reflect"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+var testMessages = []fakeMsg{
+	// Bare LF, lines starting with dots, no line end at the end.
+	{data: "Subject: one\nFrom: a@example.org\n\nhello\n.dot line\n..two dots\n.\nbare lf end", uid: "u1"},
+	// Already CRLF, a CR at a line's end must not be doubled.
+	{data: "Subject: two\r\nX-A: b\r\n\r\nbody1\r\nbody2\r\nbody3\r\n", uid: "u2"},
+	{data: "A: b\n\nshort\n", uid: "u3"},
+}
+
+// wire is a message as RETR must send it: CRLF line ends, stuffed dots,
+// a CRLF added to an unterminated last line.
+func wire(data string) string {
+	data = strings.ReplaceAll(data, "\r\n", "\n")
+	if !strings.HasSuffix(data, "\n") {
+		data += "\n"
+	}
+	lines := strings.SplitAfter(data, "\n")
+	var b strings.Builder
+	for _, l := range lines {
+		if l == "" {
+			continue
+		}
+		if strings.HasPrefix(l, ".") {
+			b.WriteByte('.')
+		}
+		b.WriteString(strings.TrimSuffix(l, "\n") + "\r\n")
+	}
+	return b.String()
+}
+
+func unstuff(body string) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(body, "\r\n") {
+		b.WriteString(strings.TrimPrefix(l, "."))
+	}
+	return b.String()
+}
+
+func TestFullSession(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	ts := startServer(t, b, baseOptions(), false)
+	c := dial(t, ts.addr)
+	if g := c.line(); g != "+OK pop.test nfsdrop POP3 ready" {
+		t.Fatalf("greeting %q", g)
+	}
+
+	c.send("CAPA")
+	c.expect("+OK")
+	capa := c.multi()
+	for _, want := range []string{"TOP", "UIDL", "USER", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "SASL PLAIN LOGIN", "IMPLEMENTATION nfsdrop"} {
+		if !slices.Contains(capa, want) {
+			t.Errorf("CAPA %q lacks %q", capa, want)
+		}
+	}
+	if slices.Contains(capa, "STLS") {
+		t.Errorf("CAPA offers STLS without TLS: %q", capa)
+	}
+
+	c.send("STAT")
+	c.expect("-ERR")
+	c.send("USER alice")
+	c.expect("+OK")
+	c.send("PASS secret word") // a space in the password
+	c.expect("+OK Logged in, 3 messages")
+
+	var total int64
+	for _, m := range testMessages {
+		total += m.size()
+	}
+	c.send("STAT")
+	if got, want := c.line(), fmt.Sprintf("+OK 3 %d", total); got != want {
+		t.Fatalf("STAT: %q, want %q", got, want)
+	}
+	c.send("LIST")
+	c.expect("+OK 3 messages")
+	list := c.multi()
+	wantList := []string{}
+	for i, m := range testMessages {
+		wantList = append(wantList, fmt.Sprintf("%d %d", i+1, m.size()))
+	}
+	if !reflect.DeepEqual(list, wantList) {
+		t.Fatalf("LIST %q, want %q", list, wantList)
+	}
+	c.send("LIST 2")
+	if got := c.line(); got != fmt.Sprintf("+OK 2 %d", testMessages[1].size()) {
+		t.Fatalf("LIST 2: %q", got)
+	}
+	c.send("UIDL")
+	c.expect("+OK")
+	if got := c.multi(); !reflect.DeepEqual(got, []string{"1 u1", "2 u2", "3 u3"}) {
+		t.Fatalf("UIDL %q", got)
+	}
+	c.send("uidl 3") // keywords are case-insensitive
+	if got := c.line(); got != "+OK 3 u3" {
+		t.Fatalf("UIDL 3: %q", got)
+	}
+
+	c.send("RETR 1")
+	first := c.line()
+	body := c.body()
+	if body != wire(testMessages[0].data) {
+		t.Fatalf("RETR 1 sent\n%q\nwant\n%q", body, wire(testMessages[0].data))
+	}
+	if !strings.Contains(body, "\r\n..dot line\r\n...two dots\r\n..\r\n") {
+		t.Fatalf("RETR 1 not byte-stuffed: %q", body)
+	}
+	if strings.Contains(strings.ReplaceAll(body, "\r\n", ""), "\n") {
+		t.Fatalf("RETR 1 has a bare LF: %q", body)
+	}
+	// The size LIST announced is the size of what RETR sends, unstuffed.
+	size := int64(len(unstuff(body)))
+	if size != testMessages[0].size() || first != fmt.Sprintf("+OK %d octets", size) {
+		t.Fatalf("RETR 1: %q and %d octets, LIST said %d", first, size, testMessages[0].size())
+	}
+
+	c.send("TOP 2 1")
+	c.expect("+OK")
+	if got := c.body(); got != "Subject: two\r\nX-A: b\r\n\r\nbody1\r\n" {
+		t.Fatalf("TOP 2 1: %q", got)
+	}
+	c.send("TOP 1 0")
+	c.expect("+OK")
+	if got := c.body(); got != "Subject: one\r\nFrom: a@example.org\r\n\r\n" {
+		t.Fatalf("TOP 1 0: %q", got)
+	}
+	c.send("TOP 3 99999999999999999999")
+	c.expect("+OK")
+	if got := c.body(); got != wire(testMessages[2].data) {
+		t.Fatalf("TOP 3 huge: %q", got)
+	}
+
+	c.send("DELE 1")
+	c.expect("+OK")
+	c.send("DELE 1")
+	if got := c.line(); got != "-ERR no such message" {
+		t.Fatalf("second DELE 1: %q", got)
+	}
+	c.send("LIST 1")
+	c.expect("-ERR no such message")
+	c.send("RETR 1")
+	c.expect("-ERR no such message")
+	c.send("STAT")
+	if got, want := c.line(), fmt.Sprintf("+OK 2 %d", total-testMessages[0].size()); got != want {
+		t.Fatalf("STAT after DELE: %q, want %q", got, want)
+	}
+	c.send("LIST")
+	c.expect("+OK 2 messages")
+	if got := c.multi(); len(got) != 2 || !strings.HasPrefix(got[0], "2 ") {
+		t.Fatalf("LIST after DELE: %q", got)
+	}
+	c.send("RSET")
+	c.expect("+OK maildrop has 3 messages")
+	c.send("DELE 3", "RETR 2", "NOOP")
+	c.expect("+OK message 3 deleted")
+	c.expect("+OK")
+	if got := c.body(); got != wire(testMessages[1].data) {
+		t.Fatalf("RETR 2: %q", got)
+	}
+	c.expect("+OK")
+
+	c.send("QUIT")
+	if got := c.line(); got != "+OK pop.test bye (1 messages deleted)" {
+		t.Fatalf("QUIT: %q", got)
+	}
+	c.eof()
+
+	mb := b.box(t, 0)
+	if committed, closed := mb.wait(t); committed != 1 || closed != 0 {
+		t.Fatalf("commit %d close %d, want 1 0", committed, closed)
+	}
+	// RETR 1 and RETR 2 were retrieved; 3 deleted; TOP does not count.
+	if !reflect.DeepEqual(mb.deleted, []int{2}) || !reflect.DeepEqual(mb.retrieved, []int{0, 1}) {
+		t.Fatalf("Commit(deleted %v, retrieved %v), want [2] [0 1]", mb.deleted, mb.retrieved)
+	}
+	if cl := b.lastClient(t); cl.Remote.Addr() != netip.MustParseAddr("127.0.0.1") || cl.TLS || cl.Session == "" {
+		t.Fatalf("backend saw client %+v", cl)
+	}
+	line := ts.log.waitFor(t, "pop3 session", "end=quit")
+	for _, want := range []string{"user=alice", "retrieved=2", "deleted=1", "tls=false", "remote=127.0.0.1:", "bytes="} {
+		if !strings.Contains(line, want) {
+			t.Errorf("session log %q lacks %q", line, want)
+		}
+	}
+	if strings.Contains(ts.log.String(), "secret") {
+		t.Fatalf("password logged:\n%s", ts.log.String())
+	}
+}
+
+func TestAuthSASL(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	b.users["bob"] = "hunter2"
+	ts := startServer(t, b, baseOptions(), false)
+	plain := "AGJvYgBodW50ZXIy" // "\x00bob\x00hunter2"
+
+	t.Run("plain initial response", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("AUTH PLAIN " + plain)
+		c.expect("+OK Logged in")
+		c.send("STAT")
+		c.expect("+OK 3 ")
+	})
+	t.Run("plain continuation", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("auth plain")
+		if got := c.line(); got != "+ " {
+			t.Fatalf("challenge %q, want %q", got, "+ ")
+		}
+		c.send(plain)
+		c.expect("+OK Logged in")
+	})
+	t.Run("plain wrong password", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("AUTH PLAIN AGJvYgB3cm9uZw==") // \0bob\0wrong
+		c.expect(replyAuthFailed)
+		c.send("AUTH PLAIN " + plain)
+		c.expect("+OK Logged in")
+	})
+	t.Run("plain other authorization identity", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("AUTH PLAIN YWxpY2UAYm9iAGh1bnRlcjI=") // alice\0bob\0hunter2
+		c.expect(replyAuthFailed)
+	})
+	t.Run("plain malformed", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("AUTH PLAIN =") // empty initial response: no NULs
+		c.expect(replyAuthFailed)
+	})
+	t.Run("login", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("AUTH LOGIN")
+		c.expect("+ VXNlcm5hbWU6") // Username:
+		c.send("Ym9i")
+		c.expect("+ UGFzc3dvcmQ6") // Password:
+		c.send("aHVudGVyMg")       // unpadded
+		c.expect("+OK Logged in")
+	})
+	t.Run("login initial response", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("AUTH LOGIN Ym9i")
+		c.expect("+ UGFzc3dvcmQ6")
+		c.send("aHVudGVyMg==")
+		c.expect("+OK Logged in")
+	})
+	t.Run("bad base64", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("AUTH PLAIN !!!notbase64")
+		c.expect("-ERR invalid base64")
+		c.send("AUTH LOGIN")
+		c.expect("+ ")
+		c.send("*not base64*")
+		c.expect("-ERR invalid base64")
+		c.send("AUTH PLAIN " + plain) // the session goes on
+		c.expect("+OK Logged in")
+	})
+	t.Run("cancel", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("AUTH LOGIN")
+		c.expect("+ ")
+		c.send("*")
+		c.expect("-ERR")
+		c.send("AUTH PLAIN")
+		c.expect("+ ")
+		c.send("*")
+		c.expect("-ERR")
+		c.send("AUTH PLAIN " + plain)
+		c.expect("+OK Logged in")
+	})
+	t.Run("unknown mechanism and list", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("AUTH CRAM-MD5")
+		c.expect("-ERR")
+		c.send("AUTH")
+		c.expect("+OK")
+		if got := c.multi(); !reflect.DeepEqual(got, []string{"PLAIN", "LOGIN"}) {
+			t.Fatalf("AUTH list %q", got)
+		}
+	})
+	t.Run("no auth after login", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.login("bob", "hunter2")
+		c.send("AUTH PLAIN "+plain, "USER bob", "PASS x")
+		c.expect("-ERR")
+		c.expect("-ERR")
+		c.expect("-ERR")
+	})
+	if strings.Contains(ts.log.String(), "hunter2") {
+		t.Fatalf("password logged:\n%s", ts.log.String())
+	}
+}
+
+func TestPlaintextPolicy(t *testing.T) {
+	notLoopback := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	t.Run("refused", func(t *testing.T) {
+		opts := baseOptions()
+		opts.AllowPlaintext = false
+		opts.TrustedNetworks = notLoopback
+		b := newFakeBackend()
+		ts := startServer(t, b, opts, false)
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("CAPA")
+		c.expect("+OK")
+		capa := c.multi()
+		if slices.Contains(capa, "USER") || slices.ContainsFunc(capa, func(s string) bool { return strings.HasPrefix(s, "SASL") }) || slices.Contains(capa, "STLS") {
+			t.Fatalf("CAPA offers passwords in the clear: %q", capa)
+		}
+		for _, cmd := range []string{"USER alice", "PASS secret word", "AUTH PLAIN AGFsaWNlAHNlY3JldCB3b3Jk", "AUTH LOGIN"} {
+			c.send(cmd)
+			if got := c.line(); got != replyPlaintext {
+				t.Fatalf("%s: %q", cmd, got)
+			}
+		}
+		c.send("AUTH")
+		c.expect("+OK")
+		if got := c.multi(); len(got) != 0 {
+			t.Fatalf("AUTH lists %q", got)
+		}
+		if len(b.clients) != 0 {
+			t.Fatal("backend asked")
+		}
+	})
+	t.Run("trusted", func(t *testing.T) {
+		opts := baseOptions()
+		opts.AllowPlaintext = false
+		opts.TrustedNetworks = append(notLoopback, netip.MustParsePrefix("127.0.0.0/8"))
+		ts := startServer(t, newFakeBackend(), opts, false)
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("CAPA")
+		c.expect("+OK")
+		if capa := c.multi(); !slices.Contains(capa, "USER") || !slices.Contains(capa, "SASL PLAIN LOGIN") {
+			t.Fatalf("CAPA %q", capa)
+		}
+		c.login("alice", "secret word")
+	})
+}
+
+func TestSTLS(t *testing.T) {
+	srvTLS, cliTLS := testCert(t)
+	opts := baseOptions()
+	opts.AllowPlaintext = false
+	opts.TrustedNetworks = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	opts.TLSConfig = func() *tls.Config { return srvTLS }
+	b := newFakeBackend(testMessages...)
+	ts := startServer(t, b, opts, false)
+
+	c := dial(t, ts.addr)
+	c.expect("+OK")
+	c.send("CAPA")
+	c.expect("+OK")
+	if capa := c.multi(); !slices.Contains(capa, "STLS") || slices.Contains(capa, "USER") {
+		t.Fatalf("CAPA before TLS: %q", capa)
+	}
+	c.send("USER alice")
+	if got := c.line(); got != replyPlaintext+", use STLS" {
+		t.Fatalf("USER in the clear: %q", got)
+	}
+	// Commands pipelined after STLS come from before TLS: they must be
+	// thrown away, not run inside TLS (RFC 2595, CVE-2011-0411).
+	c.send("STLS", "USER alice")
+	c.expect("+OK Begin TLS")
+	c.startTLS(cliTLS)
+	c.send("CAPA")
+	c.expect("+OK")
+	if capa := c.multi(); slices.Contains(capa, "STLS") || !slices.Contains(capa, "USER") || !slices.Contains(capa, "SASL PLAIN LOGIN") {
+		t.Fatalf("CAPA after TLS: %q", capa)
+	}
+	c.send("PASS secret word")
+	c.expect("-ERR USER first")
+	c.send("STLS")
+	c.expect("-ERR")
+	c.login("alice", "secret word")
+	if !b.lastClient(t).TLS {
+		t.Fatal("backend told the session is not TLS")
+	}
+	c.send("RETR 1")
+	c.expect("+OK")
+	if got := c.body(); got != wire(testMessages[0].data) {
+		t.Fatalf("RETR over TLS: %q", got)
+	}
+	c.send("QUIT")
+	c.expect("+OK")
+	ts.log.waitFor(t, "pop3 session", "end=quit", "tls=true")
+
+	t.Run("user forgotten", func(t *testing.T) {
+		opts := opts
+		opts.TrustedNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+		ts := startServer(t, newFakeBackend(), opts, false)
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("USER alice")
+		c.expect("+OK")
+		c.send("STLS")
+		c.expect("+OK")
+		c.startTLS(cliTLS)
+		c.send("PASS secret word")
+		c.expect("-ERR USER first")
+	})
+}
+
+func TestImplicitTLS(t *testing.T) {
+	srvTLS, cliTLS := testCert(t)
+	opts := baseOptions()
+	opts.AllowPlaintext = false
+	opts.TLSConfig = func() *tls.Config { return srvTLS }
+	b := newFakeBackend(testMessages...)
+	ts := startServer(t, b, opts, true)
+	c := dialTLS(t, ts.addr, cliTLS)
+	c.expect("+OK pop.test nfsdrop POP3 ready")
+	c.send("CAPA")
+	c.expect("+OK")
+	if capa := c.multi(); slices.Contains(capa, "STLS") || !slices.Contains(capa, "USER") {
+		t.Fatalf("CAPA on POP3S: %q", capa)
+	}
+	c.send("AUTH PLAIN AGFsaWNlAHNlY3JldCB3b3Jk")
+	c.expect("+OK Logged in")
+	if !b.lastClient(t).TLS {
+		t.Fatal("backend told the session is not TLS")
+	}
+	c.send("QUIT")
+	c.expect("+OK pop.test bye")
+	c.eof()
+
+	// A client speaking plain POP3 to the TLS port gets nothing it can
+	// read and is dropped.
+	raw := dial(t, ts.addr)
+	raw.send("USER alice")
+	raw.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if s, _ := raw.r.ReadString('\n'); strings.HasPrefix(s, "+OK") {
+		t.Fatalf("plain client got %q", s)
+	}
+}
+
+func TestLoginErrors(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	b.errs["busy"] = failure.New(failure.InUse, "lock", "locked", nil)
+	b.errs["flaky"] = failure.Temp("lock", "storage unavailable", syscall.ESTALE)
+	b.errs["broken"] = failure.Perm("open", "mailbox damaged", nil)
+	b.errs["odd"] = errors.New("something unforeseen")
+	b.errs["off"] = failure.New(failure.Disabled, "lookup", "disabled", nil)
+	opts := baseOptions()
+	opts.AuthFailDelay = 150 * time.Millisecond
+	opts.MaxAuthFailures = 10
+	ts := startServer(t, b, opts, false)
+	c := dial(t, ts.addr)
+	c.expect("+OK")
+	for _, tc := range []struct{ user, pass, want string }{
+		{"busy", "x", "-ERR [IN-USE] Mailbox is locked by another session"},
+		{"flaky", "x", "-ERR [SYS/TEMP] storage unavailable, try again later"},
+		{"broken", "x", "-ERR [SYS/PERM] mailbox damaged"},
+		{"odd", "x", "-ERR [SYS/TEMP] "},
+		{"alice", "wrong", replyAuthFailed},
+		{"nobody", "x", replyAuthFailed},
+		{"off", "x", replyAuthFailed},
+	} {
+		start := time.Now()
+		c.send("USER "+tc.user, "PASS "+tc.pass)
+		c.expect("+OK")
+		got := c.line()
+		d := time.Since(start)
+		if !strings.HasPrefix(got, tc.want) || (tc.want == replyAuthFailed) != (got == replyAuthFailed) {
+			t.Errorf("%s: %q, want %q", tc.user, got, tc.want)
+		}
+		if tc.want == replyAuthFailed && d < opts.AuthFailDelay {
+			t.Errorf("%s: failure answered after %v, before AuthFailDelay", tc.user, d)
+		}
+		if tc.want != replyAuthFailed && d >= opts.AuthFailDelay {
+			t.Errorf("%s: non-credential failure delayed %v", tc.user, d)
+		}
+	}
+	c.login("alice", "secret word")
+	log := ts.log.String()
+	for _, want := range []string{"user=busy", "user=nobody", "kind=in-use", "kind=not-found", "kind=disabled"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+func TestMaxAuthFailures(t *testing.T) {
+	opts := baseOptions()
+	opts.MaxAuthFailures = 2
+	ts := startServer(t, newFakeBackend(), opts, false)
+	c := dial(t, ts.addr)
+	c.expect("+OK")
+	c.send("USER alice", "PASS nope")
+	c.expect("+OK")
+	c.expect(replyAuthFailed)
+	c.send("AUTH PLAIN AGFsaWNlAG5vcGU=") // alice/nope
+	if got := c.line(); got != replyTooManyFails {
+		t.Fatalf("second failure: %q", got)
+	}
+	c.eof()
+	ts.log.waitFor(t, "pop3 session", "end=auth-fail")
+}
+
+func TestMessageNumbers(t *testing.T) {
+	b := newFakeBackend(testMessages[:2]...)
+	ts := startServer(t, b, baseOptions(), false)
+	// Fewer than maxProtocolErrors bad commands per session.
+	bad := [][]string{
+		{"RETR 0", "RETR -1", "RETR 99999999999999999999", "RETR 3", "LIST 0", "DELE -0"},
+		{"RETR +1", "RETR 1x", "RETR 0x1", "TOP 1", "TOP 1 -1", "TOP 1 x"},
+		{"UIDL 18446744073709551617", "RETR １", "RETR", "RETR 1 2", "DELE", "LIST 1 1"},
+		{"STAT 1", "NOOP x", "RSET 1", "UIDL 1 2", "TOP 1 1 1", "QUIT x"},
+	}
+	for _, cmds := range bad {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.login("alice", "secret word")
+		for _, cmd := range cmds {
+			c.send(cmd)
+			c.expect("-ERR")
+		}
+		c.send("DELE 01", "RETR 1", "TOP 1 0", "DELE 1", "LIST 2")
+		c.expect("+OK message 1 deleted")
+		c.expect("-ERR no such message")
+		c.expect("-ERR no such message")
+		c.expect("-ERR no such message")
+		c.expect("+OK 2 ")
+		c.send("QUIT")
+		c.expect("+OK")
+	}
+}
+
+func TestGarbage(t *testing.T) {
+	ts := startServer(t, newFakeBackend(testMessages...), baseOptions(), false)
+	t.Run("errors", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.send("STAT\x00", "US\x00ER alice", "FOO", "", "NOOP", "APOP alice 0123456789abcdef", " USER alice")
+		c.expect("-ERR NUL")
+		c.expect("-ERR NUL")
+		c.expect("-ERR unknown command")
+		c.expect("-ERR unknown command")
+		c.expect("-ERR") // NOOP is for TRANSACTION only
+		c.expect("-ERR unknown command")
+		c.expect("-ERR unknown command")
+		c.login("alice", "secret word")
+		c.send("QUIT")
+		c.expect("+OK")
+	})
+	t.Run("too many errors", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		for range maxProtocolErrors {
+			c.send("XYZZY")
+			c.expect("-ERR unknown command")
+		}
+		c.eof()
+	})
+	t.Run("line too long", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.login("alice", "secret word")
+		c.raw("USER " + strings.Repeat("a", 600) + "\r\n")
+		c.expect("-ERR line too long")
+		c.eof()
+		mb := b0(t, ts)
+		if committed, closed := mb.wait(t); committed != 0 || closed != 1 {
+			t.Fatalf("commit %d close %d", committed, closed)
+		}
+	})
+	t.Run("longest line", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.raw("USER " + strings.Repeat("a", defaultMaxLineLength-len("USER \r\n")) + "\r\n")
+		c.expect("+OK")
+		c.raw("USER " + strings.Repeat("a", defaultMaxLineLength-len("USER \n")) + "\n")
+		c.expect("+OK")
+	})
+}
+
+// b0 is the mailbox of the last login on ts's backend.
+func b0(t *testing.T, ts *testServer) *fakeMailbox {
+	fb := ts.backend.(*fakeBackend)
+	fb.mu.Lock()
+	n := len(fb.boxes)
+	fb.mu.Unlock()
+	return fb.box(t, n-1)
+}
+
+func TestPipelining(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	ts := startServer(t, b, baseOptions(), false)
+	c := dial(t, ts.addr)
+	c.expect("+OK")
+	before := ts.writes.Load()
+	c.send("USER alice", "PASS secret word", "STAT", "LIST", "UIDL 1", "RETR 3", "DELE 2", "NOOP")
+	c.expect("+OK")
+	c.expect("+OK Logged in")
+	c.expect("+OK 3 ")
+	c.expect("+OK 3 messages")
+	if got := c.multi(); len(got) != 3 {
+		t.Fatalf("LIST %q", got)
+	}
+	c.expect("+OK 1 u1")
+	c.expect("+OK ")
+	if got := c.body(); got != wire(testMessages[2].data) {
+		t.Fatalf("RETR 3 %q", got)
+	}
+	c.expect("+OK message 2 deleted")
+	c.expect("+OK")
+	// The answers to commands that came in one packet go out in one write.
+	if n := ts.writes.Load() - before; n != 1 {
+		t.Errorf("%d writes for one batch of pipelined commands, want 1", n)
+	}
+
+	// After QUIT, nothing more is read: the NOOP and STAT get no answer.
+	c.send("QUIT", "NOOP", "STAT")
+	c.expect("+OK pop.test bye (1 messages deleted)")
+	c.eof()
+	mb := b.box(t, 0)
+	if committed, _ := mb.wait(t); committed != 1 || !reflect.DeepEqual(mb.deleted, []int{1}) || !reflect.DeepEqual(mb.retrieved, []int{2}) {
+		t.Fatalf("commit %d (%v, %v)", committed, mb.deleted, mb.retrieved)
+	}
+}
+
+func TestStalledClient(t *testing.T) {
+	// A client that stops reading in the middle of a large RETR must not
+	// hold its session (and mailbox lock) forever: the write deadline ends
+	// it, and nothing is committed.
+	b := newFakeBackend(fakeMsg{gen: 256 << 20})
+	opts := baseOptions()
+	opts.IdleTimeout = 300 * time.Millisecond
+	ts := startServer(t, b, opts, false)
+	c := dial(t, ts.addr)
+	if tc, ok := c.c.(*net.TCPConn); ok {
+		tc.SetReadBuffer(64 << 10)
+	}
+	c.expect("+OK")
+	c.login("alice", "secret word")
+	c.send("RETR 1")
+	start := time.Now()
+	mb := b.box(t, 0)
+	if committed, closed := mb.wait(t); committed != 0 || closed != 1 {
+		t.Fatalf("commit %d close %d, want 0 1", committed, closed)
+	}
+	t.Logf("stalled session ended after %v", time.Since(start))
+	line := ts.log.waitFor(t, "pop3 session", "user=alice")
+	if !strings.Contains(line, "end=timeout") || !strings.Contains(line, "retrieved=0") {
+		t.Fatalf("session log %q", line)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	opts := baseOptions()
+	opts.IdleTimeout = 200 * time.Millisecond
+	ts := startServer(t, b, opts, false)
+	c := dial(t, ts.addr)
+	c.expect("+OK")
+	c.login("alice", "secret word")
+	c.send("DELE 1")
+	c.expect("+OK")
+	c.expect("-ERR [SYS/TEMP] idle timeout")
+	c.eof()
+	if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
+		t.Fatalf("commit %d close %d, want 0 1", committed, closed)
+	}
+	ts.log.waitFor(t, "pop3 session", "end=timeout")
+}
+
+func TestEOFWithoutQuit(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	ts := startServer(t, b, baseOptions(), false)
+	c := dial(t, ts.addr)
+	c.expect("+OK")
+	c.login("alice", "secret word")
+	c.send("DELE 1", "DELE 2")
+	c.expect("+OK")
+	c.expect("+OK")
+	c.c.Close()
+	if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
+		t.Fatalf("commit %d close %d, want 0 1", committed, closed)
+	}
+	ts.log.waitFor(t, "pop3 session", "end=eof", "deleted=0")
+}
+
+func TestCommitFailure(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	b.commitErr = failure.Temp("unlink", "", syscall.EIO)
+	ts := startServer(t, b, baseOptions(), false)
+	c := dial(t, ts.addr)
+	c.expect("+OK")
+	c.login("alice", "secret word")
+	c.send("DELE 1", "QUIT")
+	c.expect("+OK")
+	if got := c.line(); got != "-ERR [SYS/TEMP] some deleted messages not removed" {
+		t.Fatalf("QUIT: %q", got)
+	}
+	c.eof()
+	if committed, closed := b.box(t, 0).wait(t); committed != 1 || closed != 0 {
+		t.Fatalf("commit %d close %d, want 1 0", committed, closed)
+	}
+	ts.log.waitFor(t, "pop3 session", "end=quit", "commit:")
+}
+
+func TestMessageErrors(t *testing.T) {
+	t.Run("open", func(t *testing.T) {
+		b := newFakeBackend(testMessages...)
+		b.openErr = failure.Temp("open", "message unavailable", syscall.ESTALE)
+		ts := startServer(t, b, baseOptions(), false)
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.login("alice", "secret word")
+		c.send("RETR 1", "TOP 1 1", "NOOP")
+		c.expect("-ERR [SYS/TEMP] message unavailable")
+		c.expect("-ERR [SYS/TEMP] message unavailable")
+		c.expect("+OK")
+	})
+	t.Run("read", func(t *testing.T) {
+		// The +OK may be out already: the only honest end is to close
+		// without the terminator.
+		b := newFakeBackend(testMessages...)
+		b.readErr = syscall.ESTALE
+		ts := startServer(t, b, baseOptions(), false)
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.login("alice", "secret word")
+		c.send("RETR 1")
+		c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var got strings.Builder
+		for {
+			s, err := c.r.ReadString('\n')
+			got.WriteString(s)
+			if err != nil {
+				break
+			}
+		}
+		if strings.Contains(got.String(), "\r\n.\r\n") || strings.HasSuffix(got.String(), ".\r\n") {
+			t.Fatalf("truncated message terminated: %q", got.String())
+		}
+		if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
+			t.Fatalf("commit %d close %d", committed, closed)
+		}
+		ts.log.waitFor(t, "pop3 message read failed")
+	})
+}
+
+func TestPanic(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	b.panicOpen = true
+	ts := startServer(t, b, baseOptions(), false)
+	c := dial(t, ts.addr)
+	c.expect("+OK")
+	c.login("alice", "secret word")
+	c.send("RETR 1")
+	if got := c.line(); got != replyInternal {
+		t.Fatalf("after panic: %q", got)
+	}
+	c.eof()
+	if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
+		t.Fatalf("commit %d close %d", committed, closed)
+	}
+	ts.log.waitFor(t, "pop3 session panic", "open exploded", "stack=")
+	// The server goes on.
+	c2 := dial(t, ts.addr)
+	c2.expect("+OK")
+	c2.login("alice", "secret word")
+}
+
+func TestMaxSessions(t *testing.T) {
+	opts := baseOptions()
+	opts.MaxSessions = 2
+	ts := startServer(t, newFakeBackend(), opts, false)
+	c1 := dial(t, ts.addr)
+	c1.expect("+OK")
+	c2 := dial(t, ts.addr)
+	c2.expect("+OK")
+	c3 := dial(t, ts.addr)
+	if got := c3.line(); got != "-ERR [SYS/TEMP] too many sessions, try again later" {
+		t.Fatalf("third session: %q", got)
+	}
+	c3.eof()
+	if n := ts.Sessions(); n != 2 {
+		t.Fatalf("Sessions() = %d", n)
+	}
+	c1.send("QUIT")
+	c1.expect("+OK")
+	c1.eof()
+	waitSessions(t, ts.Server, 1)
+	c4 := dial(t, ts.addr)
+	c4.expect("+OK pop.test")
+}
+
+func waitSessions(t *testing.T, s *Server, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Sessions() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("Sessions() = %d, want %d", s.Sessions(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestMaxPerIP(t *testing.T) {
+	opts := baseOptions()
+	opts.MaxPerIP = 1
+	ts := startServer(t, newFakeBackend(), opts, false)
+	c1 := dial(t, ts.addr)
+	c1.expect("+OK")
+	c2 := dial(t, ts.addr)
+	if got := c2.line(); got != "-ERR [SYS/TEMP] too many sessions from your address, try again later" {
+		t.Fatalf("second session: %q", got)
+	}
+	c2.eof()
+	// Another address is another client (all of 127/8 is loopback).
+	c3 := dialFrom(t, ts.addr, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	c3.expect("+OK")
+	c3.login("alice", "secret word")
+	ts.log.waitFor(t, "pop3 session refused", "too many sessions from your address")
+}
+
+func proxyHeader(t *testing.T, version byte, src string, dst string) string {
+	t.Helper()
+	h := proxyproto.HeaderProxyFromAddrs(version, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(src)), net.TCPAddrFromAddrPort(netip.MustParseAddrPort(dst)))
+	b, err := h.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestProxyTrusted(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	opts := baseOptions()
+	opts.AllowPlaintext = false
+	opts.ProxyNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	opts.TrustedNetworks = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	opts.MaxPerIP = 1
+	ts := startServer(t, b, opts, false, func(s *Server) { s.handshakeTimeout = 300 * time.Millisecond })
+
+	// The client address in the header is the one that counts: for the
+	// Backend, for trusted_networks (plaintext allowed) and for the log.
+	c := dial(t, ts.addr)
+	c.raw(proxyHeader(t, 2, "203.0.113.7:4242", "198.51.100.1:110"))
+	c.expect("+OK pop.test")
+	c.login("alice", "secret word")
+	if got := b.lastClient(t).Remote; got != netip.MustParseAddrPort("203.0.113.7:4242") {
+		t.Fatalf("backend saw %v", got)
+	}
+	// v1 too, and MaxPerIP counts real clients, not the balancer.
+	c2 := dial(t, ts.addr)
+	c2.raw(proxyHeader(t, 1, "203.0.113.8:5000", "198.51.100.1:110"))
+	c2.expect("+OK pop.test")
+	c3 := dial(t, ts.addr)
+	c3.raw(proxyHeader(t, 2, "203.0.113.7:4243", "198.51.100.1:110"))
+	c3.expect("-ERR [SYS/TEMP] too many sessions from your address")
+	c.send("QUIT")
+	c.expect("+OK")
+	ts.log.waitFor(t, "pop3 session", "remote=203.0.113.7:4242", "via=127.0.0.1:")
+
+	// From a balancer, the header is required.
+	c4 := dial(t, ts.addr)
+	c4.eof()
+	ts.log.waitFor(t, "bad PROXY header")
+}
+
+func TestProxyUntrusted(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	opts := baseOptions()
+	opts.ProxyNetworks = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	ts := startServer(t, b, opts, false)
+
+	// A header from a peer that is not a balancer is not believed.
+	c := dial(t, ts.addr)
+	c.raw(proxyHeader(t, 1, "203.0.113.7:4242", "198.51.100.1:110"))
+	c.expect("+OK pop.test")
+	c.expect("-ERR PROXY header not accepted")
+	c.eof()
+	ts.log.waitFor(t, "PROXY header refused")
+
+	// v2 is binary; its signature ends in "QUIT\n", which closes.
+	c2 := dial(t, ts.addr)
+	c2.raw(proxyHeader(t, 2, "203.0.113.7:4242", "198.51.100.1:110") + "USER alice\r\nPASS secret word\r\n")
+	c2.expect("+OK pop.test")
+	for {
+		c2.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		s, err := c2.r.ReadString('\n')
+		if err != nil {
+			break
+		}
+		if strings.HasPrefix(s, "+OK Logged in") {
+			t.Fatal("logged in after a PROXY v2 header from an untrusted peer")
+		}
+	}
+
+	// Without a header, the peer is served as itself.
+	c3 := dial(t, ts.addr)
+	c3.expect("+OK pop.test")
+	c3.login("alice", "secret word")
+	if got := b.lastClient(t).Remote.Addr(); got != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("backend saw %v", got)
+	}
+	for _, cl := range b.clients {
+		if cl.Remote.Addr() != netip.MustParseAddr("127.0.0.1") {
+			t.Fatalf("backend saw %v", cl.Remote)
+		}
+	}
+}
+
+func TestShutdown(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	opts := baseOptions()
+	log := &logBuffer{}
+	opts.Logger = newTestLogger(log)
+	s := New(b, opts)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+
+	c := dial(t, l.Addr().String())
+	c.expect("+OK")
+	c.login("alice", "secret word")
+	c.send("DELE 1")
+	c.expect("+OK")
+	idle := dial(t, l.Addr().String())
+	idle.expect("+OK")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-served; !errors.Is(err, ErrServerClosed) || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+	if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
+		t.Fatalf("commit %d close %d, want 0 1", committed, closed)
+	}
+	c.eof()
+	idle.eof()
+	if n := s.Sessions(); n != 0 {
+		t.Fatalf("Sessions() = %d after Shutdown", n)
+	}
+	log.waitFor(t, "pop3 session", "end=shutdown", "user=alice")
+	if _, err := net.Dial("tcp", l.Addr().String()); err == nil {
+		t.Fatal("still accepting")
+	}
+	if err := s.Serve(l); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve after Shutdown: %v", err)
+	}
+
+	// Without sessions, Shutdown returns at once.
+	s2 := New(b, baseOptions())
+	l2, _ := net.Listen("tcp", "127.0.0.1:0")
+	go s2.Serve(l2)
+	if err := s2.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIdleMemory checks the memory budget: 5,000 idle sessions in at most
+// 64 KiB each. It measures a few hundred, server and client ends together
+// (both live in this process), so the server end is well below the sum.
+func TestIdleMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("opens hundreds of connections")
+	}
+	srvTLS, cliTLS := testCert(t)
+	for _, tc := range []struct {
+		name string
+		tls  bool
+		n    int
+	}{{"plain", false, 400}, {"tls", true, 150}} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := baseOptions()
+			opts.TLSConfig = func() *tls.Config { return srvTLS }
+			b := newFakeBackend(testMessages...)
+			ts := startServer(t, b, opts, tc.tls)
+			// One session first, with a RETR, so pools and lazily built
+			// state exist before the baseline.
+			warm := dialMaybeTLS(t, ts.addr, tc.tls, cliTLS)
+			warm.expect("+OK")
+			warm.login("alice", "secret word")
+			warm.send("RETR 1")
+			warm.expect("+OK")
+			warm.body()
+
+			before := heapAndStacks()
+			clients := make([]*client, tc.n)
+			for i := range clients {
+				c := dialMaybeTLS(t, ts.addr, tc.tls, cliTLS)
+				c.expect("+OK")
+				c.login("alice", "secret word")
+				c.send("RETR 1")
+				c.expect("+OK")
+				c.body()
+				clients[i] = c
+			}
+			after := heapAndStacks()
+			per := (int64(after) - int64(before)) / int64(tc.n)
+			t.Logf("%s: %d idle sessions, %d bytes each (server and client ends together)", tc.name, tc.n, per)
+			if per > 64<<10 {
+				t.Errorf("%d bytes per idle session, budget 64 KiB", per)
+			}
+			runtime.KeepAlive(clients)
+		})
+	}
+}
+
+func dialMaybeTLS(t *testing.T, addr string, useTLS bool, cfg *tls.Config) *client {
+	if useTLS {
+		return dialTLS(t, addr, cfg)
+	}
+	return dial(t, addr)
+}
+
+func heapAndStacks() uint64 {
+	var m runtime.MemStats
+	for range 3 {
+		runtime.GC()
+	}
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse + m.StackInuse
+}
+
+func TestNetworks(t *testing.T) {
+	nets := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")}
+	for addr, want := range map[string]bool{
+		"10.1.2.3": true, "11.0.0.1": false, "2001:db8::1": true, "2001:db9::1": false,
+	} {
+		if got := inNetworks(netip.MustParseAddr(addr), nets); got != want {
+			t.Errorf("inNetworks(%s) = %v", addr, got)
+		}
+	}
+	ap, ok := addrPortOf(&net.TCPAddr{IP: net.ParseIP("::ffff:10.0.0.1"), Port: 110})
+	if !ok || ap.String() != "10.0.0.1:110" || !inNetworks(ap.Addr(), nets) {
+		t.Errorf("mapped address: %v %v", ap, ok)
+	}
+	if inNetworks(netip.Addr{}, nets) {
+		t.Error("invalid address in networks")
+	}
+	if _, ok := addrPortOf(&net.UnixAddr{Name: "@", Net: "unix"}); ok {
+		t.Error("unix address has an AddrPort")
+	}
+}
