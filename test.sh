@@ -22,6 +22,8 @@ declare -A NEED=(
   [curl]=curl
   [fetchmail]=fetchmail
   [openssl]=openssl
+  [slapd]=slapd
+  [ldapsearch]=ldap-utils
 )
 
 log() { printf '== %s\n' "$*" >&2; }
@@ -76,5 +78,6 @@ go test -race -shuffle=on -count=1 -timeout 30m "$@" ./...
 if [ $# -eq 0 ]; then
   log "fuzz (bounded)"
   go test -run '^$' -fuzz '^FuzzNormalize$' -fuzztime 10s ./internal/userdb/
+  go test -run '^$' -fuzz '^FuzzCommand$' -fuzztime 15s ./pop3/
 fi
 log "all tests passed"
