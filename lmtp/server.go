@@ -49,7 +49,27 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// Observer receives counts for metrics; nil discards them.
+	Observer Observer
 }
+
+// Observer receives the LMTP server's measurements (the metrics package
+// implements it).
+type Observer interface {
+	// Recipient reports one recipient's answer and, after DATA, the time
+	// since DATA began (0 for answers at RCPT time).
+	Recipient(code int, d time.Duration)
+	// Transaction reports the recipients of one DATA.
+	Transaction(recipients int)
+	// Connections reports a connection opening (+1) or closing (-1).
+	Connections(delta int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Recipient(int, time.Duration) {}
+func (nopObserver) Transaction(int)              {}
+func (nopObserver) Connections(int)              {}
 
 // Server is an LMTP server over a Backend.
 type Server struct {
@@ -77,6 +97,9 @@ func New(b Backend, opts Options) *Server {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
 	}
 	s := &Server{opts: opts, backend: b, log: opts.Logger, active: make(map[string]int), openConns: make(map[*countedConn]struct{})}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
@@ -150,6 +173,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
+		l.s.opts.Observer.Connections(1)
 		cc := &countedConn{Conn: c, s: l.s}
 		l.s.connMu.Lock()
 		l.s.openConns[cc] = struct{}{}
@@ -176,6 +200,7 @@ func (c *countedConn) Read(p []byte) (int, error) {
 func (c *countedConn) Close() error {
 	c.once.Do(func() {
 		c.s.conns.Add(-1)
+		c.s.opts.Observer.Connections(-1)
 		c.s.connMu.Lock()
 		delete(c.s.openConns, c)
 		c.s.connMu.Unlock()
@@ -332,6 +357,7 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		io.Copy(io.Discard, msg)
 		return nil
 	}
+	ss.s.opts.Observer.Transaction(len(targets))
 
 	trace := envelope.ReturnPath(ss.from) + ss.received(targets)
 	perRecipient := ss.s.opts.DeliveredToAlways && len(targets) > 1
@@ -386,6 +412,7 @@ func (ss *session) received(targets []rcptEntry) string {
 }
 
 func (ss *session) logRcpt(rcpt, key string, rep *smtp.SMTPError, err error, nrcpt int, d time.Duration) {
+	ss.s.opts.Observer.Recipient(rep.Code, d)
 	attrs := []any{
 		"session", ss.txnID(), "remote", ss.remote, "from", ss.from, "rcpt", rcpt,
 		"code", rep.Code, "dsn", dsn(rep.EnhancedCode),

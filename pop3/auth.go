@@ -192,6 +192,7 @@ func (ss *session) authenticate(username, password string) error {
 // loginDone answers a login attempt. The log gets the user name and the
 // reason, never the password.
 func (ss *session) loginDone(err error) error {
+	ss.s.opts.Observer.Login(loginResult(err))
 	if err == nil {
 		ss.line("+OK Logged in, " + strconv.Itoa(ss.count) + " messages (" + strconv.FormatInt(ss.size, 10) + " octets)")
 		return nil
@@ -280,4 +281,20 @@ func (a *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 		return nil, true, a.authenticate(a.username, string(response))
 	}
 	return nil, false, sasl.ErrUnexpectedClientResponse
+}
+
+// loginResult names a login's outcome for metrics (a bounded set).
+func loginResult(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	switch failure.KindOf(err) {
+	case failure.NotFound, failure.Disabled, failure.BadInput:
+		return "auth_failed"
+	case failure.InUse:
+		return "in_use"
+	case failure.Permanent:
+		return "perm_failure"
+	}
+	return "temp_failure"
 }

@@ -22,6 +22,24 @@ import (
 // Options configures the POP3 server. Checking the values against the RFCs
 // (IdleTimeout of at least 10 minutes, ...) is the configuration's job;
 // this package uses what it is given and fills in zero values.
+// Observer receives the POP3 server's measurements (the metrics package
+// implements it).
+type Observer interface {
+	SessionStarted()
+	// SessionEnded reports how a session ended (quit, eof, timeout,
+	// error, shutdown, auth-fail) and what it did.
+	SessionEnded(how string, retrieved, deleted int)
+	// Login reports a login attempt: ok, auth_failed, in_use,
+	// temp_failure, perm_failure.
+	Login(result string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) SessionStarted()               {}
+func (nopObserver) SessionEnded(string, int, int) {}
+func (nopObserver) Login(string)                  {}
+
 type Options struct {
 	// Hostname is announced in the greeting and the QUIT reply.
 	Hostname string
@@ -65,6 +83,8 @@ type Options struct {
 	MaxLineLength int
 	// Logger gets one line per session and per failed login.
 	Logger *slog.Logger
+	// Observer receives counts for metrics; nil discards them.
+	Observer Observer
 }
 
 // ErrServerClosed is what Serve and ServeTLS return after Shutdown. It
@@ -138,6 +158,9 @@ type Server struct {
 func New(b Backend, opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
 	}
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
@@ -374,6 +397,7 @@ func (s *Server) handle(c net.Conn, implicitTLS bool) {
 	defer s.release(remote.Addr())
 
 	ss := newSession(s, c, remote, remoteStr, via)
+	s.opts.Observer.SessionStarted()
 	ss.serve(implicitTLS)
 }
 

@@ -200,6 +200,7 @@ func (ss *session) finish(how string, err error) {
 		attrs = append(attrs, "err", err.Error())
 	}
 	ss.s.log.Info("pop3 session", attrs...)
+	ss.s.opts.Observer.SessionEnded(how, ss.retrieved, ss.deleted)
 }
 
 // closeMailbox releases the lock without deleting anything. It runs after

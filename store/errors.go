@@ -26,6 +26,9 @@ func (s *Store) classify(op string, err error) error {
 	if !errors.As(err, &errno) {
 		return failure.Temp(op, "mail store error", err)
 	}
+	if s.obs != nil {
+		s.obs.FSError(errno)
+	}
 	switch errno {
 	case syscall.EDQUOT, syscall.EFBIG:
 		// The filesystem's own quota (or file size limit): the same

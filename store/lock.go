@@ -123,6 +123,7 @@ func (s *Store) takeOverStale(lockPath string, stale time.Duration) bool {
 		return false
 	}
 	s.fs.Remove(aside)
+	s.obs.LockTakeover()
 	s.log.Info("took over a stale session lock", "path", lockPath, "age", s.now().Sub(seen.ModTime).Round(time.Second))
 	return true
 }

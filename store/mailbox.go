@@ -278,6 +278,7 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 			return nil, "", err
 		}
 	}
+	s.obs.IndexLookup(how)
 	s.stats.add(func(c *CacheStats) {
 		switch how {
 		case "hit":

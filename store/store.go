@@ -66,7 +66,35 @@ type Options struct {
 	// IndexCacheSize bounds how many Maildir listings this process keeps
 	// for POP3 (0: 10000).
 	IndexCacheSize int
+	// Observer receives measurements for metrics; nil discards them.
+	Observer Observer
 }
+
+// Observer receives the store's measurements (the metrics package
+// implements it; store does not import Prometheus).
+type Observer interface {
+	// Fsync reports an fsync of a message file ("file") or of new/ ("dir").
+	Fsync(kind string, d time.Duration)
+	// FSError reports a filesystem error the store classified.
+	FSError(errno syscall.Errno)
+	// Stored reports a message published for one recipient.
+	Stored(bytes int64)
+	// LockTakeover reports a stale POP3 session lock taken over.
+	LockTakeover()
+	// IndexLookup reports how a POP3 listing was made: hit, partial, miss.
+	IndexLookup(result string)
+	// TmpSwept reports abandoned tmp/ files removed.
+	TmpSwept(n int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Fsync(string, time.Duration) {}
+func (nopObserver) FSError(syscall.Errno)       {}
+func (nopObserver) Stored(int64)                {}
+func (nopObserver) LockTakeover()               {}
+func (nopObserver) IndexLookup(string)          {}
+func (nopObserver) TmpSwept(int)                {}
 
 // Quota is a Maildir++ quota; a zero field is unlimited.
 type Quota struct {
@@ -110,6 +138,7 @@ type Store struct {
 	bufs       sync.Pool
 	index      *indexCache
 	stats      statsBox
+	obs        Observer
 }
 
 // statsBox guards the index cache counters.
@@ -173,9 +202,16 @@ func New(opts Options) (*Store, error) {
 		s.chown = os.Geteuid() == 0
 	}
 	s.dirs = newDirSyncer(func(dir string) error {
-		return s.retryStale(func() error { return s.fs.SyncDir(dir) })
+		start := time.Now()
+		err := s.retryStale(func() error { return s.fs.SyncDir(dir) })
+		s.obs.Fsync("dir", time.Since(start))
+		return err
 	})
 	s.bufs.New = func() any { b := make([]byte, 64<<10); return &b }
+	s.obs = opts.Observer
+	if s.obs == nil {
+		s.obs = nopObserver{}
+	}
 	if opts.IndexCacheSize <= 0 {
 		opts.IndexCacheSize = 10000
 	}
@@ -388,7 +424,10 @@ func (s *Store) writeTmp(mb Mailbox, r io.Reader) (st *Staged, err error) {
 	if err != nil {
 		return nil, s.classify("fstat", err)
 	}
-	if err = f.Sync(); err != nil {
+	syncStart := time.Now()
+	err = f.Sync()
+	s.obs.Fsync("file", time.Since(syncStart))
+	if err != nil {
 		return nil, s.classify("fsync", err)
 	}
 	closed = true
@@ -470,6 +509,7 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		return Delivery{}, s.classify("fsync new", err)
 	}
 	s.addQuota(mb, d.Size)
+	s.obs.Stored(d.Size)
 	return d, nil
 }
 

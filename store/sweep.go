@@ -48,6 +48,9 @@ func (s *Store) SweepTmp(maildir string, maxAge time.Duration, dryRun bool) (int
 		}
 		removed++
 	}
+	if removed > 0 && !dryRun {
+		s.obs.TmpSwept(removed)
+	}
 	if removed > 0 {
 		s.log.Info("swept old tmp files", "maildir", maildir, "count", removed, "dry_run", dryRun)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/delivery"
+	"github.com/nfsdrop/nfsdrop/internal/metrics"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/store"
 )
@@ -20,6 +21,7 @@ type env struct {
 	hostname string
 	users    userdb.DB
 	store    *store.Store
+	metrics  *metrics.Metrics // nil for commands that export none
 }
 
 // loadConfig reads and validates the configuration; errors exit with
@@ -53,7 +55,13 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 // here is a configuration or environment problem: the caller decides the
 // exit code (deliver must answer EX_TEMPFAIL so that mail waits).
 func openEnv(cfg *config.Config, logw io.Writer) (*env, error) {
-	e := &env{cfg: cfg, log: newLogger(cfg, logw)}
+	return openEnvWith(cfg, logw, nil)
+}
+
+// openEnvWith is openEnv with metrics (nil: none) wired into the store
+// and the user database.
+func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, error) {
+	e := &env{cfg: cfg, log: newLogger(cfg, logw), metrics: m}
 	e.hostname = cfg.Hostname
 	if e.hostname == "" {
 		h, err := os.Hostname()
@@ -67,7 +75,13 @@ func openEnv(cfg *config.Config, logw io.Writer) (*env, error) {
 		return nil, err
 	}
 	e.users = users
+	var obs store.Observer
+	if m != nil {
+		e.users = m.UserDB(users)
+		obs = m
+	}
 	st, err := store.New(store.Options{
+		Observer:      obs,
 		MailRoot:      cfg.Store.MailRoot,
 		MountMarker:   cfg.Store.MountMarker,
 		Hostname:      e.hostname,

@@ -32,13 +32,12 @@ database (listen addresses and limits need a restart).`,
 			if err != nil {
 				return err
 			}
-			e, err := openEnv(cfg, c.App.ErrWriter)
+			d, err := newDaemonRun(cfg, c.String("config"), c.App.ErrWriter, "")
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}
-			d := &daemonRun{env: e, cfgPath: c.String("config"), logw: c.App.ErrWriter}
 			if err := d.addLMTP(); err != nil {
-				e.Close()
+				d.env.Close()
 				return exitError(err.Error(), exConfig)
 			}
 			return d.run(c.Context)

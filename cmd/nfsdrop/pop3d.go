@@ -20,7 +20,7 @@ func pop3dCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "pop3d",
 		Usage: "run the POP3 server over the same Maildirs",
-		Description: `Listens on pop3.listen (plain, with STLS when a certificate is set) and
+		Description: `Listens on pop3.listen (plain, with STLS when pop3.stls is true) and
 pop3.listen_tls (implicit TLS), or on the sockets systemd passes with the
 names "pop3" and "pop3s". Any number of machines may serve the same NFS
 mail root: a session locks the mailbox with a link()-based dotlock, and
@@ -32,13 +32,12 @@ configuration, the user database and the TLS certificate.`,
 			if err != nil {
 				return err
 			}
-			e, err := openEnv(cfg, c.App.ErrWriter)
+			d, err := newDaemonRun(cfg, c.String("config"), c.App.ErrWriter, "")
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}
-			d := &daemonRun{env: e, cfgPath: c.String("config"), logw: c.App.ErrWriter}
 			if err := d.addPOP3(nil); err != nil {
-				e.Close()
+				d.env.Close()
 				return exitError(err.Error(), exConfig)
 			}
 			return d.run(c.Context)
@@ -100,6 +99,7 @@ func pop3Options(cfg *config.Config, hostname string, certs *daemon.CertReloader
 	o := pop3.Options{
 		Hostname:        hostname,
 		AllowPlaintext:  cfg.POP3.AllowPlaintext,
+		DisableSTLS:     !cfg.POP3.STLS,
 		IdleTimeout:     time.Duration(cfg.POP3.IdleTimeout),
 		MaxSessions:     cfg.POP3.MaxSessions,
 		MaxPerIP:        cfg.POP3.MaxPerIP,
@@ -149,6 +149,9 @@ func (d *daemonRun) addPOP3(extra []string) error {
 		return err
 	}
 	be := pop3backend.New(&pop3backend.Sources{Users: d.env.users, Store: d.env.store, Session: sessionOptions(cfg)}, d.env.log)
+	if d.env.metrics != nil {
+		opts.Observer = d.env.metrics
+	}
 	srv := pop3.New(be, opts)
 	for _, l := range plain {
 		d.listeners = append(d.listeners, boundListener{l: l, proto: "pop3", serve: srv.Serve})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/daemon"
+	"github.com/nfsdrop/nfsdrop/internal/metrics"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 )
 
@@ -27,6 +28,9 @@ type daemonRun struct {
 	reloaders []func(old, new *env) error
 	statuses  []func() string
 	ready     func(d *daemonRun)
+
+	// metricsListener serves /metrics when metrics.listen is set.
+	metricsListener net.Listener
 
 	current atomic.Pointer[env]
 }
@@ -56,7 +60,11 @@ func (d *daemonRun) addLMTP() error {
 	}
 	sw := &agentSwitch{}
 	sw.p.Store(d.env.agent())
-	srv := lmtp.New(sw, lmtpOptions(d.env.cfg, d.env.hostname, d.env.log))
+	opts := lmtpOptions(d.env.cfg, d.env.hostname, d.env.log)
+	if d.env.metrics != nil {
+		opts.Observer = d.env.metrics
+	}
+	srv := lmtp.New(sw, opts)
 	for _, l := range ls {
 		d.listeners = append(d.listeners, boundListener{l: l, proto: "lmtp", serve: srv.Serve})
 	}
@@ -86,14 +94,22 @@ func (d *daemonRun) run(ctx context.Context) error {
 			}
 		}(b)
 	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if d.metricsListener != nil {
+		addrs = append(addrs, "metrics=http://"+d.metricsListener.Addr().String()+"/metrics")
+		go func() {
+			if err := e.metrics.Serve(runCtx, d.metricsListener); err != nil {
+				log.Error("metrics listener failed", "err", err)
+			}
+		}()
+	}
 	log.Info("listening", "addresses", strings.Join(addrs, ","), "mail_root", e.cfg.Store.MailRoot, "hostname", e.hostname)
 	if d.ready != nil {
 		d.ready(d)
 	}
 	notify.Ready("serving " + strings.Join(addrs, ", "))
 
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	go notify.Watchdog(runCtx, func() error { return nil })
 	go func() {
 		select {
@@ -127,7 +143,7 @@ func (d *daemonRun) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		ne, err := openEnv(cfg, d.logw)
+		ne, err := openEnvWith(cfg, d.logw, d.env.metrics)
 		if err != nil {
 			return err
 		}
@@ -162,4 +178,31 @@ func (d *daemonRun) run(ctx context.Context) error {
 	d.current.Load().Close()
 	log.Info("stopped")
 	return nil
+}
+
+// newDaemonRun loads the environment for a server process, with metrics
+// when metrics.listen is set (or when extraMetrics asks for a listener, as
+// serve --dev does).
+func newDaemonRun(cfg *config.Config, cfgPath string, logw io.Writer, metricsAddr string) (*daemonRun, error) {
+	if metricsAddr == "" {
+		metricsAddr = cfg.Metrics.Listen
+	}
+	var m *metrics.Metrics
+	var ml net.Listener
+	if metricsAddr != "" {
+		m = metrics.New()
+		l, err := daemon.Listen(metricsAddr)
+		if err != nil {
+			return nil, fmt.Errorf("metrics.listen: %w", err)
+		}
+		ml = l
+	}
+	e, err := openEnvWith(cfg, logw, m)
+	if err != nil {
+		if ml != nil {
+			ml.Close()
+		}
+		return nil, err
+	}
+	return &daemonRun{env: e, cfgPath: cfgPath, logw: logw, metricsListener: ml}, nil
 }

@@ -55,17 +55,17 @@ message and fetch it.`,
 				return err
 			}
 			defer logFile.Close()
-			e, err := openEnv(cfg, logFile)
+			// Metrics are on in development mode, on a free loopback port.
+			d, err := newDaemonRun(cfg, cfgPath, logFile, "tcp:127.0.0.1:0")
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}
-			d := &daemonRun{env: e, cfgPath: cfgPath, logw: logFile}
 			if err := d.addLMTP(); err != nil {
-				e.Close()
+				d.env.Close()
 				return exitError(err.Error(), exConfig)
 			}
 			if err := d.addPOP3([]string{"tcp:127.0.0.1:0"}); err != nil {
-				e.Close()
+				d.env.Close()
 				return exitError(err.Error(), exConfig)
 			}
 			w := c.App.Writer
@@ -77,6 +77,7 @@ message and fetch it.`,
 				fmt.Fprintf(w, "  config    %s\n  log       %s\n  mail root %s\n", cfgPath, filepath.Join(dir, "nfsdrop.log"), cfg.Store.MailRoot)
 				fmt.Fprintf(w, "  LMTP      %s  and unix:%s\n", tcp, lmtpAddrs[0])
 				fmt.Fprintf(w, "  POP3      %s\n", pop)
+				fmt.Fprintf(w, "  metrics   http://%s/metrics\n", d.metricsListener.Addr())
 				if password != "" {
 					fmt.Fprintf(w, "  user      %s  password %s  (shown once; stored hashed in %s)\n", devUser, password, cfg.UserDB.PasswdFile)
 				} else {

@@ -1,0 +1,282 @@
+// Package metrics exports nfsdrop's Prometheus metrics. It implements the
+// small observer interfaces that store/, lmtp/ and pop3/ define (those
+// packages do not import Prometheus), and wraps the user database to time
+// its lookups.
+//
+// Label values are bounded sets (results, reply codes, errno names, check
+// names); no user name or address is ever a label.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/userdb"
+)
+
+// Metrics is one process's set of metrics, registered in its own registry
+// (no global state).
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	deliveries       *prometheus.CounterVec
+	deliveryDuration prometheus.Histogram
+	fsyncDuration    *prometheus.HistogramVec
+	bytesStored      prometheus.Counter
+	recipientsPerTxn prometheus.Histogram
+	quotaRefusals    prometheus.Counter
+	lmtpConnections  prometheus.Gauge
+
+	pop3Open      prometheus.Gauge
+	pop3Sessions  *prometheus.CounterVec
+	pop3Logins    *prometheus.CounterVec
+	pop3Retrieved prometheus.Counter
+	pop3Deleted   prometheus.Counter
+	lockTakeovers prometheus.Counter
+	indexLookups  *prometheus.CounterVec
+
+	userdbDuration *prometheus.HistogramVec
+	userdbErrors   *prometheus.CounterVec
+	scanDuration   prometheus.Histogram
+	scanResults    *prometheus.CounterVec
+	fsErrors       *prometheus.CounterVec
+	tmpSwept       prometheus.Counter
+}
+
+// Names of every metric this program exports (the Grafana dashboard test
+// checks its queries against this list).
+func (m *Metrics) Names() []string {
+	mfs, _ := m.Registry.Gather()
+	var out []string
+	for _, mf := range mfs {
+		out = append(out, mf.GetName())
+	}
+	return out
+}
+
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+// New makes and registers every metric.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(c prometheus.Collector) { r.MustRegister(c) }
+	m := &Metrics{Registry: r}
+	m.deliveries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_deliveries_total",
+		Help: "Recipients answered, by outcome (delivered, deferred, refused) and reply code."}, []string{"outcome", "code"})
+	m.deliveryDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nfsdrop_delivery_duration_seconds",
+		Help: "Time from the start of DATA to a recipient's answer.", Buckets: latencyBuckets})
+	m.fsyncDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "nfsdrop_store_fsync_duration_seconds",
+		Help: "fsync latency of message files (kind=file) and of new/ (kind=dir): the durable share of a delivery.", Buckets: latencyBuckets}, []string{"kind"})
+	m.bytesStored = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_store_bytes_total", Help: "Bytes of messages published into Maildirs (once per recipient)."})
+	m.recipientsPerTxn = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nfsdrop_lmtp_recipients_per_transaction",
+		Help: "Recipients per LMTP transaction.", Buckets: []float64{1, 2, 5, 10, 20, 50, 100}})
+	m.quotaRefusals = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_quota_refusals_total", Help: "Recipients refused or deferred for being over quota."})
+	m.lmtpConnections = prometheus.NewGauge(prometheus.GaugeOpts{Name: "nfsdrop_lmtp_connections", Help: "Open LMTP connections."})
+	m.pop3Open = prometheus.NewGauge(prometheus.GaugeOpts{Name: "nfsdrop_pop3_sessions", Help: "Open POP3 sessions."})
+	m.pop3Sessions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_pop3_sessions_total", Help: "POP3 sessions ended, by how they ended."}, []string{"end"})
+	m.pop3Logins = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_pop3_logins_total",
+		Help: "POP3 logins by result (ok, auth_failed, in_use, temp_failure, perm_failure)."}, []string{"result"})
+	m.pop3Retrieved = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_pop3_retrieved_total", Help: "Messages retrieved over POP3."})
+	m.pop3Deleted = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_pop3_deleted_total", Help: "Messages deleted over POP3 (committed at QUIT)."})
+	m.lockTakeovers = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_pop3_lock_takeovers_total", Help: "Stale session locks taken over (a session died without releasing)."})
+	m.indexLookups = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_index_cache_total",
+		Help: "POP3 listing cache outcomes per login: hit, partial (new/ relisted), miss (invalidated or cold)."}, []string{"result"})
+	m.userdbDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "nfsdrop_userdb_duration_seconds",
+		Help: "User database latency by operation (lookup, auth).", Buckets: latencyBuckets}, []string{"op"})
+	m.userdbErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_userdb_errors_total",
+		Help: "User database failures that were not a plain 'no such user' or 'wrong password', by operation."}, []string{"op"})
+	m.scanDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nfsdrop_scan_duration_seconds", Help: "clamd scan latency.", Buckets: latencyBuckets})
+	m.scanResults = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_scan_total", Help: "clamd scans by result (clean, virus, error, skipped)."}, []string{"result"})
+	m.fsErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_fs_errors_total",
+		Help: "Filesystem errors met by the store, by errno (ESTALE, EIO, ENOSPC, EDQUOT, ...)."}, []string{"errno"})
+	m.tmpSwept = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_tmp_swept_total", Help: "Abandoned files removed from tmp/ by the sweeper."})
+	for _, c := range []prometheus.Collector{m.deliveries, m.deliveryDuration, m.fsyncDuration, m.bytesStored, m.recipientsPerTxn,
+		m.quotaRefusals, m.lmtpConnections, m.pop3Open, m.pop3Sessions, m.pop3Logins, m.pop3Retrieved, m.pop3Deleted,
+		m.lockTakeovers, m.indexLookups, m.userdbDuration, m.userdbErrors, m.scanDuration, m.scanResults, m.fsErrors, m.tmpSwept} {
+		f(c)
+	}
+	// Make label sets visible from the start, so dashboards and alerts see
+	// zeros instead of "no data".
+	for _, k := range []string{"kind=file", "kind=dir"} {
+		m.fsyncDuration.WithLabelValues(k[5:])
+	}
+	for _, r := range []string{"ok", "auth_failed", "in_use", "temp_failure", "perm_failure"} {
+		m.pop3Logins.WithLabelValues(r)
+	}
+	for _, r := range []string{"hit", "partial", "miss"} {
+		m.indexLookups.WithLabelValues(r)
+	}
+	for _, e := range []string{"ESTALE", "EIO", "ENOSPC", "EDQUOT"} {
+		m.fsErrors.WithLabelValues(e)
+	}
+	return m
+}
+
+// Serve exposes /metrics on l until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, l net.Listener) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	err := srv.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// --- store.Observer ---
+
+// Fsync records an fsync of kind "file" or "dir".
+func (m *Metrics) Fsync(kind string, d time.Duration) {
+	m.fsyncDuration.WithLabelValues(kind).Observe(d.Seconds())
+}
+
+// FSError records a filesystem error by errno name.
+func (m *Metrics) FSError(errno syscall.Errno) {
+	m.fsErrors.WithLabelValues(errnoName(errno)).Inc()
+}
+
+// Stored records bytes published for one recipient.
+func (m *Metrics) Stored(bytes int64) { m.bytesStored.Add(float64(bytes)) }
+
+// LockTakeover records a stale lock taken over.
+func (m *Metrics) LockTakeover() { m.lockTakeovers.Inc() }
+
+// IndexLookup records how a POP3 listing was made.
+func (m *Metrics) IndexLookup(result string) { m.indexLookups.WithLabelValues(result).Inc() }
+
+// TmpSwept records files removed by the sweeper.
+func (m *Metrics) TmpSwept(n int) { m.tmpSwept.Add(float64(n)) }
+
+func errnoName(e syscall.Errno) string {
+	switch e {
+	case syscall.ESTALE:
+		return "ESTALE"
+	case syscall.EIO:
+		return "EIO"
+	case syscall.ENOSPC:
+		return "ENOSPC"
+	case syscall.EDQUOT:
+		return "EDQUOT"
+	case syscall.EFBIG:
+		return "EFBIG"
+	case syscall.ETIMEDOUT:
+		return "ETIMEDOUT"
+	case syscall.EACCES:
+		return "EACCES"
+	case syscall.EPERM:
+		return "EPERM"
+	case syscall.EROFS:
+		return "EROFS"
+	case syscall.ENOENT:
+		return "ENOENT"
+	case syscall.EEXIST:
+		return "EEXIST"
+	}
+	return "other"
+}
+
+// --- lmtp.Observer ---
+
+// Recipient records one recipient's answer.
+func (m *Metrics) Recipient(code int, d time.Duration) {
+	outcome := "delivered"
+	switch {
+	case code >= 500:
+		outcome = "refused"
+	case code >= 400:
+		outcome = "deferred"
+	}
+	m.deliveries.WithLabelValues(outcome, strconv.Itoa(code)).Inc()
+	if d > 0 {
+		m.deliveryDuration.Observe(d.Seconds())
+	}
+	if code == 552 || code == 452 {
+		m.quotaRefusals.Inc()
+	}
+}
+
+// Transaction records the recipients of one DATA.
+func (m *Metrics) Transaction(recipients int) { m.recipientsPerTxn.Observe(float64(recipients)) }
+
+// Connections records an LMTP connection opening (+1) or closing (-1).
+func (m *Metrics) Connections(delta int) { m.lmtpConnections.Add(float64(delta)) }
+
+// --- pop3.Observer ---
+
+// SessionStarted records a POP3 session start.
+func (m *Metrics) SessionStarted() { m.pop3Open.Inc() }
+
+// SessionEnded records a POP3 session's end.
+func (m *Metrics) SessionEnded(how string, retrieved, deleted int) {
+	m.pop3Open.Dec()
+	m.pop3Sessions.WithLabelValues(how).Inc()
+	m.pop3Retrieved.Add(float64(retrieved))
+	m.pop3Deleted.Add(float64(deleted))
+}
+
+// Login records a login attempt's result.
+func (m *Metrics) Login(result string) { m.pop3Logins.WithLabelValues(result).Inc() }
+
+// --- scan hook ---
+
+// Scan records a clamd scan.
+func (m *Metrics) Scan(result string, d time.Duration) {
+	m.scanResults.WithLabelValues(result).Inc()
+	m.scanDuration.Observe(d.Seconds())
+}
+
+// --- userdb ---
+
+// UserDB wraps db to time lookups and count failures other than "no such
+// user" and "wrong password".
+func (m *Metrics) UserDB(db userdb.DB) userdb.DB { return instrumentedDB{db: db, m: m} }
+
+type instrumentedDB struct {
+	db userdb.DB
+	m  *Metrics
+}
+
+func (i instrumentedDB) observe(op string, start time.Time, err error) {
+	i.m.userdbDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if err != nil {
+		switch failure.KindOf(err) {
+		case failure.NotFound, failure.Disabled, failure.BadInput:
+		default:
+			i.m.userdbErrors.WithLabelValues(op).Inc()
+		}
+	}
+}
+
+func (i instrumentedDB) Lookup(ctx context.Context, address string) (*userdb.User, error) {
+	start := time.Now()
+	u, err := i.db.Lookup(ctx, address)
+	i.observe("lookup", start, err)
+	return u, err
+}
+
+func (i instrumentedDB) Authenticate(ctx context.Context, name, password string) (*userdb.User, error) {
+	start := time.Now()
+	u, err := i.db.Authenticate(ctx, name, password)
+	i.observe("auth", start, err)
+	return u, err
+}
+
+func (i instrumentedDB) Close() error { return i.db.Close() }

@@ -1,0 +1,1083 @@
+package lmtp
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+// The tests drive a real Server over loopback TCP with raw protocol lines,
+// the way go-smtp's own server tests do, against a fake Backend whose
+// behaviour is chosen by the recipient's local part:
+//
+//	unknown*      Resolve: failure.NotFound       (550 5.1.1 at RCPT)
+//	plainerr      Resolve: a plain Go error       (451 4.3.0 at RCPT)
+//	panic         Resolve panics
+//	full          Deliver: failure.OverQuota      (552 5.2.2 after DATA)
+//	deliverplain  Deliver: a plain Go error       (451 4.3.0 after DATA)
+//	deliverpanic  Deliver panics
+//	stageplain    Stage (first recipient): a plain Go error
+//	stagepanic    Stage (first recipient) panics
+//	anything else is delivered with key "key-<local>"
+//
+// Resolve folds the address to lower case and drops a "+detail", so
+// Recipient.Address is canonical (the unit of MaxUserConcurrency).
+
+type fakeBackend struct {
+	// lenient makes Stage return a Staged even when reading the message
+	// failed, as a careless backend might: the server must still neither
+	// publish nor acknowledge a message it did not receive completely.
+	lenient bool
+
+	mu     sync.Mutex
+	stages []*fakeStaged
+	staged chan *fakeStaged // every Stage call, when it returns
+}
+
+func newFakeBackend() *fakeBackend {
+	return &fakeBackend{staged: make(chan *fakeStaged, 100)}
+}
+
+type fakeStaged struct {
+	b       *fakeBackend
+	first   Recipient
+	data    []byte // what Stage read
+	readErr error  // the error reading it ended with (nil: EOF)
+	failed  bool   // Stage returned an error
+
+	deliveries []fakeDelivery
+	discards   int
+}
+
+type fakeDelivery struct {
+	rcpt   string // Recipient.Address
+	prefix []byte
+}
+
+func local(addr string) string {
+	l, _, _ := strings.Cut(addr, "@")
+	return l
+}
+
+func (b *fakeBackend) Resolve(_ context.Context, address string) (Recipient, error) {
+	canon := strings.ToLower(address)
+	if l, d, ok := strings.Cut(canon, "@"); ok {
+		l, _, _ = strings.Cut(l, "+")
+		canon = l + "@" + d
+	}
+	switch l := local(canon); {
+	case strings.HasPrefix(l, "unknown"):
+		return Recipient{}, failure.New(failure.NotFound, "lookup", "no such user", nil)
+	case l == "plainerr":
+		return Recipient{}, errors.New("user database exploded")
+	case l == "panic":
+		panic("backend panic in Resolve")
+	}
+	return Recipient{Address: canon, Handle: "handle:" + canon}, nil
+}
+
+func (b *fakeBackend) Stage(_ context.Context, first Recipient, msg io.Reader) (Staged, error) {
+	st := &fakeStaged{b: b, first: first}
+	defer func() {
+		b.mu.Lock()
+		b.stages = append(b.stages, st)
+		b.mu.Unlock()
+		b.staged <- st
+	}()
+	if first.Handle != "handle:"+first.Address {
+		panic("Stage got a Recipient the backend did not make")
+	}
+	switch local(first.Address) {
+	case "stageplain":
+		io.Copy(io.Discard, msg)
+		st.failed = true
+		return nil, errors.New("staging disk exploded")
+	case "stagepanic":
+		panic("backend panic in Stage")
+	}
+	data, err := io.ReadAll(msg)
+	b.mu.Lock()
+	st.data, st.readErr = data, err
+	b.mu.Unlock()
+	if err != nil && !b.lenient {
+		// Like the store: pass a *failure.Error from the reader on (a
+		// size limit), anything else is a temporary failure.
+		st.failed = true
+		var fe *failure.Error
+		if errors.As(err, &fe) {
+			return nil, err
+		}
+		return nil, failure.Temp("read message", "message not received completely", err)
+	}
+	return st, nil
+}
+
+func (st *fakeStaged) Deliver(_ context.Context, rcpt Recipient, prefix []byte) (string, error) {
+	st.b.mu.Lock()
+	defer st.b.mu.Unlock()
+	if st.discards > 0 {
+		panic("Deliver after Discard")
+	}
+	st.deliveries = append(st.deliveries, fakeDelivery{rcpt: rcpt.Address, prefix: append([]byte(nil), prefix...)})
+	switch local(rcpt.Address) {
+	case "full":
+		return "", &failure.Error{Kind: failure.OverQuota, Op: "quota", Reason: "mailbox full"}
+	case "deliverplain":
+		return "", fmt.Errorf("link: %w", errors.New("filer exploded"))
+	case "deliverpanic":
+		panic("backend panic in Deliver")
+	}
+	return "key-" + local(rcpt.Address), nil
+}
+
+func (st *fakeStaged) Discard() {
+	st.b.mu.Lock()
+	defer st.b.mu.Unlock()
+	st.discards++
+}
+
+// snapshot returns a copy of a staged message's state.
+func (st *fakeStaged) snapshot() fakeStaged {
+	st.b.mu.Lock()
+	defer st.b.mu.Unlock()
+	c := *st
+	c.deliveries = append([]fakeDelivery(nil), st.deliveries...)
+	return c
+}
+
+func (b *fakeBackend) stageCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.stages)
+}
+
+// nextStage waits for the next Stage call to return.
+func (b *fakeBackend) nextStage(t *testing.T) *fakeStaged {
+	t.Helper()
+	select {
+	case st := <-b.staged:
+		return st
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stage was not called")
+		return nil
+	}
+}
+
+// eventually polls cond for up to 10 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a log destination safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type testServer struct {
+	srv  *Server
+	addr string
+	log  *syncBuffer
+	b    *fakeBackend
+}
+
+func defaultOptions() Options {
+	return Options{
+		Hostname:       "lmtp.test",
+		MaxMessageSize: 1 << 20,
+		MaxRecipients:  100,
+		MaxLineLength:  4000,
+		ReadTimeout:    10 * time.Second,
+		WriteTimeout:   10 * time.Second,
+	}
+}
+
+// startServer serves b on a loopback port with opts (Logger is set here).
+func startServer(t *testing.T, b *fakeBackend, opts Options) *testServer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv := New(b, opts)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		srv.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("Serve did not return after Close")
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", logs)
+		}
+	})
+	return &testServer{srv: srv, addr: l.Addr().String(), log: logs, b: b}
+}
+
+type client struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+// dial connects and reads the greeting.
+func (ts *testServer) dial(t *testing.T) *client {
+	t.Helper()
+	c := ts.dialRaw(t)
+	c.expect("220 ")
+	return c
+}
+
+func (ts *testServer) dialRaw(t *testing.T) *client {
+	t.Helper()
+	conn, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	t.Cleanup(func() { conn.Close() })
+	return &client{t: t, c: conn, r: bufio.NewReader(conn)}
+}
+
+// send writes s in one write: several commands at once are pipelined.
+func (c *client) send(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.c, s); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// reply reads one reply, all of its lines, and returns its last line
+// ("" at EOF).
+func (c *client) reply() string {
+	c.t.Helper()
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			if line != "" {
+				c.t.Fatalf("read: %v after %q", err, line)
+			}
+			return ""
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 4 || line[3] != '-' {
+			return line
+		}
+	}
+}
+
+// expect reads one reply and checks it starts with prefix.
+func (c *client) expect(prefix string) string {
+	c.t.Helper()
+	line := c.reply()
+	if !strings.HasPrefix(line, prefix) {
+		c.t.Fatalf("got reply %q, want %q...", line, prefix)
+	}
+	return line
+}
+
+// expectEOF checks the server closed the connection.
+func (c *client) expectEOF() {
+	c.t.Helper()
+	if line, err := c.r.ReadString('\n'); err == nil || line != "" {
+		c.t.Fatalf("got %q (%v), want the connection closed", line, err)
+	}
+}
+
+// hello sends LHLO and reads its reply.
+func (c *client) hello() {
+	c.t.Helper()
+	c.send("LHLO client.test\r\n")
+	c.expect("250 ")
+}
+
+// deliverOK runs one whole transaction for rcpts that must all succeed.
+func (c *client) deliverOK(from string, msg string, rcpts ...string) {
+	c.t.Helper()
+	c.send("MAIL FROM:<" + from + ">\r\n")
+	c.expect("250 ")
+	for _, r := range rcpts {
+		c.send("RCPT TO:<" + r + ">\r\n")
+		c.expect("250 ")
+	}
+	c.send("DATA\r\n")
+	c.expect("354 ")
+	c.send(msg + ".\r\n")
+	for _, r := range rcpts {
+		c.expect("250 2.0.0 <" + r + "> <key-")
+	}
+}
+
+const simpleMsg = "From: sender@x.test\r\nSubject: test\r\n\r\nHello.\r\n"
+
+// splitTrace splits what the backend staged into the trace header lines
+// the server added and the message as the client sent it.
+func splitTrace(t *testing.T, data []byte, msg string) (trace string) {
+	t.Helper()
+	if !bytes.HasSuffix(data, []byte(msg)) {
+		t.Fatalf("staged message does not end with the message sent:\n got %q\nwant ...%q", data, msg)
+	}
+	trace = string(data[:len(data)-len(msg)])
+	if !strings.HasPrefix(trace, "Return-Path: <") || !strings.HasSuffix(trace, "\r\n") {
+		t.Fatalf("staged message starts with %q, want trace headers", trace)
+	}
+	return trace
+}
+
+func TestPipelining(t *testing.T) {
+	ts := startServer(t, newFakeBackend(), defaultOptions())
+	c := ts.dial(t)
+	// RFC 2033 section 4.2 / RFC 2920: a client may send the whole
+	// envelope in one write; replies come back in order.
+	c.send("LHLO client.test\r\nMAIL FROM:<sender@x.test> SIZE=100\r\nRCPT TO:<alice@example.test>\r\n" +
+		"RCPT TO:<unknown@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+	c.expect("250 ")
+	c.expect("250 2.0.0 ")
+	c.expect("250 2.0.0 ")
+	c.expect("550 5.1.1 ")
+	c.expect("250 2.0.0 ")
+	c.expect("354 ")
+	// The end of data, and the next transaction, in one write too.
+	c.send(simpleMsg + ".\r\nRSET\r\nMAIL FROM:<>\r\nRCPT TO:<carol@example.test>\r\nNOOP\r\nQUIT\r\n")
+	c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
+	c.expect("250 2.0.0 <bob@example.test> <key-bob> Saved")
+	c.expect("250 2.0.0 ") // RSET
+	c.expect("250 2.0.0 ") // MAIL
+	c.expect("250 2.0.0 ") // RCPT
+	c.expect("250 2.0.0 ") // NOOP
+	c.expect("221 ")
+	c.expectEOF()
+}
+
+func TestLHLOAdvertises(t *testing.T) {
+	ts := startServer(t, newFakeBackend(), defaultOptions())
+	c := ts.dial(t)
+	c.send("LHLO client.test\r\n")
+	var lines []string
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, strings.TrimRight(line, "\r\n"))
+		if line[3] == ' ' {
+			break
+		}
+	}
+	all := strings.Join(lines, "\n")
+	for _, want := range []string{"PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "CHUNKING", "BINARYMIME", "SIZE 1048576"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("LHLO reply lacks %s:\n%s", want, all)
+		}
+	}
+}
+
+func TestRSET(t *testing.T) {
+	b := newFakeBackend()
+	opts := defaultOptions()
+	opts.MaxUserConcurrency = 1
+	ts := startServer(t, b, opts)
+	c := ts.dial(t)
+	c.hello()
+	c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRSET\r\nDATA\r\n")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("250 2.0.0 ")
+	c.expect("502 5.5.1 ") // RSET dropped the transaction: no recipients
+	c.send("RCPT TO:<alice@example.test>\r\n")
+	c.expect("502 5.5.1 ") // and no sender
+	// RSET released alice's delivery slot: another session may take it.
+	c2 := ts.dial(t)
+	c2.hello()
+	c2.deliverOK("sender@x.test", simpleMsg, "alice@example.test")
+	// A new transaction after RSET works.
+	c.deliverOK("sender@x.test", simpleMsg, "bob@example.test")
+	if n := b.stageCount(); n != 2 {
+		t.Errorf("%d messages staged, want 2", n)
+	}
+}
+
+func TestPerRecipientReplies(t *testing.T) {
+	b := newFakeBackend()
+	ts := startServer(t, b, defaultOptions())
+	c := ts.dial(t)
+	c.hello()
+	c.send("MAIL FROM:<sender@x.test>\r\n")
+	c.expect("250 ")
+	rcpt := func(addr, want string) {
+		c.send("RCPT TO:<" + addr + ">\r\n")
+		c.expect(want)
+	}
+	rcpt("alice@example.test", "250 2.0.0 ")
+	rcpt("unknown@example.test", "550 5.1.1 ")
+	// A plain Go error from the backend is temporary, never go-smtp's
+	// 554 5.0.0.
+	rcpt("plainerr@example.test", "451 4.3.0 ")
+	rcpt("full@example.test", "250 2.0.0 ")
+	rcpt("deliverplain@example.test", "250 2.0.0 ")
+	rcpt("bob@example.test", "250 2.0.0 ")
+	c.send("DATA\r\n")
+	c.expect("354 ")
+	c.send(simpleMsg + ".\r\n")
+	// One reply per accepted recipient, in RCPT order (RFC 2033 4.2).
+	c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
+	c.expect("552 5.2.2 <full@example.test> ")
+	c.expect("451 4.3.0 <deliverplain@example.test> ")
+	c.expect("250 2.0.0 <bob@example.test> <key-bob> Saved")
+	c.send("NOOP\r\n")
+	c.expect("250 ") // and nothing else was answered in between
+
+	st := b.nextStage(t)
+	eventually(t, "Discard", func() bool { return st.snapshot().discards == 1 })
+	s := st.snapshot()
+	var got []string
+	for _, d := range s.deliveries {
+		got = append(got, d.rcpt)
+	}
+	if want := "alice@example.test full@example.test deliverplain@example.test bob@example.test"; strings.Join(got, " ") != want {
+		t.Errorf("Deliver calls %v, want %s", got, want)
+	}
+	if s.first.Address != "alice@example.test" {
+		t.Errorf("staged near %s, want the first accepted recipient", s.first.Address)
+	}
+
+	// A plain Go error from Stage: every recipient 451 4.3.0.
+	c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<stageplain@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("354 ")
+	c.send(simpleMsg + ".\r\n")
+	c.expect("451 4.3.0 <stageplain@example.test> ")
+	c.expect("451 4.3.0 <bob@example.test> ")
+	if s := b.nextStage(t).snapshot(); len(s.deliveries) != 0 {
+		t.Errorf("Deliver called after Stage failed: %+v", s.deliveries)
+	}
+	if strings.Contains(ts.log.String(), "code=554") {
+		t.Errorf("a 554 was logged:\n%s", ts.log)
+	}
+}
+
+func TestMaxRecipients(t *testing.T) {
+	opts := defaultOptions()
+	opts.MaxRecipients = 2
+	ts := startServer(t, newFakeBackend(), opts)
+	c := ts.dial(t)
+	c.hello()
+	c.send("MAIL FROM:<s@x.test>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\n")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("452 4.5.3 ")
+}
+
+// TestDisconnectMidDATA: a client that goes away in the middle of a
+// message must get nothing published: the reader the backend stages from
+// fails, no Deliver, and a staged copy (if any) is discarded. The
+// recipient's delivery slot is released with the session.
+func TestDisconnectMidDATA(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		lenient bool
+		partial string
+	}{
+		{"in body", false, "Subject: cut\r\n\r\nthe body starts but "},
+		{"in body, lenient backend", true, "Subject: cut\r\n\r\nthe body starts but "},
+		{"in header", false, "Subject: cut\r\nX-Long: the header never en"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newFakeBackend()
+			b.lenient = tc.lenient
+			opts := defaultOptions()
+			opts.MaxUserConcurrency = 1
+			ts := startServer(t, b, opts)
+			c := ts.dial(t)
+			c.hello()
+			c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+			c.expect("250 ")
+			c.expect("250 ")
+			c.expect("354 ")
+			c.send(tc.partial)
+			// Make sure the server has read the partial message before
+			// the connection drops.
+			time.Sleep(50 * time.Millisecond)
+			c.c.Close()
+
+			if strings.Contains(tc.name, "header") {
+				// The header is read before staging: Stage is never
+				// called, the recipient is deferred.
+				eventually(t, "the recipient deferred", func() bool {
+					return strings.Contains(ts.log.String(), "msg=deferred")
+				})
+				time.Sleep(50 * time.Millisecond)
+				if n := b.stageCount(); n != 0 {
+					t.Fatalf("Stage called %d times for a message cut off in its header", n)
+				}
+			} else {
+				st := b.nextStage(t)
+				if s := st.snapshot(); s.readErr == nil || errors.Is(s.readErr, io.EOF) {
+					t.Fatalf("the staged reader ended with %v, want an error (data %q)", s.readErr, s.data)
+				}
+				if !tc.lenient && !st.snapshot().failed {
+					t.Fatal("fake Stage did not fail")
+				}
+				if tc.lenient {
+					eventually(t, "Discard of the staged copy", func() bool { return st.snapshot().discards == 1 })
+				}
+				time.Sleep(50 * time.Millisecond)
+				if s := st.snapshot(); len(s.deliveries) != 0 {
+					t.Fatalf("Deliver called for a message that was cut off: %+v", s.deliveries)
+				}
+			}
+
+			// alice's slot is free again once the session is gone.
+			c2 := ts.dial(t)
+			c2.hello()
+			c2.send("MAIL FROM:<sender@x.test>\r\n")
+			c2.expect("250 ")
+			eventually(t, "alice's delivery slot released", func() bool {
+				c2.send("RCPT TO:<alice@example.test>\r\n")
+				if strings.HasPrefix(c2.reply(), "250 ") {
+					return true
+				}
+				return false
+			})
+			if strings.Contains(ts.log.String(), "code=250") {
+				t.Errorf("something was logged as delivered:\n%s", ts.log)
+			}
+		})
+	}
+}
+
+func TestOversize(t *testing.T) {
+	b := newFakeBackend()
+	opts := defaultOptions()
+	opts.MaxMessageSize = 2000
+	ts := startServer(t, b, opts)
+	c := ts.dial(t)
+	c.hello()
+
+	// SIZE= above the limit is refused at MAIL FROM (RFC 1870).
+	c.send("MAIL FROM:<sender@x.test> SIZE=2001\r\n")
+	c.expect("552 5.3.4 ")
+	c.send("MAIL FROM:<sender@x.test> SIZE=2000\r\n")
+	c.expect("250 ")
+	c.send("RSET\r\n")
+	c.expect("250 ")
+
+	// A body above the limit (announced or not): 552 5.3.4 per recipient.
+	for _, msg := range []string{
+		"Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 80),
+		"Subject: big header\r\nX-Big: " + strings.Repeat("x", 3000) + "\r\n\r\nbody\r\n",
+	} {
+		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("354 ")
+		c.send(msg + ".\r\n")
+		c.expect("552 5.3.4 <alice@example.test> ")
+		c.expect("552 5.3.4 <bob@example.test> ")
+	}
+	// The connection is still in step.
+	c.deliverOK("sender@x.test", simpleMsg, "alice@example.test")
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, st := range b.stages {
+		n += len(st.deliveries)
+	}
+	if n != 1 {
+		t.Errorf("%d deliveries, want 1 (only the last, small message)", n)
+	}
+}
+
+// allBytes is every byte value, with the sequences DATA must not
+// mistake for the end of the message.
+func allBytes() string {
+	var b strings.Builder
+	for i := 0; i < 256; i++ {
+		b.WriteByte(byte(i))
+	}
+	return b.String()
+}
+
+func TestBodyBytesExact(t *testing.T) {
+	b := newFakeBackend()
+	ts := startServer(t, b, defaultOptions())
+	c := ts.dial(t)
+	c.hello()
+
+	t.Run("DATA BODY=8BITMIME", func(t *testing.T) {
+		// NUL bytes, 8-bit bytes, a bare CR and a leading dot: stored
+		// exactly (the dot unstuffed, RFC 5321 4.5.2).
+		msg := "Subject: nul\r\nContent-Transfer-Encoding: 8bit\r\n\r\nNUL\x00here \x00\x00 and \xff\xfe\xc3\xa9 bare\rCR\r\n.leading dot\r\n\x00\r\n"
+		wire := strings.ReplaceAll(msg, "\r\n.", "\r\n..")
+		c.send("MAIL FROM:<sender@x.test> BODY=8BITMIME\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("354 ")
+		c.send(wire + ".\r\n")
+		c.expect("250 2.0.0 <alice@example.test> ")
+		st := b.nextStage(t).snapshot()
+		splitTrace(t, st.data, msg)
+	})
+
+	t.Run("BDAT BODY=BINARYMIME", func(t *testing.T) {
+		// Binary content in two chunks: bare LF, bare CR, NUL, every
+		// byte value and a CRLF.CRLF that is not an end of data.
+		msg := "Subject: binary\r\nContent-Type: application/octet-stream\r\n\r\n" + allBytes() + "\r\n.\r\nbare\nLF\x00" + allBytes()
+		first, second := msg[:100], msg[100:]
+		c.send("MAIL FROM:<sender@x.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.send("BDAT " + strconv.Itoa(len(first)) + "\r\n" + first)
+		c.expect("250 2.0.0 ")
+		c.send("BDAT " + strconv.Itoa(len(second)) + " LAST\r\n" + second)
+		c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
+		c.expect("250 2.0.0 <bob@example.test> <key-bob> Saved")
+		st := b.nextStage(t).snapshot()
+		splitTrace(t, st.data, msg)
+	})
+
+	t.Run("BINARYMIME refuses DATA", func(t *testing.T) {
+		c.send("MAIL FROM:<sender@x.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("502 5.5.1 ")
+		c.send("RSET\r\n")
+		c.expect("250 ")
+	})
+
+	t.Run("BDAT with BODY=8BITMIME", func(t *testing.T) {
+		msg := "Subject: chunk\r\n\r\n8bit \xe2\x82\xac\r\n"
+		c.send("MAIL FROM:<sender@x.test> BODY=8BITMIME\r\nRCPT TO:<carol@example.test>\r\n")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.send("BDAT " + strconv.Itoa(len(msg)) + " LAST\r\n" + msg)
+		c.expect("250 2.0.0 <carol@example.test> <key-carol> Saved")
+		st := b.nextStage(t).snapshot()
+		splitTrace(t, st.data, msg)
+	})
+}
+
+func TestLineTooLong(t *testing.T) {
+	b := newFakeBackend()
+	opts := defaultOptions()
+	opts.MaxLineLength = 1000
+	ts := startServer(t, b, opts)
+
+	t.Run("command", func(t *testing.T) {
+		c := ts.dial(t)
+		c.hello()
+		c.send("NOOP " + strings.Repeat("x", 1500) + "\r\n")
+		c.expect("500 5.4.0 ")
+		c.expectEOF()
+	})
+
+	t.Run("DATA", func(t *testing.T) {
+		c := ts.dial(t)
+		c.hello()
+		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("354 ")
+		c.send("Subject: long\r\n\r\n" + strings.Repeat("y", 1500) + "\r\n.\r\n")
+		line := c.reply()
+		if !regexp.MustCompile(`^[45]\d\d [45]\.\d+\.\d+ <alice@example.test> `).MatchString(line) || strings.HasPrefix(line, "554 5.0.0") {
+			t.Fatalf("reply to a message with a %d-byte line: %q, want a 4xx or 5xx refusal", 1500, line)
+		}
+		time.Sleep(50 * time.Millisecond)
+		b.mu.Lock()
+		for _, st := range b.stages {
+			if len(st.deliveries) != 0 {
+				t.Errorf("message with a too long line delivered: %+v", st.deliveries)
+			}
+		}
+		b.mu.Unlock()
+	})
+
+	t.Run("BDAT has no line limit", func(t *testing.T) {
+		c := ts.dial(t)
+		c.hello()
+		msg := "Subject: long\r\n\r\n" + strings.Repeat("z", 1500) + "\r\n"
+		c.send("MAIL FROM:<sender@x.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\nBDAT " + strconv.Itoa(len(msg)) + " LAST\r\n" + msg)
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
+	})
+
+	// The server is still up.
+	c := ts.dial(t)
+	c.hello()
+	c.deliverOK("sender@x.test", simpleMsg, "bob@example.test")
+}
+
+func TestGarbageCommands(t *testing.T) {
+	ts := startServer(t, newFakeBackend(), defaultOptions())
+
+	t.Run("out of order and malformed", func(t *testing.T) {
+		c := ts.dial(t)
+		for _, tc := range []struct{ cmd, want string }{
+			{"HELO client.test", "500 5.5.1 "}, // LMTP: LHLO only
+			{"EHLO client.test", "500 5.5.1 "},
+			{"MAIL FROM:<sender@x.test>", "502 5.5.1 "}, // before LHLO
+			{"LHLO client.test", "250 "},
+			{"RCPT TO:<alice@example.test>", "502 5.5.1 "}, // before MAIL
+			{"DATA", "502 5.5.1 "},
+			{"BDAT 10 LAST", "502 5.5.1 "}, // (its 10 bytes follow)
+			{"0123456789MAIL FROM:alice", "501 5.5.2 "},
+			{"MAIL FROM:<sender@x.test> BODY=9BIT", "501 5.5.4 "},
+			{"MAIL FROM:<sender@x.test> SIZE=huge", "501 5.5.4 "},
+			{"MAIL FROM:<sender@x.test> FOO=bar", "500 5.5.4 "},
+			{"MAIL FROM:<sender@x.test>", "250 "},
+			{"MAIL FROM:<sender@x.test>", "250 "}, // a new MAIL starts over
+			{"RCPT TO:alice", "501 5.5.2 "},
+			{"RCPT TO:<alice@example.test> NOTIFY=NEVER", "504 5.5.4 "},
+			{"BDAT x", "501 5.5.4 "},
+			{"DATA now", "501 5.5.4 "},
+			{"VRFY alice", "252 "},
+			{"EXPN list", "502 5.5.1 "},
+			{"STARTTLS", "502 5.5.1 "},
+			{"AUTH PLAIN", "5"},
+			{"RSET", "250 "},
+			{"NOOP", "250 "},
+		} {
+			c.send(tc.cmd + "\r\n")
+			if got := c.reply(); !strings.HasPrefix(got, tc.want) {
+				t.Errorf("%q: got %q, want %q...", tc.cmd, got, tc.want)
+			}
+		}
+	})
+
+	t.Run("too many errors close the session", func(t *testing.T) {
+		c := ts.dial(t)
+		c.hello()
+		c.send("XYZZY\r\n\x00\x01\x02\xff\xfe\r\nPLUGH plover\r\n")
+		for range 3 {
+			c.expect("50")
+		}
+		// The fourth protocol error ends it.
+		c.send("FROB\r\n")
+		c.expect("500 5.5.2 ")
+		c.expect("500 5.5.1 ")
+		c.expectEOF()
+	})
+
+	// Still serving.
+	c := ts.dial(t)
+	c.hello()
+	c.deliverOK("sender@x.test", simpleMsg, "alice@example.test")
+}
+
+func TestMaxConnections(t *testing.T) {
+	opts := defaultOptions()
+	opts.MaxConnections = 2
+	ts := startServer(t, newFakeBackend(), opts)
+	c1 := ts.dial(t)
+	c2 := ts.dial(t)
+	c3 := ts.dialRaw(t)
+	c3.expect("421 4.3.2 lmtp.test ")
+	c3.expectEOF()
+	// The refused connection is not counted.
+	if n := ts.srv.Connections(); n != 2 {
+		t.Errorf("Connections() = %d, want 2", n)
+	}
+	c2.hello()
+	c2.deliverOK("sender@x.test", simpleMsg, "alice@example.test")
+
+	c1.send("QUIT\r\n")
+	c1.expect("221 ")
+	eventually(t, "the closed connection to be uncounted", func() bool { return ts.srv.Connections() == 1 })
+	c4 := ts.dial(t)
+	c4.hello()
+	c4.deliverOK("sender@x.test", simpleMsg, "bob@example.test")
+}
+
+func TestMaxUserConcurrency(t *testing.T) {
+	b := newFakeBackend()
+	opts := defaultOptions()
+	opts.MaxUserConcurrency = 1
+	ts := startServer(t, b, opts)
+	s1 := ts.dial(t)
+	s1.hello()
+	s2 := ts.dial(t)
+	s2.hello()
+
+	s1.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
+	s1.expect("250 ")
+	s1.expect("250 ")
+	// s1 holds alice: s2 may not deliver to her, under any spelling of
+	// her address, but may deliver to others.
+	s2.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<Alice+lists@Example.TEST>\r\nRCPT TO:<bob@example.test>\r\n")
+	s2.expect("250 ")
+	s2.expect("451 4.3.0 ")
+	s2.expect("451 4.3.0 ")
+	s2.expect("250 ")
+
+	// A transaction ending (here with RSET) releases the slot.
+	s1.send("RSET\r\n")
+	s1.expect("250 ")
+	s2.send("RCPT TO:<alice@example.test>\r\n")
+	s2.expect("250 ")
+	s1.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
+	s1.expect("250 ")
+	s1.expect("451 4.3.0 ")
+	// DATA ends s2's transaction and releases alice again.
+	s2.send("DATA\r\n")
+	s2.expect("354 ")
+	s2.send(simpleMsg + ".\r\n")
+	s2.expect("250 2.0.0 <bob@example.test> ")
+	s2.expect("250 2.0.0 <alice@example.test> ")
+	s1.send("RCPT TO:<alice@example.test>\r\n")
+	s1.expect("250 ")
+	// A session that goes away releases its slots too.
+	s1.c.Close()
+	s3 := ts.dial(t)
+	s3.hello()
+	s3.send("MAIL FROM:<sender@x.test>\r\n")
+	s3.expect("250 ")
+	eventually(t, "the slot of a closed session released", func() bool {
+		s3.send("RCPT TO:<alice@example.test>\r\n")
+		return strings.HasPrefix(s3.reply(), "250 ")
+	})
+}
+
+func TestDeliveredTo(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		always bool
+		rcpts  []string
+	}{
+		{"one recipient", false, []string{"alice@example.test"}},
+		{"two recipients", false, []string{"alice@example.test", "bob@example.test"}},
+		{"always, one recipient", true, []string{"alice@example.test"}},
+		{"always, two recipients", true, []string{"alice@example.test", "bob@example.test"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newFakeBackend()
+			opts := defaultOptions()
+			opts.DeliveredToAlways = tc.always
+			ts := startServer(t, b, opts)
+			c := ts.dial(t)
+			c.hello()
+			c.deliverOK("sender@x.test", simpleMsg, tc.rcpts...)
+			st := b.nextStage(t)
+			eventually(t, "Discard", func() bool { return st.snapshot().discards == 1 })
+			s := st.snapshot()
+			trace := splitTrace(t, s.data, simpleMsg)
+
+			if len(tc.rcpts) == 1 {
+				// Return-Path, then Delivered-To, then Received naming
+				// the one recipient.
+				want := "Return-Path: <sender@x.test>\r\nDelivered-To: alice@example.test\r\nReceived: from client.test (127.0.0.1:"
+				if !strings.HasPrefix(trace, want) {
+					t.Errorf("trace %q, want it to start %q", trace, want)
+				}
+				if !strings.Contains(trace, "by lmtp.test (nfsdrop) with LMTP id ") || !strings.Contains(trace, "\tfor <alice@example.test>; ") {
+					t.Errorf("Received header incomplete: %q", trace)
+				}
+			} else if strings.Contains(trace, "Delivered-To") || strings.Contains(trace, "for <") {
+				t.Errorf("a message for %d recipients got per-recipient trace in its shared copy: %q", len(tc.rcpts), trace)
+			}
+			if len(s.deliveries) != len(tc.rcpts) {
+				t.Fatalf("%d deliveries, want %d", len(s.deliveries), len(tc.rcpts))
+			}
+			for i, d := range s.deliveries {
+				var want []byte
+				if tc.always && len(tc.rcpts) > 1 {
+					want = []byte("Delivered-To: " + tc.rcpts[i] + "\r\n")
+				}
+				if !bytes.Equal(d.prefix, want) {
+					t.Errorf("prefix for %s: %q, want %q", d.rcpt, d.prefix, want)
+				}
+			}
+		})
+	}
+}
+
+func TestLoopRefused(t *testing.T) {
+	b := newFakeBackend()
+	ts := startServer(t, b, defaultOptions())
+	c := ts.dial(t)
+	c.hello()
+
+	looped := "Delivered-To: bob@example.test\r\ndelivered-to:\r\n  Alice@Example.test\r\nSubject: loop\r\n\r\nDelivered-To: carol@example.test\r\n"
+	c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<carol@example.test>\r\nRCPT TO:<bob+x@example.test>\r\nDATA\r\n")
+	for range 4 {
+		c.expect("")
+	}
+	c.send(looped + ".\r\n")
+	c.expect("554 5.4.6 <alice@example.test> ")
+	// Delivered-To in the body does not count.
+	c.expect("250 2.0.0 <carol@example.test> <key-carol> Saved")
+	// The canonical address (detail removed) counts.
+	c.expect("554 5.4.6 <bob+x@example.test> ")
+	s := b.nextStage(t).snapshot()
+	if len(s.deliveries) != 1 || s.deliveries[0].rcpt != "carol@example.test" {
+		t.Errorf("deliveries %+v, want carol only", s.deliveries)
+	}
+
+	// Every recipient looped: nothing is staged.
+	c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("354 ")
+	c.send("Delivered-To: alice@example.test\r\n\r\nbody\r\n.\r\n")
+	c.expect("554 5.4.6 <alice@example.test> ")
+	c.send("NOOP\r\n")
+	c.expect("250 ")
+	if n := b.stageCount(); n != 1 {
+		t.Errorf("%d messages staged, want 1", n)
+	}
+}
+
+// TestBackendPanic: a panic in the backend answers 4xx (the client
+// retries), closes that one connection, is logged, and releases what the
+// session held; the server goes on serving.
+func TestBackendPanic(t *testing.T) {
+	b := newFakeBackend()
+	opts := defaultOptions()
+	opts.MaxUserConcurrency = 1
+	ts := startServer(t, b, opts)
+
+	t.Run("Resolve", func(t *testing.T) {
+		c := ts.dial(t)
+		c.hello()
+		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<panic@example.test>\r\n")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("421 4.")
+		c.expectEOF()
+	})
+
+	t.Run("Deliver", func(t *testing.T) {
+		c := ts.dial(t)
+		c.hello()
+		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<deliverpanic@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+		for range 4 {
+			c.expect("")
+		}
+		c.send(simpleMsg + ".\r\n")
+		c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
+		c.expect("421 4.")
+		c.expect("421 4.")
+		c.expectEOF()
+		st := b.nextStage(t)
+		eventually(t, "Discard after the panic", func() bool { return st.snapshot().discards == 1 })
+	})
+
+	t.Run("Stage", func(t *testing.T) {
+		c := ts.dial(t)
+		c.hello()
+		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<stagepanic@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+		for range 4 {
+			c.expect("")
+		}
+		c.send(simpleMsg + ".\r\n")
+		c.expect("421 4.")
+		c.expect("421 4.")
+		c.expectEOF()
+		b.nextStage(t)
+	})
+
+	if !strings.Contains(ts.log.String(), "panic") {
+		t.Errorf("the panics were not logged:\n%s", ts.log)
+	}
+	// Still serving, and the sessions that panicked released alice and
+	// bob.
+	c := ts.dial(t)
+	c.hello()
+	eventually(t, "slots released", func() bool {
+		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n")
+		c.expect("250 ")
+		ok := strings.HasPrefix(c.reply(), "250 ")
+		ok = strings.HasPrefix(c.reply(), "250 ") && ok
+		c.send("RSET\r\n")
+		c.expect("250 ")
+		return ok
+	})
+	c.deliverOK("sender@x.test", simpleMsg, "alice@example.test", "bob@example.test")
+}
+
+func TestShutdownDrains(t *testing.T) {
+	b := newFakeBackend()
+	ts := startServer(t, b, defaultOptions())
+	c := ts.dial(t)
+	c.hello()
+	c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("354 ")
+	c.send("Subject: in flight\r\n\r\n")
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- ts.srv.Shutdown(ctx)
+	}()
+	// No new connections once shutting down.
+	eventually(t, "the listener closed", func() bool {
+		conn, err := net.Dial("tcp", ts.addr)
+		if err == nil {
+			conn.Close()
+		}
+		return err != nil
+	})
+	// The transaction in flight completes and is answered.
+	c.send("body\r\n.\r\n")
+	c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
+	select {
+	case err := <-done:
+		t.Logf("early shutdown return: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	c.send("QUIT\r\n")
+	c.expect("221 ")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the last session ended")
+	}
+}
