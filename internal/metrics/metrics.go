@@ -12,6 +12,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"regexp"
 	"strconv"
 	"syscall"
 	"time"
@@ -51,15 +52,25 @@ type Metrics struct {
 	scanResults    *prometheus.CounterVec
 	fsErrors       *prometheus.CounterVec
 	tmpSwept       prometheus.Counter
+
+	names []string
 }
 
-// Names of every metric this program exports (the Grafana dashboard test
-// checks its queries against this list).
-func (m *Metrics) Names() []string {
-	mfs, _ := m.Registry.Gather()
+// Names of every nfsdrop metric this program exports, including vectors
+// with no series yet (the Grafana dashboard and alert rules tests check
+// their queries against this list).
+func (m *Metrics) Names() []string { return m.names }
+
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+func describeNames(c prometheus.Collector) []string {
+	ch := make(chan *prometheus.Desc, 16)
+	go func() { c.Describe(ch); close(ch) }()
 	var out []string
-	for _, mf := range mfs {
-		out = append(out, mf.GetName())
+	for d := range ch {
+		if m := fqName.FindStringSubmatch(d.String()); m != nil {
+			out = append(out, m[1])
+		}
 	}
 	return out
 }
@@ -105,6 +116,7 @@ func New() *Metrics {
 		m.quotaRefusals, m.lmtpConnections, m.pop3Open, m.pop3Sessions, m.pop3Logins, m.pop3Retrieved, m.pop3Deleted,
 		m.lockTakeovers, m.indexLookups, m.userdbDuration, m.userdbErrors, m.scanDuration, m.scanResults, m.fsErrors, m.tmpSwept} {
 		f(c)
+		m.names = append(m.names, describeNames(c)...)
 	}
 	// Make label sets visible from the start, so dashboards and alerts see
 	// zeros instead of "no data".
