@@ -22,6 +22,7 @@ declare -A NEED=(
   [curl]=curl
   [fetchmail]=fetchmail
   [openssl]=openssl
+  [clamd]=clamav-daemon
   [slapd]=slapd
   [ldapsearch]=ldap-utils
 )

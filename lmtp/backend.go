@@ -31,9 +31,11 @@ type Backend interface {
 	// Resolve looks a recipient address up (user database, quota with the
 	// size still unknown). It returns a *failure.Error on refusal.
 	Resolve(ctx context.Context, address string) (Recipient, error)
-	// Stage writes msg durably once, near the first recipient's mailbox.
-	// Nothing is visible to readers until Staged.Deliver.
-	Stage(ctx context.Context, first Recipient, msg io.Reader) (Staged, error)
+	// Stage writes trace (the trace headers this server adds) and then msg
+	// (the message as received) durably once, near the first recipient's
+	// mailbox, and scans msg when a scanner is configured. Nothing is
+	// visible to readers until Staged.Deliver.
+	Stage(ctx context.Context, first Recipient, trace string, msg io.Reader) (Staged, error)
 }
 
 // Staged is a message written once, to be published to each recipient.

@@ -2,6 +2,8 @@ package lmtp
 
 import (
 	"errors"
+	"strconv"
+	"strings"
 
 	"github.com/emersion/go-smtp"
 
@@ -49,6 +51,9 @@ func reply(rcpt string, err error) *smtp.SMTPError {
 	if fe.Reason != "" {
 		msg = fe.Reason + ", try again later"
 	}
+	if c, ok := parseDSN(fe.DSN); ok && c[0] == 4 {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: c, Message: msg}
+	}
 	return r(451, 4, 3, 0, msg)
 }
 
@@ -56,4 +61,21 @@ func reply(rcpt string, err error) *smtp.SMTPError {
 // (go-smtp adds the "<rcpt> " itself).
 func saved(key string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "<" + key + "> Saved"}
+}
+
+// parseDSN reads an enhanced status code "x.y.z".
+func parseDSN(s string) (smtp.EnhancedCode, bool) {
+	var c smtp.EnhancedCode
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 {
+		return c, false
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 999 {
+			return c, false
+		}
+		c[i] = n
+	}
+	return c, true
 }

@@ -336,7 +336,8 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	ctx, cancel := ss.context()
 	defer cancel()
 
-	hdr, msg, err := envelope.ReadHeader(&dataReader{r})
+	dr := &dataReader{r: r}
+	hdr, msg, err := envelope.ReadHeader(dr)
 	if err != nil {
 		return ss.failAll(status, err, start)
 	}
@@ -364,7 +365,14 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	if len(targets) == 1 {
 		trace = envelope.ReturnPath(ss.from) + envelope.DeliveredTo(targets[0].addr) + ss.received(targets)
 	}
-	staged, err := ss.s.backend.Stage(ctx, targets[0].r, io.MultiReader(strings.NewReader(trace), msg))
+	staged, err := ss.s.backend.Stage(ctx, targets[0].r, trace, msg)
+	if err == nil && dr.err != nil {
+		// The message was not received completely (the client went
+		// away, a size limit), yet Stage succeeded: never publish or
+		// acknowledge a partial message, whatever the backend did.
+		staged.Discard()
+		err = dr.err
+	}
 	if err != nil {
 		io.Copy(io.Discard, msg)
 		for _, e := range targets {
@@ -449,17 +457,25 @@ func dsn(c smtp.EnhancedCode) string {
 
 // dataReader turns go-smtp's size-limit error into a failure the store
 // passes through (so the answer is 552 5.3.4, not "try again"), and any
-// other read error into a temporary failure.
-type dataReader struct{ r io.Reader }
+// other read error into a temporary failure. It remembers the first such
+// error, so that LMTPData can tell whether the message arrived whole.
+type dataReader struct {
+	r   io.Reader
+	err error
+}
 
 func (d *dataReader) Read(p []byte) (int, error) {
 	n, err := d.r.Read(p)
 	if err != nil && err != io.EOF {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code == 552 {
-			return n, failure.New(failure.TooLarge, "read message", "message too big", err)
+			err = failure.New(failure.TooLarge, "read message", "message too big", err)
+		} else {
+			err = failure.Temp("read message", "message not received completely", err)
 		}
-		return n, failure.Temp("read message", "message not received completely", err)
+		if d.err == nil {
+			d.err = err
+		}
 	}
 	return n, err
 }

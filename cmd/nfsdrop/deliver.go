@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -147,19 +146,23 @@ func deliverAll(e *env, hdr envelope.Header, msg io.Reader, from string, targets
 	} else {
 		trace += envelope.Received("", "", e.hostname, "local", "", "", time.Now())
 	}
-	st, err := e.store.Stage(live[0].t.Mailbox, io.MultiReader(strings.NewReader(trace), msg))
+	m, err := e.agent().StageMessage(context.Background(), live[0].t.Mailbox, trace, msg)
 	if err != nil {
 		for _, tg := range live {
 			results[tg.index] = err
 		}
 		return
 	}
-	defer st.Discard()
+	defer m.Discard()
 	for _, tg := range live {
-		d, err := st.Deliver(tg.t.Mailbox)
+		d, err := m.Deliver(tg.t.Mailbox, nil)
 		results[tg.index] = err
 		if err == nil {
-			e.log.Info("delivered", "from", from, "rcpt", tg.addr, "key", d.Key, "size", d.Size, "duration", time.Since(start).Round(time.Microsecond))
+			attrs := []any{"from", from, "rcpt", tg.addr, "key", d.Key, "size", d.Size, "duration", time.Since(start).Round(time.Microsecond)}
+			if m.Quarantined() {
+				attrs = append(attrs, "quarantined", true)
+			}
+			e.log.Info("delivered", attrs...)
 		}
 	}
 }

@@ -611,7 +611,12 @@ func TestDeliverE2EUnwritable(t *testing.T) {
 				if err := os.Mkdir(filepath.Dir(bin), 0o755); err != nil {
 					t.Fatal(err)
 				}
-				writeFile(t, bin, readFile(t, e.bin))
+				// A hard link, not a copy: a file just written can
+				// still be open for writing in a child forked by a
+				// parallel test, and exec then fails with ETXTBSY.
+				if err := os.Link(e.bin, bin); err != nil {
+					writeFile(t, bin, readFile(t, e.bin))
+				}
 				chmod(t, bin, 0o755)
 				e.bin = bin
 				if err := os.Chown(e.root, nobody, nobody); err != nil {

@@ -6,10 +6,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/delivery"
 	"github.com/nfsdrop/nfsdrop/internal/metrics"
+	"github.com/nfsdrop/nfsdrop/internal/scan"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/store"
 )
@@ -22,6 +24,7 @@ type env struct {
 	users    userdb.DB
 	store    *store.Store
 	metrics  *metrics.Metrics // nil for commands that export none
+	scan     *delivery.ScanPolicy
 }
 
 // loadConfig reads and validates the configuration; errors exit with
@@ -94,6 +97,10 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 		return nil, err
 	}
 	e.store = st
+	if e.scan, err = openScanner(cfg, e.log, m); err != nil {
+		users.Close()
+		return nil, err
+	}
 	return e, nil
 }
 
@@ -111,6 +118,48 @@ func openUserDB(cfg *config.Config, log *slog.Logger) (userdb.DB, error) {
 			},
 			Logger: log,
 		})
+	case "ldap":
+		l := &cfg.LDAP
+		return userdb.OpenLDAP(userdb.LDAPOptions{
+			URIs:             l.URIs,
+			StartTLS:         l.StartTLS,
+			CAFile:           l.CAFile,
+			BindDN:           l.BindDN,
+			BindPasswordFile: l.BindPasswordFile,
+			BaseDN:           l.BaseDN,
+			Scope:            l.Scope,
+			UserFilter:       l.UserFilter,
+			AuthFilter:       l.AuthFilter,
+			AuthMethod:       l.AuthMethod,
+			Attrs: userdb.LDAPAttributes{
+				Address:       l.AttrAddress,
+				Aliases:       l.AttrAliases,
+				Mailbox:       l.AttrMailbox,
+				QuotaStorage:  l.AttrQuotaStorage,
+				QuotaMessages: l.AttrQuotaMessages,
+				UID:           l.AttrUID,
+				GID:           l.AttrGID,
+				Enabled:       l.AttrEnabled,
+				Password:      l.AttrPassword,
+			},
+			EnabledValue:     l.EnabledValue,
+			Timeout:          time.Duration(l.Timeout),
+			PoolSize:         l.PoolSize,
+			RetryBackoff:     time.Duration(l.RetryBackoff),
+			CacheSize:        l.CacheSize,
+			CacheTTL:         time.Duration(l.CacheTTL),
+			NegativeCacheTTL: time.Duration(l.NegativeCacheTTL),
+			CacheMaxStale:    time.Duration(l.CacheMaxStale),
+			AuthCacheTTL:     time.Duration(l.AuthCacheTTL),
+			MailRoot:         cfg.Store.MailRoot,
+			MaildirName:      cfg.UserDB.Maildir,
+			Normalizer:       normalizer(cfg),
+			DefaultQuota: userdb.Quota{
+				Bytes:    int64(cfg.UserDB.QuotaStorage),
+				Messages: cfg.UserDB.QuotaMessages,
+			},
+			Logger: log,
+		})
 	}
 	return nil, errors.New("userdb.driver " + cfg.UserDB.Driver + " is not supported")
 }
@@ -119,7 +168,37 @@ func normalizer(cfg *config.Config) userdb.Normalizer {
 	return userdb.Normalizer{Delimiters: cfg.UserDB.RecipientDelimiter, DefaultDomain: cfg.UserDB.DefaultDomain}
 }
 
-func (e *env) agent() *delivery.Agent { return &delivery.Agent{Users: e.users, Store: e.store} }
+func (e *env) agent() *delivery.Agent {
+	return &delivery.Agent{Users: e.users, Store: e.store, Scan: e.scan}
+}
+
+// openScanner builds the virus scanning policy from [scan] (nil when off).
+func openScanner(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*delivery.ScanPolicy, error) {
+	if !cfg.Scan.Enabled {
+		return nil, nil
+	}
+	o := scan.Options{
+		Addresses:       cfg.Scan.Clamd,
+		Timeout:         time.Duration(cfg.Scan.Timeout),
+		StreamMaxLength: int64(cfg.Scan.StreamMaxLength),
+		OnTooLarge:      cfg.Scan.OnTooLarge,
+		Logger:          log.With("service", "scan"),
+	}
+	if m != nil {
+		o.Observe = m.ScanOutcome
+	}
+	sc, err := scan.New(o)
+	if err != nil {
+		return nil, fmt.Errorf("[scan]: %w", err)
+	}
+	return &delivery.ScanPolicy{
+		Scanner:    sc,
+		Action:     cfg.Scan.Action,
+		Quarantine: store.Mailbox{Path: cfg.Scan.QuarantineMaildir, UID: -1, GID: -1},
+		FailOpen:   cfg.Scan.FailOpen,
+		Log:        log.With("service", "scan"),
+	}, nil
+}
 
 func (e *env) Close() {
 	if e.users != nil {

@@ -148,7 +148,13 @@ func TestMetricsDuringRealRun(t *testing.T) {
 		t.Fatalf("wrong password not refused:\n%s", bad)
 	}
 
+	// A session is counted as ended just after its connection closes,
+	// which is when the client sees EOF: wait for the gauge to settle.
 	after := scrape(t, d.metrics)
+	for deadline := time.Now().Add(5 * time.Second); after["nfsdrop_pop3_sessions"] != 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		after = scrape(t, d.metrics)
+	}
 	delta := func(k string) float64 { return after[k] - before[k] }
 	for _, c := range []struct {
 		key  string

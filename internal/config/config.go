@@ -36,8 +36,18 @@ type Config struct {
 	// from.
 	UserDB UserDB `toml:"userdb"`
 
+	// LDAP configures the LDAP user source, used when userdb.driver is
+	// "ldap". docs/ldap.md has settings for OpenLDAP and for Active
+	// Directory. The recipient delimiter, default domain, Maildir name
+	// and default quota of [userdb] apply to LDAP users as well.
+	LDAP LDAP `toml:"ldap"`
+
 	// LMTP configures the delivery server that Postfix hands messages to.
 	LMTP LMTP `toml:"lmtp"`
+
+	// Scan configures virus scanning with ClamAV's clamd, which is off
+	// unless enabled is true.
+	Scan Scan `toml:"scan"`
 
 	// POP3 configures the POP3 server, which is off unless listen or
 	// listen_tls is set.
@@ -108,9 +118,9 @@ type Store struct {
 
 // UserDB is the [userdb] section.
 type UserDB struct {
-	// Driver is the source of users. Only "passwd-file" is supported now;
-	// "ldap" is reserved for a later version and refused. Default
-	// "passwd-file".
+	// Driver is the source of users: "passwd-file", a file in Dovecot's
+	// passwd-file format (passwd_file), or "ldap", a directory configured
+	// in the [ldap] section. Default "passwd-file".
 	Driver string `toml:"driver"`
 
 	// PasswdFile is the user file read by the passwd-file driver. A relative
@@ -123,7 +133,8 @@ type UserDB struct {
 	// It must be relative and stay inside the home directory; "." means
 	// that the home directory is itself the Maildir. Default "Maildir", the
 	// layout of Postfix's home_mailbox = Maildir/ and of Dovecot's
-	// maildir:~/Maildir.
+	// maildir:~/Maildir. For LDAP users without a mailbox attribute the
+	// home directory is mail_root/DOMAIN/LOCAL.
 	Maildir string `toml:"maildir"`
 
 	// RecipientDelimiter holds the characters that separate a user name from
@@ -144,6 +155,190 @@ type UserDB struct {
 	// QuotaMessages is the quota in number of messages of users whose entry
 	// in the user database sets none. Default 0, unlimited.
 	QuotaMessages int64 `toml:"quota_messages"`
+}
+
+// LDAP is the [ldap] section.
+type LDAP struct {
+	// URIs lists the LDAP servers, each "ldap://host[:port]" (port 389
+	// unless given) or "ldaps://host[:port]" (TLS from the start, port
+	// 636), without a DN or filter. They are tried in order: a server that
+	// fails or does not answer within timeout is skipped for a while
+	// (retry_backoff) and the next one is used. Default
+	// ["ldap://localhost"].
+	URIs []string `toml:"uris"`
+
+	// StartTLS switches ldap:// connections to TLS with the StartTLS
+	// operation before anything else is sent, and fails if the server
+	// refuses. Default false. Certificates are checked against ca_file
+	// and the host name of the URI; ldaps:// URIs always use TLS.
+	StartTLS bool `toml:"start_tls"`
+
+	// CAFile is the absolute path of a PEM file with the certificates of
+	// the authorities that sign the servers' certificates, for ldaps:// and
+	// start_tls. Default "", the system's trusted authorities.
+	CAFile string `toml:"ca_file"`
+
+	// BindDN is the DN of the account nfsdrop binds as to search for users,
+	// such as "cn=nfsdrop,ou=services,dc=example,dc=org". Default "", which
+	// searches anonymously. The account needs read access to the
+	// attributes below (to attr_password only with auth_method
+	// "compare").
+	BindDN string `toml:"bind_dn"`
+
+	// BindPasswordFile is the absolute path of a file holding the password
+	// of bind_dn; one trailing newline is ignored. The password is never
+	// given on the command line or logged; make the file readable by
+	// nfsdrop only. It is read again for each new connection, so a changed
+	// password needs no restart. Default "". Required with bind_dn.
+	BindPasswordFile string `toml:"bind_password_file"`
+
+	// BaseDN is where user searches start, such as
+	// "ou=people,dc=example,dc=org". Default "". Required when
+	// userdb.driver is "ldap".
+	BaseDN string `toml:"base_dn"`
+
+	// Scope is how deep below base_dn users are searched: "base" (base_dn
+	// itself), "one" (its children) or "sub" (the whole subtree). Default
+	// "sub".
+	Scope string `toml:"scope"`
+
+	// UserFilter is the search filter that finds the user of a recipient
+	// address. In it %s stands for the address (local@domain, in lower
+	// case, without the recipient delimiter's extension), %u for its local
+	// part, %d for its domain and %% for a percent sign; every substituted
+	// value is escaped (RFC 4515), so an address cannot change the
+	// filter. An address with an extension (user+ext@domain) is first
+	// searched whole, then without the extension. It must match one entry:
+	// none means the user does not exist (550 5.1.1), more than one is a
+	// configuration error (logged; the mail is deferred). Default
+	// "(&(objectClass=inetOrgPerson)(|(mail=%s)(nfsdropAlias=%s)))",
+	// which works without nfsdrop's schema too.
+	UserFilter string `toml:"user_filter"`
+
+	// AuthFilter is the search filter that finds the user of a POP3 login
+	// name, with the placeholders of user_filter, for example
+	// "(&(objectClass=inetOrgPerson)(uid=%u))" to log in with the uid.
+	// Default "", the same as user_filter: users log in with their address
+	// (the default_domain is added to a name without "@").
+	AuthFilter string `toml:"auth_filter"`
+
+	// AuthMethod is how a POP3 password is checked. "bind" binds to the
+	// directory as the user's DN with the password, on connections kept
+	// apart from the searching ones, and works with every directory,
+	// Active Directory included. "compare" reads attr_password with
+	// bind_dn's rights and checks it in nfsdrop, with the schemes of the
+	// passwd-file ({SSHA}, {CRYPT}, {ARGON2ID}, ...; a value without
+	// "{SCHEME}" is taken as crypt(3), never as clear text). Default "bind".
+	// An empty password is always refused.
+	AuthMethod string `toml:"auth_method"`
+
+	// AttrAddress is the attribute holding the user's primary address. Its
+	// first value names the user (in the logs and for the concurrency
+	// limit) and, without attr_mailbox, the Maildir. An entry without it is
+	// refused (550 5.2.0, logged). Default "mail".
+	AttrAddress string `toml:"attr_address"`
+
+	// AttrAliases is the attribute holding further addresses of the user.
+	// Finding users by them is the job of user_filter, which must name the
+	// attribute; nfsdrop also reads it to log, at debug level, which
+	// addresses an entry has ("smtp:" prefixes, as in Active Directory's
+	// proxyAddresses, removed). Default "nfsdropAlias". "" reads none.
+	AttrAliases string `toml:"attr_aliases"`
+
+	// AttrMailbox is the attribute holding the path of the user's Maildir:
+	// absolute, or relative to store.mail_root; "maildir:PATH" (Dovecot's
+	// notation) is accepted too. A path that leaves mail_root, by ".." or
+	// through a symbolic link, is refused for that user (550 5.2.0,
+	// logged). Without the attribute the Maildir is
+	// mail_root/DOMAIN/LOCAL/userdb.maildir, from the primary address.
+	// Default "nfsdropMailbox". "" reads none.
+	AttrMailbox string `toml:"attr_mailbox"`
+
+	// AttrQuotaStorage is the attribute holding the user's storage quota in
+	// bytes (a K, M, G or T suffix is accepted); 0 means unlimited. Without
+	// it, userdb.quota_storage applies. Default "nfsdropQuotaBytes". ""
+	// reads none.
+	AttrQuotaStorage string `toml:"attr_quota_storage"`
+
+	// AttrQuotaMessages is the attribute holding the user's quota in number
+	// of messages; 0 means unlimited. Without it, userdb.quota_messages
+	// applies. Default "nfsdropQuotaMessages". "" reads none.
+	AttrQuotaMessages string `toml:"attr_quota_messages"`
+
+	// AttrUID is the attribute holding the numeric user id that owns the
+	// Maildir when nfsdrop runs as root. Default "uidNumber" (posixAccount).
+	// "" reads none.
+	AttrUID string `toml:"attr_uid"`
+
+	// AttrGID is the attribute holding the numeric group id of the Maildir.
+	// Default "gidNumber". "" reads none.
+	AttrGID string `toml:"attr_gid"`
+
+	// AttrEnabled is the attribute that enables an account: an entry that
+	// has it, with no value equal to enabled_value, receives no mail (550
+	// 5.2.1) and cannot log in. An entry without it is enabled. Default
+	// "nfsdropEnabled". "" reads none. To leave disabled accounts out
+	// altogether (they are then unknown users), put the condition in
+	// user_filter, as docs/ldap.md shows for Active Directory.
+	AttrEnabled string `toml:"attr_enabled"`
+
+	// EnabledValue is the value of attr_enabled that enables an account,
+	// compared without regard to case. Default "TRUE", LDAP's boolean true.
+	EnabledValue string `toml:"enabled_value"`
+
+	// AttrPassword is the attribute holding the password hash, read only
+	// with auth_method "compare". Default "userPassword".
+	AttrPassword string `toml:"attr_password"`
+
+	// Timeout bounds each step of the conversation with a server:
+	// connecting (with TLS and the bind of bind_dn), a search, a user's
+	// bind. A server that does not answer in time is skipped like one that
+	// is down, so a lookup waits about this long per server that hangs.
+	// Default "5s"; at least "100ms".
+	Timeout Duration `toml:"timeout"`
+
+	// PoolSize is the largest number of connections nfsdrop keeps open to
+	// the directory for searches, per process; as many again are used for
+	// user binds. Lookups beyond it wait for a free connection, within
+	// timeout. Default 4; from 1 to 64.
+	PoolSize int `toml:"pool_size"`
+
+	// RetryBackoff is the longest a server that failed is left alone
+	// before it is tried again. The pause starts at one second and doubles
+	// with each failure in a row, up to this. While every server is in
+	// its pause, lookups fail at once (and may use the cache, see
+	// cache_max_stale). Default "30s"; at least "1s".
+	RetryBackoff Duration `toml:"retry_backoff"`
+
+	// CacheSize is the largest number of addresses whose lookup is kept in
+	// memory, per process. Default 10000; 0 turns the cache off, and with
+	// it the use of stale entries during an outage.
+	CacheSize int `toml:"cache_size"`
+
+	// CacheTTL is how long a user that was found is taken from the cache
+	// instead of the directory: a change in the directory (a new quota, a
+	// disabled account) takes up to this long to be seen. Default "1m".
+	CacheTTL Duration `toml:"cache_ttl"`
+
+	// NegativeCacheTTL is how long an address that was not found is
+	// answered from the cache: mail to a user created in the directory in
+	// the meantime is refused for up to this long. Default "10s"; "0s"
+	// caches no unknown addresses.
+	NegativeCacheTTL Duration `toml:"negative_cache_ttl"`
+
+	// CacheMaxStale is how long after cache_ttl a user may still be taken
+	// from the cache for a delivery when no server answers. nfsdrop logs a
+	// warning each time it does so. Logins never use it. Default "1h";
+	// "0s" defers every delivery while the directory is down.
+	CacheMaxStale Duration `toml:"cache_max_stale"`
+
+	// AuthCacheTTL is how long a successful POP3 login is remembered, by a
+	// keyed hash of the password (never the password), so that the same
+	// password is accepted again without asking the directory, even if it
+	// is down; never for longer than this. A password changed or an
+	// account disabled in the directory keeps working for up to this
+	// long. Default "0s", no caching; at most "1h".
+	AuthCacheTTL Duration `toml:"auth_cache_ttl"`
 }
 
 // LMTP is the [lmtp] section.
@@ -212,6 +407,88 @@ type LMTP struct {
 	// later. Default "30s"; at least "1s". Keep it below systemd's
 	// TimeoutStopSec.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// Scan is the [scan] section.
+type Scan struct {
+	// Enabled turns virus scanning on. Every message, whether it comes
+	// over LMTP or through the deliver command, is streamed to clamd
+	// while it is written to the store, and nothing is put into a mailbox
+	// before clamd has given its verdict; what a verdict leads to is set
+	// by action, on_too_large and fail_open. Default false.
+	Enabled bool `toml:"enabled"`
+
+	// Clamd lists the addresses of clamd: "unix:/path" for its
+	// LocalSocket, or "tcp:host:port" for its TCPSocket and TCPAddr (the
+	// host is required). Each message goes to the first address that
+	// accepts a connection; when one does not, the next is tried, and an
+	// address that failed is tried after the others for a few seconds.
+	// List several clamd hosts to keep scanning when one is down. Default
+	// ["unix:/run/clamav/clamd.ctl"], the socket of Debian's
+	// clamav-daemon. At least one address is required when enabled is
+	// true. clamd has no authentication: a TCP address must be on
+	// localhost or a trusted network.
+	Clamd []string `toml:"clamd"`
+
+	// Timeout bounds the scan of one message, from connecting to clamd to
+	// its verdict (while the message is being received, it bounds each
+	// wait for clamd instead). A scan that takes longer fails as if clamd
+	// were unavailable (see fail_open). Default "30s"; at least "1s".
+	// Keep it well below Postfix's lmtp_data_done_timeout (600s), which
+	// is how long Postfix waits for the answer to a message.
+	Timeout Duration `toml:"timeout"`
+
+	// Action is what happens to a message in which clamd finds a virus.
+	// "reject" refuses it for every recipient with 554 5.7.1 and the name
+	// of the virus, and stores nothing; Postfix then returns it to its
+	// sender, which for most viruses is a forged address. "quarantine"
+	// accepts it, but stores it only in quarantine_maildir, where an
+	// administrator can inspect it; the recipients never see it. "tag"
+	// delivers it to the recipients with the header
+	// "X-Virus-Status: Infected (NAME)", for their mail client or sieve
+	// rules to act on. Each infected message is logged with the virus
+	// name. Default "reject".
+	Action string `toml:"action"`
+
+	// QuarantineMaildir is the absolute path of the Maildir that infected
+	// messages are stored in when action is "quarantine", with a header
+	// naming the virus. It must be inside store.mail_root, so that the
+	// mount check covers it. Required when action is "quarantine";
+	// ignored otherwise. Default "".
+	QuarantineMaildir string `toml:"quarantine_maildir"`
+
+	// StreamMaxLength is clamd's StreamMaxLength, as set in clamd.conf:
+	// the largest message clamd scans. A longer message is recognised
+	// once that many bytes have been sent, without sending clamd the rest,
+	// and on_too_large decides what happens to it. Default "25M", clamd's
+	// own default. Keep it equal to clamd's setting: when it is larger,
+	// clamd's own refusal ("size limit exceeded") has the same effect
+	// after more bytes were sent; when it is smaller, messages in between
+	// are treated as too large although clamd would scan them. "0" means
+	// unknown, and only clamd's refusal counts. When enabled is true and
+	// on_too_large is "tempfail", it must be at least
+	// lmtp.max_message_size (raise clamd's StreamMaxLength to match),
+	// because a larger message could never be delivered.
+	StreamMaxLength ByteSize `toml:"stream_max_length"`
+
+	// OnTooLarge is what happens to a message longer than
+	// stream_max_length, which clamd does not scan. "tempfail" answers
+	// with a temporary error, so Postfix keeps the message and tries
+	// again until it gives up and returns the message to its sender.
+	// "skip" delivers it unscanned, with the header
+	// "X-Virus-Status: Unscanned (too large)", and logs a warning.
+	// Default "tempfail".
+	OnTooLarge string `toml:"on_too_large"`
+
+	// FailOpen delivers messages unscanned while clamd is unavailable:
+	// no address accepts a connection, clamd does not answer within
+	// timeout, or it answers with an error. Each such message gets the
+	// header "X-Virus-Status: Unscanned (scanner unavailable)" and a
+	// warning in the log. Default false: those messages get a temporary
+	// error (451), Postfix keeps them in its queue and tries again later,
+	// and no message is stored unscanned. It does not apply to
+	// messages that are too large (see on_too_large).
+	FailOpen bool `toml:"fail_open"`
 }
 
 // POP3 is the [pop3] section.
@@ -338,6 +615,36 @@ func Default() Config {
 			QuotaStorage:       0,
 			QuotaMessages:      0,
 		},
+		LDAP: LDAP{
+			URIs:              []string{"ldap://localhost"},
+			StartTLS:          false,
+			CAFile:            "",
+			BindDN:            "",
+			BindPasswordFile:  "",
+			BaseDN:            "",
+			Scope:             "sub",
+			UserFilter:        "(&(objectClass=inetOrgPerson)(|(mail=%s)(nfsdropAlias=%s)))",
+			AuthFilter:        "",
+			AuthMethod:        "bind",
+			AttrAddress:       "mail",
+			AttrAliases:       "nfsdropAlias",
+			AttrMailbox:       "nfsdropMailbox",
+			AttrQuotaStorage:  "nfsdropQuotaBytes",
+			AttrQuotaMessages: "nfsdropQuotaMessages",
+			AttrUID:           "uidNumber",
+			AttrGID:           "gidNumber",
+			AttrEnabled:       "nfsdropEnabled",
+			EnabledValue:      "TRUE",
+			AttrPassword:      "userPassword",
+			Timeout:           Duration(5 * time.Second),
+			PoolSize:          4,
+			RetryBackoff:      Duration(30 * time.Second),
+			CacheSize:         10000,
+			CacheTTL:          Duration(time.Minute),
+			NegativeCacheTTL:  Duration(10 * time.Second),
+			CacheMaxStale:     Duration(time.Hour),
+			AuthCacheTTL:      0,
+		},
 		LMTP: LMTP{
 			Listen:             []string{"unix:/run/nfsdrop/lmtp"},
 			MaxMessageSize:     50 * MiB,
@@ -349,6 +656,16 @@ func Default() Config {
 			WriteTimeout:       Duration(10 * time.Minute),
 			DeliveredTo:        "single",
 			ShutdownTimeout:    Duration(30 * time.Second),
+		},
+		Scan: Scan{
+			Enabled:           false,
+			Clamd:             []string{"unix:/run/clamav/clamd.ctl"},
+			Timeout:           Duration(30 * time.Second),
+			Action:            "reject",
+			QuarantineMaildir: "",
+			StreamMaxLength:   25 * MiB,
+			OnTooLarge:        "tempfail",
+			FailOpen:          false,
 		},
 		POP3: POP3{
 			Listen:          []string{},

@@ -63,7 +63,9 @@ func ReferenceMarkdown(src []byte) ([]byte, error) {
 		}
 		b.WriteString("| Key | Type | Default |\n| --- | --- | --- |\n")
 		for _, f := range sec.fields {
-			fmt.Fprintf(&b, "| `%s` | %s | `%s` |\n", f.path, f.kind.typeName(), tomlValue(def.value(f)))
+			// A '|' ends a table cell even inside a code span (GFM).
+			val := strings.ReplaceAll(tomlValue(def.value(f)), "|", `\|`)
+			fmt.Fprintf(&b, "| `%s` | %s | `%s` |\n", f.path, f.kind.typeName(), val)
 		}
 		for _, f := range sec.fields {
 			text := docs[docKey{f.goType, f.goName}]

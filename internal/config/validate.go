@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -59,9 +60,9 @@ func (c *Config) Validate() error {
 			v.fail("userdb.passwd_file", "must be set when userdb.driver is \"passwd-file\"")
 		}
 	case "ldap":
-		v.fail("userdb.driver", "\"ldap\" is not yet supported; use \"passwd-file\"")
+		v.ldap(&c.LDAP)
 	default:
-		v.fail("userdb.driver", "must be \"passwd-file\", got %q", d)
+		v.fail("userdb.driver", "must be \"passwd-file\" or \"ldap\", got %q", d)
 	}
 	if m := c.UserDB.Maildir; !filepath.IsLocal(m) {
 		v.fail("userdb.maildir", "%q must be a relative path inside the home directory (\".\" for the home directory itself)", m)
@@ -92,6 +93,9 @@ func (c *Config) Validate() error {
 	v.atLeast("lmtp.write_timeout", c.LMTP.WriteTimeout, Duration(time.Second))
 	v.oneOf("lmtp.delivered_to", c.LMTP.DeliveredTo, "single", "always")
 	v.atLeast("lmtp.shutdown_timeout", c.LMTP.ShutdownTimeout, Duration(time.Second))
+
+	// [scan]
+	v.scan(c)
 
 	// [pop3]
 	p := &c.POP3
@@ -141,6 +145,153 @@ func (c *Config) Validate() error {
 		return cmp.Compare(la, lb)
 	})
 	return errors.Join(v.errs...)
+}
+
+// ldap checks the [ldap] section; only done when userdb.driver is "ldap",
+// so that its required keys need not be set otherwise. The filters' full
+// syntax is checked when the user source opens.
+func (v *validator) ldap(l *LDAP) {
+	if len(l.URIs) == 0 {
+		v.fail("ldap.uris", "must list at least one server when userdb.driver is \"ldap\"")
+	}
+	for _, u := range l.URIs {
+		if err := checkLDAPURI(u); err != nil {
+			v.fail("ldap.uris", "%v", err)
+		}
+	}
+	for _, k := range []struct{ key, val string }{
+		{"ldap.ca_file", l.CAFile},
+		{"ldap.bind_password_file", l.BindPasswordFile},
+	} {
+		if k.val != "" && !filepath.IsAbs(k.val) {
+			v.fail(k.key, "%q must be an absolute path", k.val)
+		}
+	}
+	switch {
+	case l.BindDN != "" && l.BindPasswordFile == "":
+		v.fail("ldap.bind_password_file", "must be set when ldap.bind_dn is set")
+	case l.BindDN == "" && l.BindPasswordFile != "":
+		v.fail("ldap.bind_dn", "must be set when ldap.bind_password_file is set")
+	}
+	if l.BaseDN == "" {
+		v.fail("ldap.base_dn", "must be set when userdb.driver is \"ldap\"")
+	}
+	v.oneOf("ldap.scope", l.Scope, "base", "one", "sub")
+	if err := checkLDAPFilter(l.UserFilter); err != nil {
+		v.fail("ldap.user_filter", "%v", err)
+	}
+	if l.AuthFilter != "" {
+		if err := checkLDAPFilter(l.AuthFilter); err != nil {
+			v.fail("ldap.auth_filter", "%v", err)
+		}
+	}
+	v.oneOf("ldap.auth_method", l.AuthMethod, "bind", "compare")
+	if l.AuthMethod == "compare" && l.AttrPassword == "" {
+		v.fail("ldap.attr_password", "must be set when ldap.auth_method is \"compare\"")
+	}
+	if l.AttrAddress == "" {
+		v.fail("ldap.attr_address", "must be set")
+	}
+	if l.AttrEnabled != "" && l.EnabledValue == "" {
+		v.fail("ldap.enabled_value", "must be set when ldap.attr_enabled is set")
+	}
+	for _, k := range []struct{ key, val string }{
+		{"ldap.attr_address", l.AttrAddress}, {"ldap.attr_aliases", l.AttrAliases},
+		{"ldap.attr_mailbox", l.AttrMailbox}, {"ldap.attr_quota_storage", l.AttrQuotaStorage},
+		{"ldap.attr_quota_messages", l.AttrQuotaMessages}, {"ldap.attr_uid", l.AttrUID},
+		{"ldap.attr_gid", l.AttrGID}, {"ldap.attr_enabled", l.AttrEnabled}, {"ldap.attr_password", l.AttrPassword},
+	} {
+		if k.val != "" && !validAttrName(k.val) {
+			v.fail(k.key, "%q is not an attribute name (letters, digits and '-', starting with a letter, or an OID)", k.val)
+		}
+	}
+	v.atLeast("ldap.timeout", l.Timeout, Duration(100*time.Millisecond))
+	v.between("ldap.pool_size", int64(l.PoolSize), 1, 64)
+	v.atLeast("ldap.retry_backoff", l.RetryBackoff, Duration(time.Second))
+	v.atLeastInt("ldap.cache_size", int64(l.CacheSize), 0, " (0 turns the cache off)")
+	if l.AuthCacheTTL > Duration(time.Hour) {
+		v.fail("ldap.auth_cache_ttl", "must be at most \"1h\", got %q", l.AuthCacheTTL)
+	}
+}
+
+// checkLDAPURI accepts "ldap://host[:port]" and "ldaps://host[:port]",
+// with an optional "/" and nothing else.
+func checkLDAPURI(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "ldap" && u.Scheme != "ldaps") {
+		return fmt.Errorf("%q is not \"ldap://host[:port]\" or \"ldaps://host[:port]\"", s)
+	}
+	if u.Hostname() == "" {
+		return fmt.Errorf("%q has no host", s)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("%q: give only the scheme, host and port (base_dn and user_filter are separate keys)", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return fmt.Errorf("%q: the port must be a number from 1 to 65535", s)
+		}
+	}
+	return nil
+}
+
+// checkLDAPFilter checks a filter template's placeholders and parentheses.
+func checkLDAPFilter(f string) error {
+	if !strings.HasPrefix(f, "(") || !strings.HasSuffix(f, ")") {
+		return fmt.Errorf("%q must be an LDAP filter in parentheses", f)
+	}
+	depth, user := 0, false
+	for i := 0; i < len(f); i++ {
+		switch f[i] {
+		case '(':
+			depth++
+		case ')':
+			if depth--; depth < 0 {
+				return fmt.Errorf("%q has unbalanced parentheses", f)
+			}
+		case '%':
+			if i+1 == len(f) {
+				return fmt.Errorf("%q ends with '%%' (write %%%% for a percent sign)", f)
+			}
+			i++
+			switch f[i] {
+			case 's', 'u':
+				user = true
+			case 'd', '%':
+			default:
+				return fmt.Errorf("%q: unknown placeholder %%%c (use %%s, %%u, %%d or %%%%)", f, f[i])
+			}
+		}
+	}
+	if depth != 0 {
+		return fmt.Errorf("%q has unbalanced parentheses", f)
+	}
+	if !user {
+		return fmt.Errorf("%q must contain %%s or %%u, or it matches every user", f)
+	}
+	return nil
+}
+
+// validAttrName reports whether s is an LDAP attribute description without
+// options: a name (letter, then letters, digits, '-') or a numeric OID.
+func validAttrName(s string) bool {
+	if s == "" {
+		return false
+	}
+	if s[0] >= '0' && s[0] <= '9' {
+		for _, part := range strings.Split(s, ".") {
+			if part == "" || strings.Trim(part, "0123456789") != "" {
+				return false
+			}
+		}
+		return true
+	}
+	for i, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || i > 0 && (r >= '0' && r <= '9' || r == '-')) {
+			return false
+		}
+	}
+	return true
 }
 
 type validator struct {

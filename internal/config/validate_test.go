@@ -44,8 +44,31 @@ func TestValidate(t *testing.T) {
 		{"estale_retries high", doc("[store]", `estale_retries = 11`), []string{`x.toml:2: key store.estale_retries: must be between 0 and 10, got 11`}},
 		{"estale_retries negative", doc("[store]", `estale_retries = -1`), []string{`x.toml:2: key store.estale_retries: must be between 0 and 10, got -1`}},
 
-		{"driver ldap", doc("[userdb]", `driver = "ldap"`), []string{`x.toml:2: key userdb.driver: "ldap" is not yet supported`}},
-		{"driver bad", doc("[userdb]", `driver = "sql"`), []string{`x.toml:2: key userdb.driver: must be "passwd-file", got "sql"`}},
+		{"driver ldap without base", doc("[userdb]", `driver = "ldap"`), []string{`x.toml: key ldap.base_dn (default): must be set when userdb.driver is "ldap"`}},
+		{"ldap ok", ldapDoc(`uris = ["ldaps://dc1.example.org", "ldap://[::1]:3389/"]`, `bind_dn = "cn=x"`, `bind_password_file = "/etc/nfsdrop/ldap.pw"`,
+			`auth_filter = "(uid=%u)"`, `auth_method = "compare"`, `attr_mailbox = ""`, `attr_uid = "1.2.3"`, `timeout = "100ms"`, `cache_size = 0`), nil},
+		{"ldap ignored for passwd-file", doc("[ldap]", `uris = []`, `scope = "tree"`), nil},
+		{"ldap no uris", ldapDoc(`uris = []`), []string{`x.toml:5: key ldap.uris: must list at least one server`}},
+		{"ldap bad uris", ldapDoc(`uris = ["http://x", "ldap://", "ldap://x/dc=example", "ldap://x:99999"]`), []string{
+			`"http://x" is not "ldap://host[:port]"`, `"ldap://" has no host`, `"ldap://x/dc=example": give only the scheme`, `"ldap://x:99999": the port must be`}},
+		{"ldap relative files", ldapDoc(`ca_file = "ca.pem"`, `bind_dn = "cn=x"`, `bind_password_file = "pw"`), []string{
+			`x.toml:5: key ldap.ca_file: "ca.pem" must be an absolute path`, `x.toml:7: key ldap.bind_password_file: "pw" must be an absolute path`}},
+		{"ldap bind_dn alone", ldapDoc(`bind_dn = "cn=x"`), []string{`key ldap.bind_password_file (default): must be set when ldap.bind_dn is set`}},
+		{"ldap password file alone", ldapDoc(`bind_password_file = "/pw"`), []string{`key ldap.bind_dn (default): must be set when ldap.bind_password_file is set`}},
+		{"ldap scope", ldapDoc(`scope = "tree"`), []string{`x.toml:5: key ldap.scope: must be "base", "one" or "sub", got "tree"`}},
+		{"ldap filters", ldapDoc(`user_filter = "mail=%s"`, `auth_filter = "(uid=bob)"`), []string{
+			`x.toml:5: key ldap.user_filter: "mail=%s" must be an LDAP filter in parentheses`, `x.toml:6: key ldap.auth_filter: "(uid=bob)" must contain %s or %u`}},
+		{"ldap filter placeholder", ldapDoc(`user_filter = "(mail=%x)"`), []string{`unknown placeholder %x`}},
+		{"ldap filter parens", ldapDoc(`user_filter = "(mail=%s))(x=y)"`), []string{`unbalanced parentheses`}},
+		{"ldap filter percent", ldapDoc(`user_filter = "(|(mail=%s)(x=100%%))"`), nil},
+		{"ldap auth_method", ldapDoc(`auth_method = "sasl"`), []string{`key ldap.auth_method: must be "bind" or "compare", got "sasl"`}},
+		{"ldap compare without attr", ldapDoc(`auth_method = "compare"`, `attr_password = ""`), []string{`key ldap.attr_password: must be set when ldap.auth_method is "compare"`}},
+		{"ldap attributes", ldapDoc(`attr_address = ""`, `attr_uid = "uid number"`, `attr_enabled = "x"`, `enabled_value = ""`), []string{
+			`key ldap.attr_address: must be set`, `key ldap.attr_uid: "uid number" is not an attribute name`, `key ldap.enabled_value: must be set when ldap.attr_enabled is set`}},
+		{"ldap limits", ldapDoc(`timeout = "50ms"`, `pool_size = 0`, `retry_backoff = "500ms"`, `cache_size = -1`, `auth_cache_ttl = "2h"`), []string{
+			`key ldap.timeout: must be at least "100ms", got "50ms"`, `key ldap.pool_size: must be between 1 and 64, got 0`,
+			`key ldap.retry_backoff: must be at least "1s", got "500ms"`, `key ldap.cache_size: must be at least 0`, `key ldap.auth_cache_ttl: must be at most "1h", got "2h"`}},
+		{"driver bad", doc("[userdb]", `driver = "sql"`), []string{`x.toml:2: key userdb.driver: must be "passwd-file" or "ldap", got "sql"`}},
 		{"passwd_file empty", doc("[userdb]", `passwd_file = ""`), []string{`x.toml:2: key userdb.passwd_file: must be set when userdb.driver is "passwd-file"`}},
 		{"maildir dot", doc("[userdb]", `maildir = "."`), nil},
 		{"maildir nested", doc("[userdb]", `maildir = "mail/Maildir"`), nil},
@@ -217,4 +240,10 @@ func TestParsePrefix(t *testing.T) {
 			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", tt.in, p, err, tt.want)
 		}
 	}
+}
+
+// ldapDoc is a file selecting the LDAP driver with a base DN, then the
+// given [ldap] lines from line 5.
+func ldapDoc(lines ...string) []byte {
+	return doc(append([]string{"[userdb]", `driver = "ldap"`, "[ldap]", `base_dn = "dc=example,dc=org"`}, lines...)...)
 }

@@ -17,6 +17,8 @@ import (
 type Agent struct {
 	Users userdb.DB
 	Store *store.Store
+	// Scan, when not nil, scans each message once as it is staged.
+	Scan *ScanPolicy
 }
 
 // Target is a resolved recipient.
@@ -62,28 +64,19 @@ func (b lmtpBackend) Resolve(ctx context.Context, address string) (lmtp.Recipien
 	return lmtp.Recipient{Address: t.User.Address, Handle: t}, nil
 }
 
-func (b lmtpBackend) Stage(_ context.Context, first lmtp.Recipient, msg io.Reader) (lmtp.Staged, error) {
-	st, err := b.a.Store.Stage(first.Handle.(Target).Mailbox, msg)
+func (b lmtpBackend) Stage(ctx context.Context, first lmtp.Recipient, trace string, msg io.Reader) (lmtp.Staged, error) {
+	m, err := b.a.StageMessage(ctx, first.Handle.(Target).Mailbox, trace, msg)
 	if err != nil {
 		return nil, err
 	}
-	return staged{st}, nil
+	return staged{m}, nil
 }
 
-type staged struct{ st *store.Staged }
+type staged struct{ m *Message }
 
 func (s staged) Deliver(_ context.Context, r lmtp.Recipient, prefix []byte) (string, error) {
-	mb := r.Handle.(Target).Mailbox
-	var (
-		d   store.Delivery
-		err error
-	)
-	if prefix != nil {
-		d, err = s.st.DeliverWithPrefix(mb, prefix)
-	} else {
-		d, err = s.st.Deliver(mb)
-	}
+	d, err := s.m.Deliver(r.Handle.(Target).Mailbox, prefix)
 	return d.Key, err
 }
 
-func (s staged) Discard() { s.st.Discard() }
+func (s staged) Discard() { s.m.Discard() }

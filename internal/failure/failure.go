@@ -62,6 +62,10 @@ type Error struct {
 	Reason string
 	// Detail is extra text for the peer, e.g. a virus signature name.
 	Detail string
+	// DSN overrides the enhanced status code a protocol would choose for
+	// the kind (e.g. "4.7.1" for a temporary failure of the virus
+	// scanner, where the default for Temporary is "4.3.0").
+	DSN string
 	// Err is the cause, for the log and for errors.Is.
 	Err error
 }

@@ -108,7 +108,7 @@ func New() *Metrics {
 	m.userdbErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_userdb_errors_total",
 		Help: "User database failures that were not a plain 'no such user' or 'wrong password', by operation."}, []string{"op"})
 	m.scanDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nfsdrop_scan_duration_seconds", Help: "clamd scan latency.", Buckets: latencyBuckets})
-	m.scanResults = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_scan_total", Help: "clamd scans by result (clean, virus, error, skipped)."}, []string{"result"})
+	m.scanResults = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_scan_total", Help: "clamd scans by result (clean, found, skipped, too_large, unavailable, aborted)."}, []string{"result"})
 	m.fsErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_fs_errors_total",
 		Help: "Filesystem errors met by the store, by errno (ESTALE, EIO, ENOSPC, EDQUOT, ...)."}, []string{"errno"})
 	m.tmpSwept = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_tmp_swept_total", Help: "Abandoned files removed from tmp/ by the sweeper."})
@@ -249,8 +249,10 @@ func (m *Metrics) Login(result string) { m.pop3Logins.WithLabelValues(result).In
 
 // --- scan hook ---
 
-// Scan records a clamd scan.
-func (m *Metrics) Scan(result string, d time.Duration) {
+// ScanOutcome records a clamd scan (its outcome is one of scan's
+// Outcome constants: clean, found, skipped, too_large, unavailable,
+// aborted).
+func (m *Metrics) ScanOutcome(result string, d time.Duration) {
 	m.scanResults.WithLabelValues(result).Inc()
 	m.scanDuration.Observe(d.Seconds())
 }

@@ -1,0 +1,142 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/scan"
+	"github.com/nfsdrop/nfsdrop/store"
+)
+
+// Scan actions ([scan] action).
+const (
+	ActionReject     = "reject"
+	ActionQuarantine = "quarantine"
+	ActionTag        = "tag"
+)
+
+// ScanPolicy is what to do with the scanner's verdict.
+type ScanPolicy struct {
+	Scanner *scan.Scanner
+	// Action is ActionReject, ActionQuarantine or ActionTag.
+	Action string
+	// Quarantine is the Maildir infected mail goes to with ActionQuarantine.
+	Quarantine store.Mailbox
+	// FailOpen delivers unscanned (tagged, logged) when clamd is down.
+	FailOpen bool
+	Log      *slog.Logger
+}
+
+// Message is a message staged once, scanned once while it was written,
+// and ready to be published per recipient according to the verdict.
+type Message struct {
+	st     *store.Staged
+	policy *ScanPolicy
+	// refuse is returned for every recipient (a virus under "reject", or
+	// the scanner unavailable without fail_open).
+	refuse error
+	// header is prepended to every recipient's copy ("tag", skipped or
+	// fail-open scans); nil when copies are plain hard links.
+	header []byte
+	// quarantine: infected mail goes once to the quarantine Maildir and
+	// every recipient is answered with that delivery.
+	quarantine bool
+	qOnce      sync.Once
+	qDelivery  store.Delivery
+	qErr       error
+}
+
+// StageMessage writes trace+msg once near first, scanning msg on the way
+// when a scanner is configured. Nothing is published yet.
+func (a *Agent) StageMessage(ctx context.Context, first store.Mailbox, trace string, msg io.Reader) (*Message, error) {
+	p := a.Scan
+	if p == nil || p.Scanner == nil {
+		st, err := a.Store.Stage(first, io.MultiReader(strings.NewReader(trace), msg))
+		if err != nil {
+			return nil, err
+		}
+		return &Message{st: st}, nil
+	}
+	// Only the message as received goes to clamd, not our trace headers,
+	// so clamd's StreamMaxLength compares with lmtp.max_message_size.
+	tee, verdict := p.Scanner.Tee(ctx, msg)
+	st, err := a.Store.Stage(first, io.MultiReader(strings.NewReader(trace), tee))
+	res, scanErr := verdict()
+	if err != nil {
+		return nil, err
+	}
+	m := &Message{st: st, policy: p}
+	log := p.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case scanErr != nil && errors.Is(scanErr, scan.ErrUnavailable) && p.FailOpen:
+		log.Warn("virus scanner unavailable; delivering unscanned (scan.fail_open)", "err", scanErr.Error())
+		m.header = []byte(scan.StatusHeader(res, scanErr))
+	case scanErr != nil:
+		fe := failure.As(scanErr)
+		if fe.Kind == failure.Temporary {
+			e := *fe
+			e.DSN = "4.7.1"
+			m.refuse = &e
+		} else {
+			m.refuse = scanErr
+		}
+	case res.Infected():
+		switch p.Action {
+		case ActionQuarantine:
+			m.quarantine = true
+			m.header = []byte(scan.StatusHeader(res, nil))
+		case ActionTag:
+			m.header = []byte(scan.StatusHeader(res, nil))
+		default:
+			m.refuse = res.Err()
+		}
+	case res.Skipped || p.Action == ActionTag:
+		m.header = []byte(scan.StatusHeader(res, nil))
+	}
+	if m.refuse != nil || m.quarantine {
+		// Keep the staged copy for quarantine; drop it for a refusal.
+		if m.refuse != nil {
+			st.Discard()
+		}
+	}
+	return m, nil
+}
+
+// Deliver publishes the message for mb (with prefix, per-recipient header
+// lines, when not nil) according to the scan verdict.
+func (m *Message) Deliver(mb store.Mailbox, prefix []byte) (store.Delivery, error) {
+	if m.refuse != nil {
+		return store.Delivery{}, m.refuse
+	}
+	if m.quarantine {
+		m.qOnce.Do(func() {
+			m.qDelivery, m.qErr = m.st.DeliverWithPrefix(m.policy.Quarantine, m.header)
+		})
+		return m.qDelivery, m.qErr
+	}
+	if m.header != nil {
+		return m.st.DeliverWithPrefix(mb, append(append([]byte{}, m.header...), prefix...))
+	}
+	if prefix != nil {
+		return m.st.DeliverWithPrefix(mb, prefix)
+	}
+	return m.st.Deliver(mb)
+}
+
+// Quarantined reports whether the message went to quarantine.
+func (m *Message) Quarantined() bool { return m.quarantine }
+
+// Discard releases the staged copy.
+func (m *Message) Discard() {
+	if m.refuse == nil {
+		m.st.Discard()
+	}
+}

@@ -1,0 +1,250 @@
+// Package clamd runs a private ClamAV clamd for integration tests: its own
+// configuration, a database holding one test signature made from the EICAR
+// string (no downloads, ready in a fraction of a second), a Unix socket and
+// a loopback TCP port, all in a temporary directory.
+//
+// It never touches the system's clamd or its configuration. The daemon runs
+// in the foreground as a child of the test, as the clamav user (through
+// setpriv) when the test runs as root and as the test's own user
+// otherwise, and is killed by its PID when the test ends. A missing clamd
+// (Debian package clamav-daemon) fails the test under CI=true and skips it
+// elsewhere (testenv.Require).
+package clamd
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
+)
+
+// EICAR is the EICAR anti-virus test file (68 bytes). The private database
+// has one signature, named Signature, that matches it anywhere in a
+// stream, including inside a decoded MIME attachment (ScanMail is on).
+const EICAR = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
+
+// Signature is the name clamd reports for EICAR with the private database
+// (an .ndb signature "Test.EICAR" gets the suffix ".UNOFFICIAL").
+const Signature = "Test.EICAR.UNOFFICIAL"
+
+// Options describes the instance.
+type Options struct {
+	// StreamMaxLength is clamd.conf's StreamMaxLength, in clamd's syntax
+	// ("1M", "25M", "1048576"). Default "25M", clamd's own default.
+	StreamMaxLength string
+	// Extra clamd.conf lines, written last.
+	Extra []string
+}
+
+// Instance is a running private clamd.
+type Instance struct {
+	// Dir holds the configuration, database, socket, log and temporary
+	// files; it is removed when the test ends.
+	Dir string
+	// Socket is the path of the Unix socket, TCP the loopback "host:port".
+	Socket, TCP string
+	// LogFile is clamd's log.
+	LogFile string
+
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	stopped bool
+	exited  chan struct{}
+}
+
+// Start starts an instance with the default options; see StartWith.
+func Start(t testing.TB) *Instance {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith starts an instance and waits until it answers PING; t.Cleanup
+// kills it. It fails the test when clamd cannot start.
+func StartWith(t testing.TB, opts Options) *Instance {
+	t.Helper()
+	paths := testenv.Require(t, "clamav-daemon", "clamd")
+	clamd := paths[0]
+	if opts.StreamMaxLength == "" {
+		opts.StreamMaxLength = "25M"
+	}
+
+	dir := testenv.ShortTempDir(t) // Unix socket paths are short
+	in := &Instance{
+		Dir:     dir,
+		Socket:  filepath.Join(dir, "clamd.sock"),
+		TCP:     net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t))),
+		LogFile: filepath.Join(dir, "clamd.log"),
+		exited:  make(chan struct{}),
+	}
+	db := filepath.Join(dir, "db")
+	tmp := filepath.Join(dir, "tmp")
+	for _, d := range []string{db, tmp} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One signature: "Name:TargetType(0 = any):Offset(* = anywhere):hex".
+	sig := fmt.Sprintf("Test.EICAR:0:*:%x\n", EICAR)
+	if err := os.WriteFile(filepath.Join(db, "test.ndb"), []byte(sig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(in.TCP)
+	conf := []string{
+		"LocalSocket " + in.Socket,
+		"LocalSocketMode 666",
+		"TCPSocket " + port,
+		"TCPAddr 127.0.0.1",
+		"DatabaseDirectory " + db,
+		"Foreground yes",
+		"StreamMaxLength " + opts.StreamMaxLength,
+		"ScanMail yes",
+		"LogFile " + in.LogFile,
+		"LogTime yes",
+		"PidFile " + filepath.Join(dir, "clamd.pid"),
+		"TemporaryDirectory " + tmp,
+		"SelfCheck 0",
+	}
+	conf = append(conf, opts.Extra...)
+	confPath := filepath.Join(dir, "clamd.conf")
+	if err := os.WriteFile(confPath, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	args := []string{clamd, "--config-file=" + confPath}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("clamav")
+		if err != nil {
+			t.Fatalf("clamd.Start: no clamav user: %v", err)
+		}
+		setpriv, err := testenv.LookPath("setpriv")
+		if err != nil {
+			t.Fatalf("clamd.Start: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		err = filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, uid, gid)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		args = append([]string{setpriv, "--reuid", u.Uid, "--regid", u.Gid, "--clear-groups", "--"}, args...)
+	}
+	// Errors before clamd opens its log (a bad clamd.conf) go to stderr.
+	out, err := os.Create(in.outFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	in.cmd = exec.Command(args[0], args[1:]...)
+	in.cmd.Stdout, in.cmd.Stderr = out, out
+	if err := in.cmd.Start(); err != nil {
+		t.Fatalf("starting clamd: %v", err)
+	}
+	go func() {
+		in.cmd.Wait()
+		close(in.exited)
+	}()
+	t.Cleanup(in.Kill)
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err := in.ping(); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("clamd did not answer PING within 30s: %v\n%s", err, in.Log())
+		}
+		select {
+		case <-in.exited:
+			t.Fatalf("clamd exited at start (%v)\n%s", in.cmd.ProcessState, in.Log())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return in
+}
+
+// Addresses returns the instance's addresses in nfsdrop's syntax: the Unix
+// socket first, then the TCP port.
+func (in *Instance) Addresses() []string {
+	return []string{in.UnixAddress(), in.TCPAddress()}
+}
+
+// UnixAddress is "unix:" + Socket.
+func (in *Instance) UnixAddress() string { return "unix:" + in.Socket }
+
+// TCPAddress is "tcp:" + TCP.
+func (in *Instance) TCPAddress() string { return "tcp:" + in.TCP }
+
+// PID is the process id of clamd.
+func (in *Instance) PID() int { return in.cmd.Process.Pid }
+
+// Kill kills clamd with SIGKILL (which also ends a stopped clamd) and waits
+// until it is gone; the socket file stays, so that connecting to it is
+// refused, like a crashed clamd. Calling it again does nothing.
+func (in *Instance) Kill() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.stopped {
+		return
+	}
+	in.stopped = true
+	in.cmd.Process.Signal(syscall.SIGKILL)
+	<-in.exited
+}
+
+// Stop sends SIGSTOP: clamd freezes, while the kernel still accepts
+// connections on its sockets (a hung clamd). Cont undoes it.
+func (in *Instance) Stop() { in.signal(syscall.SIGSTOP) }
+
+// Cont sends SIGCONT.
+func (in *Instance) Cont() { in.signal(syscall.SIGCONT) }
+
+func (in *Instance) signal(sig syscall.Signal) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.stopped {
+		in.cmd.Process.Signal(sig)
+	}
+}
+
+// Log returns clamd's log so far, and what it wrote to stderr.
+func (in *Instance) Log() string {
+	b, _ := os.ReadFile(in.LogFile)
+	out, _ := os.ReadFile(in.outFile())
+	return string(b) + "--- clamd's stdout and stderr:\n" + string(out)
+}
+
+func (in *Instance) outFile() string { return filepath.Join(in.Dir, "clamd.out") }
+
+// ping sends zPING on the Unix socket and expects PONG.
+func (in *Instance) ping() error {
+	c, err := net.DialTimeout("unix", in.Socket, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("zPING\x00")); err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if got := buf[:n]; !bytes.Equal(got, []byte("PONG\x00")) {
+		return fmt.Errorf("PING: reply %q, %v", got, err)
+	}
+	return nil
+}
