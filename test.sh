@@ -22,10 +22,16 @@ declare -A NEED=(
   [curl]=curl
   [fetchmail]=fetchmail
   [openssl]=openssl
+  [qemu-system-x86_64]=qemu-system-x86
+  [ganesha.nfsd]=nfs-ganesha
+  [rpcbind]=rpcbind
   [clamd]=clamav-daemon
   [slapd]=slapd
   [ldapsearch]=ldap-utils
 )
+
+# Packages that provide no program of their own to look for.
+EXTRA_PACKAGES=(nfs-ganesha-vfs)
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -34,6 +40,11 @@ install_packages() {
   for prog in "${!NEED[@]}"; do
     if ! command -v "$prog" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$prog" ]; then
       missing+=("${NEED[$prog]}")
+    fi
+  done
+  for pkg in "${EXTRA_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$pkg")
     fi
   done
   [ ${#missing[@]} -eq 0 ] && return 0

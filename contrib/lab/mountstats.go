@@ -1,0 +1,209 @@
+package lab
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// OpStat is one line of the per-op statistics of /proc/self/mountstats.
+type OpStat struct {
+	Ops, Trans, Timeouts   int64
+	BytesSent, BytesRecv   int64
+	QueueMs, RTTMs, ExecMs int64
+}
+
+// MountStats is what /proc/self/mountstats says about one NFS mount.
+type MountStats struct {
+	Device, MountPoint string
+	// Ops holds the per-op statistics by procedure name (GETATTR, ...).
+	Ops map[string]OpStat
+	// Events are the client's VFS and cache events (inoderevalidate,
+	// dentryrevalidate, datainvalidate, attrinvalidate, vfsopen, ...).
+	Events map[string]int64
+	// XprtReconnects counts new TCP connections to the server (xprt line).
+	XprtConnects int64
+}
+
+var eventNames = []string{
+	"inoderevalidate", "dentryrevalidate", "datainvalidate", "attrinvalidate",
+	"vfsopen", "vfslookup", "vfsaccess", "vfsupdatepage", "vfsreadpage",
+	"vfsreadpages", "vfswritepage", "vfswritepages", "vfsgetdents",
+	"vfssetattr", "vfsflush", "vfsfsync", "vfslock", "vfsrelease",
+	"congestionwait", "setattrtrunc", "extendwrite", "sillyrename",
+	"shortread", "shortwrite", "delay", "pnfsread", "pnfswrite",
+}
+
+// ParseMountStats extracts the NFS mount at mountPoint from the text of
+// /proc/self/mountstats.
+func ParseMountStats(text, mountPoint string) (*MountStats, error) {
+	var ms *MountStats
+	perOp := false
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "device ") {
+			if ms != nil {
+				break
+			}
+			f := strings.Fields(line)
+			if len(f) >= 5 && f[4] == mountPoint && strings.Contains(line, "fstype nfs") {
+				ms = &MountStats{Device: f[1], MountPoint: f[4], Ops: map[string]OpStat{}, Events: map[string]int64{}}
+			}
+			continue
+		}
+		if ms == nil {
+			continue
+		}
+		t := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(t, "events:"):
+			for i, v := range strings.Fields(t)[1:] {
+				if i < len(eventNames) {
+					ms.Events[eventNames[i]], _ = strconv.ParseInt(v, 10, 64)
+				}
+			}
+		case strings.HasPrefix(t, "xprt:"):
+			// xprt: tcp srcport bind_count connect_count connect_time idle_time ...
+			f := strings.Fields(t)
+			if len(f) > 4 {
+				ms.XprtConnects, _ = strconv.ParseInt(f[4], 10, 64)
+			}
+		case t == "per-op statistics":
+			perOp = true
+		case perOp:
+			name, rest, ok := strings.Cut(t, ":")
+			if !ok {
+				continue
+			}
+			f := strings.Fields(rest)
+			n := make([]int64, 8)
+			for i := 0; i < len(f) && i < 8; i++ {
+				n[i], _ = strconv.ParseInt(f[i], 10, 64)
+			}
+			ms.Ops[name] = OpStat{n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]}
+		}
+	}
+	if ms == nil {
+		return nil, fmt.Errorf("lab: no NFS mount on %s in mountstats", mountPoint)
+	}
+	return ms, nil
+}
+
+// Sub returns the counters of m minus those of before.
+func (m *MountStats) Sub(before *MountStats) *MountStats {
+	d := &MountStats{Device: m.Device, MountPoint: m.MountPoint, Ops: map[string]OpStat{}, Events: map[string]int64{}}
+	for k, o := range m.Ops {
+		b := before.Ops[k]
+		d.Ops[k] = OpStat{o.Ops - b.Ops, o.Trans - b.Trans, o.Timeouts - b.Timeouts,
+			o.BytesSent - b.BytesSent, o.BytesRecv - b.BytesRecv,
+			o.QueueMs - b.QueueMs, o.RTTMs - b.RTTMs, o.ExecMs - b.ExecMs}
+	}
+	for k, v := range m.Events {
+		d.Events[k] = v - before.Events[k]
+	}
+	d.XprtConnects = m.XprtConnects - before.XprtConnects
+	return d
+}
+
+// TotalOps is the number of NFS calls.
+func (m *MountStats) TotalOps() int64 {
+	var n int64
+	for _, o := range m.Ops {
+		n += o.Ops
+	}
+	return n
+}
+
+// Retransmissions counts transmissions beyond the first of each call.
+func (m *MountStats) Retransmissions() int64 {
+	var n int64
+	for _, o := range m.Ops {
+		n += o.Trans - o.Ops
+	}
+	return n
+}
+
+// PerUnit formats the non-zero op counts divided by units (deliveries,
+// files), largest first: "GETATTR 4.02, LOOKUP 3.00, ...".
+func (m *MountStats) PerUnit(units int64) string {
+	if units <= 0 {
+		return "(none)"
+	}
+	type kv struct {
+		k string
+		v int64
+	}
+	var ops []kv
+	for k, o := range m.Ops {
+		if o.Ops > 0 {
+			ops = append(ops, kv{k, o.Ops})
+		}
+	}
+	sort.Slice(ops, func(i, j int) bool {
+		if ops[i].v != ops[j].v {
+			return ops[i].v > ops[j].v
+		}
+		return ops[i].k < ops[j].k
+	})
+	var b strings.Builder
+	for i, o := range ops {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %.2f", o.k, float64(o.v)/float64(units))
+	}
+	fmt.Fprintf(&b, " (total %.2f", float64(m.TotalOps())/float64(units))
+	if r := m.Retransmissions(); r > 0 {
+		fmt.Fprintf(&b, ", %d retransmissions", r)
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// keyOps are the procedures a Maildir delivery uses, shown even when zero.
+var keyOps = []string{"LOOKUP", "GETATTR", "ACCESS", "CREATE", "SETATTR", "WRITE", "COMMIT", "LINK", "REMOVE", "RENAME", "MKDIR", "READDIRPLUS", "READ"}
+
+// Summary formats the op counts with their share per unit (file,
+// delivery): "LOOKUP 22 (0.19) GETATTR 120 (1.03) ...", then the total
+// and the time spent waiting for the server per unit, against elapsed
+// seconds for all units.
+func (m *MountStats) Summary(units int64, elapsed float64) string {
+	if units <= 0 {
+		return "(no units)"
+	}
+	var b strings.Builder
+	shown := map[string]bool{}
+	add := func(k string) {
+		o := m.Ops[k]
+		shown[k] = true
+		if b.Len() > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%s %d (%.2f)", k, o.Ops, float64(o.Ops)/float64(units))
+	}
+	for _, k := range keyOps {
+		add(k)
+	}
+	var rest []string
+	for k, o := range m.Ops {
+		if !shown[k] && o.Ops > 0 {
+			rest = append(rest, k)
+		}
+	}
+	sort.Strings(rest)
+	for _, k := range rest {
+		add(k)
+	}
+	var exec int64
+	for _, o := range m.Ops {
+		exec += o.ExecMs
+	}
+	fmt.Fprintf(&b, "\n    = %.2f calls per unit; %.1f ms waiting on NFS per unit", float64(m.TotalOps())/float64(units), float64(exec)/float64(units))
+	if elapsed > 0 {
+		fmt.Fprintf(&b, " of %.1f ms", elapsed*1000/float64(units))
+	}
+	if r := m.Retransmissions(); r > 0 {
+		fmt.Fprintf(&b, "; %d retransmissions", r)
+	}
+	return b.String()
+}
