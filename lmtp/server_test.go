@@ -588,10 +588,7 @@ func TestDisconnectMidDATA(t *testing.T) {
 			c2.expect("250 ")
 			eventually(t, "alice's delivery slot released", func() bool {
 				c2.send("RCPT TO:<alice@example.test>\r\n")
-				if strings.HasPrefix(c2.reply(), "250 ") {
-					return true
-				}
-				return false
+				return strings.HasPrefix(c2.reply(), "250 ")
 			})
 			if strings.Contains(ts.log.String(), "code=250") {
 				t.Errorf("something was logged as delivered:\n%s", ts.log)

@@ -77,6 +77,8 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			maildirCommand(),
 			checkCommand(),
 			lmtpSendCommand(),
+			doctorCommand(),
+			manCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",
