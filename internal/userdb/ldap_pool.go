@@ -214,7 +214,10 @@ func (d *LDAP) withConn(ctx context.Context, p *ldapPool, what string, fn func(*
 	for range len(d.servers) + 1 {
 		c, err := p.get(ctx, d.deadline(ctx))
 		if err != nil {
-			le := err.(*ldapError)
+			le, ok := errors.AsType[*ldapError](err)
+			if !ok {
+				le = &ldapError{op: "connect", err: err, outage: true}
+			}
 			if last != nil {
 				le.err = fmt.Errorf("%w (before: %v)", le.err, last)
 			}

@@ -615,6 +615,35 @@ func TestLDAPOutageCache(t *testing.T) {
 	ldapWantKind(t, "login from the lookup cache", err, failure.Temporary)
 }
 
+// TestLDAPServerRefusals: a server-side size limit and an operation the
+// server is unwilling to perform are temporary failures, not unknown users.
+func TestLDAPServerRefusals(t *testing.T) {
+	root := t.TempDir()
+	for name, extra := range map[string][]string{
+		"size limit":         {"limits * size=1"},
+		"unwilling (search)": {"restrict search"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := slapd.Start(t, slapd.Options{
+				Suffix:  ldapSuffix,
+				Schemas: []string{"contrib/ldap/nfsdrop.schema"},
+				LDIF:    []string{readContrib(t, "users.ldif"), testEntries(root)},
+				ACL:     ldapACL,
+				Extra:   extra,
+			})
+			d, _ := openTestLDAP(t, testLDAPOptions(t, root, srv.URI))
+			addr := "shared@example.org" // two entries
+			if name == "unwilling (search)" {
+				addr = "alice@example.org"
+			}
+			fe := ldapWantKind(t, addr, lookupErr(d, addr), failure.Temporary)
+			t.Logf("%s: %v", addr, fe)
+			_, err := d.Authenticate(context.Background(), addr, alicePW)
+			ldapWantKind(t, "login", err, failure.Temporary)
+		})
+	}
+}
+
 // TestLDAPFilterInjection: values are escaped, so filter syntax in an
 // address matches nothing, whether or not the address parser lets it
 // through.

@@ -54,6 +54,9 @@ type Options struct {
 	// ACL lists "access to ..." lines; default: userPassword readable by
 	// nobody but usable for binds, everything else readable by all.
 	ACL []string
+	// Extra lines are added to the database section after the ACL, such
+	// as "limits * size=1" or "restrict search".
+	Extra []string
 	// TLSCert and TLSKey (PEM) make the server offer StartTLS on URI and
 	// listen with TLS on URITLS too.
 	TLSCert, TLSKey []byte
@@ -150,7 +153,7 @@ func Start(t testing.TB, opts Options) *Server {
 	fmt.Fprintf(&conf, "modulepath %s\nmoduleload back_mdb\n", moduleDir)
 	fmt.Fprintf(&conf, "database mdb\nmaxsize 67108864\nsuffix %q\nrootdn %q\nrootpw %s\ndirectory %s\n", opts.Suffix, opts.RootDN, hash, db)
 	conf.WriteString("index objectClass eq\nindex uid,mail eq\n")
-	for _, a := range opts.ACL {
+	for _, a := range append(opts.ACL, opts.Extra...) {
 		conf.WriteString(a + "\n")
 	}
 	confPath := filepath.Join(dir, "slapd.conf")
