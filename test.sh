@@ -28,6 +28,11 @@ declare -A NEED=(
   [clamd]=clamav-daemon
   [slapd]=slapd
   [ldapsearch]=ldap-utils
+  [lintian]=lintian
+  [rpm]=rpm
+  [haproxy]=haproxy
+  [debootstrap]=debootstrap
+  [systemd-analyze]=systemd
 )
 
 # Packages that provide no program of their own to look for.

@@ -32,7 +32,7 @@ database (listen addresses and limits need a restart).`,
 			if err != nil {
 				return err
 			}
-			d, err := newDaemonRun(cfg, c.String("config"), c.App.ErrWriter, "")
+			d, err := newDaemonRun(cfg, c.String("config"), c.App.ErrWriter, cfg.Metrics.Listen)
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}

@@ -95,7 +95,7 @@ func writeManCommand(b *bytes.Buffer, parents []string, cmd *cli.Command) {
 		return
 	}
 	path := append(append([]string{}, parents...), cmd.Name)
-	fmt.Fprintf(b, "## %s\n\n", strings.Join(path, " "))
+	fmt.Fprintf(b, "### %s\n\n", strings.Join(path, " "))
 	synopsis := "**" + strings.Join(path, " ") + "**"
 	if len(cmd.VisibleFlags()) > 0 {
 		synopsis += " [*options*]"

@@ -32,7 +32,7 @@ configuration, the user database and the TLS certificate.`,
 			if err != nil {
 				return err
 			}
-			d, err := newDaemonRun(cfg, c.String("config"), c.App.ErrWriter, "")
+			d, err := newDaemonRun(cfg, c.String("config"), c.App.ErrWriter, cfg.Metrics.POP3Listen)
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}

@@ -181,12 +181,9 @@ func (d *daemonRun) run(ctx context.Context) error {
 }
 
 // newDaemonRun loads the environment for a server process, with metrics
-// when metrics.listen is set (or when extraMetrics asks for a listener, as
-// serve --dev does).
+// served on metricsAddr when it is not "" (metrics.listen for lmtpd,
+// metrics.pop3_listen for pop3d, a free port for serve --dev).
 func newDaemonRun(cfg *config.Config, cfgPath string, logw io.Writer, metricsAddr string) (*daemonRun, error) {
-	if metricsAddr == "" {
-		metricsAddr = cfg.Metrics.Listen
-	}
 	var m *metrics.Metrics
 	var ml net.Listener
 	if metricsAddr != "" {

@@ -586,7 +586,14 @@ type Metrics struct {
 	// metrics on /metrics, in the syntax of lmtp.listen (for example
 	// "tcp:127.0.0.1:9100"). Default "", no listener. It has no
 	// authentication: keep it on localhost or a management network.
+	// This is the listener of "nfsdrop lmtpd" (and of "serve --dev");
+	// pop3d has its own, pop3_listen, since both daemons usually run on
+	// the same machine.
 	Listen string `toml:"listen"`
+
+	// POP3Listen is the metrics listener of "nfsdrop pop3d", in the same
+	// syntax as listen. Default "", no listener.
+	POP3Listen string `toml:"pop3_listen"`
 }
 
 // Default returns the configuration used for every key that the file does
@@ -686,7 +693,8 @@ func Default() Config {
 			UIDLFormat:      "maildir",
 		},
 		Metrics: Metrics{
-			Listen: "",
+			Listen:     "",
+			POP3Listen: "",
 		},
 	}
 }

@@ -135,6 +135,9 @@ func (c *Config) Validate() error {
 	if l := c.Metrics.Listen; l != "" {
 		v.listen("metrics.listen", []string{l}, listeners)
 	}
+	if l := c.Metrics.POP3Listen; l != "" {
+		v.listen("metrics.pop3_listen", []string{l}, listeners)
+	}
 
 	// Report in file order; keys without a line (defaults) last.
 	slices.SortStableFunc(v.errs, func(a, b error) int {
