@@ -1,0 +1,446 @@
+#!/usr/bin/env bash
+# LMTP delivery benchmark: nfsdrop's LMTP server and Dovecot 2.3's LMTP
+# server, side by side, in one run, on this machine.
+#
+#   sudo bash bench/lmtp.sh                   full run (~5-8 minutes on 2 cores)
+#   sudo BENCH_SCALE=0.05 bash bench/lmtp.sh  quick smoke run
+#
+# Environment:
+#   BENCH_SCALE  multiplies every message count (default 1)
+#   BENCH_DIR    where the temporary directory is made (default /var/tmp); its
+#                filesystem is what is measured (fsync cost!), it is printed
+#   BENCH_KEEP=1 keep the temporary directory (mail, logs, configs)
+#   BENCH_USER   unprivileged user that owns all mail (default benchmail,
+#                created with useradd if missing)
+#   BENCH_PREFILL_SUBDIR  new or cur: where scenario 4b's 100,000 messages are
+#                put for both servers. Default: each server's steady state,
+#                new/ for nfsdrop (its POP3 leaves mail in new/ unless
+#                pop3.move_to_cur) and cur/ for Dovecot (its IMAP moves mail
+#                to cur/)
+#   BENCH_ONLY   space-separated scenario ids to run (e.g. "1a 4b"); default all
+#   BENCH_REV    build nfsdrop from this git revision (git archive into the
+#                temporary directory) instead of the working tree, e.g. HEAD
+#                while the working tree is in the middle of an edit
+#
+# Must run as root: Dovecot delivers as the mail user and refuses uid 0, so
+# both servers run as root and write files owned by BENCH_USER (Dovecot by
+# switching to it, nfsdrop by chowning to the passwd-file uid/gid).
+# Installs dovecot-core, dovecot-lmtpd and postfix (for smtp-source) with
+# apt-get when they are missing. Needs Go to build nfsdrop.
+#
+# Load: bench/lmtpload (Go) does the measured runs: like Postfix's
+# `smtp-source -L -d`, each session keeps one connection and waits for each
+# reply; unlike smtp-source it can spread recipients over a fixed set of users
+# (smtp-source -r N only sends to Nu@, ..., 2u@, u@, and -N numbers every
+# recipient anew). Two rows are also measured with smtp-source itself, as a
+# cross-check of the driver.
+#
+# Each run's wall clock is taken around the driver (date +%s.%N); the server's
+# CPU time (user+sys, of all its processes) over the same run is shown per
+# delivery. After each run the files in the Maildirs' new/ and cur/ are
+# counted; a wrong count, a file smaller than the body, or a file left in tmp/
+# fails the whole command (exit 1) after the table is printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+SCALE=${BENCH_SCALE:-1}
+BENCH_USER=${BENCH_USER:-benchmail}
+NUSERS=50
+PREFILL=100000
+
+log() { printf '== [%3ds] %s\n' "$SECONDS" "$*" >&2; }
+die() { printf 'bench/lmtp.sh: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (Dovecot will not deliver as uid 0, and both servers must write as $BENCH_USER)"
+command -v go >/dev/null || die "go is needed to build nfsdrop"
+
+# --- packages -------------------------------------------------------------
+need=()
+[ -x /usr/sbin/dovecot ] || need+=(dovecot-core)
+[ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
+[ -x /usr/sbin/smtp-source ] || need+=(postfix)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  echo "postfix postfix/mailname string bench.test" | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+dovecot --version | grep -q '^2\.3\.' || log "warning: Dovecot $(dovecot --version) is not 2.3"
+
+if ! id "$BENCH_USER" >/dev/null 2>&1; then
+  log "creating system user $BENCH_USER"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$BENCH_USER"
+fi
+MUID=$(id -u "$BENCH_USER")
+MGID=$(id -g "$BENCH_USER")
+for u in dovecot dovenull; do
+  id "$u" >/dev/null 2>&1 || die "user $u missing (it comes with dovecot-core)"
+done
+
+# --- work directory and cleanup -------------------------------------------
+T=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nfsdrop-bench.XXXXXX")
+chmod 755 "$T" # Dovecot's auth (user dovecot) reads $T/users
+PIDS=()
+cleanup() {
+  local rc=$?
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then
+    log "kept $T"
+  else
+    log "removing $T"
+    rm -rf "$T"
+  fi
+  log "done"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$T/bin"
+SRC=$REPO
+VERSION="$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') (working tree)"
+if [ -n "${BENCH_REV:-}" ]; then
+  SRC=$T/src
+  mkdir -p "$SRC"
+  git -C "$REPO" archive "$BENCH_REV" | tar -x -C "$SRC"
+  VERSION="$(git -C "$REPO" rev-parse --short "$BENCH_REV") ($BENCH_REV)"
+fi
+log "building nfsdrop $VERSION and bench/lmtpload"
+(cd "$SRC" && go build -o "$T/bin/nfsdrop" ./cmd/nfsdrop) ||
+  die "nfsdrop does not build${BENCH_REV:+ at $BENCH_REV}; set BENCH_REV to a revision that builds (HEAD is the last commit)"
+go build -o "$T/bin/lmtpload" ./bench/lmtpload
+LOAD=$T/bin/lmtpload
+
+NROOT=$T/nfsdrop-mail
+DROOT=$T/dovecot-mail
+mkdir -p "$NROOT" "$DROOT" "$T/dovecot/run" "$T/dovecot/state"
+touch "$NROOT/.nfsdrop-mounted"
+chown "$MUID:$MGID" "$DROOT"
+
+# --- scenarios --------------------------------------------------------------
+# id|label|driver|sessions|messages (at scale 1)|body bytes|rcpts/msg|users|domain
+# driver: load = bench/lmtpload, ss = smtp-source (user names u, 2u, ... Nu)
+SCENARIOS=(
+  "1a|2K, 1 session, 50 users|load|1|3000|2048|1|$NUSERS|s1a.test"
+  "1b|2K, 4 sessions, 50 users|load|4|6000|2048|1|$NUSERS|s1b.test"
+  "1c|2K, 16 sessions, 50 users|load|16|9000|2048|1|$NUSERS|s1c.test"
+  "1d|64K, 1 session, 50 users|load|1|1500|65536|1|$NUSERS|s1d.test"
+  "1e|64K, 4 sessions, 50 users|load|4|3000|65536|1|$NUSERS|s1e.test"
+  "1f|64K, 16 sessions, 50 users|load|16|4500|65536|1|$NUSERS|s1f.test"
+  "2|2K, 16 sessions, 1 mailbox|load|16|7500|2048|1|1|s2.test"
+  "2x|2K, 16 sess, 1 mbox [smtp-source]|ss|16|6000|2048|1|1|s2x.test"
+  "3|2K, 4 sess, 10 rcpts/msg, 50 users|load|4|750|2048|10|$NUSERS|s3.test"
+  "3x|2K, 4 sess, 10 rcpts [smtp-source]|ss|4|750|2048|10|10|s3x.test"
+  "4a|2K, 4 sess, 1 mbox, empty|load|4|1500|2048|1|1|s4a.test"
+  "4b|2K, 4 sess, 1 mbox, 100k msgs|load|4|400|2048|1|1|s4b.test"
+)
+if [ -n "${BENCH_ONLY:-}" ]; then
+  keep=()
+  for s in "${SCENARIOS[@]}"; do
+    case " $BENCH_ONLY " in *" ${s%%|*} "*) keep+=("$s") ;; esac
+  done
+  [ ${#keep[@]} -gt 0 ] || die "BENCH_ONLY=$BENCH_ONLY matches no scenario"
+  SCENARIOS=("${keep[@]}")
+fi
+scaled() { awk -v n="$1" -v s="$SCALE" 'BEGIN { m = int(n * s + 0.5); if (m < 1) m = 1; print m }'; }
+
+# passwd-file shared by both servers: every scenario domain gets its users.
+{
+  for d in warm.test; do
+    for i in $(seq 1 16); do echo "u$i@$d:{PLAIN}x:$MUID:$MGID::::"; done
+  done
+  for s in "${SCENARIOS[@]}"; do
+    IFS='|' read -r id label driver sess msgs size rcpts users dom <<<"$s"
+    for i in $(seq 1 "$users"); do
+      if [ "$driver" = ss ]; then
+        name=u; [ "$i" -gt 1 ] && name=${i}u
+      else
+        name=u$i
+      fi
+      echo "$name@$dom:{PLAIN}x:$MUID:$MGID::::"
+    done
+  done
+} >"$T/users"
+chmod 644 "$T/users"
+
+# --- servers ----------------------------------------------------------------
+NPORT=$("$LOAD" freeport)
+DPORT=$("$LOAD" freeport)
+[ "$NPORT" != "$DPORT" ] || DPORT=$("$LOAD" freeport)
+
+cat >"$T/nfsdrop.toml" <<EOF
+[log]
+level = "warn"
+[store]
+mail_root = "$NROOT"
+mount_marker = ".nfsdrop-mounted"
+[userdb]
+driver = "passwd-file"
+passwd_file = "$T/users"
+default_domain = "bench.test"
+[lmtp]
+listen = ["tcp:127.0.0.1:$NPORT"]
+max_recipients = 100
+max_user_concurrency = 0
+max_connections = 1000
+EOF
+"$T/bin/nfsdrop" check -c "$T/nfsdrop.toml" >"$T/nfsdrop-check.txt" 2>&1 ||
+  die "nfsdrop rejects $T/nfsdrop.toml: $(tail -5 "$T/nfsdrop-check.txt")"
+
+cat >"$T/dovecot/dovecot.conf" <<EOF
+# Private Dovecot instance for bench/lmtp.sh.
+base_dir = $T/dovecot/run
+state_dir = $T/dovecot/state
+log_path = $T/dovecot/dovecot.log
+# Deliveries are not logged, as nfsdrop at log.level = "warn" does not log them.
+info_log_path = /dev/null
+instance_name = nfsdrop-bench
+protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+auth_mechanisms = plain
+disable_plaintext_auth = no
+default_internal_user = dovecot
+default_login_user = dovenull
+first_valid_uid = $MUID
+last_valid_uid = $MUID
+first_valid_gid = $MGID
+last_valid_gid = $MGID
+mail_location = maildir:$DROOT/%d/%n/Maildir
+mail_fsync = optimized
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = no
+lmtp_user_concurrency_limit = 0
+lmtp_rcpt_check_quota = no
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u $T/users
+}
+userdb {
+  driver = passwd-file
+  args = username_format=%u $T/users
+}
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = $DPORT
+  }
+}
+EOF
+dovecot -c "$T/dovecot/dovecot.conf" -n >"$T/dovecot/doveconf-n.txt" 2>"$T/dovecot/doveconf-n.err" ||
+  die "dovecot -n rejects the configuration: $(cat "$T/dovecot/doveconf-n.err")"
+
+"$T/bin/nfsdrop" lmtpd -c "$T/nfsdrop.toml" 2>"$T/nfsdrop.log" &
+NPID=$!
+PIDS+=("$NPID")
+dovecot -c "$T/dovecot/dovecot.conf" -F 2>"$T/dovecot/stderr.log" &
+DPID=$!
+PIDS+=("$DPID")
+
+wait_port() {
+  local port=$1 pid=$2 name=$3
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || die "$name exited at start: $(tail -5 "$4")"
+    # listening (state 0A) on 127.0.0.1:port; no probe connection
+    if grep -qiE "^ *[0-9]+: 0100007F:$(printf %04X "$port") 00000000:0000 0A " /proc/net/tcp; then return 0; fi
+    sleep 0.1
+  done
+  die "$name does not listen on port $port"
+}
+wait_port "$NPORT" "$NPID" nfsdrop "$T/nfsdrop.log"
+wait_port "$DPORT" "$DPID" dovecot "$T/dovecot/dovecot.log"
+
+# cpu_ticks SERVER: user+system clock ticks used so far by the server's
+# processes (for Dovecot: the master, its live children, and the children
+# it has reaped).
+cpu_ticks() {
+  local pid
+  if [ "$1" = nfsdrop ]; then
+    awk '{ print $14 + $15 }' "/proc/$NPID/stat"
+  else
+    {
+      awk '{ print $14 + $15 + $16 + $17 }' "/proc/$DPID/stat"
+      for pid in $(pgrep -P "$DPID"); do
+        awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || true
+      done
+    } | awk '{ s += $1 } END { print s }'
+  fi
+}
+TCK=$(getconf CLK_TCK)
+
+port_of() { if [ "$1" = nfsdrop ]; then echo "$NPORT"; else echo "$DPORT"; fi; }
+root_of() { if [ "$1" = nfsdrop ]; then echo "$NROOT"; else echo "$DROOT"; fi; }
+
+# drive SERVER DRIVER SESSIONS MESSAGES SIZE RCPTS USERS DOMAIN
+drive() {
+  local server=$1 driver=$2 sess=$3 msgs=$4 size=$5 rcpts=$6 users=$7 dom=$8
+  local port
+  port=$(port_of "$server")
+  if [ "$driver" = ss ]; then
+    /usr/sbin/smtp-source -L -d -s "$sess" -m "$msgs" -l "$size" -r "$rcpts" \
+      -f a@bench.test -t "u@$dom" "127.0.0.1:$port" >"$T/driver.out" 2>&1
+  else
+    "$LOAD" send -addr "127.0.0.1:$port" -sessions "$sess" -messages "$msgs" -size "$size" \
+      -rcpts "$rcpts" -users "$users" -rcpt "u%d@$dom" >"$T/driver.out" 2>&1
+  fi
+}
+
+# count_mail SERVER DOMAIN BODYSIZE: "files small tmp" = files in new/ and
+# cur/ of the domain's Maildirs, those smaller than 9/10 of the body (Dovecot
+# stores LF line ends, so a file can be smaller than the body sent with
+# CRLF), and files left in tmp/.
+count_mail() {
+  local root dir=$(root_of "$1")/$2
+  [ -d "$dir" ] || { echo "0 0 0"; return; }
+  local files small tmp
+  files=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) | wc -l)
+  small=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) -size "-$(($3 * 9 / 10))c" | wc -l)
+  tmp=$(find "$dir" -type f -path '*/Maildir/tmp/*' | wc -l)
+  echo "$files $small $tmp"
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- warm-up ----------------------------------------------------------------
+# Starts Dovecot's auth and 16 lmtp processes (kept for reuse, service_count
+# is unlimited) and makes the warm.test mailboxes; not measured.
+log "warm-up"
+for server in nfsdrop dovecot; do
+  drive "$server" load 16 64 2048 1 16 warm.test || die "warm-up on $server failed: $(cat "$T/driver.out")"
+done
+
+# --- scenario 4 preparation --------------------------------------------------
+# s4a.test/u1 and s4b.test/u1 get one delivery each through the server (so
+# the mailbox exists and Dovecot has its dovecot-uidlist and index); then s4b
+# gets 100,000 files written directly (bench/lmtpload fill) into new/ for
+# nfsdrop and cur/ for Dovecot (see BENCH_PREFILL_SUBDIR). An LMTP
+# delivery does not make Dovecot look at the files already there, so
+# `doveadm mailbox status` (a mailbox sync, as an IMAP or POP3 login does)
+# makes it list them in dovecot-uidlist and its index, as it would for a
+# mailbox in use; then one more delivery each, untimed. 4a gets the same
+# doveadm call and extra delivery.
+PREP_NOTE=()
+for s in "${SCENARIOS[@]}"; do
+  IFS='|' read -r id _ _ _ _ _ _ _ dom <<<"$s"
+  case $id in 4a | 4b) ;; *) continue ;; esac
+  for server in nfsdrop dovecot; do
+    drive "$server" load 1 1 2048 1 1 "$dom" || die "prep of $dom on $server failed: $(cat "$T/driver.out")"
+  done
+  if [ "$id" = 4b ]; then
+    for server in nfsdrop dovecot; do
+      md=$(root_of "$server")/$dom/u1/Maildir
+      sub=${BENCH_PREFILL_SUBDIR:-}
+      [ -n "$sub" ] || { [ "$server" = nfsdrop ] && sub=new || sub=cur; }
+      log "pre-populating $server $md/$sub with $PREFILL messages"
+      "$LOAD" fill -n "$PREFILL" -size 2048 -host prefill "$md/$sub" >/dev/null
+      chown -R "$MUID:$MGID" "$md"
+    done
+    sync
+  fi
+  t0=$(date +%s.%N)
+  doveadm -c "$T/dovecot/dovecot.conf" mailbox status -u "u1@$dom" messages INBOX >"$T/doveadm.out" 2>&1 ||
+    die "doveadm mailbox status failed: $(cat "$T/doveadm.out")"
+  t1=$(date +%s.%N)
+  PREP_NOTE+=("$(printf '%s: doveadm mailbox status (Dovecot sync) took %.2f s: %s' "$id" \
+    "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$(tr -d '\n' <"$T/doveadm.out")")")
+  for server in nfsdrop dovecot; do
+    t0=$(date +%s.%N)
+    drive "$server" load 1 1 2048 1 1 "$dom" || die "delivery after sync on $server failed: $(cat "$T/driver.out")"
+    t1=$(date +%s.%N)
+    PREP_NOTE+=("$(printf '%s: %s: next delivery took %.3f s' "$id" "$server" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")")
+  done
+done
+
+# --- measured runs ------------------------------------------------------------
+RESULTS=()
+FAIL=0
+n=0
+for s in "${SCENARIOS[@]}"; do
+  IFS='|' read -r id label driver sess msgs size rcpts users dom <<<"$s"
+  msgs=$(scaled "$msgs")
+  base=0
+  case $id in 4a) base=2 ;; 4b) base=$((PREFILL + 2)) ;; esac
+  expect=$((base + msgs * rcpts))
+  order=(nfsdrop dovecot)
+  [ $((n % 2)) = 1 ] && order=(dovecot nfsdrop) # alternate who goes first
+  n=$((n + 1))
+  declare -A rate cpu check
+  for server in "${order[@]}"; do
+    log "$id $label: $server ($msgs messages x $rcpts rcpts)"
+    sync
+    c0=$(cpu_ticks "$server")
+    t0=$(date +%s.%N)
+    ok=1
+    drive "$server" "$driver" "$sess" "$msgs" "$size" "$rcpts" "$users" "$dom" || ok=0
+    t1=$(date +%s.%N)
+    c1=$(cpu_ticks "$server")
+    if [ $ok = 0 ]; then
+      log "driver failed on $server: $(tail -3 "$T/driver.out")"
+    fi
+    read -r files small tmp <<<"$(count_mail "$server" "$dom" "$size")"
+    if [ $ok = 1 ] && [ "$files" = "$expect" ] && [ "$small" = 0 ] && [ "$tmp" = 0 ]; then
+      check[$server]=ok
+    else
+      check[$server]="BAD($files/$expect,small=$small,tmp=$tmp)"
+      FAIL=1
+    fi
+    rate[$server]=$(awk -v n=$((msgs * rcpts)) -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+    cpu[$server]=$(awk -v n=$((msgs * rcpts)) -v c=$((c1 - c0)) -v t="$TCK" 'BEGIN { printf "%.0f", c / t / n * 1e6 }')
+  done
+  ratio=$(awk -v a="${rate[nfsdrop]}" -v b="${rate[dovecot]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+  if [ "${check[nfsdrop]}" = ok ] && [ "${check[dovecot]}" = ok ]; then
+    chk="ok $expect+$expect"
+  else
+    chk="nfsdrop=${check[nfsdrop]} dovecot=${check[dovecot]}"
+  fi
+  RESULTS+=("$(printf '%-3s %-36s %7d %9s %9s %6s %7s %7s  %s' "$id" "$label" $((msgs * rcpts)) \
+    "${rate[nfsdrop]}" "${rate[dovecot]}" "$ratio" "${cpu[nfsdrop]}" "${cpu[dovecot]}" "$chk")")
+  unset rate cpu check
+done
+
+# --- report -------------------------------------------------------------------
+nerr_n=$(grep -ciE 'level=error|"level":"ERROR"' "$T/nfsdrop.log" || true)
+nerr_d=$(grep -ciE 'error|panic|fatal' "$T/dovecot/dovecot.log" || true)
+d4=$(root_of dovecot)/s4b.test/u1/Maildir
+echo
+echo "nfsdrop $VERSION vs $(dovecot --version | awk '{print "Dovecot", $1}'), $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews the rates)"
+echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
+echo "temp dir: $T on $(df -T "$T" | awk 'NR == 2 { print $2, "(" $1 ")" }') mount options $(findmnt -no OPTIONS -T "$T" 2>/dev/null || echo '?')"
+dev=$(df "$T" | awk 'NR == 2 { print $1 }')
+if [ "$(df -T "$T" | awk 'NR == 2 { print $2 }')" = ext4 ] && [ -d /proc/fs/jbd2 ]; then
+  # a journalled ext4 has a jbd2 entry named after its device
+  if ls /proc/fs/jbd2 | grep -q "^$(basename "$dev")-"; then
+    echo "  ext4 with a journal (jbd2)"
+  else
+    echo "  ext4 WITHOUT a journal (no /proc/fs/jbd2 entry for $dev): fsync writes the data and inode only"
+  fi
+fi
+echo "both servers run as root and write as $BENCH_USER ($MUID:$MGID); Dovecot mail_fsync=optimized; nfsdrop fsyncs the file and new/"
+echo "driver: bench/lmtpload (one connection per session, no pipelining) unless [smtp-source -L -d]; scale $SCALE"
+if [ ${#PREP_NOTE[@]} -gt 0 ]; then
+  echo "scenario 4: 4b's mailbox got $PREFILL messages written directly into ${BENCH_PREFILL_SUBDIR:-new/ (nfsdrop) and cur/ (Dovecot)}; untimed preparation:"
+  for l in "${PREP_NOTE[@]}"; do echo "  $l"; done
+fi
+if [ -d "$d4" ]; then
+  n4=$(root_of nfsdrop)/s4b.test/u1/Maildir
+  echo "  after the run nfsdrop's 4b mailbox has $(find "$n4/new" -type f | wc -l) files in new/, $(find "$n4/cur" -type f | wc -l) in cur/"
+  echo "  after the run Dovecot's 4b mailbox has $(find "$d4/new" -type f | wc -l) files in new/, $(find "$d4/cur" -type f | wc -l) in cur/, dovecot-uidlist $(stat -c %s "$d4/dovecot-uidlist" 2>/dev/null || echo '?') bytes"
+fi
+echo "rate = deliveries (messages x recipients) / wall-clock seconds of the driver; CPU = server user+sys microseconds per delivery"
+echo
+printf '%-3s %-36s %7s %9s %9s %6s %7s %7s  %s\n' id scenario dlv nfsdrop/s dovecot/s ratio nfs-cpu dov-cpu "files checked"
+printf '%s\n' "${RESULTS[@]}"
+echo
+echo "error lines in logs: nfsdrop $nerr_n, dovecot $nerr_d"
+if [ "$nerr_n$nerr_d" != 00 ]; then
+  grep -iE 'level=error|"level":"ERROR"' "$T/nfsdrop.log" | head -3 || true
+  grep -iE 'error|panic|fatal' "$T/dovecot/dovecot.log" | head -3 || true
+fi
+if [ "$FAIL" != 0 ]; then
+  echo "FAIL: a delivered file count is wrong (see 'files checked')" >&2
+  exit 1
+fi
