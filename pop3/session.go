@@ -411,35 +411,27 @@ func (ss *session) stat(cmd command) error {
 	return nil
 }
 
+// list is LIST (RFC 1939 section 5): message sizes.
 func (ss *session) list(cmd command) error {
-	switch len(cmd.args) {
-	case 0:
-		ss.line("+OK " + strconv.Itoa(ss.count) + " messages (" + strconv.FormatInt(ss.size, 10) + " octets)")
-		for i, m := range ss.msgs {
-			if ss.flags[i]&flagDeleted == 0 {
-				ss.numLine("", i+1, m.Size)
-			}
-		}
-		ss.line(".")
-		return nil
-	case 1:
-		i, ok := ss.msgArg(cmd.args[0])
-		if !ok {
-			return ss.fail(replyNoSuchMsg)
-		}
-		ss.numLine("+OK ", i+1, ss.msgs[i].Size)
-		return nil
-	}
-	return ss.fail("syntax error")
+	header := "+OK " + strconv.Itoa(ss.count) + " messages (" + strconv.FormatInt(ss.size, 10) + " octets)"
+	return ss.scanListing(cmd, header, func(prefix string, i int) { ss.numLine(prefix, i+1, ss.msgs[i].Size) })
 }
 
+// uidl is UIDL (RFC 1939 section 7): unique-id listings.
 func (ss *session) uidl(cmd command) error {
+	return ss.scanListing(cmd, "+OK unique-id listing follows", func(prefix string, i int) { ss.uidLine(prefix, i+1, ss.msgs[i].UID) })
+}
+
+// scanListing answers LIST or UIDL: with no argument, a multi-line answer
+// with an entry for every message not marked deleted; with a message
+// number, that message's entry on the +OK line.
+func (ss *session) scanListing(cmd command, header string, entry func(prefix string, i int)) error {
 	switch len(cmd.args) {
 	case 0:
-		ss.line("+OK unique-id listing follows")
-		for i, m := range ss.msgs {
+		ss.line(header)
+		for i := range ss.msgs {
 			if ss.flags[i]&flagDeleted == 0 {
-				ss.uidLine("", i+1, m.UID)
+				entry("", i)
 			}
 		}
 		ss.line(".")
@@ -449,7 +441,7 @@ func (ss *session) uidl(cmd command) error {
 		if !ok {
 			return ss.fail(replyNoSuchMsg)
 		}
-		ss.uidLine("+OK ", i+1, ss.msgs[i].UID)
+		entry("+OK ", i)
 		return nil
 	}
 	return ss.fail("syntax error")
