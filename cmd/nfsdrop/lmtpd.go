@@ -28,19 +28,7 @@ lmtp.shutdown_timeout); SIGHUP reloads the configuration and the user
 database (listen addresses and limits need a restart).`,
 		Flags: []cli.Flag{configFlag()},
 		Action: func(c *cli.Context) error {
-			cfg, err := configFrom(c)
-			if err != nil {
-				return err
-			}
-			d, err := newDaemonRun(cfg, c.String("config"), c.App.ErrWriter, cfg.Metrics.Listen)
-			if err != nil {
-				return exitError(err.Error(), exConfig)
-			}
-			if err := d.addLMTP(); err != nil {
-				d.env.Close()
-				return exitError(err.Error(), exConfig)
-			}
-			return d.run(c.Context)
+			return runDaemonCommand(c, func(cfg *config.Config) string { return cfg.Metrics.Listen }, (*daemonRun).addLMTP)
 		},
 	}
 }

@@ -28,19 +28,7 @@ every login revalidates this machine's cached listing. SIGHUP reloads the
 configuration, the user database and the TLS certificate.`,
 		Flags: []cli.Flag{configFlag()},
 		Action: func(c *cli.Context) error {
-			cfg, err := configFrom(c)
-			if err != nil {
-				return err
-			}
-			d, err := newDaemonRun(cfg, c.String("config"), c.App.ErrWriter, cfg.Metrics.POP3Listen)
-			if err != nil {
-				return exitError(err.Error(), exConfig)
-			}
-			if err := d.addPOP3(nil); err != nil {
-				d.env.Close()
-				return exitError(err.Error(), exConfig)
-			}
-			return d.run(c.Context)
+			return runDaemonCommand(c, func(cfg *config.Config) string { return cfg.Metrics.POP3Listen }, func(d *daemonRun) error { return d.addPOP3(nil) })
 		},
 	}
 }

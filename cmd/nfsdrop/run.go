@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/daemon"
 	"github.com/nfsdrop/nfsdrop/internal/metrics"
@@ -202,4 +204,23 @@ func newDaemonRun(cfg *config.Config, cfgPath string, logw io.Writer, metricsAdd
 		return nil, err
 	}
 	return &daemonRun{env: e, cfgPath: cfgPath, logw: logw, metricsListener: ml}, nil
+}
+
+// runDaemonCommand is the action of lmtpd and pop3d: load the
+// configuration, open the environment with metrics on the address
+// metricsAddr picks, add the servers, and run until stopped.
+func runDaemonCommand(c *cli.Context, metricsAddr func(*config.Config) string, add func(*daemonRun) error) error {
+	cfg, err := configFrom(c)
+	if err != nil {
+		return err
+	}
+	d, err := newDaemonRun(cfg, c.String("config"), c.App.ErrWriter, metricsAddr(cfg))
+	if err != nil {
+		return exitError(err.Error(), exConfig)
+	}
+	if err := add(d); err != nil {
+		d.env.Close()
+		return exitError(err.Error(), exConfig)
+	}
+	return d.run(c.Context)
 }
