@@ -71,6 +71,10 @@ type cachedListing struct {
 	new, cur   dirStamp
 	newEntries []Entry
 	curEntries []Entry
+	// all is both merged and sorted by delivery time, handed to sessions
+	// as it is on a hit: sessions only read their listing, so a repeat
+	// login on a large mailbox neither copies nor sorts it.
+	all []Entry
 }
 
 func newIndexCache(max int) *indexCache {
@@ -136,10 +140,14 @@ type Session struct {
 // A directory changed in the last two seconds is never cached: two changes
 // within one timestamp tick must not look like none.
 func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err error) {
-	if _, err := s.fs.Lstat(filepath.Join(mb.Path, "cur")); err != nil {
+	// tmp/ is the last directory EnsureMaildir makes: a Maildir whose
+	// first delivery is being made on another machine may have cur/ and
+	// new/ but no tmp/ yet, and the lock file is written in tmp/.
+	if _, err := s.fs.Lstat(filepath.Join(mb.Path, "tmp")); err != nil {
 		if isErrno(err, syscall.ENOENT) {
-			// No Maildir yet: a user who never received mail has an
-			// empty mailbox. Create it so the lock has a home.
+			// No Maildir yet (or not complete): a user who never
+			// received mail has an empty mailbox. Create it so the
+			// lock has a home.
 			if err := s.EnsureMaildir(mb); err != nil {
 				return nil, err
 			}
@@ -163,7 +171,8 @@ func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err er
 	return &Session{s: s, mb: mb, opts: opts, lock: lock, entries: entries, cache: how}, nil
 }
 
-// Entries is the session's listing, sorted by delivery time.
+// Entries is the session's listing, sorted by delivery time. It may be
+// shared with other sessions through the listing cache: read only.
 func (ss *Session) Entries() []Entry { return ss.entries }
 
 // CacheResult says how the listing was made: "hit", "partial" or "miss".
@@ -256,8 +265,9 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 	var newEntries, curEntries []Entry
 	switch {
 	case cached != nil && cached.gen == gen && cached.format == format && cached.cur.same(curStamp) && cached.new.same(newStamp):
-		how = "hit"
-		newEntries, curEntries = cached.newEntries, cached.curEntries
+		s.obs.IndexLookup("hit")
+		s.stats.add(func(c *CacheStats) { c.Hits++ })
+		return cached.all, "hit", nil
 	case cached != nil && cached.gen == gen && cached.format == format && cached.cur.same(curStamp):
 		how = "partial"
 		s.stats.add(func(c *CacheStats) { c.Invalidations++ })
@@ -280,18 +290,12 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 	}
 	s.obs.IndexLookup(how)
 	s.stats.add(func(c *CacheStats) {
-		switch how {
-		case "hit":
-			c.Hits++
-		case "partial":
+		if how == "partial" {
 			c.PartialHits++
-		default:
+		} else {
 			c.Misses++
 		}
 	})
-	if how != "hit" {
-		s.index.put(mb.Path, &cachedListing{gen: gen, format: format, new: newStamp, cur: curStamp, newEntries: newEntries, curEntries: curEntries})
-	}
 	all := make([]Entry, 0, len(newEntries)+len(curEntries))
 	all = append(all, curEntries...)
 	all = append(all, newEntries...)
@@ -305,6 +309,7 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 		}
 		return a.UIDL < b.UIDL
 	})
+	s.index.put(mb.Path, &cachedListing{gen: gen, format: format, new: newStamp, cur: curStamp, newEntries: newEntries, curEntries: curEntries, all: all})
 	return all, how, nil
 }
 
