@@ -13,6 +13,27 @@
 // rates and the NFS calls per delivery (from /proc/self/mountstats in the
 // VMs), and exits 1 when a check fails.
 //
+// With -scaleout it runs the scale-out proof instead (contrib/lab
+// RunScaleOut): -vms machines each running lmtpd and pop3d behind HAProxy,
+// a private Postfix delivering numbered, checksummed messages through it,
+// POP3 clients keeping and deleting mail through it, faults on a fixed
+// schedule (a VM killed and booted again, twice; a VM cut off from the
+// NFS server; the NFS server killed and restarted; loss and delay), then
+// a final POP3 drain, the export read with the NFS server stopped, and
+// every invariant checked: nothing lost, resurrected, doubled or corrupt,
+// no UIDL change, every lock recovered. -seconds is the length of the
+// load (-faults=false for none).
+//
+//	go run ./cmd/nfsdrop-lab -scaleout -vms 3 -seconds 90
+//
+// With -scaling it measures (contrib/lab RunScaling): deliveries/s
+// through lmtpd and POP3 logins/s with 1..-vms machines beside the bare
+// Maildir loop, the NFS calls of each from the VMs' mountstats, the calls
+// of a first and a repeat login on mailboxes of 1,000 and 5,000 messages,
+// and the same under other mount options (-variants).
+//
+//	go run ./cmd/nfsdrop-lab -scaling -vms 3
+//
 // It needs root; missing Debian packages (qemu-system-x86, nfs-ganesha,
 // nfs-ganesha-vfs, rpcbind, iproute2) are installed unless -install=false.
 // The kernel and busybox are downloaded (not installed) into -cache.
@@ -26,6 +47,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,17 +58,34 @@ func main() { os.Exit(run()) }
 
 func run() int {
 	vms := flag.Int("vms", 2, "number of virtual machines (mx1.test, mx2.test, ...)")
-	seconds := flag.Int("seconds", 30, "seconds of nfsdrop deliver in a loop on each VM")
+	seconds := flag.Int("seconds", 30, "seconds of nfsdrop deliver in a loop on each VM (-scaleout: of load, 90 unless given)")
 	bare := flag.Int("bare-seconds", 10, "seconds of the bare Maildir loop on each VM")
-	users := flag.Int("users", 3, "mailboxes every VM delivers into")
+	users := flag.Int("users", 3, "mailboxes every VM delivers into (-scaleout, -scaling: 8 unless given)")
 	mountOpts := flag.String("mount-opts", lab.DefaultMountOpts, "NFS mount options of the VMs (nfs(5))")
 	cache := flag.String("cache", lab.DefaultCacheDir(), "cache of the kernel, modules and busybox")
 	keep := flag.Bool("keep", false, "keep the run directory (export, logs, consoles)")
 	install := flag.Bool("install", true, "install missing Debian packages with apt-get")
 	clean := flag.Bool("clean", false, "only remove what killed lab runs left behind, then exit")
 	quiet := flag.Bool("q", false, "no progress lines")
+	scaleout := flag.Bool("scaleout", false, "run the scale-out proof (lmtpd + pop3d per VM behind HAProxy, Postfix, faults, invariants)")
+	faults := flag.Bool("faults", true, "with -scaleout: apply the fault schedule")
+	scaling := flag.Bool("scaling", false, "measure rates and NFS calls per delivery and per login with 1..-vms VMs, and mount option variants")
+	variants := flag.String("variants", "", "with -scaling: mount option sets to compare, separated by ';' (default: "+lab.DefaultMountOpts+" plain, with actimeo=0, lookupcache=positive, nocto); \"none\" for none")
 	binary := flag.String("nfsdrop", "", "static nfsdrop binary to run in the VMs (default: build ./cmd/nfsdrop with CGO_ENABLED=0)")
 	flag.Parse()
+	given := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if *scaleout || *scaling {
+		if !given["users"] {
+			*users = 8
+		}
+		if !given["seconds"] {
+			*seconds = 90
+		}
+		if !given["vms"] {
+			*vms = 3
+		}
+	}
 	if *vms < 1 || *vms > 200 || *seconds < 1 || *bare < 1 || *users < 1 {
 		fmt.Fprintln(os.Stderr, "nfsdrop-lab: -vms 1..200, -seconds, -bare-seconds and -users at least 1")
 		return 2
@@ -82,20 +121,57 @@ func run() int {
 	}()
 	logf("lab %s: namespaces %s %s %s", l.ID, l.Net.Switch, l.Net.Server, l.Net.Client)
 
+	if *scaleout || *scaling {
+		var rep interface{ String() string }
+		failed := false
+		if *scaleout {
+			r, err := lab.RunScaleOut(ctx, l, lab.ScaleOutOptions{
+				VMs: *vms, Users: *users, Load: time.Duration(*seconds) * time.Second, NFSDrop: *binary, MountOpts: *mountOpts, NoFaults: !*faults,
+			})
+			if err != nil {
+				return fail(ctx, err)
+			}
+			rep, failed = r, r.Failed()
+		} else {
+			o := lab.ScalingOptions{MaxVMs: *vms, Users: *users, NFSDrop: *binary}
+			switch *variants {
+			case "":
+			case "none":
+				o.NoVariants = true
+			default:
+				o.Variants = strings.Split(*variants, ";")
+			}
+			r, err := lab.RunScaling(ctx, l, o)
+			if err != nil {
+				return fail(ctx, err)
+			}
+			rep = r
+		}
+		fmt.Print(rep)
+		if failed {
+			return 1
+		}
+		return 0
+	}
+
 	rep, err := lab.RunProof(ctx, l, lab.ProofOptions{
 		VMs: *vms, BareSeconds: *bare, DeliverSeconds: *seconds, Users: *users, MountOpts: *mountOpts, NFSDrop: *binary,
 	})
 	if err != nil {
-		if ctx.Err() != nil {
-			fmt.Fprintln(os.Stderr, "nfsdrop-lab: interrupted; stopping everything")
-		} else {
-			fmt.Fprintln(os.Stderr, "nfsdrop-lab:", err)
-		}
-		return 1
+		return fail(ctx, err)
 	}
 	fmt.Print(rep)
 	if len(rep.Problems) > 0 {
 		return 1
 	}
 	return 0
+}
+
+func fail(ctx context.Context, err error) int {
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "nfsdrop-lab: interrupted; stopping everything")
+	} else {
+		fmt.Fprintln(os.Stderr, "nfsdrop-lab:", err)
+	}
+	return 1
 }

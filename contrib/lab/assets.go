@@ -33,6 +33,10 @@ var hostNeeds = []struct{ path, pkg string }{
 	{"dpkg-deb", "dpkg"},
 	{"apt-get", "apt"},
 	{"go", "golang (or Go from go.dev)"},
+	// The scale-out run (scaleout.go): a load balancer and an MTA.
+	{"haproxy", "haproxy"},
+	{"postfix", "postfix"},
+	{"postqueue", "postfix"},
 }
 
 // MissingError says which Debian packages the host lacks.
@@ -107,6 +111,16 @@ func EnsureHost(ctx context.Context, install bool, logf func(string, ...any)) er
 	for _, p := range pkgs {
 		if !strings.Contains(p, " ") {
 			apt = append(apt, p)
+		}
+	}
+	for _, p := range apt {
+		if p == "postfix" {
+			// Postfix's installer asks debconf questions: answer them.
+			sel := exec.CommandContext(ctx, "debconf-set-selections")
+			sel.Stdin = strings.NewReader("postfix postfix/main_mailer_type select No configuration\n")
+			if out, err := sel.CombinedOutput(); err != nil {
+				logf("debconf-set-selections: %v: %s", err, out)
+			}
 		}
 	}
 	logf("installing Debian packages: %s", strings.Join(apt, " "))

@@ -13,6 +13,11 @@
 //   - ganesha.go: rpcbind and ganesha.nfsd exporting a host directory.
 //   - vm.go: the machines (mx1.test at 127.77.0.11, mx2.test at .12, ...),
 //     each running a script from the export, controlled over the network.
+//   - haproxy.go, postfix.go: a load balancer and an MTA in the client
+//     namespace, for scaleout.go: lmtpd and pop3d on every VM behind
+//     HAProxy, Postfix delivering through it, the loadcheck load generator
+//     and checker, faults on a schedule (RunScaleOut), and the rate and
+//     NFS-call measurements of scaling.go (RunScaling).
 //
 // Everything a lab starts is stopped by PID and every namespace it made is
 // deleted by name in Close; a state file under /run/nfsdrop-lab lets

@@ -222,6 +222,9 @@ type Proc struct {
 	// target, when not 0, is the process that signals go to: the child
 	// that nsenter or unshare --fork started (see followChild).
 	target int
+	// group: Kill also kills the process group the process leads (a
+	// Postfix master and the daemons it started).
+	group bool
 }
 
 // start runs argv with its output appended to logPath and records it for
@@ -337,8 +340,14 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 	return p.Cmd.Process.Signal(sig)
 }
 
-// Kill sends SIGKILL.
-func (p *Proc) Kill() { p.Signal(syscall.SIGKILL) }
+// Kill sends SIGKILL (to the process group too when the process leads one
+// that must not outlive it).
+func (p *Proc) Kill() {
+	if p.group && p.Cmd.Process != nil && !p.Exited() {
+		syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+	}
+	p.Signal(syscall.SIGKILL)
+}
 
 // Stop sends SIGTERM, waits up to grace, then SIGKILL, and waits.
 func (p *Proc) Stop(grace time.Duration) error {

@@ -207,3 +207,23 @@ func (m *MountStats) Summary(units int64, elapsed float64) string {
 	}
 	return b.String()
 }
+
+// Add returns the sum of m and o (counters of several VMs).
+func (m *MountStats) Add(o *MountStats) *MountStats {
+	s := &MountStats{Device: m.Device, MountPoint: m.MountPoint, Ops: map[string]OpStat{}, Events: map[string]int64{}}
+	for _, x := range []*MountStats{m, o} {
+		if x == nil {
+			continue
+		}
+		for k, v := range x.Ops {
+			a := s.Ops[k]
+			s.Ops[k] = OpStat{a.Ops + v.Ops, a.Trans + v.Trans, a.Timeouts + v.Timeouts, a.BytesSent + v.BytesSent,
+				a.BytesRecv + v.BytesRecv, a.QueueMs + v.QueueMs, a.RTTMs + v.RTTMs, a.ExecMs + v.ExecMs}
+		}
+		for k, v := range x.Events {
+			s.Events[k] += v
+		}
+		s.XprtConnects += x.XprtConnects
+	}
+	return s
+}

@@ -1,0 +1,541 @@
+package loadcheck
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/store"
+)
+
+// StoredFile is a message file found in the store at the end (read on the
+// NFS server's side, with the server stopped).
+type StoredFile struct {
+	User, Dir, Name string
+	UIDL            string
+	Parsed
+}
+
+// ScanMaildirs reads every file in new/ and cur/ of each user's Maildir,
+// maildirOf(user) giving its path.
+func ScanMaildirs(users []string, maildirOf func(user string) string) ([]StoredFile, []string, error) {
+	var files []StoredFile
+	var notes []string
+	for _, u := range users {
+		md := maildirOf(u)
+		for _, sub := range []string{"new", "cur"} {
+			ents, err := os.ReadDir(filepath.Join(md, sub))
+			if err != nil {
+				if os.IsNotExist(err) {
+					continue
+				}
+				return nil, nil, err
+			}
+			for _, e := range ents {
+				if strings.HasPrefix(e.Name(), ".") {
+					continue
+				}
+				b, err := os.ReadFile(filepath.Join(md, sub, e.Name()))
+				if err != nil {
+					return nil, nil, err
+				}
+				files = append(files, StoredFile{User: u, Dir: sub, Name: e.Name(), UIDL: store.BaseName(e.Name()), Parsed: Parse(b)})
+			}
+		}
+		if ents, err := os.ReadDir(filepath.Join(md, "tmp")); err == nil && len(ents) > 0 {
+			notes = append(notes, fmt.Sprintf("%s: %d files left in tmp/ (interrupted deliveries or sessions; the sweeper removes them after store.tmp_max_age)", u, len(ents)))
+		}
+		if _, err := os.Stat(filepath.Join(md, store.LockName)); err == nil {
+			notes = append(notes, fmt.Sprintf("%s: session lock file left behind", u))
+		}
+	}
+	return files, notes, nil
+}
+
+// CheckOptions configures Check.
+type CheckOptions struct {
+	// LockStale is pop3.lock_stale; a mailbox may answer [IN-USE] for at
+	// most LockStale+LockMargin at a stretch.
+	LockStale, LockMargin time.Duration
+}
+
+// Report is the outcome of Check.
+type Report struct {
+	Submitted, SubmitErrors int
+	// Accepted have a queue ID; Acknowledged got "status=sent"
+	// (nfsdrop's 250); Deferrals counts messages deferred at least once.
+	Accepted, Acknowledged, Deferred int
+	// DeliveredBy counts acknowledged deliveries per nfsdrop host (the
+	// host part of the Maildir key).
+	DeliveredBy map[string]int
+
+	Sessions, Logins, InUseReplies, SessionErrors int
+	SessionsBy                                    map[string]int
+	Commits, AmbiguousCommits                     int
+	Retrievals, DeletedRetrievals                 int
+	UIDLSightings                                 int
+	FinalInDrain, FinalInStore                    int
+
+	// The invariants: all must be zero.
+	Lost, Resurrected, Doubled, UIDLChanged, Corrupt, LocksNotRecovered int
+	Bounced, Undelivered, DrainStoreMismatch, DeletedTwice              int
+	// RedeliveredExplained counts messages stored twice because Postfix
+	// did not see nfsdrop's reply and sent again (its log says "message
+	// may be sent more than once"): the price of at-least-once over a
+	// connection that breaks after the data, not a store failure.
+	RedeliveredExplained int
+	// MaxInUse is the longest time a mailbox answered [IN-USE] before a
+	// login succeeded, and the user.
+	MaxInUse     time.Duration
+	MaxInUseUser string
+	LockLimit    time.Duration
+
+	// DeferReasons counts Postfix's reasons for deferrals (timeouts,
+	// lost connections, temporary errors nfsdrop answered).
+	DeferReasons map[string]int
+	// LoginErrors counts POP3 login failures other than [IN-USE]
+	// (temporary errors), by reply.
+	LoginErrors map[string]int
+
+	Problems []string
+	Notes    []string
+	Duration time.Duration
+}
+
+// Violations is the sum of the invariant counters.
+func (r *Report) Violations() int {
+	return r.Lost + r.Resurrected + r.Doubled + r.UIDLChanged + r.Corrupt + r.LocksNotRecovered +
+		r.Bounced + r.Undelivered + r.DrainStoreMismatch + r.DeletedTwice
+}
+
+func (r *Report) problem(format string, args ...any) {
+	if len(r.Problems) < 60 {
+		r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
+	}
+}
+
+// Check compares what the run was promised with what it saw: rec (the
+// load and drain sessions), the mail log, drain (the final sessions, one
+// per user) and files (the store as read at the end).
+func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o CheckOptions) *Report {
+	log.Poll()
+	r := &Report{DeliveredBy: map[string]int{}, SessionsBy: map[string]int{}, LockLimit: o.LockStale + o.LockMargin,
+		DeferReasons: log.DeferReasons(), LoginErrors: map[string]int{}}
+	subs := rec.Submissions()
+	sessions := rec.Sessions()
+	if !rec.LoadEnd.IsZero() {
+		r.Duration = rec.LoadEnd.Sub(rec.Start)
+	}
+
+	// Messages: token -> queue ID (from the log, which also knows messages
+	// whose SMTP reply got lost), and what Postfix says became of them.
+	type msg struct {
+		token, user, qid string
+		acked            bool
+		keys             []string
+		maybeTwice       bool
+		bounced          bool
+	}
+	msgs := map[string]*msg{}
+	var tokens []string
+	for _, s := range subs {
+		r.Submitted++
+		if s.Err != "" {
+			r.SubmitErrors++
+		}
+		qid := s.QueueID
+		if qid == "" {
+			qid = log.QueueID(s.Token)
+		}
+		if qid == "" {
+			if s.Err == "" {
+				r.problem("message %s: accepted over SMTP but not in the mail log", s.Token)
+				r.Undelivered++
+			}
+			continue
+		}
+		m := &msg{token: s.Token, user: s.User, qid: qid}
+		msgs[s.Token] = m
+		tokens = append(tokens, s.Token)
+		r.Accepted++
+		for _, d := range log.Sent(qid) {
+			m.acked = true
+			m.keys = append(m.keys, d.Key)
+			if h := hostOfKey(d.Key); h != "" {
+				r.DeliveredBy[h]++
+			}
+		}
+		deferred := false
+		for _, a := range log.Attempts(qid) {
+			m.maybeTwice = m.maybeTwice || a.MaybeTwice
+			deferred = deferred || a.Status == "deferred"
+			if a.Status == "bounced" {
+				m.bounced = true
+			}
+		}
+		if deferred {
+			r.Deferred++
+		}
+		switch {
+		case m.acked:
+			r.Acknowledged++
+			if len(m.keys) > 1 {
+				m.maybeTwice = true // Postfix itself says it sent twice
+			}
+		case m.bounced:
+			r.Bounced++
+			r.problem("message %s (%s): bounced: %v", s.Token, qid, log.Attempts(qid))
+		default:
+			r.Undelivered++
+			r.problem("message %s (%s): no final status in the mail log (attempts %v)", s.Token, qid, log.Attempts(qid))
+		}
+	}
+	sort.Strings(tokens)
+
+	// Every stored copy we know of, by its identity (host and LMTP id of
+	// its Received header): the UIDLs it was seen under.
+	copyUIDLs := map[string]map[string]bool{} // copy -> UIDLs
+	uidlCopy := map[string]map[string]bool{}  // UIDL -> copies
+	tokenCopies := map[string]map[string]bool{}
+	see := func(token, cp, uidl string) {
+		if token == "" || cp == "" {
+			return
+		}
+		cp = token + " " + cp
+		if copyUIDLs[cp] == nil {
+			copyUIDLs[cp] = map[string]bool{}
+		}
+		copyUIDLs[cp][uidl] = true
+		if uidlCopy[uidl] == nil {
+			uidlCopy[uidl] = map[string]bool{}
+		}
+		uidlCopy[uidl][cp] = true
+		if tokenCopies[token] == nil {
+			tokenCopies[token] = map[string]bool{}
+		}
+		tokenCopies[token][cp] = true
+	}
+	uidlToken := map[string]string{}
+
+	// Committed deletions: UIDL -> when the QUIT that removed it was
+	// answered +OK. Taken: tokens a deleting client retrieved intact and
+	// asked to delete, with QUIT sent (whatever the answer).
+	committed := map[string]time.Time{}
+	committedBy := map[string]int{}
+	taken := map[string]bool{}
+	inUseStart := map[string]time.Time{}
+	sort.Slice(sessions, func(i, j int) bool { return sessions[i].Start.Before(sessions[j].Start) })
+	for _, s := range sessions {
+		r.Sessions++
+		if s.Host != "" {
+			r.SessionsBy[s.Host]++
+		}
+		if s.InUse {
+			r.InUseReplies++
+		} else if s.LoginReply != "" {
+			r.LoginErrors[s.LoginReply]++
+		}
+		if s.Err != "" {
+			r.SessionErrors++
+		}
+		if !s.LoginAt.IsZero() {
+			r.Logins++
+		}
+		r.UIDLSightings += len(s.UIDLs)
+		for _, rt := range s.Retrs {
+			if rt.Problem != "" && !rt.Intact {
+				if rt.Token != "" || strings.Contains(rt.Problem, "sha256") || strings.Contains(rt.Problem, "separator") {
+					r.Corrupt++
+					r.problem("session %d (%s on %s): RETR %d (UIDL %s): %s", s.ID, s.User, s.Host, rt.N, rt.UIDL, rt.Problem)
+				}
+				continue
+			}
+			r.Retrievals++
+			see(rt.Token, rt.Copy, rt.UIDL)
+			if t, ok := uidlToken[rt.UIDL]; ok && t != rt.Token {
+				r.UIDLChanged++
+				r.problem("UIDL %s named %s and %s", rt.UIDL, t, rt.Token)
+			}
+			uidlToken[rt.UIDL] = rt.Token
+		}
+		if s.Mode == "delete" && s.Quit != "" && len(s.Deleted) > 0 {
+			del := map[string]bool{}
+			for _, u := range s.Deleted {
+				del[u] = true
+			}
+			for _, rt := range s.Retrs {
+				if rt.Intact && del[rt.UIDL] {
+					taken[rt.Token] = true
+					r.DeletedRetrievals++
+				}
+			}
+			if s.Quit == "ok" {
+				r.Commits++
+				for u := range del {
+					committedBy[u]++
+					if _, ok := committed[u]; !ok {
+						committed[u] = s.QuitAt
+					}
+				}
+			} else {
+				r.AmbiguousCommits++
+			}
+		}
+	}
+	for u, n := range committedBy {
+		if n > 1 {
+			r.DeletedTwice++
+			r.problem("UIDL %s (%s) retrieved and deleted by %d sessions whose QUIT succeeded", u, uidlToken[u], n)
+		}
+	}
+
+	// Resurrection: a UIDL listed by a session that logged in after the
+	// QUIT that deleted it was answered.
+	for _, s := range sessions {
+		if s.LoginAt.IsZero() {
+			continue
+		}
+		for _, u := range s.UIDLs {
+			if c, ok := committed[u]; ok && s.LoginAt.After(c) {
+				r.Resurrected++
+				r.problem("UIDL %s (%s) deleted by a QUIT answered at %s, listed again by session %d (%s on %s) logged in at %s",
+					u, uidlToken[u], c.Format("15:04:05.000"), s.ID, s.User, s.Host, s.LoginAt.Format("15:04:05.000"))
+			}
+		}
+	}
+
+	// Locks: the longest stretch of consecutive [IN-USE] answers for a
+	// user (from the first refused session's start to the last one's
+	// end), closed by the next successful login.
+	lastInUse := map[string]time.Time{}
+	for _, s := range sessions {
+		if s.InUse {
+			if _, ok := inUseStart[s.User]; !ok {
+				inUseStart[s.User] = s.Start
+			}
+			lastInUse[s.User] = s.End
+			continue
+		}
+		if !s.LoginAt.IsZero() {
+			if t0, ok := inUseStart[s.User]; ok {
+				if d := lastInUse[s.User].Sub(t0); d > r.MaxInUse {
+					r.MaxInUse, r.MaxInUseUser = d, s.User
+				}
+				delete(inUseStart, s.User)
+			}
+		}
+	}
+	for u, t0 := range inUseStart {
+		r.LocksNotRecovered++
+		r.problem("%s: [IN-USE] since %s and no login succeeded afterwards", u, t0.Format("15:04:05.000"))
+	}
+	if r.LockLimit > 0 && r.MaxInUse > r.LockLimit {
+		r.LocksNotRecovered++
+		r.problem("%s: [IN-USE] for %v at a stretch, more than lock_stale + margin = %v", r.MaxInUseUser, r.MaxInUse.Round(time.Second), r.LockLimit)
+	}
+
+	// The final state: the drain's listing and the store's files.
+	inDrain := map[string]map[string]bool{} // user -> UIDLs
+	presentToken := map[string]bool{}
+	for _, s := range drain {
+		if s.LoginAt.IsZero() || s.Quit != "ok" {
+			r.LocksNotRecovered++
+			r.problem("final drain of %s failed: login %q, error %q, quit %q", s.User, s.LoginReply, s.Err, s.QuitReply)
+			continue
+		}
+		inDrain[s.User] = map[string]bool{}
+		for _, u := range s.UIDLs {
+			inDrain[s.User][u] = true
+		}
+		for _, rt := range s.Retrs {
+			if rt.Intact {
+				presentToken[rt.Token] = true
+			}
+		}
+		r.FinalInDrain += len(s.UIDLs)
+	}
+	inStore := map[string]map[string]bool{}
+	for _, f := range files {
+		r.FinalInStore++
+		if inStore[f.User] == nil {
+			inStore[f.User] = map[string]bool{}
+		}
+		inStore[f.User][f.UIDL] = true
+		if !f.Intact {
+			r.Corrupt++
+			r.problem("store: %s/%s/%s: %s", f.User, f.Dir, f.Name, f.Problem)
+			continue
+		}
+		presentToken[f.Token] = true
+		see(f.Token, f.Copy, f.UIDL)
+		if c, ok := committed[f.UIDL]; ok {
+			r.Resurrected++
+			r.problem("store: %s/%s/%s (%s) is still there after a QUIT answered at %s deleted it", f.User, f.Dir, f.Name, f.Token, c.Format("15:04:05.000"))
+		}
+		if m, ok := msgs[f.Token]; !ok {
+			r.problem("store: %s/%s/%s: token %q was never submitted", f.User, f.Dir, f.Name, f.Token)
+			r.Corrupt++
+		} else if m.user != f.User {
+			r.Corrupt++
+			r.problem("store: %s/%s/%s: %s was sent to %s", f.User, f.Dir, f.Name, f.Token, m.user)
+		}
+	}
+	for u, set := range inDrain {
+		for uidl := range set {
+			if !inStore[u][uidl] {
+				r.DrainStoreMismatch++
+				r.problem("%s: UIDL %s listed by the final drain but not in the store", u, uidl)
+			}
+		}
+		for uidl := range inStore[u] {
+			if !set[uidl] {
+				r.DrainStoreMismatch++
+				r.problem("%s: %s in the store but not listed by the final drain", u, uidl)
+			}
+		}
+	}
+
+	// UIDLs: each stored copy keeps one UIDL across sessions and machines,
+	// and a UIDL names one copy.
+	for cp, us := range copyUIDLs {
+		if len(us) > 1 {
+			r.UIDLChanged++
+			r.problem("copy %s seen under %d UIDLs: %v", cp, len(us), keys(us))
+		}
+	}
+	for u, cps := range uidlCopy {
+		if len(cps) > 1 {
+			r.UIDLChanged++
+			r.problem("UIDL %s names %d copies: %v", u, len(cps), keys(cps))
+		}
+	}
+	// The acknowledged copy's UIDL is the base of the key nfsdrop answered.
+	for _, t := range tokens {
+		m := msgs[t]
+		for _, k := range m.keys {
+			base := store.BaseName(k)
+			if other, ok := uidlToken[base]; ok && other != t {
+				r.UIDLChanged++
+				r.problem("message %s: key %s, but UIDL %s was %s", t, k, base, other)
+			}
+		}
+	}
+
+	// Lost and doubled.
+	for _, t := range tokens {
+		m := msgs[t]
+		if !m.acked {
+			continue
+		}
+		if !presentToken[t] && !taken[t] {
+			r.Lost++
+			r.problem("message %s for %s (%s, key %v): acknowledged, not retrieved by a deleting client, not in the mailbox", t, m.user, m.qid, m.keys)
+		}
+		if n := len(tokenCopies[t]); n > 1 {
+			if m.maybeTwice {
+				r.RedeliveredExplained++
+				r.Notes = append(r.Notes, fmt.Sprintf("message %s (%s) stored %d times: Postfix resent it after %v", t, m.qid, n, reasons(log.Attempts(m.qid))))
+			} else {
+				r.Doubled++
+				r.problem("message %s (%s) stored %d times (%v) but Postfix sent it once", t, m.qid, n, keys(tokenCopies[t]))
+			}
+		}
+	}
+	for t := range tokenCopies {
+		if _, ok := msgs[t]; !ok {
+			r.Corrupt++
+			r.problem("token %s retrieved but never submitted", t)
+		}
+	}
+	return r
+}
+
+func reasons(as []Attempt) []string {
+	var out []string
+	for _, a := range as {
+		if a.MaybeTwice {
+			out = append(out, a.Reason)
+		}
+	}
+	return out
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// hostOfKey is the host part of a Maildir key:
+// <sec>.M<usec>P<pid>Q<n>R<rand>.<host>,S=...
+func hostOfKey(key string) string {
+	base := store.BaseName(key)
+	i := strings.Index(base, "R")
+	if i < 0 {
+		return ""
+	}
+	rest := base[i:]
+	if j := strings.IndexByte(rest, '.'); j >= 0 {
+		return rest[j+1:]
+	}
+	return ""
+}
+
+// String formats the report.
+func (r *Report) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "load: %d messages submitted over SMTP (%d errors), %d queued, %d acknowledged by nfsdrop (250 ... Saved), %d deferred at least once\n",
+		r.Submitted, r.SubmitErrors, r.Accepted, r.Acknowledged, r.Deferred)
+	fmt.Fprintf(&b, "      deliveries by host: %s\n", countsString(r.DeliveredBy))
+	fmt.Fprintf(&b, "      %d POP3 sessions (%d logins, %d [IN-USE], %d broken), by host: %s\n", r.Sessions, r.Logins, r.InUseReplies, r.SessionErrors, countsString(r.SessionsBy))
+	fmt.Fprintf(&b, "      %d retrievals (%d by deleting clients), %d UIDLs listed, %d commits (QUIT +OK) and %d without a clear answer\n",
+		r.Retrievals, r.DeletedRetrievals, r.UIDLSightings, r.Commits, r.AmbiguousCommits)
+	for _, k := range keys(boolKeys(r.DeferReasons)) {
+		fmt.Fprintf(&b, "      Postfix %d× %s\n", r.DeferReasons[k], k)
+	}
+	for _, k := range keys(boolKeys(r.LoginErrors)) {
+		fmt.Fprintf(&b, "      POP3 login %d× %s\n", r.LoginErrors[k], k)
+	}
+	fmt.Fprintf(&b, "final: %d messages listed by the drain, %d files in the store\n", r.FinalInDrain, r.FinalInStore)
+	fmt.Fprintf(&b, "invariants: lost %d, resurrected %d, doubled %d, UIDL changes %d, corrupt %d, locks not recovered %d (longest [IN-USE] %v, limit %v), bounced %d, undelivered %d, drain/store mismatches %d, deleted twice %d\n",
+		r.Lost, r.Resurrected, r.Doubled, r.UIDLChanged, r.Corrupt, r.LocksNotRecovered, r.MaxInUse.Round(100*time.Millisecond), r.LockLimit,
+		r.Bounced, r.Undelivered, r.DrainStoreMismatch, r.DeletedTwice)
+	fmt.Fprintf(&b, "explained: %d messages stored twice because Postfix resent them after a lost reply\n", r.RedeliveredExplained)
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "  note: %s\n", n)
+	}
+	if v := r.Violations(); v == 0 {
+		b.WriteString("verdict: every invariant holds\n")
+	} else {
+		fmt.Fprintf(&b, "verdict: %d violations\n", v)
+		for _, p := range r.Problems {
+			fmt.Fprintf(&b, "  - %s\n", p)
+		}
+	}
+	return b.String()
+}
+
+func countsString(m map[string]int) string {
+	if len(m) == 0 {
+		return "(none)"
+	}
+	var parts []string
+	for _, k := range keys(boolKeys(m)) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func boolKeys(m map[string]int) map[string]bool {
+	out := map[string]bool{}
+	for k := range m {
+		out[k] = true
+	}
+	return out
+}
