@@ -253,8 +253,9 @@ type session struct {
 	remote string
 	txn    int
 
-	from  string
-	rcpts []rcptEntry
+	from    string
+	rcpts   []rcptEntry
+	queueID string // from the message's top Received header, for the log
 }
 
 type rcptEntry struct {
@@ -270,6 +271,7 @@ func (ss *session) Reset() {
 	}
 	ss.rcpts = nil
 	ss.from = ""
+	ss.queueID = ""
 }
 
 func (ss *session) Logout() error {
@@ -338,6 +340,7 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 
 	dr := &dataReader{r: r}
 	hdr, msg, err := envelope.ReadHeader(dr)
+	ss.queueID = hdr.QueueID
 	if err != nil {
 		return ss.failAll(status, err, start)
 	}
@@ -423,8 +426,11 @@ func (ss *session) logRcpt(rcpt, key string, rep *smtp.SMTPError, err error, nrc
 	ss.s.opts.Observer.Recipient(rep.Code, d)
 	attrs := []any{
 		"session", ss.txnID(), "remote", ss.remote, "from", ss.from, "rcpt", rcpt,
-		"code", rep.Code, "dsn", dsn(rep.EnhancedCode),
 	}
+	if ss.queueID != "" {
+		attrs = append(attrs, "queue_id", ss.queueID)
+	}
+	attrs = append(attrs, "code", rep.Code, "dsn", dsn(rep.EnhancedCode))
 	if key != "" {
 		attrs = append(attrs, "key", key)
 	}

@@ -530,6 +530,11 @@ func TestLMTPDPostfix(t *testing.T) {
 		if !strings.Contains(w.log(), "recipients=10") {
 			t.Errorf("lmtpd did not log one transaction with 10 recipients")
 		}
+		// Each recipient's log line carries Postfix's queue id, so one
+		// message's story can be grepped across both logs.
+		if n := strings.Count(w.log(), "queue_id="+qid); n != 10 {
+			t.Errorf("lmtpd logged queue_id=%s on %d lines, want 10", qid, n)
+		}
 	})
 
 	t.Run("over quota", func(t *testing.T) {

@@ -24,6 +24,10 @@ type Header struct {
 	Raw []byte
 	// DeliveredTo lists the Delivered-To values, lowercased and trimmed.
 	DeliveredTo []string
+	// QueueID is the "id" of the topmost Received header: the queue id
+	// of the MTA that handed the message over (Postfix's), for the log
+	// line that tells one message's story. "" when there is none.
+	QueueID string
 }
 
 // ReadHeader reads the header section from r. The returned reader yields
@@ -34,6 +38,7 @@ func ReadHeader(r io.Reader) (Header, io.Reader, error) {
 	var raw bytes.Buffer
 	var h Header
 	var current []byte // the header field being read, unfolded
+	sawReceived := false
 	flush := func() {
 		if len(current) == 0 {
 			return
@@ -41,6 +46,10 @@ func ReadHeader(r io.Reader) (Header, io.Reader, error) {
 		name, value, ok := bytes.Cut(current, []byte(":"))
 		if ok && strings.EqualFold(string(bytes.TrimSpace(name)), "Delivered-To") {
 			h.DeliveredTo = append(h.DeliveredTo, strings.ToLower(strings.TrimSpace(string(value))))
+		}
+		if ok && !sawReceived && strings.EqualFold(string(bytes.TrimSpace(name)), "Received") {
+			sawReceived = true
+			h.QueueID = receivedID(string(value))
 		}
 		current = current[:0]
 	}
@@ -133,4 +142,25 @@ func Sanitize(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// receivedID finds the "id" clause of a Received header (RFC 5321 section
+// 4.4), keeping only characters a queue id has.
+func receivedID(v string) string {
+	f := strings.Fields(strings.SplitN(v, ";", 2)[0])
+	for i := 0; i+1 < len(f); i++ {
+		if strings.EqualFold(f[i], "id") {
+			id := f[i+1]
+			if len(id) > 64 {
+				return ""
+			}
+			for _, r := range id {
+				if !(r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r == '.' || r == '-' || r == '_') {
+					return ""
+				}
+			}
+			return id
+		}
+	}
+	return ""
 }

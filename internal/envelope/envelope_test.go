@@ -45,3 +45,18 @@ func TestTraceHeaders(t *testing.T) {
 		t.Errorf("Received = %q", r)
 	}
 }
+
+func TestQueueIDFromTopReceived(t *testing.T) {
+	msg := "Received: from mx.test (localhost [127.0.0.1])\r\n\tby mx.test (Postfix) with ESMTP id 4F2A1C0123\r\n\tfor <a@b>; Wed, 25 Nov 2026 10:00:00 +0000\r\nReceived: by other with SMTP id OLDER;\r\n\r\nbody\r\n"
+	h, _, err := ReadHeader(strings.NewReader(msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.QueueID != "4F2A1C0123" {
+		t.Errorf("QueueID = %q", h.QueueID)
+	}
+	h, _, _ = ReadHeader(strings.NewReader("Received: by x with SMTP id <bad\"id>;\r\n\r\n"))
+	if h.QueueID != "" {
+		t.Errorf("QueueID from a malformed id = %q", h.QueueID)
+	}
+}
