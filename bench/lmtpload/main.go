@@ -5,6 +5,7 @@
 //	    -rcpts 1 -users 50 -rcpt 'u%d@bench.test'
 //	lmtpload fill -n 100000 -size 2048 -host bench DIR
 //	lmtpload freeport
+//	lmtpload clamdping /path/to/clamd.sock
 //
 // send works like Postfix's smtp-source -L -d: each session keeps one LMTP
 // connection open for all its messages and waits for every reply before
@@ -14,12 +15,23 @@
 // k mod users + 1, so with -rcpts 10 -users 50 the ten recipients of a
 // message are ten different users. Any reply that is not 2xx fails the run
 // (exit 1). The summary goes to standard output as key=value pairs.
+// -duration D makes the run last about D instead of a number of messages:
+// no session starts a message after D (-messages, when given, still caps
+// the count), and the summary counts the messages actually answered. The
+// summary also gives the driver's own CPU time (driver_cpu_s), so that a
+// benchmark can tell the machine's other load apart.
+// -body-line TEXT puts TEXT as the first line of every body (bench/lmtp-
+// variants.sh sends the EICAR test string that way, to check that clamd
+// really scans).
 //
 // fill writes n messages of size bytes into DIR (a Maildir's new/ or cur/)
 // with unique Maildir names ("time.Mpid_nP.host,S=size" in new/, with
 // ":2," added in cur/), without fsync, to pre-populate a mailbox quickly.
 //
 // freeport prints a TCP port on 127.0.0.1 that was free a moment ago.
+//
+// clamdping sends zPING to a clamd Unix socket and exits 0 when clamd
+// answers PONG (bench/lmtp-variants.sh waits for its private clamd so).
 package main
 
 import (
@@ -28,6 +40,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -35,6 +48,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -50,6 +64,8 @@ func main() {
 		err = fill(os.Args[2:])
 	case "freeport":
 		err = freeport()
+	case "clamdping":
+		err = clamdping(os.Args[2:])
 	default:
 		usage()
 	}
@@ -60,7 +76,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: lmtpload send|fill|freeport [flags]")
+	fmt.Fprintln(os.Stderr, "usage: lmtpload send|fill|freeport|clamdping [flags]")
 	os.Exit(2)
 }
 
@@ -74,6 +90,28 @@ func freeport() error {
 	return nil
 }
 
+// clamdping sends zPING on a clamd Unix socket and wants PONG.
+func clamdping(args []string) error {
+	if len(args) != 1 {
+		return errors.New("clamdping: want the socket path")
+	}
+	c, err := net.DialTimeout("unix", args[0], time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(c, "zPING\x00"); err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	n, err := io.ReadAtLeast(c, buf, 5)
+	if string(buf[:n]) != "PONG\x00" {
+		return fmt.Errorf("clamdping: reply %q, %v", buf[:n], err)
+	}
+	return nil
+}
+
 type sendConfig struct {
 	addr     string
 	sessions int
@@ -84,6 +122,8 @@ type sendConfig struct {
 	rcpt     string
 	from     string
 	timeout  time.Duration
+	bodyLine string
+	duration time.Duration
 }
 
 func send(args []string) error {
@@ -98,7 +138,16 @@ func send(args []string) error {
 	fs.StringVar(&c.rcpt, "rcpt", "u%d@bench.test", "recipient `pattern`; %d is the user number, 1..users")
 	fs.StringVar(&c.from, "from", "a@bench.test", "envelope sender")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Minute, "timeout of one reply")
+	fs.StringVar(&c.bodyLine, "body-line", "", "`text` put as the first line of every body (none when empty)")
+	fs.DurationVar(&c.duration, "duration", 0, "run for about this long instead of a number of messages (0: off)")
 	fs.Parse(args)
+	if c.duration > 0 {
+		given := false
+		fs.Visit(func(f *flag.Flag) { given = given || f.Name == "messages" })
+		if !given {
+			c.messages = math.MaxInt32
+		}
+	}
 	if c.sessions < 1 || c.messages < 1 || c.rcpts < 1 || c.users < 1 || c.size < 0 {
 		return errors.New("send: sessions, messages, rcpts and users must be at least 1")
 	}
@@ -106,19 +155,30 @@ func send(args []string) error {
 		return errors.New("send: -rcpt must contain %d")
 	}
 	body := makeBody(c.size)
+	if c.bodyLine != "" {
+		if strings.ContainsAny(c.bodyLine, "\r\n") || strings.HasPrefix(c.bodyLine, ".") {
+			return errors.New("send: -body-line must be one line not starting with '.'")
+		}
+		body = append([]byte(c.bodyLine+"\r\n"), body...)
+	}
 	var (
 		next   atomic.Int64
+		done   atomic.Int64
 		failed atomic.Bool
 		mu     sync.Mutex
 		first  error
 		wg     sync.WaitGroup
 	)
 	start := time.Now()
+	var stop time.Time
+	if c.duration > 0 {
+		stop = start.Add(c.duration)
+	}
 	for s := 0; s < c.sessions; s++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := session(&c, body, &next, &failed)
+			err := session(&c, body, &next, &done, stop, &failed)
 			if err != nil {
 				failed.Store(true)
 				mu.Lock()
@@ -134,9 +194,13 @@ func send(args []string) error {
 	if first != nil {
 		return first
 	}
-	n := c.messages * c.rcpts
-	fmt.Printf("messages=%d deliveries=%d seconds=%.3f deliveries_per_s=%.1f\n",
-		c.messages, n, elapsed, float64(n)/elapsed)
+	m := int(done.Load())
+	n := m * c.rcpts
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	fmt.Printf("messages=%d deliveries=%d seconds=%.3f deliveries_per_s=%.1f driver_cpu_s=%.3f\n",
+		m, n, elapsed, float64(n)/elapsed, cpu.Seconds())
 	return nil
 }
 
@@ -191,7 +255,7 @@ func (c *conn) cmd(format string, a ...any) error {
 	return c.w.Flush()
 }
 
-func session(cfg *sendConfig, body []byte, next *atomic.Int64, failed *atomic.Bool) (err error) {
+func session(cfg *sendConfig, body []byte, next, done *atomic.Int64, stop time.Time, failed *atomic.Bool) (err error) {
 	nc, err := net.DialTimeout("tcp", cfg.addr, cfg.timeout)
 	if err != nil {
 		return err
@@ -209,6 +273,9 @@ func session(cfg *sendConfig, body []byte, next *atomic.Int64, failed *atomic.Bo
 	}
 	host, _ := os.Hostname()
 	for !failed.Load() {
+		if !stop.IsZero() && !time.Now().Before(stop) {
+			break
+		}
 		i := int(next.Add(1)) - 1
 		if i >= cfg.messages {
 			break
@@ -248,6 +315,7 @@ func session(cfg *sendConfig, body []byte, next *atomic.Int64, failed *atomic.Bo
 				return err
 			}
 		}
+		done.Add(1)
 	}
 	if err := c.cmd("QUIT"); err == nil {
 		c.reply("QUIT", '2')

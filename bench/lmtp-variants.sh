@@ -1,0 +1,733 @@
+#!/usr/bin/env bash
+# LMTP delivery benchmark of nfsdrop against itself: what the LDAP user
+# database (cache warm, cache off), virus scanning with a real clamd, and
+# metrics plus per-recipient logging cost, compared with a baseline
+# (passwd-file, no scan, no metrics, log level warn), in one run on this
+# machine. The load is bench/lmtpload, as in bench/lmtp.sh: 2 KB messages,
+# 4 sessions (one connection each, no pipelining), 50 users per
+# configuration, one recipient per message.
+#
+#   sudo bash bench/lmtp-variants.sh                     full run (~5-6 minutes)
+#   sudo BENCH_ROUNDS=1 BENCH_ROW_SECONDS=3 bash bench/lmtp-variants.sh   quick smoke run
+#
+# A row is 10 s of load (BENCH_ROW_SECONDS) on one configuration; 7
+# configurations x 3 rounds make 3.5 minutes of load, plus start-up,
+# the memory runs and removing the few hundred thousand files made.
+#
+# Every configuration has its own lmtpd process, all started at the
+# beginning and all warmed up (Maildirs created, LDAP cache filled, clamd
+# connected) before anything is measured; only the process being measured
+# gets load. The configurations are measured back to back in rounds
+# (base, ldap, ldap0, scan, obs, met, info), the order rotated by one each
+# round so that no configuration always runs first or after the same
+# neighbour; the table shows each configuration's median over the rounds
+# and its ratio to the baseline's median, and the same for lmtpd's CPU time
+# per delivery. Each row also shows how busy the rest of the machine was
+# (other%): on a shared machine, rows with much other load are not
+# comparable, and 3 rounds cannot always outvote them; look at cpu-x and at
+# the rows, or run again. Right after a run (this one's or bench/lmtp.sh's)
+# has removed its hundreds of thousands of files, creating files was seen to
+# be slower for a while (ext4 allocating inodes: recently_deleted and
+# find_inode_bit in perf); leave a few minutes between runs.
+#
+#   base   passwd-file, scan off, no metrics.listen, log.level warn (baseline)
+#   ldap   [userdb] driver ldap, real slapd, cache warm (cache_ttl 24h):
+#          issue target >= 0.90 of base
+#   ldap0  the same with the lookup cache off (cache_size = 0): every RCPT
+#          is a search on slapd (reported, no target)
+#   scan   [scan] enabled, action reject, real clamd on a Unix socket with a
+#          one-signature database (EICAR), stream_max_length 25M =
+#          lmtp.max_message_size (reported, no target); scanning off is base
+#   obs    metrics.listen set and log.level info (one log line per
+#          recipient): issue target >= 0.95 of base
+#   met    metrics.listen only (log warn), and
+#   info   log.level info only (no metrics): diagnostic rows that split
+#          obs's cost between its two parts
+#
+# Every configuration has lmtp.max_message_size = "25M" (required by the
+# scan configuration, which must have stream_max_length >= it), so that the
+# configurations differ only in what the row names.
+#
+# Checks (a failure makes the command exit 1 after the report): after each
+# row the files in new/ and cur/ of the configuration's Maildirs must have
+# grown by exactly the deliveries of the row, none smaller than the body,
+# none left in tmp/; for obs and met the delivered counter of /metrics must
+# have grown by as much, for obs and info the log must have one "delivered"
+# line per delivery; after the rounds a message carrying the EICAR test
+# string must be refused (554) by scan and stored nowhere.
+#
+# Memory (after the rounds; BENCH_MEM=0 skips it): four fresh lmtpd
+# processes (scan off/on x 1/10 recipients per message) each receive
+# BENCH_MEM_MESSAGES 1 MB messages over 4 sessions; the table shows their
+# peak RSS (VmHWM) and the distinct inodes among the delivered files. Scanning
+# must not keep a copy of the message per recipient: with scan on, 10
+# recipients may not raise the peak by half of what 9 extra copies per
+# session would take (9 x 1 MB x 4 sessions / 2 = 18 MB) over 1 recipient,
+# and the 10 recipients' files must be hard links of one file per message.
+#
+# Environment:
+#   BENCH_ROUNDS        rounds (default 3)
+#   BENCH_ROW_SECONDS   duration of each row (default 10): lmtpload starts no
+#                       message after it and counts the deliveries made
+#   BENCH_MESSAGES      a fixed number of messages per row instead
+#   BENCH_ONLY          configuration ids to measure (base is always added),
+#                       e.g. "ldap obs"
+#   BENCH_MEM=0         skip the memory measurement
+#   BENCH_MEM_MESSAGES  1 MB messages per memory run (default 40)
+#   BENCH_PERF=1        after the rounds, record each configuration's lmtpd
+#                       with perf (an extra, untimed row each) and print
+#                       its top symbols and the share of the functions that
+#                       differ between configurations (logging, metrics,
+#                       user lookup, scan); the perf.data files stay in the
+#                       temporary directory with BENCH_KEEP=1
+#   BENCH_DIR, BENCH_KEEP, BENCH_USER, BENCH_REV: as for bench/lmtp.sh
+#
+# Must run as root: slapd runs as openldap and clamd as clamav (setpriv,
+# as internal/testenv/slapd and internal/testenv/clamd do), and lmtpd
+# chowns the mail to BENCH_USER. Needs slapd, ldap-utils, clamav-daemon
+# (installed with apt-get when missing) and Go. Never touches the system's
+# slapd, clamd or their configuration: each runs with its own files in the
+# temporary directory, and only the processes started here are killed, by
+# PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+ROUNDS=${BENCH_ROUNDS:-3}
+ROW_SECONDS=${BENCH_ROW_SECONDS:-10}
+BENCH_USER=${BENCH_USER:-benchmail}
+MEM_MESSAGES=${BENCH_MEM_MESSAGES:-40}
+NUSERS=50
+SESSIONS=4
+SIZE=2048
+MAXMSG=25M
+LDAP_TARGET=0.90
+OBS_TARGET=0.95
+
+log() { printf '== [%3ds] %s\n' "$SECONDS" "$*" >&2; }
+die() { printf 'bench/lmtp-variants.sh: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (slapd and clamd run as their own users, the mail is chowned to $BENCH_USER)"
+command -v go >/dev/null || die "go is needed to build nfsdrop"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
+
+# --- packages -------------------------------------------------------------
+need=()
+for p in slapd:slapd slapadd:slapd slappasswd:slapd ldapsearch:ldap-utils clamd:clamav-daemon setpriv:util-linux curl:curl; do
+  command -v "${p%%:*}" >/dev/null || [ -x "/usr/sbin/${p%%:*}" ] || need+=("${p#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+  log "installing ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+export PATH=$PATH:/usr/sbin:/sbin
+for u in openldap clamav; do
+  id "$u" >/dev/null 2>&1 || die "user $u missing (it comes with the slapd / clamav-daemon package)"
+done
+if ! id "$BENCH_USER" >/dev/null 2>&1; then
+  log "creating system user $BENCH_USER"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$BENCH_USER"
+fi
+MUID=$(id -u "$BENCH_USER")
+MGID=$(id -g "$BENCH_USER")
+
+# --- configurations -------------------------------------------------------
+# id|label (the measured ones, in round order)
+ALL_CONFIGS=(
+  "base|passwd-file, scan off, no metrics, log warn"
+  "ldap|LDAP userdb, cache warm (cache_ttl 24h)"
+  "ldap0|LDAP userdb, cache off (cache_size 0)"
+  "scan|clamd scan on (reject, unix socket)"
+  "obs|metrics.listen + log info (1 line/rcpt)"
+  "met|metrics.listen only (log warn)"
+  "info|log info only (no metrics)"
+)
+CONFIGS=()
+for c in "${ALL_CONFIGS[@]}"; do
+  id=${c%%|*}
+  if [ -z "${BENCH_ONLY:-}" ] || [ "$id" = base ] || [[ " $BENCH_ONLY " == *" $id "* ]]; then
+    CONFIGS+=("$c")
+  fi
+done
+IDS=()
+declare -A LABEL
+for c in "${CONFIGS[@]}"; do IDS+=("${c%%|*}"); LABEL[${c%%|*}]=${c#*|}; done
+has() { [[ " ${IDS[*]} " == *" $1 "* ]]; }
+NEED_LDAP=0; { has ldap || has ldap0; } && NEED_LDAP=1
+NEED_CLAMD=0; { has scan || [ "${BENCH_MEM:-1}" != 0 ]; } && NEED_CLAMD=1
+
+# props ID sets USERDB (passwd-file|ldap), CACHE (on|off), SCAN (0|1),
+# METRICS (0|1), LEVEL (warn|info) for a configuration or a memory process.
+props() {
+  USERDB=passwd-file CACHE=on SCAN=0 METRICS=0 LEVEL=warn
+  case $1 in
+    base | memoff*) ;;
+    ldap) USERDB=ldap ;;
+    ldap0) USERDB=ldap CACHE=off ;;
+    scan | memon*) SCAN=1 ;;
+    obs) METRICS=1 LEVEL=info ;;
+    met) METRICS=1 ;;
+    info) LEVEL=info ;;
+    *) die "unknown configuration $1" ;;
+  esac
+}
+dom_of() { echo "$1.test"; }
+MEM_IDS=(memoff1 memoff10 memon1 memon10)
+
+# --- work directory and cleanup -------------------------------------------
+T=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nfsdrop-variants.XXXXXX")
+chmod 755 "$T" # slapd (openldap) and clamd (clamav) reach their directories in it
+PIDS=()
+cleanup() {
+  local rc=$?
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then
+    log "kept $T"
+  else
+    log "removing $T"
+    # Hundreds of thousands of small files: one rm per user directory,
+    # four at a time, is faster than one rm -rf.
+    if [ -d "$T/mail" ]; then
+      find "$T/mail" -mindepth 2 -maxdepth 2 -type d -print0 | xargs -0 -r -P 4 -n 16 rm -rf || true
+    fi
+    rm -rf "$T"
+  fi
+  log "done"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$T/bin"
+SRC=$REPO
+VERSION="$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') (working tree)"
+if [ -n "${BENCH_REV:-}" ]; then
+  SRC=$T/src
+  mkdir -p "$SRC"
+  git -C "$REPO" archive "$BENCH_REV" | tar -x -C "$SRC"
+  VERSION="$(git -C "$REPO" rev-parse --short "$BENCH_REV") ($BENCH_REV)"
+fi
+log "building nfsdrop $VERSION and bench/lmtpload"
+(cd "$SRC" && go build -o "$T/bin/nfsdrop" ./cmd/nfsdrop) ||
+  die "nfsdrop does not build${BENCH_REV:+ at $BENCH_REV}; set BENCH_REV to a revision that builds (HEAD is the last commit)"
+go build -o "$T/bin/lmtpload" ./bench/lmtpload
+LOAD=$T/bin/lmtpload
+NFSDROP=$T/bin/nfsdrop
+
+NROOT=$T/mail
+mkdir -p "$NROOT"
+touch "$NROOT/.nfsdrop-mounted"
+
+USED_PORTS=" "
+port() {
+  local p
+  while :; do
+    p=$("$LOAD" freeport)
+    [[ "$USED_PORTS" == *" $p "* ]] || break
+  done
+  USED_PORTS+="$p "
+  echo "$p"
+}
+
+# passwd-file: every passwd-file configuration and memory process has its
+# own domain with NUSERS users (bare entries: Maildir is
+# mail_root/DOMAIN/LOCAL/Maildir, as for LDAP entries without a mailbox).
+{
+  for id in "${IDS[@]}" "${MEM_IDS[@]}"; do
+    props "$id"
+    [ "$USERDB" = passwd-file ] || continue
+    for i in $(seq 1 "$NUSERS"); do echo "u$i@$(dom_of "$id"):{PLAIN}x:$MUID:$MGID::::"; done
+  done
+} >"$T/users"
+chmod 644 "$T/users"
+
+# --- slapd ----------------------------------------------------------------
+# As internal/testenv/slapd.Start does: its own slapd.conf (core, cosine,
+# nis, inetorgperson and nfsdrop's schema; MDB; the default ACL of the test
+# helper), the directory loaded with slapadd before slapd starts, slapd in
+# the foreground (-d 0) as openldap through setpriv, on a loopback port.
+LDAP_SUFFIX="dc=example,dc=org"
+LDAP_BIND_DN="cn=nfsdrop,ou=services,$LDAP_SUFFIX"
+LDAP_BIND_PW=bench-service-secret
+SLAPD_PID=
+start_slapd() {
+  local dir=$T/slapd schema_dir=/etc/ldap/schema module_dir=/usr/lib/ldap p
+  mkdir -p "$dir/db"
+  while read -r p; do
+    case $p in
+      */core.schema) schema_dir=$(dirname "$p") ;;
+      */back_mdb.so) module_dir=$(dirname "$p") ;;
+    esac
+  done < <(dpkg -L slapd 2>/dev/null || true)
+  cp "$REPO/contrib/ldap/nfsdrop.schema" "$dir/nfsdrop.schema"
+  {
+    for s in core cosine nis inetorgperson; do echo "include $schema_dir/$s.schema"; done
+    echo "include $dir/nfsdrop.schema"
+    echo "pidfile $dir/slapd.pid"
+    echo "argsfile $dir/slapd.args"
+    echo "modulepath $module_dir"
+    echo "moduleload back_mdb"
+    echo "database mdb"
+    echo "maxsize 67108864"
+    echo "suffix \"$LDAP_SUFFIX\""
+    echo "rootdn \"cn=admin,$LDAP_SUFFIX\""
+    echo "rootpw $(slappasswd -s admin-secret)"
+    echo "directory $dir/db"
+    echo "index objectClass eq"
+    echo "index uid,mail eq"
+    echo "index nfsdropAlias eq"
+    echo "access to attrs=userPassword by self write by anonymous auth by * none"
+    echo "access to * by * read"
+  } >"$dir/slapd.conf"
+  {
+    printf 'dn: %s\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n' "$LDAP_SUFFIX"
+    printf 'dn: ou=people,%s\nobjectClass: organizationalUnit\nou: people\n\n' "$LDAP_SUFFIX"
+    printf 'dn: ou=services,%s\nobjectClass: organizationalUnit\nou: services\n\n' "$LDAP_SUFFIX"
+    printf 'dn: %s\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: nfsdrop\nuserPassword: %s\n\n' \
+      "$LDAP_BIND_DN" "$(slappasswd -s "$LDAP_BIND_PW")"
+    for id in ldap ldap0; do
+      for i in $(seq 1 "$NUSERS"); do
+        printf 'dn: uid=u%s-%s,ou=people,%s\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\n' "$i" "$id" "$LDAP_SUFFIX"
+        printf 'uid: u%s-%s\ncn: u%s\nsn: u%s\nmail: u%s@%s\n' "$i" "$id" "$i" "$i" "$i" "$(dom_of "$id")"
+        printf 'uidNumber: %s\ngidNumber: %s\nhomeDirectory: /nonexistent\n\n' "$MUID" "$MGID"
+      done
+    done
+  } >"$dir/data.ldif"
+  slapadd -f "$dir/slapd.conf" -b "$LDAP_SUFFIX" -l "$dir/data.ldif" >"$dir/slapadd.log" 2>&1 ||
+    die "slapadd failed: $(tail -5 "$dir/slapadd.log")"
+  chown -R openldap:openldap "$dir"
+  LDAP_PORT=$(port)
+  LDAP_URI="ldap://127.0.0.1:$LDAP_PORT"
+  setpriv --reuid openldap --regid openldap --clear-groups --pdeathsig KILL -- \
+    slapd -h "$LDAP_URI/" -f "$dir/slapd.conf" -d 0 >"$dir/slapd.log" 2>&1 &
+  SLAPD_PID=$!
+  PIDS+=("$SLAPD_PID")
+  for _ in $(seq 1 150); do
+    kill -0 "$SLAPD_PID" 2>/dev/null || die "slapd exited at start: $(tail -5 "$dir/slapd.log")"
+    if ldapsearch -x -LLL -o nettimeout=1 -H "$LDAP_URI" -b "" -s base namingContexts >/dev/null 2>&1; then
+      printf '%s\n' "$LDAP_BIND_PW" >"$T/ldap.password"
+      chmod 600 "$T/ldap.password"
+      local n
+      n=$(ldapsearch -x -LLL -H "$LDAP_URI" -D "$LDAP_BIND_DN" -w "$LDAP_BIND_PW" -b "ou=people,$LDAP_SUFFIX" \
+        '(objectClass=inetOrgPerson)' mail | grep -c '^mail: ' || true)
+      [ "$n" = $((2 * NUSERS)) ] || die "slapd holds $n users, want $((2 * NUSERS))"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "slapd does not answer on $LDAP_URI"
+}
+
+# --- clamd ----------------------------------------------------------------
+# As internal/testenv/clamd.StartWith does: a database with one signature
+# made from the EICAR string, its own clamd.conf, in the foreground as
+# clamav through setpriv; nfsdrop uses the Unix socket.
+EICAR='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR'
+EICAR+='-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*' # in two pieces, so that this file is no test virus itself
+CLAMD_PID=
+start_clamd() {
+  local dir=$T/clamd
+  mkdir -p "$dir/db" "$dir/tmp"
+  printf 'Test.EICAR:0:*:%s\n' "$(printf '%s' "$EICAR" | od -An -tx1 -v | tr -d ' \n')" >"$dir/db/test.ndb"
+  CLAMD_SOCK=$dir/clamd.sock
+  cat >"$dir/clamd.conf" <<EOF
+LocalSocket $CLAMD_SOCK
+LocalSocketMode 666
+TCPSocket $(port)
+TCPAddr 127.0.0.1
+DatabaseDirectory $dir/db
+Foreground yes
+StreamMaxLength $MAXMSG
+ScanMail yes
+LogFile $dir/clamd.log
+LogTime yes
+PidFile $dir/clamd.pid
+TemporaryDirectory $dir/tmp
+SelfCheck 0
+EOF
+  chown -R clamav:clamav "$dir"
+  setpriv --reuid clamav --regid clamav --clear-groups --pdeathsig KILL -- \
+    clamd --config-file="$dir/clamd.conf" >"$dir/clamd.out" 2>&1 &
+  CLAMD_PID=$!
+  PIDS+=("$CLAMD_PID")
+  for _ in $(seq 1 300); do
+    kill -0 "$CLAMD_PID" 2>/dev/null || die "clamd exited at start: $(tail -5 "$dir/clamd.out" "$dir/clamd.log" 2>/dev/null)"
+    "$LOAD" clamdping "$CLAMD_SOCK" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "clamd does not answer PING on $CLAMD_SOCK"
+}
+
+[ "$NEED_LDAP" = 1 ] && { log "starting slapd"; start_slapd; }
+[ "$NEED_CLAMD" = 1 ] && { log "starting clamd"; start_clamd; }
+
+# --- lmtpd processes --------------------------------------------------------
+declare -A PORT MPORT PID
+write_conf() {
+  local id=$1
+  props "$id"
+  PORT[$id]=$(port)
+  MPORT[$id]=
+  [ "$METRICS" = 1 ] && MPORT[$id]=$(port)
+  {
+    printf '[log]\nlevel = "%s"\n' "$LEVEL"
+    printf '[store]\nmail_root = "%s"\nmount_marker = ".nfsdrop-mounted"\n' "$NROOT"
+    printf '[userdb]\ndriver = "%s"\ndefault_domain = "bench.test"\n' "$USERDB"
+    if [ "$USERDB" = passwd-file ]; then
+      printf 'passwd_file = "%s"\n' "$T/users"
+    else
+      printf '[ldap]\nuris = ["%s"]\nbind_dn = "%s"\nbind_password_file = "%s"\nbase_dn = "ou=people,%s"\n' \
+        "$LDAP_URI" "$LDAP_BIND_DN" "$T/ldap.password" "$LDAP_SUFFIX"
+      if [ "$CACHE" = on ]; then
+        printf 'cache_size = 10000\ncache_ttl = "24h"\n'
+      else
+        printf 'cache_size = 0\n'
+      fi
+    fi
+    printf '[lmtp]\nlisten = ["tcp:127.0.0.1:%s"]\nmax_message_size = "%s"\n' "${PORT[$id]}" "$MAXMSG"
+    printf 'max_recipients = 100\nmax_user_concurrency = 0\nmax_connections = 1000\n'
+    if [ "$SCAN" = 1 ]; then
+      printf '[scan]\nenabled = true\nclamd = ["unix:%s"]\naction = "reject"\n' "$CLAMD_SOCK"
+      printf 'stream_max_length = "%s"\non_too_large = "tempfail"\n' "$MAXMSG"
+    fi
+    if [ "$METRICS" = 1 ]; then
+      printf '[metrics]\nlisten = "tcp:127.0.0.1:%s"\n' "${MPORT[$id]}"
+    fi
+  } >"$T/$id.toml"
+  "$NFSDROP" check -c "$T/$id.toml" >"$T/$id-check.txt" 2>&1 ||
+    die "nfsdrop rejects $T/$id.toml: $(tail -5 "$T/$id-check.txt")"
+}
+
+listening() { # port: listening (state 0A) on 127.0.0.1:port, no probe connection
+  grep -qiE "^ *[0-9]+: 0100007F:$(printf %04X "$1") 00000000:0000 0A " /proc/net/tcp
+}
+
+start_lmtpd() {
+  local id=$1
+  write_conf "$id"
+  "$NFSDROP" lmtpd -c "$T/$id.toml" 2>"$T/$id.log" &
+  PID[$id]=$!
+  PIDS+=("${PID[$id]}")
+  for _ in $(seq 1 100); do
+    kill -0 "${PID[$id]}" 2>/dev/null || die "lmtpd $id exited at start: $(tail -5 "$T/$id.log")"
+    if listening "${PORT[$id]}" && { [ -z "${MPORT[$id]}" ] || listening "${MPORT[$id]}"; }; then return 0; fi
+    sleep 0.1
+  done
+  die "lmtpd $id does not listen on ${PORT[$id]}"
+}
+
+stop_lmtpd() {
+  kill -TERM "${PID[$1]}" 2>/dev/null || true
+  wait "${PID[$1]}" 2>/dev/null || true
+}
+
+for id in "${IDS[@]}"; do start_lmtpd "$id"; done
+if has ldap; then
+  "$NFSDROP" user lookup -c "$T/ldap.toml" "u1@$(dom_of ldap)" >"$T/lookup.txt" 2>&1 ||
+    die "nfsdrop user lookup through LDAP failed: $(cat "$T/lookup.txt")"
+fi
+
+# --- helpers ----------------------------------------------------------------
+TCK=$(getconf CLK_TCK)
+ticks() { # PID: user+system clock ticks so far
+  if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" # utime, stime (fields 14, 15)
+  else
+    echo 0
+  fi
+}
+aux_pid() { # the helper daemon a configuration uses
+  props "$1"
+  if [ "$USERDB" = ldap ]; then echo "$SLAPD_PID"; elif [ "$SCAN" = 1 ]; then echo "$CLAMD_PID"; fi
+}
+aux_name() {
+  props "$1"
+  if [ "$USERDB" = ldap ]; then echo slapd; elif [ "$SCAN" = 1 ]; then echo clamd; fi
+}
+
+# count DOMAIN: "files small tmp" = files in new/ and cur/, those smaller
+# than 9/10 of the body, and files left in tmp/.
+count() {
+  local dir=$NROOT/$1
+  [ -d "$dir" ] || { echo "0 0 0"; return; }
+  local files small tmp
+  files=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) | wc -l)
+  small=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) -size "-$((SIZE * 9 / 10))c" | wc -l)
+  tmp=$(find "$dir" -type f -path '*/Maildir/tmp/*' | wc -l)
+  echo "$files $small $tmp"
+}
+delivered_metric() { # ID: nfsdrop_deliveries_total{outcome="delivered"} summed over codes
+  curl -fsS --max-time 5 "http://127.0.0.1:${MPORT[$1]}/metrics" |
+    awk '/^nfsdrop_deliveries_total\{/ && /outcome="delivered"/ { s += $NF } END { printf "%.0f\n", s }'
+}
+delivered_lines() { grep -c 'msg=delivered' "$T/$1.log" || true; }
+
+# send ID [lmtpload flags]: load on configuration ID's server
+send() {
+  local id=$1
+  shift
+  "$LOAD" send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -size "$SIZE" \
+    -rcpts 1 -users "$NUSERS" -rcpt "u%d@$(dom_of "$id")" "$@" >"$T/driver.out" 2>&1
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- warm-up ------------------------------------------------------------------
+# 4 messages per user: creates every Maildir, fills the LDAP cache, opens
+# slapd's and clamd's connections; then 2 s more of load, since the first
+# seconds of load after start-up were seen to be slower (whichever
+# configuration came first paid for it). Not measured.
+log "warm-up"
+for id in "${IDS[@]}"; do
+  send "$id" -messages $((4 * NUSERS)) || die "warm-up of $id failed: $(cat "$T/driver.out")"
+  send "$id" -duration 2s || die "warm-up of $id failed: $(cat "$T/driver.out")"
+done
+
+# --- row length -------------------------------------------------------------------
+# Each row lasts ROW_SECONDS (lmtpload -duration: no message is started
+# after it, the ones in flight are finished and counted), whatever the rate;
+# or, with BENCH_MESSAGES, is that many messages.
+if [ -n "${BENCH_MESSAGES:-}" ]; then
+  ROWARGS=(-messages "$BENCH_MESSAGES")
+  ROWDESC="$BENCH_MESSAGES messages per row (BENCH_MESSAGES)"
+else
+  ROWARGS=(-duration "${ROW_SECONDS}s")
+  ROWDESC="${ROW_SECONDS} s per row (lmtpload -duration; BENCH_ROW_SECONDS)"
+fi
+log "$ROWDESC"
+
+# cpu_busy: "busy total" clock ticks of all CPUs so far (/proc/stat)
+cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+kv() { grep -o "$1=[0-9.]*" "$T/driver.out" | head -1 | cut -d= -f2; } # a key of lmtpload's summary
+
+# --- measured rounds ------------------------------------------------------------
+declare -A RATES CPUS AUXS CHECK
+RAW=()
+R0=$SECONDS
+FAIL=0
+for r in $(seq 1 "$ROUNDS"); do
+  order=()
+  k=${#IDS[@]}
+  for j in $(seq 0 $((k - 1))); do order+=("${IDS[$(((j + r - 1) % k))]}"); done
+  for id in "${order[@]}"; do
+    props "$id"
+    dom=$(dom_of "$id")
+    read -r f0 _ _ <<<"$(count "$dom")"
+    m0=0 l0=0
+    [ "$METRICS" = 1 ] && m0=$(delivered_metric "$id")
+    [ "$LEVEL" = info ] && l0=$(delivered_lines "$id")
+    apid=$(aux_pid "$id")
+    log "round $r/$ROUNDS: $id (${LABEL[$id]})"
+    sync
+    c0=$(ticks "${PID[$id]}")
+    a0=$(ticks "$apid")
+    read -r b0 w0 <<<"$(cpu_busy)"
+    ok=1
+    send "$id" "${ROWARGS[@]}" || ok=0
+    read -r b1 w1 <<<"$(cpu_busy)"
+    c1=$(ticks "${PID[$id]}")
+    a1=$(ticks "$apid")
+    [ $ok = 1 ] || log "driver failed on $id: $(tail -3 "$T/driver.out")"
+    n=$(kv deliveries)
+    secs=$(kv seconds)
+    dcpu=$(kv driver_cpu_s)
+    [ -n "$n" ] && [ -n "$secs" ] || { n=0 secs=1 dcpu=0; }
+    read -r f1 small tmp <<<"$(count "$dom")"
+    chk=ok
+    [ $ok = 1 ] || chk="driver-failed"
+    [ "$n" -gt 0 ] && [ $((f1 - f0)) = "$n" ] || chk="BAD(files+$((f1 - f0))/$n)"
+    [ "$small" = 0 ] && [ "$tmp" = 0 ] || chk="$chk,BAD(small=$small,tmp=$tmp)"
+    if [ "$METRICS" = 1 ]; then
+      m1=$(delivered_metric "$id")
+      [ $((m1 - m0)) = "$n" ] || chk="$chk,BAD(metric+$((m1 - m0)))"
+    fi
+    if [ "$LEVEL" = info ]; then
+      l1=$(delivered_lines "$id")
+      [ $((l1 - l0)) = "$n" ] || chk="$chk,BAD(loglines+$((l1 - l0)))"
+    fi
+    [ "$chk" = ok ] || FAIL=1
+    [ "$n" -gt 0 ] || n=1 # keep the arithmetic below defined
+    rate=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+    cpu=$(awk -v n="$n" -v c=$((c1 - c0)) -v t="$TCK" 'BEGIN { printf "%.0f", c / t / n * 1e6 }')
+    aux=$(awk -v n="$n" -v c=$((a1 - a0)) -v t="$TCK" 'BEGIN { printf "%.0f", c / t / n * 1e6 }')
+    # other: CPU busy on the machine outside lmtpd, its helper and the
+    # driver (kernel threads flushing our writes, other users' load), in %
+    # of all CPUs
+    other=$(awk -v b=$((b1 - b0)) -v w=$((w1 - w0)) -v c=$((c1 - c0 + a1 - a0)) -v d="$dcpu" -v t="$TCK" \
+      'BEGIN { o = (b - c - d * t) / w * 100; if (o < 0) o = 0; printf "%.0f", o }')
+    RATES[$id]+=" $rate"
+    CPUS[$id]+=" $cpu"
+    AUXS[$id]+=" $aux"
+    [ "${CHECK[$id]:-ok}" = ok ] && CHECK[$id]=$chk
+    RAW+=("$(printf '%-5s %6s %-6s %7d %6.1f %9s %8s %8s %7s  %s' "$r" "$(cut -d' ' -f1 /proc/loadavg)" "$id" "$n" "$secs" "$rate" "$cpu" \
+      "$([ -n "$apid" ] && echo "$aux" || echo -)" "$other" "$chk")")
+  done
+done
+
+R1=$SECONDS
+
+# --- EICAR probe ------------------------------------------------------------------
+PROBE=""
+if has scan; then
+  read -r f0 _ _ <<<"$(count "$(dom_of scan)")"
+  if "$LOAD" send -addr "127.0.0.1:${PORT[scan]}" -sessions 1 -messages 1 -size "$SIZE" -rcpts 1 -users 1 \
+    -rcpt "u%d@$(dom_of scan)" -body-line "$EICAR" >"$T/probe.out" 2>&1; then
+    PROBE="FAIL: a message with the EICAR string was accepted by scan"
+    FAIL=1
+  elif grep -q ': 554 5\.7\.1' "$T/probe.out"; then
+    PROBE="ok: refused, $(grep -o '554 5\.7\.1.*' "$T/probe.out" | head -1)"
+  else
+    PROBE="FAIL: unexpected answer: $(tail -1 "$T/probe.out")"
+    FAIL=1
+  fi
+  read -r f1 _ _ <<<"$(count "$(dom_of scan)")"
+  [ "$f1" = "$f0" ] || { PROBE="$PROBE; FAIL: $((f1 - f0)) file(s) stored"; FAIL=1; }
+fi
+
+# --- profiles (BENCH_PERF=1) -----------------------------------------------------
+PERF_OUT=()
+# perf_summary ID: lmtpd's top self-time symbols, and the inclusive share of
+# the functions that differ between the configurations.
+PERF_PARTS='^(os\.\(\*File\)\.Sync|lmtp\.\(\*session\)\.logRcpt|log/slog\.\(\*Logger\)\.log|internal/metrics\.\(\*Metrics\)\.Recipient|internal/metrics\.instrumentedDB\.Lookup|internal/scan\.\(\*Scanner\)\.scan|internal/delivery\.\(\*Agent\)\.Resolve|internal/userdb\.\(\*(LDAP|PasswdFile)\)\.(Lookup|confine)|github\.com/go-ldap/ldap/v3\.\(\*Conn\)\.Search|runtime\.gcBgMarkWorker)$'
+perf_summary() {
+  echo "    top self time:"
+  grep -E '^ +[0-9.]+%' "$T/perf-$1-self.txt" | awk '{ print "     ", $1, $3 }' | head -6 || true
+  echo "    inclusive (self + callees) share of the parts that differ between configurations:"
+  grep -E '^ +[0-9.]+%' "$T/perf-$1-children.txt" | awk '{ sub("^github.com/nfsdrop/nfsdrop/", "", $4); print $1, $4 }' |
+    PERF_PARTS=$PERF_PARTS awk '$2 ~ ENVIRON["PERF_PARTS"] { print "     ", $1, $2 }' || true
+}
+if [ "${BENCH_PERF:-0}" = 1 ]; then
+  command -v perf >/dev/null || die "BENCH_PERF=1 needs perf (linux-perf)"
+  for id in "${IDS[@]}"; do
+    log "perf: $id"
+    perf record -F 997 -g -p "${PID[$id]}" -o "$T/perf-$id.data" >"$T/perf-$id.log" 2>&1 &
+    ppid=$!
+    sleep 0.5
+    send "$id" "${ROWARGS[@]}" || log "driver failed on $id during perf: $(tail -1 "$T/driver.out")"
+    kill -INT "$ppid" 2>/dev/null || true
+    wait "$ppid" 2>/dev/null || true
+    perf report -i "$T/perf-$id.data" --stdio --no-children --sort symbol -g none --percent-limit 1 \
+      >"$T/perf-$id-self.txt" 2>/dev/null || true
+    perf report -i "$T/perf-$id.data" --stdio --children --sort symbol -g none --percent-limit 0.2 \
+      >"$T/perf-$id-children.txt" 2>/dev/null || true
+    PERF_OUT+=("--- $id: $T/perf-$id.data" "$(perf_summary "$id")")
+  done
+fi
+
+# --- memory -----------------------------------------------------------------------
+MEM=()
+if [ "${BENCH_MEM:-1}" != 0 ]; then
+  declare -A HWM
+  for id in "${MEM_IDS[@]}"; do
+    rc=${id#memon}
+    rc=${rc#memoff}
+    log "memory: $id ($MEM_MESSAGES x 1 MB, $rc rcpts/msg)"
+    start_lmtpd "$id"
+    dom=$(dom_of "$id")
+    "$LOAD" send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$NUSERS" -size "$SIZE" \
+      -rcpts 1 -users "$NUSERS" -rcpt "u%d@$dom" >"$T/driver.out" 2>&1 || die "memory warm-up failed: $(cat "$T/driver.out")"
+    rss0=$(awk '/^VmRSS:/ { print $2 }' "/proc/${PID[$id]}/status")
+    read -r f0 _ _ <<<"$(count "$dom")"
+    ok=1
+    "$LOAD" send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$MEM_MESSAGES" -size $((1 << 20)) \
+      -rcpts "$rc" -users "$NUSERS" -rcpt "u%d@$dom" >"$T/driver.out" 2>&1 || ok=0
+    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/${PID[$id]}/status")
+    HWM[$id]=$hwm
+    stop_lmtpd "$id"
+    read -r f1 _ tmp <<<"$(count "$dom")"
+    # the run's files: those of 1 MB (the warm-up's are 2 KB)
+    inodes=$(find "$NROOT/$dom" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) -size +1000k -printf '%i\n' | sort -u | wc -l)
+    chk=ok
+    [ $ok = 1 ] || chk="driver-failed($(tail -1 "$T/driver.out"))"
+    [ $((f1 - f0)) = $((MEM_MESSAGES * rc)) ] || chk="$chk,BAD(files+$((f1 - f0))/$((MEM_MESSAGES * rc)))"
+    [ "$tmp" = 0 ] || chk="$chk,BAD(tmp=$tmp)"
+    [ "$inodes" = "$MEM_MESSAGES" ] || chk="$chk,BAD(inodes=$inodes, want $MEM_MESSAGES: one file per message)"
+    [ "$chk" = ok ] || FAIL=1
+    scanning=off
+    [[ $id == memon* ]] && scanning=on
+    MEM+=("$(printf '%-4s %5s %6d %8.1f %9.1f %9.1f %7d %7d  %s' "$scanning" "$rc" $((MEM_MESSAGES * rc)) \
+      "$(awk -v k="$rss0" 'BEGIN { print k / 1024 }')" "$(awk -v k="$hwm" 'BEGIN { print k / 1024 }')" \
+      "$(awk -v a="$hwm" -v b="$rss0" 'BEGIN { print (a - b) / 1024 }')" $((f1 - f0)) "$inodes" "$chk")")
+  done
+  # scan on: 10 recipients against 1; half of 9 copies of 1 MB per session
+  lim=$((9 * 1024 * SESSIONS / 2))
+  d=$((${HWM[memon10]} - ${HWM[memon1]}))
+  if [ "$d" -lt "$lim" ]; then
+    MEMVERDICT="ok: scan on, 10 rcpts vs 1: peak RSS $(awk -v d="$d" 'BEGIN { printf "%+.1f", d / 1024 }') MB (limit +$((lim / 1024)) MB); scan on vs off at 10 rcpts: $(awk -v d=$((${HWM[memon10]} - ${HWM[memoff10]})) 'BEGIN { printf "%+.1f", d / 1024 }') MB"
+  else
+    MEMVERDICT="FAIL: scan on, 10 rcpts vs 1: peak RSS +$((d / 1024)) MB (limit +$((lim / 1024)) MB): a copy per recipient?"
+    FAIL=1
+  fi
+fi
+
+# --- report -----------------------------------------------------------------------
+nerr=0
+for id in "${IDS[@]}"; do
+  n=$(grep -ciE 'level=error' "$T/$id.log" || true)
+  nerr=$((nerr + n))
+done
+echo
+echo "nfsdrop $VERSION, LMTP variants, $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "command: ${BENCH_ROUNDS:+BENCH_ROUNDS=$BENCH_ROUNDS }${BENCH_ROW_SECONDS:+BENCH_ROW_SECONDS=$BENCH_ROW_SECONDS }${BENCH_MESSAGES:+BENCH_MESSAGES=$BENCH_MESSAGES }${BENCH_ONLY:+BENCH_ONLY=\"$BENCH_ONLY\" }${BENCH_PERF:+BENCH_PERF=$BENCH_PERF }bash bench/lmtp-variants.sh"
+echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), $(go version | awk '{ print $3 }')"
+echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews the rates; the CPU columns less so)"
+echo "temp dir: $T on $(df -T "$T" | awk 'NR == 2 { print $2, "(" $1 ")" }'), mount options $(findmnt -no OPTIONS -T "$T" 2>/dev/null || echo '?')"
+echo "slapd: $( [ "$NEED_LDAP" = 1 ] && { slapd -VV 2>&1 | head -1 | sed 's/^@(#) \$//; s/\$$//' | tr -s ' \t' ' '; } || echo 'not used')"
+echo "clamd: $( [ "$NEED_CLAMD" = 1 ] && clamd --version 2>/dev/null || echo 'not used'), one-signature database, unix socket"
+echo "load: bench/lmtpload, $SESSIONS sessions (one connection each, no pipelining), $SIZE-byte bodies, 1 rcpt/msg, $NUSERS users per configuration"
+echo "rows: $ROWDESC; $ROUNDS rounds, order rotated each round; the rounds took $((R1 - R0)) s (started at ${R0} s)"
+echo "rate = deliveries / wall-clock seconds of the driver; cpu = lmtpd user+sys microseconds per delivery; aux = the same for slapd (ldap*) or clamd (scan);"
+echo "other% = CPU time of everything else on the machine (kernel flush threads, other users' load) during the row, in % of all CPUs"
+echo
+echo "per row, in the order run:"
+printf '%-5s %6s %-6s %7s %6s %9s %8s %8s %7s  %s\n' round load1 id dlv secs rate/s cpu-us aux-us other% "files checked"
+printf '%s\n' "${RAW[@]}"
+echo
+echo "summary (medians over $ROUNDS rounds; ratio = median rate / base's median rate; cpu-x = median cpu-us / base's):"
+printf '%-6s %-42s %7s %6s %7s %6s %10s  %-13s %-22s %s\n' id configuration "rate/s" ratio "cpu-us" "cpu-x" "aux-us" target "rates per round" "checks"
+bm=$(echo "${RATES[base]}" | median)
+bc=$(echo "${CPUS[base]}" | median)
+for id in "${IDS[@]}"; do
+  m=$(echo "${RATES[$id]}" | median)
+  c=$(echo "${CPUS[$id]}" | median)
+  a=-
+  [ -n "$(aux_pid "$id")" ] && a="$(echo "${AUXS[$id]}" | median | awk '{ printf "%.0f", $1 }') $(aux_name "$id")"
+  ratio=$(awk -v a="$m" -v b="$bm" 'BEGIN { printf "%.3f", a / b }')
+  cx=$(awk -v a="$c" -v b="$bc" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+  target=-
+  case $id in
+    ldap) t=$LDAP_TARGET ;;
+    obs) t=$OBS_TARGET ;;
+    *) t= ;;
+  esac
+  if [ -n "$t" ]; then
+    target=$(awk -v r="$ratio" -v t="$t" 'BEGIN { printf "%s%s", (r >= t ? "met" : "MISSED"), ">=" t }')
+  fi
+  printf '%-6s %-42s %7.0f %6s %7.0f %6s %10s  %-13s %-22s %s\n' "$id" "${LABEL[$id]}" "$m" "$ratio" "$c" "$cx" "$a" \
+    "$target" "$(echo "${RATES[$id]}" | sed 's/^ //')" "${CHECK[$id]}"
+done
+[ -n "$PROBE" ] && { echo; echo "EICAR probe on scan: $PROBE"; }
+if [ ${#MEM[@]} -gt 0 ]; then
+  echo
+  echo "memory: fresh lmtpd per line, $MEM_MESSAGES messages of 1 MB over $SESSIONS sessions (after a 2 KB warm-up); RSS in MB"
+  printf '%-4s %5s %6s %8s %9s %9s %7s %7s  %s\n' scan rcpts dlv "rss-pre" "peak-rss" "peak-pre" files inodes checks
+  printf '%s\n' "${MEM[@]}"
+  echo "$MEMVERDICT"
+fi
+if [ ${#PERF_OUT[@]} -gt 0 ]; then
+  echo
+  echo "perf (BENCH_PERF=1, one extra untimed row per configuration):"
+  printf '%s\n' "${PERF_OUT[@]}"
+fi
+echo
+echo "error lines in lmtpd logs: $nerr"
+[ "$nerr" = 0 ] || for id in "${IDS[@]}"; do grep -iE 'level=error' "$T/$id.log" | head -2 || true; done
+if [ "$FAIL" != 0 ]; then
+  echo "FAIL: a check failed (see 'checks', the EICAR probe and the memory lines)" >&2
+  exit 1
+fi
