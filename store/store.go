@@ -513,6 +513,20 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	return d, nil
 }
 
+// Restage writes, once, a new staged copy of the message with prefix
+// before it, in mb's tmp/: for a header every recipient shares (a virus
+// scan verdict), so that the copy is written once and hard-linked to each
+// recipient like the original. The caller discards both.
+func (st *Staged) Restage(mb Mailbox, prefix []byte) (*Staged, error) {
+	s := st.s
+	f, err := s.fs.OpenFile(st.src, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, s.classify("open staged message", err)
+	}
+	defer f.Close()
+	return s.writeTmp(mb, io.MultiReader(bytes.NewReader(prefix), f))
+}
+
 // publishCopy writes a fresh copy of the staged message (after prefix)
 // into mb's tmp/ and publishes it into new/ (used across filesystems or
 // owners, and for per-recipient headers).

@@ -469,3 +469,39 @@ func TestSweepTmp(t *testing.T) {
 		t.Error("sweeper removed a fresh tmp file")
 	}
 }
+
+// A header every recipient shares (a scan verdict) is written once with
+// Restage and hard-linked to each recipient, not copied per recipient.
+func TestRestageLinksOneTaggedCopy(t *testing.T) {
+	s, root := newTestStore(t, nil)
+	boxes := []Mailbox{mailbox(root, "t1"), mailbox(root, "t2"), mailbox(root, "t3")}
+	st, err := s.Stage(boxes[0], bytes.NewReader(testMessage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	header := []byte("X-Virus-Status: Clean\r\n")
+	tagged, err := st.Restage(boxes[0], header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inodes = map[uint64]bool{}
+	for _, mb := range boxes {
+		d, err := tagged.Deliver(mb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(filepath.Join(mb.Path, "new", d.Key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		inodes[fi.Sys().(*syscall.Stat_t).Ino] = true
+	}
+	st.Discard()
+	tagged.Discard()
+	if len(inodes) != 1 {
+		t.Errorf("tagged message stored as %d inodes, want 1", len(inodes))
+	}
+	for _, mb := range boxes {
+		checkOutcome(t, mb, true, append(append([]byte{}, header...), testMessage...))
+	}
+}

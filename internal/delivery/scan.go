@@ -49,6 +49,11 @@ type Message struct {
 	qOnce      sync.Once
 	qDelivery  store.Delivery
 	qErr       error
+	// tagged is the message with header, staged once on first use and
+	// hard-linked to every recipient that needs no header of its own.
+	tagOnce   sync.Once
+	tagged    *store.Staged
+	taggedErr error
 }
 
 // StageMessage writes trace+msg once near first, scanning msg on the way
@@ -122,8 +127,15 @@ func (m *Message) Deliver(mb store.Mailbox, prefix []byte) (store.Delivery, erro
 		})
 		return m.qDelivery, m.qErr
 	}
-	if m.header != nil {
+	if m.header != nil && prefix != nil {
 		return m.st.DeliverWithPrefix(mb, append(append([]byte{}, m.header...), prefix...))
+	}
+	if m.header != nil {
+		m.tagOnce.Do(func() { m.tagged, m.taggedErr = m.st.Restage(mb, m.header) })
+		if m.taggedErr != nil {
+			return store.Delivery{}, m.taggedErr
+		}
+		return m.tagged.Deliver(mb)
 	}
 	if prefix != nil {
 		return m.st.DeliverWithPrefix(mb, prefix)
@@ -138,5 +150,8 @@ func (m *Message) Quarantined() bool { return m.quarantine }
 func (m *Message) Discard() {
 	if m.refuse == nil {
 		m.st.Discard()
+	}
+	if m.tagged != nil {
+		m.tagged.Discard()
 	}
 }
