@@ -595,7 +595,11 @@ func TestDeliverE2EUnwritable(t *testing.T) {
 		// Root ignores permission bits: drop to nobody.
 		setpriv, err := exec.LookPath("setpriv")
 		if err != nil {
-			t.Skip("running as root and setpriv (util-linux) is missing: cannot run deliver as an unprivileged user, and root ignores permission bits")
+			msg := "running as root and setpriv (util-linux) is missing: cannot run deliver as an unprivileged user, and root ignores permission bits"
+			if testenv.CI() {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
 		}
 		prefix = []string{setpriv, "--reuid=" + strconv.Itoa(nobody), "--regid=" + strconv.Itoa(nobody), "--clear-groups"}
 	}
