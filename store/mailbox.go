@@ -168,6 +168,7 @@ func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err er
 	if err != nil {
 		return nil, err
 	}
+	s.SweepInPassing(mb.Path)
 	return &Session{s: s, mb: mb, opts: opts, lock: lock, entries: entries, cache: how}, nil
 }
 

@@ -139,6 +139,7 @@ type Store struct {
 	index      *indexCache
 	stats      statsBox
 	obs        Observer
+	sweeper    *backgroundSweeper // nil unless StartSweeper ran
 }
 
 // statsBox guards the index cache counters.
@@ -510,6 +511,7 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	}
 	s.addQuota(mb, d.Size)
 	s.obs.Stored(d.Size)
+	s.SweepInPassing(mb.Path)
 	return d, nil
 }
 

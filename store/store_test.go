@@ -505,3 +505,46 @@ func TestRestageLinksOneTaggedCopy(t *testing.T) {
 		checkOutcome(t, mb, true, append(append([]byte{}, header...), testMessage...))
 	}
 }
+
+// Daemons sweep the tmp/ of Maildirs they deliver to, in the background,
+// at most once a day each; new/ is never touched.
+func TestSweepInPassing(t *testing.T) {
+	later := time.Now().Add(40 * time.Hour)
+	var clock atomic.Pointer[time.Time]
+	clock.Store(&later)
+	s, root := newTestStore(t, nil, func(o *Options) { o.Now = func() time.Time { return *clock.Load() } })
+	stop := make(chan struct{})
+	defer close(stop)
+	s.StartSweeper(stop, TmpMaxAge)
+	mb := mailbox(root, "passing")
+	if err := s.EnsureMaildir(mb); err != nil {
+		t.Fatal(err)
+	}
+	leftover := filepath.Join(mb.Path, "tmp", "1.abandoned")
+	os.WriteFile(leftover, []byte("partial"), 0o600)
+	if _, err := s.Deliver(mb, bytes.NewReader(testMessage)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(leftover); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the background sweeper did not remove an abandoned tmp/ file")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := len(listDir(t, filepath.Join(mb.Path, "new"))); n != 1 {
+		t.Errorf("new/ has %d files, want 1", n)
+	}
+	// Within a day the same Maildir is not swept again.
+	os.WriteFile(leftover, []byte("partial"), 0o600)
+	if _, err := s.Deliver(mb, bytes.NewReader(testMessage)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if _, err := os.Stat(leftover); err != nil {
+		t.Errorf("swept twice within a day: %v", err)
+	}
+}

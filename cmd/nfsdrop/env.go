@@ -25,6 +25,15 @@ type env struct {
 	store    *store.Store
 	metrics  *metrics.Metrics // nil for commands that export none
 	scan     *delivery.ScanPolicy
+
+	sweepStop chan struct{} // closed by Close when a daemon started the sweeper
+}
+
+// startSweeper makes the store sweep tmp/ of the Maildirs it uses, in
+// the background, until Close (daemons only).
+func (e *env) startSweeper() {
+	e.sweepStop = make(chan struct{})
+	e.store.StartSweeper(e.sweepStop, time.Duration(e.cfg.Store.TmpMaxAge))
 }
 
 // loadConfig reads and validates the configuration; errors exit with
@@ -201,6 +210,10 @@ func openScanner(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*del
 }
 
 func (e *env) Close() {
+	if e.sweepStop != nil {
+		close(e.sweepStop)
+		e.sweepStop = nil
+	}
 	if e.users != nil {
 		e.users.Close()
 	}

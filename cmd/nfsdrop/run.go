@@ -81,6 +81,7 @@ func (d *daemonRun) addLMTP() error {
 func (d *daemonRun) run(ctx context.Context) error {
 	e := d.env
 	log := e.log
+	e.startSweeper()
 	d.current.Store(e)
 	notify := daemon.NewNotifier(log)
 	var wg sync.WaitGroup
@@ -149,6 +150,7 @@ func (d *daemonRun) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		ne.startSweeper()
 		old := d.current.Load()
 		for _, r := range d.reloaders {
 			if err := r(old, ne); err != nil {
