@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -90,7 +89,14 @@ func (ss *session) authCmd(cmd command) error {
 		return ss.fail("syntax error")
 	}
 	var srv sasl.Server
-	switch strings.ToUpper(cmd.args[0]) {
+	mech := cmd.args[0]
+	switch {
+	case asciiEqualFold([]byte(mech), sasl.Plain):
+		mech = sasl.Plain
+	case asciiEqualFold([]byte(mech), sasl.Login):
+		mech = sasl.Login
+	}
+	switch mech {
 	case sasl.Plain:
 		srv = sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {

@@ -44,7 +44,7 @@ func parseCommand(line []byte) (command, error) {
 	kw, rest, hasRest := bytes.Cut(line, []byte{' '})
 	var cmd command
 	for _, v := range verbs {
-		if bytes.EqualFold(kw, []byte(v)) {
+		if asciiEqualFold(kw, v) {
 			cmd.verb = v
 			break
 		}
@@ -104,4 +104,24 @@ func parseLineCount(s string) (int64, bool) {
 		v = v*10 + int64(c-'0')
 	}
 	return v, true
+}
+
+// asciiEqualFold compares a keyword case-insensitively in ASCII only
+// (RFC 1939 keywords are ASCII). bytes.EqualFold uses Unicode folding,
+// under which "Uſer" (with U+017F, long s) would be USER: found by
+// FuzzCommand.
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
 }
