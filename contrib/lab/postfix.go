@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/testenv/postfix"
 )
 
 // Postfix is a private Postfix instance for the lab (the patterns of
@@ -272,30 +274,6 @@ func makePostfixDirs(queue, data string, owner, postdrop int) error {
 }
 
 // labMasterCF is internal/testenv/postfix's master.cf with an smtpd
-// listener for the load generator.
-const labMasterCF = `# service type  private unpriv  chroot  wakeup  maxproc command + args
-{{SMTP}}      inet  n       -       n       -       20      smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-`
+// listener (at {{SMTP}}) for the load generator.
+var labMasterCF = strings.Replace(postfix.MasterCF, "\npickup ",
+	"\n{{SMTP}}      inet  n       -       n       -       20      smtpd\npickup ", 1)

@@ -118,7 +118,7 @@ func Start(t testing.TB, opts Options) *Instance {
 	if err := os.WriteFile(filepath.Join(in.ConfigDir, "main.cf"), []byte(in.mainCF(opts)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(in.ConfigDir, "master.cf"), []byte(masterCF), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(in.ConfigDir, "master.cf"), []byte(MasterCF), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := in.makeDirs(); err != nil {
@@ -250,10 +250,10 @@ func (in *Instance) mainCF(o Options) string {
 	return strings.Join(lines, "\n") + "\n"
 }
 
-// masterCF is Postfix 3.7's default master.cf without the SMTP listener,
+// MasterCF is Postfix 3.7's default master.cf without the SMTP listener,
 // chroot off (the instance lives in a temporary directory) and with the
 // postlog service that writes maillog_file.
-const masterCF = `# service type  private unpriv  chroot  wakeup  maxproc command + args
+const MasterCF = `# service type  private unpriv  chroot  wakeup  maxproc command + args
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
