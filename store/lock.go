@@ -130,13 +130,11 @@ func (s *Store) takeOverStale(lockPath string, stale time.Duration) bool {
 
 func (l *dotlock) refresh(every time.Duration) {
 	defer close(l.done)
-	t := time.NewTicker(every)
-	defer t.Stop()
 	for {
 		select {
 		case <-l.stop:
 			return
-		case <-t.C:
+		case <-l.s.after(every):
 			if !l.Held() {
 				return
 			}
