@@ -41,6 +41,19 @@ func (f *faultFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error
 	return &faultFile{File: file, fs: f, path: name}, nil
 }
 
+func (f *faultFS) TouchNow(n string) error {
+	return f.do("touch", n, func() error { return f.OSFS.TouchNow(n) })
+}
+func (f *faultFS) Lstat(n string) (Info, error) {
+	var info Info
+	err := f.do("lstat", n, func() error {
+		var err error
+		info, err = f.OSFS.Lstat(n)
+		return err
+	})
+	return info, err
+}
+
 func (f *faultFS) Link(o, n string) error {
 	return f.do("link", n, func() error { return f.OSFS.Link(o, n) })
 }
@@ -68,6 +81,16 @@ func (f *faultFile) Write(p []byte) (int, error) {
 	err := f.fs.do("write", f.path, func() error {
 		var err error
 		n, err = f.File.Write(p)
+		return err
+	})
+	return n, err
+}
+
+func (f *faultFile) Read(p []byte) (int, error) {
+	n := 0
+	err := f.fs.do("read", f.path, func() error {
+		var err error
+		n, err = f.File.Read(p)
 		return err
 	})
 	return n, err

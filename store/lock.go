@@ -1,6 +1,8 @@
 package store
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,48 +16,141 @@ import (
 // LockName is the session lock's file name in a Maildir.
 const LockName = "nfsdrop-pop3.lock"
 
-// MinLockStale is the shortest staleness accepted: clocks of NFS clients
-// and the server differ by a little, and a lock is refreshed at a third of
-// the stale time.
+// MinLockStale is the shortest staleness accepted: a lock is refreshed
+// every third of the stale time, and an NFS server that stalls for a few
+// seconds must not make a live lock look dead.
 const MinLockStale = 30 * time.Second
 
+// errLockLost says that the lock name positively holds another session's
+// lock (not that the lock could not be read).
+var errLockLost = errors.New("session lock taken over by another session")
+
 // dotlock is a Maildir session lock that works across NFS clients, where
-// flock/fcntl locks may not (NLM off, or broken) and O_EXCL is only as good
-// as the server: a lock file is written under a unique name in tmp/ and
-// hard-linked to LockName. link() either makes the name or fails with
-// EEXIST, on every NFS version; a lost reply is recognised by the inode, as
-// in delivery. The holder refreshes the file's time on the server's clock
-// (utimensat UTIME_NOW) every third of the stale time; a lock not refreshed
-// for the stale time belongs to a session that died and is taken over.
+// flock/fcntl locks may not (NLM off, or broken): a lock file is written
+// under a unique name in tmp/ and hard-linked to LockName. link() either
+// makes the name or fails with EEXIST, on every NFS version.
 //
-// Taking over is done by renaming the stale file to a unique name (only one
-// contender can rename a given name) and checking that what was renamed is
-// the inode seen to be stale; a fresh lock renamed by mistake is put back.
-// Before it deletes anything, the holder checks that the lock is still its
-// inode (Held), so a session whose lock was taken over deletes nothing.
+// Identity: the file's first line is a token unique to this session (its
+// tmp/ name, unique across machines by construction). Whether the lock
+// name still holds this session's lock is decided by that token, never by
+// the inode number alone, which NFS servers reuse: a lock removed and
+// another created may get the same number.
+//
+// Time: every age is judged on the file server's clock, never on this
+// machine's. The holder refreshes the lock with utimensat(UTIME_NOW),
+// which sets it to the server's "now"; a contender compares the lock's
+// mtime with the mtime of the lock file it has just written itself (the
+// server's "now" at that moment, for free, since it writes that file
+// anyway). Clock skew between machines and the server therefore does not
+// matter to the lock.
+//
+// Taking over a stale lock renames it aside (only one contender can rename
+// a given name), then reads what was renamed: the token and mtime that
+// were judged stale, or else a lock that a faster contender had just made
+// (or the old holder refreshed meanwhile) was renamed by mistake and is
+// put back with link(), which fails with EEXIST where rename() would
+// overwrite a lock a third session made while the name was free.
+//
+// Before it deletes anything, the holder checks that the lock name holds
+// its token (Held), so a session whose lock was taken over deletes nothing.
 type dotlock struct {
-	s    *Store
-	path string
-	info Info // our lock file's identity
+	s     *Store
+	path  string
+	token string
+	// filerNow is the server's clock when this session's lock file was
+	// written (its mtime), before the session listed the Maildir.
+	filerNow time.Time
 
 	stop     chan struct{}
 	done     chan struct{}
-	mu       sync.Mutex
-	lost     bool
+	mu       sync.Mutex // serialises checks and refreshes
+	lost     bool       // the lock name held another session's token
 	released bool
+}
+
+// lockFile is what a lock file says about itself.
+type lockFile struct {
+	token string
+	mtime time.Time
+}
+
+func (a lockFile) same(b lockFile) bool { return a.token == b.token && a.mtime.Equal(b.mtime) }
+
+// readLock reads a lock file through open() (close-to-open consistency
+// makes an NFS client revalidate it) and fstat(): one OPEN and one READ.
+func (s *Store) readLock(path string) (lockFile, error) {
+	var data []byte
+	var info Info
+	err := s.retryStale(func() error {
+		var e error
+		data, info, e = s.readSmall(path)
+		return e
+	})
+	if err != nil {
+		return lockFile{}, err
+	}
+	token, _, _ := bytes.Cut(data, []byte("\n"))
+	return lockFile{token: string(bytes.TrimSpace(token)), mtime: info.ModTime}, nil
+}
+
+func inUse() error {
+	return failure.New(failure.InUse, "session lock", "mailbox in use by another session", nil)
 }
 
 // acquireLock takes maildir's session lock or fails with failure.InUse.
 func (s *Store) acquireLock(maildir string, stale time.Duration, owner string) (*dotlock, error) {
-	if stale < MinLockStale {
-		stale = MinLockStale
-	}
-	lockPath := filepath.Join(maildir, LockName)
-	tmp := filepath.Join(maildir, "tmp", s.newBase()+".lock")
-	content := fmt.Sprintf("%s %s pid %d since %s\n", owner, s.host, s.pid, s.now().UTC().Format(time.RFC3339))
-	f, err := s.fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	stale = max(stale, MinLockStale)
+	token := s.newBase()
+	tmp := filepath.Join(maildir, "tmp", token+".lock")
+	content := fmt.Sprintf("%s\n%s %s pid %d since %s\n", token, owner, s.host, s.pid, s.now().UTC().Format(time.RFC3339))
+	written, err := s.writeLockFile(tmp, content)
+	defer s.fs.Remove(tmp)
 	if err != nil {
-		return nil, s.classify("create lock file", err)
+		return nil, s.classify("write lock file", err)
+	}
+	l := &dotlock{s: s, path: filepath.Join(maildir, LockName), token: token, filerNow: written.ModTime,
+		stop: make(chan struct{}), done: make(chan struct{})}
+	for attempt := 0; attempt < 3; attempt++ {
+		err := s.retryStale(func() error { return s.fs.Link(tmp, l.path) })
+		if err != nil && !isErrno(err, syscall.EEXIST) && !isErrno(err, syscall.ENOENT) {
+			return nil, s.classify("take session lock", err)
+		}
+		if err != nil {
+			// EEXIST: another lock, or ours after a lost LINK reply
+			// (the retransmission answers EEXIST).
+			current, rerr := s.readLock(l.path)
+			switch {
+			case isErrno(rerr, syscall.ENOENT):
+				continue // released meanwhile: link again
+			case rerr != nil:
+				return nil, s.classify("read session lock", rerr)
+			case current.token != token:
+				// Both times are the server's: the lock's age is
+				// independent of this machine's clock. written is
+				// older than now, so the age is never overestimated
+				// by more than the server's timestamp granularity.
+				age := l.filerNow.Sub(current.mtime)
+				if age < stale {
+					return nil, inUse()
+				}
+				if err := s.takeOverStale(maildir, l.path, current, age); err != nil {
+					return nil, err
+				}
+				continue
+			}
+		}
+		go l.refresh(stale / 3)
+		return l, nil
+	}
+	return nil, inUse()
+}
+
+// writeLockFile creates path with content and returns its attributes as
+// the server reports them after the write: its mtime is the server's now.
+func (s *Store) writeLockFile(path, content string) (Info, error) {
+	f, err := s.fs.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return Info{}, err
 	}
 	_, werr := f.Write([]byte(content))
 	info, serr := f.Stat()
@@ -65,25 +160,174 @@ func (s *Store) acquireLock(maildir string, stale time.Duration, owner string) (
 	if werr == nil {
 		werr = serr
 	}
-	defer s.fs.Remove(tmp)
-	if werr != nil {
-		return nil, s.classify("write lock file", werr)
+	return info, werr
+}
+
+// takeOverStale removes the lock seen (judged stale: age on the server's
+// clock) from lockPath. nil means "link again"; failure.InUse that the
+// lock is someone else's after all; any other error is temporary.
+func (s *Store) takeOverStale(maildir, lockPath string, seen lockFile, age time.Duration) error {
+	// Aside in tmp/: whatever is left there after a crash is swept.
+	aside := filepath.Join(maildir, "tmp", s.newBase()+".stale-lock")
+	if err := s.retryStale(func() error { return s.fs.Rename(lockPath, aside) }); err != nil {
+		if !isErrno(err, syscall.ENOENT) {
+			return s.classify("take over session lock", err)
+		}
+		// Another contender renamed it first, or our RENAME's reply was
+		// lost and the retransmission found nothing: did we move it?
+		if _, lerr := s.fs.Lstat(aside); lerr != nil {
+			return nil
+		}
 	}
-	for attempt := 0; attempt < 3; attempt++ {
-		err := s.publishLink(tmp, info, lockPath)
-		if err == nil {
-			l := &dotlock{s: s, path: lockPath, info: info, stop: make(chan struct{}), done: make(chan struct{})}
-			go l.refresh(stale / 3)
-			return l, nil
+	got, err := s.readLock(aside)
+	if err == nil && got.same(seen) {
+		if rerr := s.fs.Remove(aside); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
+			s.log.Warn("could not remove a stale session lock; the tmp/ sweeper will", "path", aside, "err", rerr)
 		}
-		if !isErrno(err, syscall.EEXIST) {
-			return nil, s.classify("take session lock", err)
+		s.obs.LockTakeover()
+		s.log.Info("took over a stale session lock", "path", lockPath, "age", age.Round(time.Second), "token", seen.token)
+		return nil
+	}
+	// Renamed by mistake (a contender's fresh lock, or the holder
+	// refreshed it after we looked), or we cannot tell: put it back.
+	s.putBackLock(aside, lockPath, got, err == nil)
+	if err != nil {
+		return s.classify("read session lock", err)
+	}
+	return inUse()
+}
+
+// putBackLock returns a lock renamed aside by mistake to lockPath. It uses
+// link(), which fails with EEXIST instead of overwriting a lock that a
+// third session created while the name was free (that session holds the
+// mailbox then; the lock's owner finds another token and deletes nothing).
+// known says whether want (what aside holds) could be read.
+func (s *Store) putBackLock(aside, lockPath string, want lockFile, known bool) {
+	lerr := s.retryStale(func() error { return s.fs.Link(aside, lockPath) })
+	back := lerr == nil
+	if known {
+		// A LINK whose reply was lost answers EEXIST although the lock
+		// is back; only the token at the name says.
+		cur, err := s.readLock(lockPath)
+		back = err == nil && cur.token == want.token
+	}
+	if !back {
+		s.log.Warn("could not restore a session lock renamed during takeover; its session will delete nothing", "path", lockPath, "err", lerr)
+	}
+	if err := s.fs.Remove(aside); err != nil && !isErrno(err, syscall.ENOENT) {
+		s.log.Warn("could not remove a session lock's second name; the tmp/ sweeper will", "path", aside, "err", err)
+	}
+}
+
+// check reads the lock name: nil when it holds this session's token,
+// errLockLost when it positively holds another's, any other error when it
+// cannot tell (an I/O error; or no lock file, which is also what a session
+// sees while a contender that renamed its lock by mistake puts it back).
+func (l *dotlock) check() error {
+	cur, err := l.s.readLock(l.path)
+	if err != nil {
+		return err
+	}
+	if cur.token != l.token {
+		return errLockLost
+	}
+	return nil
+}
+
+// markLost records that the lock is someone else's; l.mu is held.
+func (l *dotlock) markLost() {
+	if !l.lost {
+		l.lost = true
+		l.s.log.Warn("session lock was taken over by another session", "path", l.path)
+	}
+}
+
+// refresh keeps the lock fresh every interval. A round that fails for
+// any reason but a lost lock (EIO, ETIMEDOUT, ESTALE, EAGAIN...) is tried
+// again after a quarter of the interval: two failed rounds in a row must
+// not let a live lock go stale. It stops when the lock is released or is
+// positively someone else's.
+func (l *dotlock) refresh(every time.Duration) {
+	defer close(l.done)
+	wait := every
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-l.s.after(wait):
 		}
-		if !s.takeOverStale(lockPath, stale) {
-			return nil, failure.New(failure.InUse, "session lock", "mailbox in use by another session", nil)
+		err := l.refreshOnce()
+		switch {
+		case err == nil:
+			wait = every
+		case errors.Is(err, errLockLost):
+			return
+		default:
+			wait = every / 4
+			l.s.log.Warn("could not refresh session lock; retrying", "path", l.path, "err", err, "retry_in", wait)
 		}
 	}
-	return nil, failure.New(failure.InUse, "session lock", "mailbox in use by another session", nil)
+}
+
+func (l *dotlock) refreshOnce() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost {
+		return errLockLost
+	}
+	if err := l.check(); err != nil {
+		if errors.Is(err, errLockLost) {
+			l.markLost()
+		}
+		return err
+	}
+	return l.s.retryStale(func() error { return l.s.fs.TouchNow(l.path) })
+}
+
+// Held reports whether the lock name holds this session's lock now. False
+// when it cannot tell: the caller then deletes nothing.
+func (l *dotlock) Held() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost || l.released {
+		return false
+	}
+	err := l.check()
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errLockLost):
+		l.markLost()
+	default:
+		l.s.log.Warn("could not check the session lock", "path", l.path, "err", err)
+	}
+	return false
+}
+
+// Release removes the lock if it is still ours.
+func (l *dotlock) Release() {
+	l.mu.Lock()
+	if l.released {
+		l.mu.Unlock()
+		return
+	}
+	l.released = true
+	lost := l.lost
+	l.mu.Unlock()
+	close(l.stop)
+	<-l.done
+	if lost {
+		return
+	}
+	if err := l.check(); err != nil {
+		if !errors.Is(err, errLockLost) && !isErrno(err, syscall.ENOENT) {
+			l.s.log.Warn("could not check the session lock before removing it; it expires after lock_stale", "path", l.path, "err", err)
+		}
+		return
+	}
+	if err := l.s.retryStale(func() error { return l.s.fs.Remove(l.path) }); err != nil && !isErrno(err, syscall.ENOENT) {
+		l.s.log.Warn("could not remove session lock", "path", l.path, "err", err)
+	}
 }
 
 // freshInfo stats path through an open file descriptor: on NFS, open()
@@ -96,93 +340,4 @@ func (s *Store) freshInfo(path string) (Info, error) {
 	}
 	defer f.Close()
 	return f.Stat()
-}
-
-// takeOverStale removes lockPath if it has not been refreshed for stale;
-// it reports whether the caller should try to link again.
-func (s *Store) takeOverStale(lockPath string, stale time.Duration) bool {
-	seen, err := s.freshInfo(lockPath)
-	if err != nil {
-		return isErrno(err, syscall.ENOENT) // released meanwhile: try again
-	}
-	if s.now().Sub(seen.ModTime) < stale {
-		return false
-	}
-	aside := lockPath + ".stale." + s.newBase()
-	if err := s.fs.Rename(lockPath, aside); err != nil {
-		return isErrno(err, syscall.ENOENT) // someone else took it over
-	}
-	got, err := s.fs.Lstat(aside)
-	if err == nil && !got.SameFile(seen) {
-		// We renamed a lock that a faster contender had just made: put it
-		// back (if nobody holds the name meanwhile) and give up.
-		if lerr := s.fs.Link(aside, lockPath); lerr != nil {
-			s.log.Warn("could not restore a session lock renamed during takeover", "path", lockPath, "err", lerr)
-		}
-		s.fs.Remove(aside)
-		return false
-	}
-	s.fs.Remove(aside)
-	s.obs.LockTakeover()
-	s.log.Info("took over a stale session lock", "path", lockPath, "age", s.now().Sub(seen.ModTime).Round(time.Second))
-	return true
-}
-
-func (l *dotlock) refresh(every time.Duration) {
-	defer close(l.done)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case <-t.C:
-			if !l.Held() {
-				return
-			}
-			if err := l.s.fs.TouchNow(l.path); err != nil {
-				l.s.log.Warn("could not refresh session lock", "path", l.path, "err", err)
-			}
-		}
-	}
-}
-
-// Held reports whether the lock file is still ours (not taken over).
-func (l *dotlock) Held() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.lost || l.released {
-		return false
-	}
-	info, err := l.s.freshInfo(l.path)
-	if err != nil && isErrno(err, syscall.ESTALE) {
-		info, err = l.s.freshInfo(l.path)
-	}
-	if err != nil || !info.SameFile(l.info) {
-		if err == nil || isErrno(err, syscall.ENOENT) {
-			l.lost = true
-			l.s.log.Warn("session lock was taken over by another session", "path", l.path)
-		}
-		return false
-	}
-	return true
-}
-
-// Release removes the lock if it is still ours.
-func (l *dotlock) Release() {
-	l.mu.Lock()
-	if l.released {
-		l.mu.Unlock()
-		return
-	}
-	l.released = true
-	l.mu.Unlock()
-	close(l.stop)
-	<-l.done
-	info, err := l.s.freshInfo(l.path)
-	if err == nil && info.SameFile(l.info) {
-		if err := l.s.fs.Remove(l.path); err != nil && !isErrno(err, syscall.ENOENT) {
-			l.s.log.Warn("could not remove session lock", "path", l.path, "err", err)
-		}
-	}
 }

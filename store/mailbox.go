@@ -137,8 +137,9 @@ type Session struct {
 //     are as cached, the cached listing is used; if only new/ changed
 //     (a delivery), only new/ is listed again; otherwise both are.
 //
-// A directory changed in the last two seconds is never cached: two changes
-// within one timestamp tick must not look like none.
+// A directory changed in the two seconds before the session's lock was
+// written, on the file server's clock, is never cached: two changes within
+// one timestamp tick must not look like none.
 func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err error) {
 	// tmp/ is the last directory EnsureMaildir makes: a Maildir whose
 	// first delivery is being made on another machine may have cur/ and
@@ -164,7 +165,7 @@ func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err er
 			lock.Release()
 		}
 	}()
-	entries, how, err := s.listing(mb, opts.UIDLFormat)
+	entries, how, err := s.listing(mb, opts.UIDLFormat, lock.filerNow)
 	if err != nil {
 		return nil, err
 	}
@@ -179,14 +180,18 @@ func (ss *Session) Entries() []Entry { return ss.entries }
 // CacheResult says how the listing was made: "hit", "partial" or "miss".
 func (ss *Session) CacheResult() string { return ss.cache }
 
-func (s *Store) stampOf(dir string) (dirStamp, error) {
+// stampOf stamps dir. filerNow is the file server's clock at a moment
+// before the stamp is read (the session's lock file's mtime): a directory
+// is cacheable only when it had not changed for two seconds then, judged
+// on the server's clock, since the server sets the directory's times, in
+// ticks as coarse as a second. Any later change gets a later time.
+func (s *Store) stampOf(dir string, filerNow time.Time) (dirStamp, error) {
 	var info Info
 	err := s.retryStale(func() error { var e error; info, e = s.freshInfo(dir); return e })
 	if err != nil {
 		return dirStamp{}, err
 	}
-	now := s.now()
-	age := now.Sub(info.ModTime)
+	age := filerNow.Sub(info.ModTime)
 	return dirStamp{
 		ino: info.Ino, size: uint64(info.Size),
 		mtime: info.ModTime.UnixNano(), ctime: info.ChangeAt.UnixNano(),
@@ -232,16 +237,16 @@ func (s *Store) bumpGeneration(mb Mailbox) error {
 	return nil
 }
 
-func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
+func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry, string, error) {
 	gen, err := s.readGeneration(mb.Path)
 	if err != nil {
 		return nil, "", err
 	}
-	newStamp, err := s.stampOf(filepath.Join(mb.Path, "new"))
+	newStamp, err := s.stampOf(filepath.Join(mb.Path, "new"), filerNow)
 	if err != nil {
 		return nil, "", s.classify("list new", err)
 	}
-	curStamp, err := s.stampOf(filepath.Join(mb.Path, "cur"))
+	curStamp, err := s.stampOf(filepath.Join(mb.Path, "cur"), filerNow)
 	if err != nil {
 		return nil, "", s.classify("list cur", err)
 	}

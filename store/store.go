@@ -140,6 +140,9 @@ type Store struct {
 	stats      statsBox
 	obs        Observer
 	sweeper    *backgroundSweeper // nil unless StartSweeper ran
+	// after is the session lock refresher's timer (time.After); tests
+	// replace it to drive the refresher without waiting.
+	after func(time.Duration) <-chan time.Time
 }
 
 // statsBox guards the index cache counters.
@@ -187,6 +190,7 @@ func New(opts Options) (*Store, error) {
 		log:        opts.Logger,
 		now:        opts.Now,
 		pid:        os.Getpid(),
+		after:      time.After,
 	}
 	if s.fs == nil {
 		s.fs = OSFS{}

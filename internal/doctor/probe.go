@@ -210,14 +210,24 @@ func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', prec, 64) + " ms"
 }
 
-// Clock skew thresholds.
+// Clock skew thresholds. The POP3 lock and the listing cache judge ages
+// on the file server's clock only (a lock's age is measured against the
+// mtime of a file the session has just written), so they tolerate any
+// skew. What still compares this machine's clock with file times: the
+// over-quota recheck of maildirsize (15 minutes), the tmp/ sweeper (36
+// hours), and the order of messages delivered by different machines
+// (Maildir names start with the local time).
 const (
-	WarnSkew = 2 * time.Second
-	FailSkew = 30 * time.Second
+	// WarnSkew: messages from different machines may be listed out of
+	// order, and the 15-minute over-quota recheck is noticeably off.
+	WarnSkew = time.Minute
+	// FailSkew: the over-quota recheck is off by its whole period (an
+	// over-quota answer kept twice as long, or never cached).
+	FailSkew = 15 * time.Minute
 )
 
 // CheckClock compares the file server's clock with this machine's: it sets
-// a file's times to "now" the way the POP3 lock does (utimensat UTIME_NOW,
+// a file's times to "now" the way the POP3 lock refresh does (utimensat UTIME_NOW,
 // which NFS sends as SET_TO_SERVER_TIME, so the server's clock sets them)
 // between two readings of the local clock. Of three tries, the one with the
 // shortest round trip counts.
@@ -265,8 +275,9 @@ func ClockSkew(before, after, server time.Time) time.Duration {
 	return 0
 }
 
-// JudgeClock turns a measured skew into a Result: WARN beyond 2 s, FAIL
-// beyond 30 s. server names whose clock set the file's time.
+// JudgeClock turns a measured skew into a Result: WARN beyond WarnSkew
+// (1 min), FAIL beyond FailSkew (15 min). server names whose clock set the
+// file's time.
 func JudgeClock(skew, rtt time.Duration, server string) Result {
 	const name = "clock"
 	abs := skew
@@ -283,12 +294,12 @@ func JudgeClock(skew, rtt time.Duration, server string) Result {
 		detail = server + "'s clock agrees with this machine's"
 	}
 	detail += fmt.Sprintf(" (a file's time set to %s's \"now\", round trip %s)", server, ms(rtt))
-	const fix = "run NTP (chrony or systemd-timesyncd) on this machine and on the file server: the POP3 lock's staleness and the tmp/ sweeper compare file times set by the server with this machine's clock"
+	const fix = "run NTP (chrony or systemd-timesyncd) on this machine and on the file server: the POP3 lock and listing cache judge ages on the server's clock and do not care, but the over-quota recheck and the tmp/ sweeper compare file times set by the server with this machine's clock, and Maildir names (which order the messages) carry this machine's time"
 	switch {
 	case abs > FailSkew:
-		return fail(name, detail+": more than 30 s, so a live POP3 lock can be taken as stale (or a dead one kept) and tmp/ files judged by the wrong age", fix)
+		return fail(name, detail+": more than 15 min, so the over-quota recheck of maildirsize (every 15 min) is off by its whole period and messages from different machines are listed out of order", fix)
 	case abs > WarnSkew:
-		return warn(name, detail+": more than 2 s", fix)
+		return warn(name, detail+": more than 1 min, so messages delivered by different machines may be listed out of order and the over-quota recheck drifts", fix)
 	}
 	return ok(name, detail)
 }
