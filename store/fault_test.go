@@ -56,6 +56,15 @@ func (f *faultFS) Mkdir(n string, p fs.FileMode) error {
 func (f *faultFS) SyncDir(n string) error {
 	return f.do("syncdir", n, func() error { return f.OSFS.SyncDir(n) })
 }
+func (f *faultFS) ReadDirNames(n string) ([]string, error) {
+	var names []string
+	err := f.do("readdir", n, func() error {
+		var err error
+		names, err = f.OSFS.ReadDirNames(n)
+		return err
+	})
+	return names, err
+}
 
 type faultFile struct {
 	File
@@ -68,6 +77,16 @@ func (f *faultFile) Write(p []byte) (int, error) {
 	err := f.fs.do("write", f.path, func() error {
 		var err error
 		n, err = f.File.Write(p)
+		return err
+	})
+	return n, err
+}
+
+func (f *faultFile) Read(p []byte) (int, error) {
+	n := 0
+	err := f.fs.do("read", f.path, func() error {
+		var err error
+		n, err = f.File.Read(p)
 		return err
 	})
 	return n, err

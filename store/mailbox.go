@@ -66,8 +66,12 @@ type indexCache struct {
 }
 
 type cachedListing struct {
-	gen        string
-	format     string
+	gen    string
+	format string
+	// legacy is the frozen record of legacy UIDLs the listing was made
+	// with (nil for the "maildir" format); listings made without one are
+	// not cached.
+	legacy     *legacyUIDLs
 	new, cur   dirStamp
 	newEntries []Entry
 	curEntries []Entry
@@ -247,21 +251,20 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 	}
 	cached := s.index.get(mb.Path)
 	how := "miss"
+	// The legacy UIDLs are loaded only when names must be listed: a
+	// listing in the cache was made with the same frozen record.
 	var legacy *legacyUIDLs
+	frozen := true
 	loadLegacy := func() error {
-		if legacy != nil || format == UIDLMaildir || format == "" {
+		if cached != nil && cached.format == format {
+			// The record never changes once written: no need to read
+			// it again on this machine.
+			legacy = cached.legacy
 			return nil
 		}
-		l, err := s.readLegacyUIDLs(mb.Path, format)
-		if err != nil {
-			s.log.Warn("could not read legacy UIDL list; using Maildir names", "maildir", mb.Path, "err", err)
-			l = &legacyUIDLs{}
-		}
-		if l == nil {
-			l = &legacyUIDLs{}
-		}
-		legacy = l
-		return nil
+		var err error
+		legacy, frozen, err = s.frozenLegacyUIDLs(mb, format)
+		return err
 	}
 	var newEntries, curEntries []Entry
 	switch {
@@ -273,7 +276,9 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 		how = "partial"
 		s.stats.add(func(c *CacheStats) { c.Invalidations++ })
 		curEntries = cached.curEntries
-		loadLegacy()
+		if err := loadLegacy(); err != nil {
+			return nil, "", err
+		}
 		if newEntries, err = s.listDir(mb.Path, "new", legacy, cached.newEntries); err != nil {
 			return nil, "", err
 		}
@@ -281,7 +286,9 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 		if cached != nil {
 			s.stats.add(func(c *CacheStats) { c.Invalidations++ })
 		}
-		loadLegacy()
+		if err := loadLegacy(); err != nil {
+			return nil, "", err
+		}
 		if newEntries, err = s.listDir(mb.Path, "new", legacy, nil); err != nil {
 			return nil, "", err
 		}
@@ -310,7 +317,13 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 		}
 		return a.UIDL < b.UIDL
 	})
-	s.index.put(mb.Path, &cachedListing{gen: gen, format: format, new: newStamp, cur: curStamp, newEntries: newEntries, curEntries: curEntries, all: all})
+	if !frozen {
+		// Made from a legacy list that did not parse whole: the next
+		// session must read it again, not reuse these UIDLs.
+		s.index.drop(mb.Path)
+		return all, how, nil
+	}
+	s.index.put(mb.Path, &cachedListing{gen: gen, format: format, legacy: legacy, new: newStamp, cur: curStamp, newEntries: newEntries, curEntries: curEntries, all: all})
 	return all, how, nil
 }
 
