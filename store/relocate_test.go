@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
@@ -108,5 +109,37 @@ func TestMoveToCurAfterIMAPMovedIt(t *testing.T) {
 	}
 	if n := len(listDir(t, filepath.Join(mb.Path, "new"))); n != 0 {
 		t.Fatalf("new/ holds %d files", n)
+	}
+}
+
+// TestDeleteFollowsRepeatedRenames: the IMAP server renames the message
+// again between nfsdrop's directory read and its unlink; the deletion
+// reads the directories again and still removes it.
+func TestDeleteFollowsRepeatedRenames(t *testing.T) {
+	fsys := &faultFS{}
+	s, root := newTestStore(t, fsys)
+	mb := mailbox(root, "twice")
+	deliverN(t, s, mb, 1)
+	ss, err := s.OpenSession(mb, sessOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := ss.Entries()[0]
+	imapRename(t, mb, e, "")
+	var again atomic.Bool
+	fsys.hook = func(op, path string, real func() error) error {
+		if op == "unlink" && filepath.Base(path) == e.Name+":2," && again.CompareAndSwap(false, true) {
+			imapRename(t, mb, Entry{Dir: "cur", Name: e.Name + ":2,"}, "S")
+		}
+		return real()
+	}
+	if err := ss.Commit([]int{0}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !again.Load() {
+		t.Fatal("the relocated name was never unlinked")
+	}
+	if left := listDir(t, filepath.Join(mb.Path, "cur")); len(left) != 0 {
+		t.Fatalf("message renamed twice was not deleted: %v", left)
 	}
 }
