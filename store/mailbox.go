@@ -445,16 +445,15 @@ func (ss *Session) Open(i int) (io.ReadCloser, error) {
 	}
 	s := ss.s
 	e := ss.current(i)
-	var f File
-	var err error
 	for attempt := 0; attempt < maxRelocations; attempt++ {
 		path := filepath.Join(ss.mb.Path, e.Dir, e.Name)
-		err = s.retryStale(func() error { var e error; f, e = s.fs.OpenFile(path, os.O_RDONLY, 0); return e })
+		var f File
+		err := s.retryStale(func() error { var e error; f, e = s.fs.OpenFile(path, os.O_RDONLY, 0); return e })
 		if err == nil {
 			return f, nil
 		}
 		if !isErrno(err, syscall.ENOENT) {
-			break
+			return nil, s.classify("open message", err)
 		}
 		var found bool
 		if e, found, err = s.relocate(ss.mb.Path, e, nil); err != nil {
@@ -465,7 +464,13 @@ func (ss *Session) Open(i int) (io.ReadCloser, error) {
 		}
 		ss.setCurrent(i, e)
 	}
-	return nil, s.classify("open message", err)
+	return nil, errKeptRenaming()
+}
+
+// errKeptRenaming is the answer when a message is renamed again each time
+// it is found: another program is busy with it; try again later.
+func errKeptRenaming() error {
+	return failure.Temp("follow renamed message", "message is being changed by another program", nil)
 }
 
 // maxRelocations bounds how often one operation follows a message that
@@ -614,7 +619,7 @@ func (ss *Session) remove(e Entry, known *dirNames) (removed bool, err error) {
 			return false, err
 		}
 	}
-	return false, err
+	return false, errKeptRenaming()
 }
 
 // markSeen is pop3.move_to_cur for one retrieved message listed in new/:
@@ -644,7 +649,7 @@ func (ss *Session) markSeen(e Entry, known *dirNames) error {
 			return err
 		}
 	}
-	return err
+	return errKeptRenaming()
 }
 
 // seenName is the name e gets in cur/ with the S flag (Maildir info

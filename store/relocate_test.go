@@ -143,3 +143,35 @@ func TestDeleteFollowsRepeatedRenames(t *testing.T) {
 		t.Fatalf("message renamed twice was not deleted: %v", left)
 	}
 }
+
+// TestOpenGivesUpOnEndlessRenames: a message renamed again every time it
+// is found is a temporary failure, not a loop and not "removed".
+func TestOpenGivesUpOnEndlessRenames(t *testing.T) {
+	fsys := &faultFS{}
+	s, root := newTestStore(t, fsys)
+	mb := mailbox(root, "busy")
+	deliverN(t, s, mb, 1)
+	ss, err := s.OpenSession(mb, sessOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	base := ss.Entries()[0].Name
+	flags := []string{"", "S", "", "S"}
+	cur := filepath.Join(mb.Path, "new", base)
+	var n atomic.Int32
+	fsys.hook = func(op, path string, real func() error) error {
+		if op == "open" && path == cur {
+			next := filepath.Join(mb.Path, "cur", base+":2,"+flags[int(n.Add(1))%len(flags)])
+			if err := os.Rename(cur, next); err != nil {
+				t.Error(err)
+			}
+			cur = next
+		}
+		return real()
+	}
+	_, err = ss.Open(0)
+	if err == nil || failure.KindOf(err) != failure.Temporary {
+		t.Fatalf("want a temporary failure, got %v", err)
+	}
+}
