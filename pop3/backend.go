@@ -8,7 +8,8 @@
 // never touches a file path. Errors from the Backend are *failure.Error
 // values and are mapped to replies in one place (reply.go): InUse gives
 // [IN-USE], Temporary (and anything unknown) [SYS/TEMP], Permanent
-// [SYS/PERM], NotFound/Disabled at login [AUTH].
+// [SYS/PERM], NotFound/Disabled at login [AUTH]; NotFound from
+// Mailbox.Open (a message removed after the listing) a plain -ERR.
 package pop3
 
 import (
@@ -53,7 +54,9 @@ type Mailbox interface {
 	// the session.
 	Messages() []Message
 	// Open returns message i's content (0-based) as stored (bare LF or
-	// CRLF); the server converts line ends and byte-stuffs.
+	// CRLF); the server converts line ends and byte-stuffs. The content
+	// must be the one the listing's Size counts. A message that another
+	// program removed since the listing is a failure of kind NotFound.
 	Open(i int) (io.ReadCloser, error)
 	// Commit is the UPDATE state (after QUIT): removes the messages whose
 	// indexes are given, marks the retrieved ones as seen where the

@@ -34,9 +34,12 @@ func loginReply(err error) (reply string, badCredentials bool) {
 
 // errReply maps any other error from the Backend or the Mailbox: [IN-USE]
 // when another session holds the mailbox, [SYS/PERM] when retrying will
-// not help, and [SYS/TEMP] for everything else, including errors that are
-// not *failure.Error (an error we did not foresee must not make a client
-// give up on a mailbox for good).
+// not help, no response code for a message that is not there any more
+// (NotFound from Mailbox.Open: another program removed it after the
+// listing; that is no failure of the system), and [SYS/TEMP] for
+// everything else, including errors that are not *failure.Error (an error
+// we did not foresee must not make a client give up on a mailbox for
+// good).
 func errReply(err error) string {
 	fe := failure.As(err)
 	switch fe.Kind {
@@ -48,6 +51,12 @@ func errReply(err error) string {
 			msg = fe.Reason
 		}
 		return "-ERR [SYS/PERM] " + oneLine(msg)
+	case failure.NotFound:
+		msg := "message was removed"
+		if fe.Reason != "" {
+			msg = fe.Reason
+		}
+		return "-ERR " + oneLine(msg)
 	}
 	msg := "temporary failure, try again later"
 	if fe.Reason != "" {

@@ -741,6 +741,22 @@ func TestMessageErrors(t *testing.T) {
 		c.expect("-ERR [SYS/TEMP] message unavailable")
 		c.expect("+OK")
 	})
+	t.Run("removed", func(t *testing.T) {
+		// Removed by another program after the listing (issue 13):
+		// not a system failure, and retrying will not bring it back.
+		b := newFakeBackend(testMessages...)
+		b.openErr = failure.New(failure.NotFound, "open message", "message was removed", nil)
+		ts := startServer(t, b, baseOptions(), false)
+		c := dial(t, ts.addr)
+		c.expect("+OK")
+		c.login("alice", "secret word")
+		c.send("RETR 1", "TOP 1 1")
+		for i := 0; i < 2; i++ {
+			if got := c.line(); got != "-ERR message was removed" {
+				t.Fatalf("reply %q, want -ERR message was removed", got)
+			}
+		}
+	})
 	t.Run("read", func(t *testing.T) {
 		// The +OK may be out already: the only honest end is to close
 		// without the terminator.

@@ -69,6 +69,15 @@ func (f *faultFS) Mkdir(n string, p fs.FileMode) error {
 func (f *faultFS) SyncDir(n string) error {
 	return f.do("syncdir", n, func() error { return f.OSFS.SyncDir(n) })
 }
+func (f *faultFS) ReadDirNames(n string) ([]string, error) {
+	var names []string
+	err := f.do("readdir", n, func() error {
+		var err error
+		names, err = f.OSFS.ReadDirNames(n)
+		return err
+	})
+	return names, err
+}
 
 type faultFile struct {
 	File

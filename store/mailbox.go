@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,8 +67,12 @@ type indexCache struct {
 }
 
 type cachedListing struct {
-	gen        string
-	format     string
+	gen    string
+	format string
+	// legacy is the frozen record of legacy UIDLs the listing was made
+	// with (nil for the "maildir" format); listings made without one are
+	// not cached.
+	legacy     *legacyUIDLs
 	new, cur   dirStamp
 	newEntries []Entry
 	curEntries []Entry
@@ -121,8 +126,11 @@ type Session struct {
 	opts    SessionOptions
 	lock    *dotlock
 	entries []Entry
-	cache   string // how the listing was obtained: "hit", "partial", "miss"
-	closed  bool
+	// moved holds entries found under a new name since the listing (an
+	// IMAP server renamed them); see Open and Commit.
+	moved  map[int]Entry
+	cache  string // how the listing was obtained: "hit", "partial", "miss"
+	closed bool
 }
 
 // OpenSession takes mb's session lock (failure.InUse when another session
@@ -252,21 +260,20 @@ func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry,
 	}
 	cached := s.index.get(mb.Path)
 	how := "miss"
+	// The legacy UIDLs are loaded only when names must be listed: a
+	// listing in the cache was made with the same frozen record.
 	var legacy *legacyUIDLs
+	frozen := true
 	loadLegacy := func() error {
-		if legacy != nil || format == UIDLMaildir || format == "" {
+		if cached != nil && cached.format == format {
+			// The record never changes once written: no need to read
+			// it again on this machine.
+			legacy = cached.legacy
 			return nil
 		}
-		l, err := s.readLegacyUIDLs(mb.Path, format)
-		if err != nil {
-			s.log.Warn("could not read legacy UIDL list; using Maildir names", "maildir", mb.Path, "err", err)
-			l = &legacyUIDLs{}
-		}
-		if l == nil {
-			l = &legacyUIDLs{}
-		}
-		legacy = l
-		return nil
+		var err error
+		legacy, frozen, err = s.frozenLegacyUIDLs(mb, format)
+		return err
 	}
 	var newEntries, curEntries []Entry
 	switch {
@@ -278,7 +285,9 @@ func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry,
 		how = "partial"
 		s.stats.add(func(c *CacheStats) { c.Invalidations++ })
 		curEntries = cached.curEntries
-		loadLegacy()
+		if err := loadLegacy(); err != nil {
+			return nil, "", err
+		}
 		if newEntries, err = s.listDir(mb.Path, "new", legacy, cached.newEntries); err != nil {
 			return nil, "", err
 		}
@@ -286,7 +295,9 @@ func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry,
 		if cached != nil {
 			s.stats.add(func(c *CacheStats) { c.Invalidations++ })
 		}
-		loadLegacy()
+		if err := loadLegacy(); err != nil {
+			return nil, "", err
+		}
 		if newEntries, err = s.listDir(mb.Path, "new", legacy, nil); err != nil {
 			return nil, "", err
 		}
@@ -315,7 +326,13 @@ func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry,
 		}
 		return a.UIDL < b.UIDL
 	})
-	s.index.put(mb.Path, &cachedListing{gen: gen, format: format, new: newStamp, cur: curStamp, newEntries: newEntries, curEntries: curEntries, all: all})
+	if !frozen {
+		// Made from a legacy list that did not parse whole: the next
+		// session must read it again, not reuse these UIDLs.
+		s.index.drop(mb.Path)
+		return all, how, nil
+	}
+	s.index.put(mb.Path, &cachedListing{gen: gen, format: format, legacy: legacy, new: newStamp, cur: curStamp, newEntries: newEntries, curEntries: curEntries, all: all})
 	return all, how, nil
 }
 
@@ -422,30 +439,118 @@ func deliveryTime(base string) (sec, usec int64) {
 	return sec, usec
 }
 
-// Open returns the content of entry i.
+// Open returns the content of entry i. An IMAP server on the same Maildir
+// may have renamed the message since the listing (new/ to cur/, a flag
+// added): on ENOENT it is looked up again by its base name, and only when
+// it is in neither new/ nor cur/ is it reported removed (failure.NotFound).
+// The content, and so the size LIST showed, is the same under any name.
 func (ss *Session) Open(i int) (io.ReadCloser, error) {
 	if i < 0 || i >= len(ss.entries) {
 		return nil, failure.New(failure.BadInput, "open message", "no such message", nil)
 	}
-	e := ss.entries[i]
-	f, err := ss.s.fs.OpenFile(filepath.Join(ss.mb.Path, e.Dir, e.Name), os.O_RDONLY, 0)
-	if err != nil {
-		if isErrno(err, syscall.ESTALE) {
-			f, err = ss.s.fs.OpenFile(filepath.Join(ss.mb.Path, e.Dir, e.Name), os.O_RDONLY, 0)
+	s := ss.s
+	e := ss.current(i)
+	for attempt := 0; attempt < maxRelocations; attempt++ {
+		path := filepath.Join(ss.mb.Path, e.Dir, e.Name)
+		var f File
+		err := s.retryStale(func() error { var e error; f, e = s.fs.OpenFile(path, os.O_RDONLY, 0); return e })
+		if err == nil {
+			return f, nil
 		}
-		if err != nil {
-			return nil, ss.s.classify("open message", err)
+		if !isErrno(err, syscall.ENOENT) {
+			return nil, s.classify("open message", err)
+		}
+		var found bool
+		if e, found, err = s.relocate(ss.mb.Path, e, nil); err != nil {
+			return nil, s.classify("find renamed message", err)
+		}
+		if !found {
+			return nil, failure.New(failure.NotFound, "open message", "message was removed", nil)
+		}
+		ss.setCurrent(i, e)
+	}
+	return nil, errKeptRenaming()
+}
+
+// errKeptRenaming is the answer when a message is renamed again each time
+// it is found: another program is busy with it; try again later.
+func errKeptRenaming() error {
+	return failure.Temp("follow renamed message", "message is being changed by another program", nil)
+}
+
+// maxRelocations bounds how often one operation follows a message that
+// keeps being renamed under it.
+const maxRelocations = 3
+
+// current is entry i under the name this session last found it. The
+// listing itself may be shared through the cache and is never written.
+func (ss *Session) current(i int) Entry {
+	if e, ok := ss.moved[i]; ok {
+		return e
+	}
+	return ss.entries[i]
+}
+
+func (ss *Session) setCurrent(i int, e Entry) {
+	if ss.moved == nil {
+		ss.moved = make(map[int]Entry)
+	}
+	ss.moved[i] = e
+}
+
+// dirNames is a fresh reading of new/ and cur/ by base name, shared by the
+// lookups of one operation (a QUIT that deletes many messages an IMAP
+// client flagged reads the directories once).
+type dirNames map[string]Entry
+
+// relocate finds e again by its base name (the part of the name that no
+// rename changes) in new/ and cur/, as Dovecot and Courier do. The
+// directories are read afresh: opening them makes the NFS client
+// revalidate, where its name cache may still hold the old name. known, if
+// not nil, is filled on first use and reused; pass nil to read anew.
+func (s *Store) relocate(maildir string, e Entry, known *dirNames) (Entry, bool, error) {
+	var names dirNames
+	if known != nil {
+		names = *known
+	}
+	if names == nil {
+		names = make(dirNames)
+		for _, sub := range []string{"new", "cur"} {
+			var list []string
+			dir := filepath.Join(maildir, sub)
+			if err := s.retryStale(func() error { var e error; list, e = s.fs.ReadDirNames(dir); return e }); err != nil {
+				return Entry{}, false, err
+			}
+			for _, n := range list {
+				names[BaseName(n)] = Entry{Dir: sub, Name: n}
+			}
+		}
+		if known != nil {
+			*known = names
 		}
 	}
-	return f, nil
+	found, ok := names[BaseName(e.Name)]
+	if !ok || (found.Dir == e.Dir && found.Name == e.Name) {
+		// Not there, or still listed under the name that just gave
+		// ENOENT: the reading is older than the removal.
+		return Entry{}, false, nil
+	}
+	if size, ok, _, _ := SizesFromName(found.Name); ok && size != e.StoredSize {
+		return Entry{}, false, nil // same base, different message: not ours
+	}
+	e.Dir, e.Name = found.Dir, found.Name
+	return e, true, nil
 }
 
 // Commit is POP3's UPDATE state: it checks the lock is still this
-// session's, removes the deleted entries (ENOENT is fine: already gone),
-// moves retrieved ones to cur/ when configured, records the removal in
-// maildirsize, writes a new generation so that other machines drop their
-// cached listing, and releases the lock. It removes nothing when the lock
-// was taken over.
+// session's, removes the deleted entries, moves retrieved ones to cur/
+// when configured, records the removal in maildirsize, writes a new
+// generation so that other machines drop their cached listing, and
+// releases the lock. It removes nothing when the lock was taken over.
+//
+// A message renamed meanwhile (ENOENT) is looked up again by its base name
+// and removed (or flagged) under its new name; one in neither new/ nor
+// cur/ is gone already, which for a deletion is what was asked.
 func (ss *Session) Commit(deleted, retrieved []int) error {
 	if ss.closed {
 		return failure.Temp("commit", "session already closed", nil)
@@ -460,25 +565,22 @@ func (ss *Session) Commit(deleted, retrieved []int) error {
 	}
 	var firstErr error
 	var bytes, count int64
+	var known dirNames
 	isDeleted := make(map[int]bool, len(deleted))
 	for _, i := range deleted {
 		if i < 0 || i >= len(ss.entries) || isDeleted[i] {
 			continue
 		}
 		isDeleted[i] = true
-		e := ss.entries[i]
-		path := filepath.Join(ss.mb.Path, e.Dir, e.Name)
-		err := s.retryStale(func() error { return s.fs.Remove(path) })
+		removed, err := ss.remove(ss.current(i), &known)
 		switch {
-		case err == nil:
-			bytes += e.StoredSize
-			count++
-		case isErrno(err, syscall.ENOENT):
-			// Already gone (a retransmitted REMOVE, or removed by hand).
-		default:
+		case err != nil:
 			if firstErr == nil {
 				firstErr = s.classify("remove message", err)
 			}
+		case removed:
+			bytes += ss.entries[i].StoredSize
+			count++
 		}
 	}
 	if ss.opts.MoveToCur {
@@ -486,11 +588,8 @@ func (ss *Session) Commit(deleted, retrieved []int) error {
 			if i < 0 || i >= len(ss.entries) || isDeleted[i] || ss.entries[i].Dir != "new" {
 				continue
 			}
-			e := ss.entries[i]
-			src := filepath.Join(ss.mb.Path, "new", e.Name)
-			dst := filepath.Join(ss.mb.Path, "cur", e.Name+":2,S")
-			if err := s.retryStale(func() error { return s.fs.Rename(src, dst) }); err != nil && !isErrno(err, syscall.ENOENT) {
-				s.log.Warn("could not move a retrieved message to cur", "path", src, "err", err)
+			if err := ss.markSeen(ss.current(i), &known); err != nil {
+				s.log.Warn("could not move a retrieved message to cur", "name", ss.entries[i].Name, "err", err)
 			}
 		}
 	}
@@ -505,6 +604,74 @@ func (ss *Session) Commit(deleted, retrieved []int) error {
 		return fmt.Errorf("commit: %w", firstErr)
 	}
 	return nil
+}
+
+// remove unlinks e, following it when it was renamed; removed is false
+// when it was gone already.
+func (ss *Session) remove(e Entry, known *dirNames) (removed bool, err error) {
+	s := ss.s
+	for attempt := 0; attempt < maxRelocations; attempt++ {
+		path := filepath.Join(ss.mb.Path, e.Dir, e.Name)
+		err = s.retryStale(func() error { return s.fs.Remove(path) })
+		if !isErrno(err, syscall.ENOENT) {
+			return err == nil, err
+		}
+		if attempt > 0 {
+			*known = nil // our reading was already out of date once
+		}
+		var found bool
+		if e, found, err = s.relocate(ss.mb.Path, e, known); err != nil || !found {
+			return false, err
+		}
+	}
+	return false, errKeptRenaming()
+}
+
+// markSeen is pop3.move_to_cur for one retrieved message listed in new/:
+// new/X becomes cur/X:2,S; one an IMAP server moved to cur/ meanwhile gets
+// the S flag added to the ones it has there. The UIDL does not change.
+func (ss *Session) markSeen(e Entry, known *dirNames) error {
+	s := ss.s
+	var err error
+	for attempt := 0; attempt < maxRelocations; attempt++ {
+		dst, ok := seenName(e)
+		if !ok {
+			return nil // in cur/ and seen already
+		}
+		src := filepath.Join(ss.mb.Path, e.Dir, e.Name)
+		err = s.retryStale(func() error { return s.fs.Rename(src, filepath.Join(ss.mb.Path, "cur", dst)) })
+		if !isErrno(err, syscall.ENOENT) {
+			return err
+		}
+		if attempt > 0 {
+			*known = nil
+		}
+		var found bool
+		if e, found, err = s.relocate(ss.mb.Path, e, known); err != nil || !found {
+			// Gone, or our own rename answered ENOENT on a retransmit
+			// and the message is now cur/ under dst: found would then be
+			// the name we gave it, which seenName leaves alone.
+			return err
+		}
+	}
+	return errKeptRenaming()
+}
+
+// seenName is the name e gets in cur/ with the S flag (Maildir info
+// "2,<flags>", flags in ASCII order); ok is false when e is already in
+// cur/ with it.
+func seenName(e Entry) (name string, ok bool) {
+	base, info, hasInfo := strings.Cut(e.Name, ":")
+	if e.Dir == "new" || !hasInfo || !strings.HasPrefix(info, "2,") {
+		return base + ":2,S", true
+	}
+	flags := []byte(info[2:])
+	if slices.Contains(flags, 'S') {
+		return "", false
+	}
+	flags = append(flags, 'S')
+	slices.Sort(flags)
+	return base + ":2," + string(flags), true
 }
 
 // Close releases the lock without changing the Maildir.

@@ -575,8 +575,11 @@ type POP3 struct {
 	// UIDLFormat says how the unique ids of UIDL are made. "maildir" uses
 	// the unique part of the Maildir file name (before the ':'). "dovecot"
 	// and "courier" give the ids those servers gave, so that clients of a
-	// server being replaced do not download every message again. Default
-	// "maildir".
+	// server being replaced do not download every message again: to the
+	// messages in that server's list when nfsdrop first lists the Maildir
+	// (recorded then in nfsdrop-uidls.dovecot or .courier), never to ones
+	// the old server lists later, whose ids nfsdrop may already have shown
+	// (docs/migration.md). Default "maildir".
 	UIDLFormat string `toml:"uidl_format"`
 }
 
