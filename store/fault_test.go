@@ -53,6 +53,15 @@ func (f *faultFS) Remove(n string) error {
 func (f *faultFS) Mkdir(n string, p fs.FileMode) error {
 	return f.do("mkdir", n, func() error { return f.OSFS.Mkdir(n, p) })
 }
+func (f *faultFS) Lstat(n string) (Info, error) {
+	var info Info
+	err := f.do("lstat", n, func() error {
+		var err error
+		info, err = f.OSFS.Lstat(n)
+		return err
+	})
+	return info, err
+}
 func (f *faultFS) SyncDir(n string) error {
 	return f.do("syncdir", n, func() error { return f.OSFS.SyncDir(n) })
 }
@@ -73,5 +82,8 @@ func (f *faultFile) Write(p []byte) (int, error) {
 	return n, err
 }
 
+func (f *faultFile) Chown(uid, gid int) error {
+	return f.fs.do("chown", f.path, func() error { return f.File.Chown(uid, gid) })
+}
 func (f *faultFile) Sync() error  { return f.fs.do("fsync", f.path, f.File.Sync) }
 func (f *faultFile) Close() error { return f.fs.do("close", f.path, f.File.Close) }

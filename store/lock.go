@@ -70,7 +70,7 @@ func (s *Store) acquireLock(maildir string, stale time.Duration, owner string) (
 		return nil, s.classify("write lock file", werr)
 	}
 	for attempt := 0; attempt < 3; attempt++ {
-		err := s.publishLink(tmp, info, lockPath)
+		_, err := s.publishLink(tmp, info, info.Nlink, lockPath)
 		if err == nil {
 			l := &dotlock{s: s, path: lockPath, info: info, stop: make(chan struct{}), done: make(chan struct{})}
 			go l.refresh(stale / 3)
