@@ -1,0 +1,153 @@
+package store
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/nfsdrop/nfsdrop/internal/failure"
+)
+
+// The link-count fallback of verifyPublished (dst cannot be stat'ed) must
+// count only this link: after two recipients were linked, a third link
+// that answered ENOENT without happening is a failure, not a success
+// vouched for by the other recipients' links.
+func TestLinkCountFallbackCountsOnlyThisLink(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		linkDone bool // the third link really happened, its reply was lost
+		acked    bool
+	}{
+		{name: "ENOENT, link not made", linkDone: false, acked: false},
+		{name: "ENOENT after the link was made, target not visible yet", linkDone: true, acked: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ffs := &faultFS{}
+			s, root := newTestStore(t, ffs)
+			boxes := []Mailbox{mailbox(root, "l1"), mailbox(root, "l2"), mailbox(root, "l3")}
+			st, err := s.Stage(boxes[0], bytes.NewReader(testMessage))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Discard()
+			for _, mb := range boxes[:2] {
+				if _, err := st.Deliver(mb); err != nil {
+					t.Fatal(err)
+				}
+			}
+			third := filepath.Join(boxes[2].Path, "new") + "/"
+			if err := s.EnsureMaildir(boxes[2]); err != nil {
+				t.Fatal(err)
+			}
+			ffs.hook = func(op, path string, real func() error) error {
+				if !strings.HasPrefix(path, third) {
+					return real()
+				}
+				switch op {
+				case "link":
+					if tc.linkDone {
+						if err := real(); err != nil {
+							return err
+						}
+					}
+					return &os.LinkError{Op: "link", New: path, Err: syscall.ENOENT}
+				case "lstat":
+					// A stale negative lookup: the target cannot be seen.
+					return &os.PathError{Op: "lstat", Path: path, Err: syscall.ENOENT}
+				}
+				return real()
+			}
+			_, err = st.Deliver(boxes[2])
+			ffs.hook = nil
+			if (err == nil) != tc.acked {
+				t.Fatalf("acknowledged=%v, want %v (err %v)", err == nil, tc.acked, err)
+			}
+			if !tc.acked && failure.KindOf(err) != failure.Temporary {
+				t.Errorf("want a temporary failure, got %v", err)
+			}
+			if n := listDir(t, filepath.Join(boxes[2].Path, "new")); len(n) != map[bool]int{true: 1, false: 0}[tc.acked] {
+				t.Errorf("third recipient's new/: %v", n)
+			}
+		})
+	}
+}
+
+// Two recipients with one Maildir (user+a and user+b): the second gets
+// the first one's delivery. Its directory fsync cannot fail and withdraw
+// the file the first was answered for, and maildirsize counts one message.
+func TestSameMaildirDeliveredOnce(t *testing.T) {
+	ffs := &faultFS{}
+	s, root := newTestStore(t, ffs)
+	mb := mailbox(root, "same")
+	mb.Quota = Quota{Messages: 10}
+	other := mailbox(root, "other")
+	st, err := s.Stage(mb, bytes.NewReader(testMessage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Discard()
+	first, err := st.Deliver(mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ffs.hook = func(op, path string, real func() error) error {
+		if op == "syncdir" && strings.HasPrefix(path, mb.Path) {
+			return &os.PathError{Op: "fsync", Path: path, Err: syscall.EIO}
+		}
+		return real()
+	}
+	again := mb
+	again.Path += "/" // the same Maildir, spelled differently
+	second, err := st.Deliver(again)
+	if err != nil || second.Key != first.Key {
+		t.Fatalf("second recipient of the same Maildir: %+v %v, want %+v", second, err, first)
+	}
+	if _, err := st.Deliver(other); err != nil {
+		t.Fatal(err)
+	}
+	ffs.hook = nil
+	st.Discard()
+	checkOutcome(t, mb, true, testMessage)
+	checkOutcome(t, other, true, testMessage)
+	if u, _, err := s.QuotaUsage(mb); err != nil || u.Messages != 1 {
+		t.Errorf("maildirsize: %+v %v, want 1 message", u, err)
+	}
+}
+
+// The same Maildir reached through another path (a symlink: the cleaned
+// paths differ): the link answers EEXIST for our inode. If the directory
+// fsync then fails, the answer is a temporary failure, but the file the
+// first recipient was answered for stays.
+func TestAliasedMaildirNeverWithdrawsAnAcknowledgedFile(t *testing.T) {
+	ffs := &faultFS{}
+	s, root := newTestStore(t, ffs)
+	mb := mailbox(root, "real")
+	st, err := s.Stage(mb, bytes.NewReader(testMessage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Discard()
+	if _, err := st.Deliver(mb); err != nil {
+		t.Fatal(err)
+	}
+	alias := filepath.Join(root, "example.org", "alias")
+	if err := os.Symlink(filepath.Dir(mb.Path), alias); err != nil {
+		t.Fatal(err)
+	}
+	ffs.hook = func(op, path string, real func() error) error {
+		if op == "syncdir" {
+			return &os.PathError{Op: "fsync", Path: path, Err: syscall.EIO}
+		}
+		return real()
+	}
+	_, err = st.Deliver(Mailbox{Path: filepath.Join(alias, "Maildir"), UID: -1, GID: -1})
+	ffs.hook = nil
+	if failure.KindOf(err) != failure.Temporary {
+		t.Fatalf("aliased Maildir with a failed fsync: %v, want a temporary failure", err)
+	}
+	st.Discard()
+	checkOutcome(t, mb, true, testMessage)
+}
