@@ -7,8 +7,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
 )
 
 // The link-count fallback of verifyPublished (dst cannot be stat'ed) must
@@ -150,4 +152,107 @@ func TestAliasedMaildirNeverWithdrawsAnAcknowledgedFile(t *testing.T) {
 	}
 	st.Discard()
 	checkOutcome(t, mb, true, testMessage)
+}
+
+// A message for several recipients is staged in the spool (made 0700 on
+// first use), which no mailbox may use, and whose leftovers the sweeper
+// removes like those of tmp/.
+func TestSpool(t *testing.T) {
+	now := time.Now()
+	s, root := newTestStore(t, nil, func(o *Options) { o.Now = func() time.Time { return now } })
+	boxes := []Mailbox{mailbox(root, "s1"), mailbox(root, "s2")}
+	st, err := s.StageFor(boxes, bytes.NewReader(testMessage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spoolTmp := filepath.Join(root, SpoolName, "tmp")
+	if n := listDir(t, spoolTmp); len(n) != 1 {
+		t.Fatalf("spool tmp/ holds %v, want the staged file", n)
+	}
+	for _, dir := range []string{filepath.Dir(spoolTmp), spoolTmp} {
+		if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v %v, want mode 0700", dir, fi, err)
+		}
+	}
+	for _, mb := range boxes {
+		if _, err := st.Deliver(mb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Discard()
+	for _, mb := range boxes {
+		checkOutcome(t, mb, true, testMessage)
+	}
+	if n := listDir(t, spoolTmp); len(n) != 0 {
+		t.Errorf("spool tmp/ after Discard: %v", n)
+	}
+
+	for _, p := range []string{filepath.Join(root, SpoolName), filepath.Join(root, SpoolName, "u", "Maildir")} {
+		_, err := s.Deliver(Mailbox{Path: p, UID: -1, GID: -1}, bytes.NewReader(testMessage))
+		if failure.KindOf(err) != failure.Permanent {
+			t.Errorf("mailbox %s in the spool: %v, want a permanent failure", p, err)
+		}
+	}
+
+	old := filepath.Join(spoolTmp, "1.abandoned")
+	os.WriteFile(old, []byte("partial"), 0o600)
+	s.now = func() time.Time { return now.Add(TmpMaxAge + time.Hour) }
+	removed, _, err := s.SweepTree(root, TmpMaxAge, false)
+	if err != nil || removed != 1 {
+		t.Fatalf("SweepTree: removed %d, %v", removed, err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("abandoned spool file not swept: %v", err)
+	}
+}
+
+// When the spooled file cannot be given to the first recipient's owner
+// (that owner is over its filer quota), it stays unowned and every
+// recipient gets a copy of its own: the first recipient's trouble stays
+// its own.
+func TestSpoolChownFailsEveryoneGetsACopy(t *testing.T) {
+	testenv.RequireRoot(t)
+	ffs := &faultFS{}
+	yes := true
+	s, root := newTestStore(t, ffs, func(o *Options) { o.Chown = &yes })
+	boxes := []Mailbox{mailbox(root, "q1"), mailbox(root, "q2"), mailbox(root, "q3")}
+	for i := range boxes {
+		boxes[i].UID, boxes[i].GID = 3001+i%2, 3001+i%2 // q1 and q3 share an owner
+	}
+	spool := filepath.Join(root, SpoolName) + "/"
+	ffs.hook = func(op, path string, real func() error) error {
+		if op == "chown" && (strings.HasPrefix(path, spool) || strings.HasPrefix(path, boxes[0].Path+"/")) {
+			return &os.PathError{Op: "chown", Path: path, Err: syscall.EDQUOT}
+		}
+		return real()
+	}
+	st, err := s.StageFor(boxes, bytes.NewReader(testMessage))
+	if err != nil {
+		t.Fatalf("a chown failure for the first owner failed the stage: %v", err)
+	}
+	if _, err := st.Deliver(boxes[0]); failure.KindOf(err) != failure.OverQuota {
+		t.Errorf("first recipient: %v, want its own over-quota failure", err)
+	}
+	for _, mb := range boxes[1:] {
+		d, err := st.Deliver(mb)
+		if err != nil {
+			t.Fatalf("%s: %v", mb.Path, err)
+		}
+		if d.Linked {
+			t.Errorf("%s got a link of an unowned file", mb.Path)
+		}
+		fi, err := os.Stat(filepath.Join(mb.Path, "new", d.Key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sys := fi.Sys().(*syscall.Stat_t); int(sys.Uid) != mb.UID || sys.Nlink != 1 {
+			t.Errorf("%s: owner %d nlink %d, want %d and 1", mb.Path, sys.Uid, sys.Nlink, mb.UID)
+		}
+	}
+	ffs.hook = nil
+	st.Discard()
+	checkOutcome(t, boxes[0], false, nil)
+	for _, mb := range boxes[1:] {
+		checkOutcome(t, mb, true, testMessage)
+	}
 }

@@ -508,3 +508,47 @@ func TestIncomingVirusStatusRemoved(t *testing.T) {
 		}
 	}
 }
+
+// With action "tag", the message with its X-Virus-Status header is staged
+// a second time, once for all recipients. When that fails (trouble where
+// it is written), each recipient gets a copy of its own instead, and its
+// own answer: the failure is not handed to every recipient.
+func TestTagRestageFailureFallsBackToCopies(t *testing.T) {
+	sc, err := scan.New(scan.Options{Addresses: []string{fakeClamd(t)}, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, worldOpts{scan: &ScanPolicy{Scanner: sc, Action: ActionTag}}, "alice", "bob", "carol", "dave")
+	// Staging directories exist (as after the first delivery), so that
+	// the second file created below is the tagged copy.
+	w.send(testMsg, "dave@"+testDomain, "dave@"+testDomain)
+	var mu sync.Mutex
+	created := map[string]bool{}
+	w.setHook(func(op, path string) (error, bool) {
+		if op != "open" || filepath.Base(filepath.Dir(path)) != "tmp" {
+			return nil, false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !created[path] {
+			created[path] = true
+			if len(created) == 2 { // the tagged copy, written once for all
+				return &os.PathError{Op: "open", Path: path, Err: syscall.EIO}, false
+			}
+		}
+		return nil, false
+	})
+	replies := w.send(testMsg, "alice@"+testDomain, "bob@"+testDomain, "carol@"+testDomain)
+	w.setHook(nil)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		if rep := replies[u+"@"+testDomain]; !strings.HasPrefix(rep, "250 ") {
+			t.Errorf("%s: %q", u, rep)
+			continue
+		}
+		data := w.onlyMessage(u, "body line\r\n")
+		if !bytes.HasPrefix(data, []byte("X-Virus-Status: Clean\r\n")) {
+			t.Errorf("%s: no scan header:\n%s", u, data)
+		}
+	}
+	w.spoolEmpty()
+}
