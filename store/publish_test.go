@@ -256,3 +256,43 @@ func TestSpoolChownFailsEveryoneGetsACopy(t *testing.T) {
 		checkOutcome(t, mb, true, testMessage)
 	}
 }
+
+// On a filesystem without hard links the staged file is renamed into the
+// first recipient's new/ and the others copy from it. If that recipient's
+// directory fsync fails, the file goes back to where it was staged, so the
+// others still get their copies.
+func TestNoHardLinksWithdrawKeepsTheSourceForOthers(t *testing.T) {
+	ffs := &faultFS{}
+	s, root := newTestStore(t, ffs)
+	boxes := []Mailbox{mailbox(root, "r1"), mailbox(root, "r2"), mailbox(root, "r3")}
+	st, err := s.StageFor(boxes, bytes.NewReader(testMessage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ffs.hook = func(op, path string, real func() error) error {
+		switch {
+		case op == "link":
+			return &os.LinkError{Op: "link", New: path, Err: syscall.EPERM}
+		case op == "syncdir" && strings.HasPrefix(path, boxes[0].Path+"/"):
+			return &os.PathError{Op: "fsync", Path: path, Err: syscall.EIO}
+		}
+		return real()
+	}
+	if _, err := st.Deliver(boxes[0]); failure.KindOf(err) != failure.Temporary {
+		t.Fatalf("first recipient: %v, want a temporary failure", err)
+	}
+	for _, mb := range boxes[1:] {
+		if _, err := st.Deliver(mb); err != nil {
+			t.Fatalf("%s: %v", mb.Path, err)
+		}
+	}
+	ffs.hook = nil
+	st.Discard()
+	checkOutcome(t, boxes[0], false, nil)
+	for _, mb := range boxes[1:] {
+		checkOutcome(t, mb, true, testMessage)
+	}
+	if n := listDir(t, filepath.Join(root, SpoolName, "tmp")); len(n) != 0 {
+		t.Errorf("spool tmp/ after Discard: %v", n)
+	}
+}

@@ -655,6 +655,15 @@ func (st *Staged) withdraw(dst string, allowed, ourLink bool) {
 		s.log.Warn("not withdrawing a message whose directory fsync failed: another recipient has the same file", "path", dst)
 		return
 	}
+	if dst == st.src && !st.inTmp {
+		// The staged file itself was renamed here (no hard links): move
+		// it back, since the other recipients copy from it.
+		back := filepath.Join(st.place.dir, st.base)
+		if err := s.fs.Rename(dst, back); err == nil {
+			st.src, st.inTmp = back, true
+			return
+		}
+	}
 	err := s.fs.Remove(dst)
 	if err != nil && !isErrno(err, syscall.ENOENT) {
 		s.log.Warn("could not withdraw a message whose directory fsync failed", "path", dst, "err", err)
