@@ -60,8 +60,8 @@ func (s *Store) SweepTmp(maildir string, maxAge time.Duration, dryRun bool) (int
 // SweepTree sweeps every Maildir (and Maildir++ folder) found under root:
 // any directory holding cur/, new/ and tmp/, and the spool's tmp/ (see
 // SpoolName) when it lies under root. It returns the files removed and the
-// directories swept; it keeps going past one it cannot sweep and returns
-// the first such error at the end.
+// Maildirs visited (the spool is not counted as one); it keeps going past
+// a directory it cannot sweep and returns the first such error at the end.
 func (s *Store) SweepTree(root string, maxAge time.Duration, dryRun bool) (removed, maildirs int, err error) {
 	var first error
 	walkErr := filepath.WalkDir(root, func(p string, d fs.DirEntry, werr error) error {
@@ -82,7 +82,9 @@ func (s *Store) SweepTree(root string, maxAge time.Duration, dryRun bool) (remov
 		if !isSpool && !s.isMaildir(p) {
 			return nil
 		}
-		maildirs++
+		if !isSpool {
+			maildirs++
+		}
 		n, err := s.SweepTmp(p, maxAge, dryRun)
 		removed += n
 		if err != nil && first == nil {

@@ -281,15 +281,21 @@ func TestDeliverE2ESIGKILL(t *testing.T) {
 		}
 	}
 
-	// tmp/: what the killed runs left. A run that exited 0 must leave
+	// tmp/: what the killed runs left, in the recipients' tmp/ (one
+	// recipient) and the spool's (several). A run that exited 0 must leave
 	// nothing (it removes its staged file before answering).
 	var (
 		tmpFiles                         []string
 		tmpPartial, tmpStaged, tmpLinked int
 	)
+	spoolTmp := filepath.Join(e.root, store.SpoolName, "tmp")
+	tmpDirs := []string{spoolTmp}
 	for _, md := range users {
-		for _, n := range names(t, filepath.Join(md, "tmp")) {
-			p := filepath.Join(md, "tmp", n)
+		tmpDirs = append(tmpDirs, filepath.Join(md, "tmp"))
+	}
+	for _, dir := range tmpDirs {
+		for _, n := range names(t, dir) {
+			p := filepath.Join(dir, n)
 			tmpFiles = append(tmpFiles, p)
 			data := readFile(t, p)
 			m := tokenRE.FindSubmatch(data)
@@ -369,6 +375,7 @@ func TestDeliverE2ESIGKILL(t *testing.T) {
 	for _, md := range users {
 		wantEmpty(t, filepath.Join(md, "tmp"), filepath.Join(md, "cur"))
 	}
+	wantEmpty(t, spoolTmp)
 	if after := newSnapshot(t, users); !slices.Equal(before, after) {
 		t.Errorf("the sweep changed new/:\nbefore %q\nafter  %q", before, after)
 	}
