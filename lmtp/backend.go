@@ -32,10 +32,12 @@ type Backend interface {
 	// size still unknown). It returns a *failure.Error on refusal.
 	Resolve(ctx context.Context, address string) (Recipient, error)
 	// Stage writes trace (the trace headers this server adds) and then msg
-	// (the message as received) durably once, near the first recipient's
-	// mailbox, and scans msg when a scanner is configured. Nothing is
-	// visible to readers until Staged.Deliver.
-	Stage(ctx context.Context, first Recipient, trace string, msg io.Reader) (Staged, error)
+	// (the message as received) durably once for rcpts (at least one), and
+	// scans msg when a scanner is configured. Where it writes must not let
+	// one recipient's mailbox trouble fail the others: that trouble belongs
+	// in that recipient's Deliver. Nothing is visible to readers until
+	// Staged.Deliver.
+	Stage(ctx context.Context, rcpts []Recipient, trace string, msg io.Reader) (Staged, error)
 }
 
 // Staged is a message written once, to be published to each recipient.

@@ -368,7 +368,11 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	if len(targets) == 1 {
 		trace = envelope.ReturnPath(ss.from) + envelope.DeliveredTo(targets[0].addr) + ss.received(targets)
 	}
-	staged, err := ss.s.backend.Stage(ctx, targets[0].r, trace, msg)
+	rcpts := make([]Recipient, len(targets))
+	for i, e := range targets {
+		rcpts[i] = e.r
+	}
+	staged, err := ss.s.backend.Stage(ctx, rcpts, trace, msg)
 	if err == nil && dr.err != nil {
 		// The message was not received completely (the client went
 		// away, a size limit), yet Stage succeeded: never publish or

@@ -89,7 +89,8 @@ func (b *fakeBackend) Resolve(_ context.Context, address string) (Recipient, err
 	return Recipient{Address: canon, Handle: "handle:" + canon}, nil
 }
 
-func (b *fakeBackend) Stage(_ context.Context, first Recipient, trace string, body io.Reader) (Staged, error) {
+func (b *fakeBackend) Stage(_ context.Context, rcpts []Recipient, trace string, body io.Reader) (Staged, error) {
+	first := rcpts[0]
 	msg := io.MultiReader(strings.NewReader(trace), body)
 	st := &fakeStaged{b: b, first: first}
 	defer func() {

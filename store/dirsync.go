@@ -7,7 +7,10 @@ import "sync"
 // new/ needs *some* fsync of new/ that started after its link; when one is
 // already running, it waits for the next one, which then covers every
 // delivery that arrived meanwhile. Durability is unchanged: nobody is
-// answered before an fsync that began after their link has returned.
+// answered before an fsync that began after their link has returned, and
+// each delivery gets the result of exactly that fsync — not of a later one,
+// since after a failed fsync a later one may succeed without the earlier
+// entries being on disk (the kernel reports a writeback error once).
 type dirSyncer struct {
 	mu    sync.Mutex
 	dirs  map[string]*dirSync
@@ -18,10 +21,17 @@ type dirSync struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	running bool
-	started uint64 // number of fsyncs started
-	done    uint64 // number of fsyncs finished
-	lastErr error  // result of fsync number done
-	users   int    // callers holding this entry, for removal from the map
+	// next is the round that newcomers join: the fsync that will start
+	// after the running one (nil until someone joins).
+	next  *syncRound
+	users int // callers holding this entry, for removal from the map
+}
+
+// syncRound is one fsync and the deliveries it covers.
+type syncRound struct {
+	finished bool
+	err      error
+	waiters  int // for tests: deliveries that joined this round
 }
 
 func newDirSyncer(syncFn func(string) error) *dirSyncer {
@@ -55,26 +65,29 @@ func (g *dirSyncer) Sync(dir string) error {
 func (d *dirSync) wait(fsync func() error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	// An fsync running now may have started before our link: we need
-	// one whose number is greater than the number started so far.
-	ticket := d.started + 1
-	for d.done < ticket {
+	// A running fsync may have started before our link: join the round
+	// that starts after it.
+	if d.next == nil {
+		d.next = &syncRound{}
+	}
+	r := d.next
+	r.waiters++
+	for !r.finished {
 		if d.running {
 			d.cond.Wait()
 			continue
 		}
+		// Nothing running and our round not done: it has not started
+		// yet (the round before it finished), so run it for everyone in
+		// it. Later callers join a fresh round.
 		d.running = true
-		d.started++
-		n := d.started
+		d.next = nil
 		d.mu.Unlock()
 		err := fsync()
 		d.mu.Lock()
 		d.running = false
-		d.done = n
-		d.lastErr = err
+		r.finished, r.err = true, err
 		d.cond.Broadcast()
 	}
-	// Any fsync numbered ≥ ticket covers us; the latest one's result is
-	// the state of the directory now.
-	return d.lastErr
+	return r.err
 }

@@ -105,5 +105,9 @@ func (f *faultFile) Read(p []byte) (int, error) {
 	return n, err
 }
 
+func (f *faultFile) Chown(uid, gid int) error {
+	return f.fs.do("chown", f.path, func() error { return f.File.Chown(uid, gid) })
+}
+
 func (f *faultFile) Sync() error  { return f.fs.do("fsync", f.path, f.File.Sync) }
 func (f *faultFile) Close() error { return f.fs.do("close", f.path, f.File.Close) }

@@ -260,6 +260,27 @@ func (s *Store) inRoot(p string) bool {
 	return p == s.root || strings.HasPrefix(p, s.root+string(filepath.Separator))
 }
 
+// SpoolName is the directory under the mail root where a message for
+// several recipients is staged (in its tmp/): it belongs to no recipient,
+// so no recipient's trouble fails the others, and it is on the same
+// filesystem as the Maildirs, so recipients get hard links of it. No
+// mailbox may lie in it.
+const SpoolName = ".nfsdrop-spool"
+
+func (s *Store) spoolDir() string { return filepath.Join(s.root, SpoolName) }
+
+// ensureSpool makes the spool and its tmp/ (mode 0700, owned by the
+// process: spooled files are chowned one by one). The caller has checked
+// the mount guard.
+func (s *Store) ensureSpool() error {
+	for _, dir := range [...]string{s.spoolDir(), filepath.Join(s.spoolDir(), "tmp")} {
+		if err := s.mkdir(dir, 0o700, Mailbox{UID: -1, GID: -1}, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // EnsureMaildir creates mb's Maildir (new/, cur/, tmp/, mode 0700, owned
 // by the mailbox's uid/gid when chowning) if it does not exist yet, after
 // checking the mount guard. Parents are created with mode 0711 (traversable,
@@ -268,6 +289,9 @@ func (s *Store) EnsureMaildir(mb Mailbox) error {
 	path := filepath.Clean(mb.Path)
 	if !s.inRoot(path) || path == s.root {
 		return failure.Perm("maildir", "mailbox path outside the mail root", fmt.Errorf("%s not under %s", path, s.root))
+	}
+	if spool := s.spoolDir(); path == spool || strings.HasPrefix(path, spool+string(filepath.Separator)) {
+		return failure.Perm("maildir", "mailbox path inside nfsdrop's spool", fmt.Errorf("%s is under %s", path, spool))
 	}
 	if info, err := s.fs.Lstat(filepath.Join(path, "tmp")); err == nil && info.Mode.IsDir() {
 		return nil
@@ -323,8 +347,12 @@ func (s *Store) mkdir(dir string, mode os.FileMode, mb Mailbox, own bool) error 
 
 // Staged is a message written durably once into a tmp/ directory, ready to
 // be published into one or more Maildirs. Discard must be called when done.
+// A Staged is used by one goroutine at a time.
 type Staged struct {
 	s *Store
+	// place is where the staged file was written (a recipient's tmp/ or
+	// the spool) and who was meant to own it; Restage writes there too.
+	place tmpPlace
 	// src is the file recipients are linked from: the tmp/ file, or, after
 	// a rename fallback consumed it, the published file in new/.
 	src     string
@@ -335,7 +363,22 @@ type Staged struct {
 	noLinks        bool
 	base           string
 	size, crlfSize int64
-	uid, gid       int
+	// uid and gid own the file when owned is true. A spool file whose
+	// chown failed is owned by nobody in particular: with chowning on,
+	// every recipient then gets its own copy.
+	uid, gid int
+	owned    bool
+	// links is how many links to src this Staged has made (and not taken
+	// back): src's link count is srcInfo.Nlink + links, since nobody else
+	// knows the file's name. ackedLinks is how many of them were answered
+	// as delivered.
+	links, ackedLinks uint64
+	// published maps a cleaned Maildir path to the delivery already made
+	// there from this message without a prefix: a second recipient with the
+	// same Maildir (user+a and user+b, aliases) gets the same answer instead
+	// of a second link, a second quota charge, or a withdrawal of a file the
+	// first was answered for.
+	published map[string]Delivery
 }
 
 // Size is the staged message's size in bytes.
@@ -352,36 +395,60 @@ func (s *Store) Stage(mb Mailbox, r io.Reader) (*Staged, error) {
 	if err := s.EnsureMaildir(mb); err != nil {
 		return nil, err
 	}
-	return s.writeTmp(mb, r)
+	return s.writeTmp(mailboxTmp(mb), r)
+}
+
+// StageFor writes r durably once for recipients (at least one), where no
+// single recipient's trouble can fail the others: with one recipient in
+// its own tmp/ (as Stage; its trouble is its own), with several in the
+// spool under the mail root, which belongs to none of them (a Maildir path
+// that is a file, a filer quota for one user, an I/O error in one
+// directory then answer only for that recipient, at Deliver). With
+// chowning on, the spool file is given to the first recipient's owner
+// after it is written, so that recipients with that owner get hard links;
+// when that chown fails (the filer's quota for that owner), the file stays
+// unowned and every recipient gets a copy in its own tmp/.
+func (s *Store) StageFor(recipients []Mailbox, r io.Reader) (*Staged, error) {
+	switch len(recipients) {
+	case 0:
+		return nil, errors.New("store: StageFor without recipients")
+	case 1:
+		return s.Stage(recipients[0], r)
+	}
+	if err := s.CheckMount(); err != nil {
+		return nil, err
+	}
+	first := recipients[0]
+	st, err := s.writeTmp(tmpPlace{dir: filepath.Join(s.spoolDir(), "tmp"), uid: first.UID, gid: first.GID, spool: true}, r)
+	if err != nil {
+		return nil, err
+	}
+	s.SweepInPassing(s.spoolDir())
+	return st, nil
 }
 
 func (s *Store) newBase() string {
 	return uniqueBase(s.now(), s.pid, s.counter.Add(1), s.host)
 }
 
-// writeTmp is steps 2 of the algorithm: O_EXCL create in mb's tmp/,
+// tmpPlace is where writeTmp makes its file and who is to own it.
+type tmpPlace struct {
+	dir      string // a tmp/ directory
+	uid, gid int    // owner when chowning; -1 leaves it
+	// spool marks the shared spool: its directory is made on demand, and
+	// its owner is a preference (for hard links), not a requirement.
+	spool bool
+}
+
+// mailboxTmp is mb's own tmp/, owned by mb's owner.
+func mailboxTmp(mb Mailbox) tmpPlace {
+	return tmpPlace{dir: filepath.Join(mb.Path, "tmp"), uid: mb.UID, gid: mb.GID}
+}
+
+// writeTmp is step 2 of the algorithm: O_EXCL create in place's tmp/,
 // write, fsync, checked close. On any error the tmp file is removed.
-func (s *Store) writeTmp(mb Mailbox, r io.Reader) (st *Staged, err error) {
-	var (
-		f       File
-		base    string
-		tmpPath string
-	)
-	for attempt := 0; ; attempt++ {
-		base = s.newBase()
-		tmpPath = filepath.Join(mb.Path, "tmp", base)
-		err = s.retryStale(func() error {
-			var oerr error
-			f, oerr = s.fs.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-			return oerr
-		})
-		// EEXIST: another process holds this name (clock stepped back
-		// and pid reused); take a fresh name.
-		if isErrno(err, syscall.EEXIST) && attempt < 3 {
-			continue
-		}
-		break
-	}
+func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
+	f, base, tmpPath, err := s.createTmp(place)
 	if err != nil {
 		return nil, s.classify("create tmp file", err)
 	}
@@ -397,8 +464,9 @@ func (s *Store) writeTmp(mb Mailbox, r io.Reader) (st *Staged, err error) {
 			s.log.Warn("could not remove tmp file after a failed delivery", "path", tmpPath, "err", rerr)
 		}
 	}()
-	if s.chown && (mb.UID >= 0 || mb.GID >= 0) {
-		if err = f.Chown(mb.UID, mb.GID); err != nil {
+	wantOwner := s.chown && (place.uid >= 0 || place.gid >= 0)
+	if wantOwner && !place.spool {
+		if err = f.Chown(place.uid, place.gid); err != nil {
 			return nil, s.classify("chown tmp file", err)
 		}
 	}
@@ -425,6 +493,18 @@ func (s *Store) writeTmp(mb Mailbox, r io.Reader) (st *Staged, err error) {
 			return nil, failure.Temp("read message", "message not received completely", rerr)
 		}
 	}
+	owned := true
+	if wantOwner && place.spool {
+		// Chown only now that the data is written: a filer quota counts
+		// the file against its owner, and a write charged to the first
+		// recipient would let that recipient's quota fail everyone. The
+		// fsync below makes the new owner durable with the data.
+		if cerr := f.Chown(place.uid, place.gid); cerr != nil {
+			owned = false
+			s.log.Warn("could not give the spooled message to the first recipient's owner; every recipient gets a copy",
+				"path", tmpPath, "uid", place.uid, "gid", place.gid, "err", cerr)
+		}
+	}
 	info, err := f.Stat()
 	if err != nil {
 		return nil, s.classify("fstat", err)
@@ -440,10 +520,40 @@ func (s *Store) writeTmp(mb Mailbox, r io.Reader) (st *Staged, err error) {
 		return nil, s.classify("close", err)
 	}
 	return &Staged{
-		s: s, src: tmpPath, srcInfo: info, inTmp: true,
+		s: s, place: place, src: tmpPath, srcInfo: info, inTmp: true,
 		base: base, size: cnt.size, crlfSize: cnt.pop3Size(),
-		uid: mb.UID, gid: mb.GID,
+		uid: place.uid, gid: place.gid, owned: owned,
 	}, nil
+}
+
+// createTmp creates a fresh file in place.dir with O_EXCL, making the
+// spool's directories first when they are missing.
+func (s *Store) createTmp(place tmpPlace) (f File, base, tmpPath string, err error) {
+	madeSpool := false
+	for attempt := 0; ; attempt++ {
+		base = s.newBase()
+		tmpPath = filepath.Join(place.dir, base)
+		err = s.retryStale(func() error {
+			var oerr error
+			f, oerr = s.fs.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			return oerr
+		})
+		// EEXIST: another process holds this name (clock stepped back
+		// and pid reused); take a fresh name.
+		if isErrno(err, syscall.EEXIST) && attempt < 3 {
+			continue
+		}
+		// ENOENT in the spool: first use on this mail root (the caller
+		// checked the mount guard); make it and try once more.
+		if isErrno(err, syscall.ENOENT) && place.spool && !madeSpool {
+			madeSpool = true
+			if merr := s.ensureSpool(); merr != nil {
+				return nil, "", "", merr
+			}
+			continue
+		}
+		return f, base, tmpPath, err
+	}
 }
 
 // Deliver publishes the staged message into mb's new/ and returns once it
@@ -463,6 +573,12 @@ func (st *Staged) DeliverWithPrefix(mb Mailbox, prefix []byte) (Delivery, error)
 
 func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	s := st.s
+	maildir := filepath.Clean(mb.Path)
+	if d, ok := st.published[maildir]; ok && prefix == nil {
+		// Another recipient of this message has the same Maildir and was
+		// answered for this very file: it is already durable there.
+		return d, nil
+	}
 	if err := s.EnsureMaildir(mb); err != nil {
 		return Delivery{}, err
 	}
@@ -473,15 +589,24 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	var (
 		d   Delivery
 		dst string
+		// mayWithdraw is false when dst may be a name another recipient
+		// of this message was already answered for (a link that answered
+		// EEXIST for our inode, reached through another path to the same
+		// Maildir): such a file is never taken back.
+		mayWithdraw = true
+		// ourLink is true when dst is a link of src counted in st.links.
+		ourLink bool
 	)
-	sameOwner := !s.chown || (st.uid == mb.UID && st.gid == mb.GID)
+	sameOwner := !s.chown || (st.owned && st.uid == mb.UID && st.gid == mb.GID)
 	if prefix == nil && sameOwner && !st.noLinks {
 		d = Delivery{Key: fullName(st.base, st.size, st.crlfSize), Size: st.size, CRLFSize: st.crlfSize}
 		dst = filepath.Join(newDir, d.Key)
-		err := s.publishLink(st.src, st.srcInfo, dst)
+		existed, err := s.publishLink(st.src, st.srcInfo, st.srcInfo.Nlink+st.links, dst)
 		switch {
 		case err == nil:
-			d.Linked = true
+			d.Linked, ourLink = true, true
+			st.links++
+			mayWithdraw = !existed || st.ackedLinks == 0
 		case isErrno(err, syscall.EXDEV):
 			// Another filesystem: copy below.
 		case isErrno(err, syscall.EPERM) && st.inTmp:
@@ -508,10 +633,17 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		// The entry may not be durable, so the caller must not
 		// acknowledge, and Postfix will deliver again under a new name.
 		// Take our entry back out so that retry does not double it.
-		if rerr := s.fs.Remove(dst); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
-			s.log.Warn("could not withdraw a message whose directory fsync failed", "path", dst, "err", rerr)
-		}
+		st.withdraw(dst, mayWithdraw, ourLink)
 		return Delivery{}, s.classify("fsync new", err)
+	}
+	if ourLink {
+		st.ackedLinks++
+	}
+	if prefix == nil {
+		if st.published == nil {
+			st.published = make(map[string]Delivery)
+		}
+		st.published[maildir] = d
 	}
 	s.addQuota(mb, d.Size)
 	s.obs.Stored(d.Size)
@@ -519,18 +651,47 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	return d, nil
 }
 
+// withdraw removes dst after its directory fsync failed, unless it may be
+// a file another recipient was answered for (allowed false).
+func (st *Staged) withdraw(dst string, allowed, ourLink bool) {
+	s := st.s
+	if !allowed {
+		s.log.Warn("not withdrawing a message whose directory fsync failed: another recipient has the same file", "path", dst)
+		return
+	}
+	if dst == st.src && !st.inTmp {
+		// The staged file itself was renamed here (no hard links): move
+		// it back, since the other recipients copy from it.
+		back := filepath.Join(st.place.dir, st.base)
+		if err := s.fs.Rename(dst, back); err == nil {
+			st.src, st.inTmp = back, true
+			return
+		}
+	}
+	err := s.fs.Remove(dst)
+	if err != nil && !isErrno(err, syscall.ENOENT) {
+		s.log.Warn("could not withdraw a message whose directory fsync failed", "path", dst, "err", err)
+		return
+	}
+	if ourLink {
+		st.links--
+	}
+}
+
 // Restage writes, once, a new staged copy of the message with prefix
-// before it, in mb's tmp/: for a header every recipient shares (a virus
-// scan verdict), so that the copy is written once and hard-linked to each
-// recipient like the original. The caller discards both.
-func (st *Staged) Restage(mb Mailbox, prefix []byte) (*Staged, error) {
+// before it, where the message itself was staged (the only recipient's
+// tmp/, or the spool, with the same owner rule): for a header every
+// recipient shares (a virus scan verdict), so that the copy is written
+// once and hard-linked to each recipient like the original. The caller
+// discards both.
+func (st *Staged) Restage(prefix []byte) (*Staged, error) {
 	s := st.s
 	f, err := s.fs.OpenFile(st.src, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, s.classify("open staged message", err)
 	}
 	defer f.Close()
-	return s.writeTmp(mb, io.MultiReader(bytes.NewReader(prefix), f))
+	return s.writeTmp(st.place, io.MultiReader(bytes.NewReader(prefix), f))
 }
 
 // publishCopy writes a fresh copy of the staged message (after prefix)
@@ -542,7 +703,7 @@ func (st *Staged) publishCopy(mb Mailbox, prefix []byte) (Delivery, error) {
 	if err != nil {
 		return Delivery{}, s.classify("open staged message", err)
 	}
-	cp, err := s.writeTmp(mb, io.MultiReader(bytes.NewReader(prefix), f))
+	cp, err := s.writeTmp(mailboxTmp(mb), io.MultiReader(bytes.NewReader(prefix), f))
 	f.Close()
 	if err != nil {
 		return Delivery{}, err
@@ -550,7 +711,7 @@ func (st *Staged) publishCopy(mb Mailbox, prefix []byte) (Delivery, error) {
 	defer cp.Discard()
 	d := Delivery{Key: fullName(cp.base, cp.size, cp.crlfSize), Size: cp.size, CRLFSize: cp.crlfSize}
 	dst := filepath.Join(mb.Path, "new", d.Key)
-	err = s.publishLink(cp.src, cp.srcInfo, dst)
+	_, err = s.publishLink(cp.src, cp.srcInfo, cp.srcInfo.Nlink, dst)
 	if isErrno(err, syscall.EPERM) {
 		if err = s.publishRename(cp.src, cp.srcInfo, dst); err == nil {
 			cp.inTmp = false
@@ -562,18 +723,20 @@ func (st *Staged) publishCopy(mb Mailbox, prefix []byte) (Delivery, error) {
 // publishLink links src to dst. Over NFS a LINK whose reply was lost is
 // retransmitted and the retransmission answers EEXIST (or ENOENT) although
 // the first one worked, so on those errors dst is checked: if it is our
-// inode, the link succeeded. Anything else at dst is a name collision,
-// reported as a temporary failure (Postfix retries under a new name).
-func (s *Store) publishLink(src string, srcInfo Info, dst string) error {
-	err := s.retryStale(func() error { return s.fs.Link(src, dst) })
+// inode, the link succeeded (existed reports that it answered so).
+// Anything else at dst is a name collision, reported as a temporary
+// failure (Postfix retries under a new name). nlink is src's link count
+// before this link, as the caller knows it.
+func (s *Store) publishLink(src string, srcInfo Info, nlink uint64, dst string) (existed bool, err error) {
+	err = s.retryStale(func() error { return s.fs.Link(src, dst) })
 	if err == nil || !(isErrno(err, syscall.EEXIST) || isErrno(err, syscall.ENOENT)) {
-		return err
+		return false, err
 	}
-	if s.verifyPublished(src, srcInfo, dst, true) {
+	if s.verifyPublished(src, srcInfo, nlink, dst, true) {
 		s.log.Debug("link answered an error but had succeeded (lost NFS reply)", "err", err, "path", dst)
-		return nil
+		return true, nil
 	}
-	return err
+	return false, err
 }
 
 // publishRename renames src to dst, with the same verification: a
@@ -583,7 +746,7 @@ func (s *Store) publishRename(src string, srcInfo Info, dst string) error {
 	if err == nil || !(isErrno(err, syscall.ENOENT) || isErrno(err, syscall.EEXIST)) {
 		return err
 	}
-	if s.verifyPublished(src, srcInfo, dst, false) {
+	if s.verifyPublished(src, srcInfo, 0, dst, false) {
 		s.log.Debug("rename answered an error but had succeeded (lost NFS reply)", "err", err, "path", dst)
 		return nil
 	}
@@ -591,16 +754,20 @@ func (s *Store) publishRename(src string, srcInfo Info, dst string) error {
 }
 
 // verifyPublished decides whether dst holds our inode: same dev/ino, or —
-// when dst cannot be stat'ed through a stale attribute cache — a link count
-// on src that rose above what it was when we wrote it.
-func (s *Store) verifyPublished(src string, srcInfo Info, dst string, link bool) bool {
+// for a link, when dst cannot be stat'ed through a stale attribute cache —
+// a link count on src above nlink, the count it had before this link.
+// Only the caller can know nlink: the staged file's name is known to
+// nobody else, so its count is what it was written with plus the links
+// this message already made; comparing with the count at write time would
+// take other recipients' links for this one.
+func (s *Store) verifyPublished(src string, srcInfo Info, nlink uint64, dst string, link bool) bool {
 	var info Info
 	err := s.retryStale(func() error { var e error; info, e = s.fs.Lstat(dst); return e })
 	if err == nil {
 		return info.SameFile(srcInfo)
 	}
 	if link {
-		if si, serr := s.fs.Lstat(src); serr == nil && si.SameFile(srcInfo) && si.Nlink > srcInfo.Nlink {
+		if si, serr := s.fs.Lstat(src); serr == nil && si.SameFile(srcInfo) && si.Nlink > nlink {
 			return true
 		}
 	}

@@ -475,12 +475,12 @@ func TestSweepTmp(t *testing.T) {
 func TestRestageLinksOneTaggedCopy(t *testing.T) {
 	s, root := newTestStore(t, nil)
 	boxes := []Mailbox{mailbox(root, "t1"), mailbox(root, "t2"), mailbox(root, "t3")}
-	st, err := s.Stage(boxes[0], bytes.NewReader(testMessage))
+	st, err := s.StageFor(boxes, bytes.NewReader(testMessage))
 	if err != nil {
 		t.Fatal(err)
 	}
 	header := []byte("X-Virus-Status: Clean\r\n")
-	tagged, err := st.Restage(boxes[0], header)
+	tagged, err := st.Restage(header)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,6 +500,9 @@ func TestRestageLinksOneTaggedCopy(t *testing.T) {
 	tagged.Discard()
 	if len(inodes) != 1 {
 		t.Errorf("tagged message stored as %d inodes, want 1", len(inodes))
+	}
+	if left := listDir(t, filepath.Join(root, SpoolName, "tmp")); len(left) != 0 {
+		t.Errorf("spool tmp/ not empty after Discard: %v", left)
 	}
 	for _, mb := range boxes {
 		checkOutcome(t, mb, true, append(append([]byte{}, header...), testMessage...))

@@ -58,9 +58,10 @@ func (s *Store) SweepTmp(maildir string, maxAge time.Duration, dryRun bool) (int
 }
 
 // SweepTree sweeps every Maildir (and Maildir++ folder) found under root:
-// any directory holding cur/, new/ and tmp/. It returns the files removed
-// and the Maildirs visited; it keeps going past a Maildir it cannot sweep
-// and returns the first such error at the end.
+// any directory holding cur/, new/ and tmp/, and the spool's tmp/ (see
+// SpoolName) when it lies under root. It returns the files removed and the
+// Maildirs visited (the spool is not counted as one); it keeps going past
+// a directory it cannot sweep and returns the first such error at the end.
 func (s *Store) SweepTree(root string, maxAge time.Duration, dryRun bool) (removed, maildirs int, err error) {
 	var first error
 	walkErr := filepath.WalkDir(root, func(p string, d fs.DirEntry, werr error) error {
@@ -77,14 +78,20 @@ func (s *Store) SweepTree(root string, maxAge time.Duration, dryRun bool) (remov
 		case "cur", "new", "tmp":
 			return fs.SkipDir
 		}
-		if !s.isMaildir(p) {
+		isSpool := filepath.Clean(p) == s.spoolDir()
+		if !isSpool && !s.isMaildir(p) {
 			return nil
 		}
-		maildirs++
+		if !isSpool {
+			maildirs++
+		}
 		n, err := s.SweepTmp(p, maxAge, dryRun)
 		removed += n
 		if err != nil && first == nil {
 			first = err
+		}
+		if isSpool {
+			return fs.SkipDir // nothing but tmp/ belongs there
 		}
 		return nil
 	})

@@ -241,7 +241,7 @@ func (s *Store) recordSnapshot(mb Mailbox, format, header string, live *legacyUI
 	if err != nil {
 		return nil, false, s.classify("record UIDLs", err)
 	}
-	err = s.publishLink(tmp, info, dst)
+	_, err = s.publishLink(tmp, info, info.Nlink, dst)
 	if rerr := s.retryStale(func() error { return s.fs.Remove(tmp) }); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
 		s.log.Warn("could not remove a UIDL record's tmp file; the sweeper will", "path", tmp, "err", rerr)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/nfsdrop/nfsdrop/internal/delivery"
 	"github.com/nfsdrop/nfsdrop/internal/envelope"
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store"
 )
 
 func deliverCommand() *cli.Command {
@@ -146,7 +147,11 @@ func deliverAll(e *env, hdr envelope.Header, msg io.Reader, from string, targets
 	} else {
 		trace += envelope.Received("", "", e.hostname, "local", "", "", time.Now())
 	}
-	m, err := e.agent().StageMessage(context.Background(), live[0].t.Mailbox, trace, msg)
+	mbs := make([]store.Mailbox, len(live))
+	for i, tg := range live {
+		mbs[i] = tg.t.Mailbox
+	}
+	m, err := e.agent().StageMessage(context.Background(), mbs, trace, msg)
 	if err != nil {
 		for _, tg := range live {
 			results[tg.index] = err

@@ -281,15 +281,21 @@ func TestDeliverE2ESIGKILL(t *testing.T) {
 		}
 	}
 
-	// tmp/: what the killed runs left. A run that exited 0 must leave
+	// tmp/: what the killed runs left, in the recipients' tmp/ (one
+	// recipient) and the spool's (several). A run that exited 0 must leave
 	// nothing (it removes its staged file before answering).
 	var (
 		tmpFiles                         []string
 		tmpPartial, tmpStaged, tmpLinked int
 	)
+	spoolTmp := filepath.Join(e.root, store.SpoolName, "tmp")
+	tmpDirs := []string{spoolTmp}
 	for _, md := range users {
-		for _, n := range names(t, filepath.Join(md, "tmp")) {
-			p := filepath.Join(md, "tmp", n)
+		tmpDirs = append(tmpDirs, filepath.Join(md, "tmp"))
+	}
+	for _, dir := range tmpDirs {
+		for _, n := range names(t, dir) {
+			p := filepath.Join(dir, n)
 			tmpFiles = append(tmpFiles, p)
 			data := readFile(t, p)
 			m := tokenRE.FindSubmatch(data)
@@ -369,6 +375,7 @@ func TestDeliverE2ESIGKILL(t *testing.T) {
 	for _, md := range users {
 		wantEmpty(t, filepath.Join(md, "tmp"), filepath.Join(md, "cur"))
 	}
+	wantEmpty(t, spoolTmp)
 	if after := newSnapshot(t, users); !slices.Equal(before, after) {
 		t.Errorf("the sweep changed new/:\nbefore %q\nafter  %q", before, after)
 	}
@@ -1120,6 +1127,37 @@ func TestDeliverE2EMultipleRecipients(t *testing.T) {
 			}
 			wantEmpty(t, filepath.Join(md, "tmp"), filepath.Join(md, "cur"))
 		}
+	})
+
+	t.Run("one broken Maildir answers only for itself", func(t *testing.T) {
+		t.Parallel()
+		// carol, the first recipient, has a plain file where her Maildir
+		// should be: she is refused (69), alice and bob get the message.
+		e := newE2E(t, e2eOpts{})
+		broken := e.maildir("carol")
+		if err := os.MkdirAll(filepath.Dir(broken), 0o711); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, broken, []byte("not a directory"))
+		r := e.deliver(msg, e2eSender, "carol@example.org", "alice@example.org", "bob@example.org")
+		wantCode(t, r, exUnavailable)
+		for _, line := range strings.Split(r.stderr, "\n") {
+			if strings.Contains(line, `msg="not delivered"`) && !strings.Contains(line, "rcpt=carol@") {
+				t.Errorf("only carol should be reported as not delivered: %s", line)
+			}
+		}
+		for _, u := range []string{"alice", "bob"} {
+			md := e.maildir(u)
+			p, data := onlyMessage(t, md)
+			if err := checkDelivered(filepath.Base(p), data, msg, e2eSender, ""); err != nil {
+				t.Error(err)
+			}
+			wantEmpty(t, filepath.Join(md, "tmp"))
+		}
+		if data, err := os.ReadFile(broken); err != nil || string(data) != "not a directory" {
+			t.Errorf("carol's file was touched: %q %v", data, err)
+		}
+		wantEmpty(t, filepath.Join(e.root, store.SpoolName, "tmp"))
 	})
 
 	t.Run("different owners get copies", func(t *testing.T) {

@@ -72,8 +72,8 @@ func (s *agentSwitch) Resolve(ctx context.Context, addr string) (lmtp.Recipient,
 	return s.p.Load().LMTP().Resolve(ctx, addr)
 }
 
-func (s *agentSwitch) Stage(ctx context.Context, first lmtp.Recipient, trace string, msg io.Reader) (lmtp.Staged, error) {
-	return s.p.Load().LMTP().Stage(ctx, first, trace, msg)
+func (s *agentSwitch) Stage(ctx context.Context, rcpts []lmtp.Recipient, trace string, msg io.Reader) (lmtp.Staged, error) {
+	return s.p.Load().LMTP().Stage(ctx, rcpts, trace, msg)
 }
 
 func lmtpOptions(cfg *config.Config, hostname string, log *slog.Logger) lmtp.Options {

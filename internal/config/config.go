@@ -447,7 +447,10 @@ type Scan struct {
 	// delivers it to the recipients with the header
 	// "X-Virus-Status: Infected (NAME)", for their mail client or sieve
 	// rules to act on. Each infected message is logged with the virus
-	// name. Default "reject".
+	// name. Default "reject". Whatever the action, an X-Virus-Status
+	// header that comes with a message is removed before it is stored,
+	// so that a sender cannot forge a verdict: the only one a user sees
+	// is nfsdrop's.
 	Action string `toml:"action"`
 
 	// QuarantineMaildir is the absolute path of the Maildir that infected

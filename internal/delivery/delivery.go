@@ -64,8 +64,12 @@ func (b lmtpBackend) Resolve(ctx context.Context, address string) (lmtp.Recipien
 	return lmtp.Recipient{Address: t.User.Address, Handle: t}, nil
 }
 
-func (b lmtpBackend) Stage(ctx context.Context, first lmtp.Recipient, trace string, msg io.Reader) (lmtp.Staged, error) {
-	m, err := b.a.StageMessage(ctx, first.Handle.(Target).Mailbox, trace, msg)
+func (b lmtpBackend) Stage(ctx context.Context, rcpts []lmtp.Recipient, trace string, msg io.Reader) (lmtp.Staged, error) {
+	mbs := make([]store.Mailbox, len(rcpts))
+	for i, r := range rcpts {
+		mbs[i] = r.Handle.(Target).Mailbox
+	}
+	m, err := b.a.StageMessage(ctx, mbs, trace, msg)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/nfsdrop/nfsdrop/internal/envelope"
 	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/scan"
 	"github.com/nfsdrop/nfsdrop/store"
@@ -30,6 +31,13 @@ type ScanPolicy struct {
 	// FailOpen delivers unscanned (tagged, logged) when clamd is down.
 	FailOpen bool
 	Log      *slog.Logger
+}
+
+func (p *ScanPolicy) logger() *slog.Logger {
+	if p.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return p.Log
 }
 
 // Message is a message staged once, scanned once while it was written,
@@ -56,30 +64,33 @@ type Message struct {
 	taggedErr error
 }
 
-// StageMessage writes trace+msg once near first, scanning msg on the way
-// when a scanner is configured. Nothing is published yet.
-func (a *Agent) StageMessage(ctx context.Context, first store.Mailbox, trace string, msg io.Reader) (*Message, error) {
+// StageMessage writes trace+msg once for recipients (see
+// store.Store.StageFor: in the only recipient's tmp/, or in the spool, so
+// that no recipient's Maildir answers for the others), scanning msg on the
+// way when a scanner is configured. Nothing is published yet.
+func (a *Agent) StageMessage(ctx context.Context, recipients []store.Mailbox, trace string, msg io.Reader) (*Message, error) {
 	p := a.Scan
 	if p == nil || p.Scanner == nil {
-		st, err := a.Store.Stage(first, io.MultiReader(strings.NewReader(trace), msg))
+		st, err := a.Store.StageFor(recipients, io.MultiReader(strings.NewReader(trace), msg))
 		if err != nil {
 			return nil, err
 		}
 		return &Message{st: st}, nil
 	}
+	// X-Virus-Status is ours to write: one that came with the message
+	// (a sender's forged "Clean") must not reach the mailbox, whatever the
+	// action, since readers and filters cannot tell it from ours.
+	msg = envelope.StripFields(msg, scan.StatusHeaderName)
 	// Only the message as received goes to clamd, not our trace headers,
 	// so clamd's StreamMaxLength compares with lmtp.max_message_size.
 	tee, verdict := p.Scanner.Tee(ctx, msg)
-	st, err := a.Store.Stage(first, io.MultiReader(strings.NewReader(trace), tee))
+	st, err := a.Store.StageFor(recipients, io.MultiReader(strings.NewReader(trace), tee))
 	res, scanErr := verdict()
 	if err != nil {
 		return nil, err
 	}
 	m := &Message{st: st, policy: p}
-	log := p.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := p.logger()
 	switch {
 	case scanErr != nil && errors.Is(scanErr, scan.ErrUnavailable) && p.FailOpen:
 		log.Warn("virus scanner unavailable; delivering unscanned (scan.fail_open)", "err", scanErr.Error())
@@ -131,9 +142,16 @@ func (m *Message) Deliver(mb store.Mailbox, prefix []byte) (store.Delivery, erro
 		return m.st.DeliverWithPrefix(mb, append(append([]byte{}, m.header...), prefix...))
 	}
 	if m.header != nil {
-		m.tagOnce.Do(func() { m.tagged, m.taggedErr = m.st.Restage(mb, m.header) })
+		m.tagOnce.Do(func() {
+			m.tagged, m.taggedErr = m.st.Restage(m.header)
+			if m.taggedErr != nil {
+				m.policy.logger().Warn("could not stage the message with its scan header once; writing a copy per recipient", "err", m.taggedErr.Error())
+			}
+		})
 		if m.taggedErr != nil {
-			return store.Delivery{}, m.taggedErr
+			// Not this recipient's trouble: each recipient gets its own
+			// copy in its own tmp/, and its own answer.
+			return m.st.DeliverWithPrefix(mb, m.header)
 		}
 		return m.tagged.Deliver(mb)
 	}
