@@ -245,17 +245,23 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	}, nil
 }
 
-// session is one LMTP connection. go-smtp calls it from one goroutine.
+// session is one LMTP connection. go-smtp calls it from the connection's
+// goroutine, except LMTPData for BDAT, which runs in a goroutine of its
+// own while the connection goes on: an RSET between chunks, a chunk over
+// the size limit or the connection closing then call Reset (or Logout)
+// while LMTPData still runs. So LMTPData takes the transaction over (see
+// takeTransaction), and mu guards what both sides touch.
 type session struct {
 	s      *Server
 	conn   *smtp.Conn
 	id     string
 	remote string
-	txn    int
 
+	mu      sync.Mutex
+	txn     int
 	from    string
-	rcpts   []rcptEntry
-	queueID string // from the message's top Received header, for the log
+	rcpts   []rcptEntry // each holds a delivery slot (Server.acquire)
+	queueID string      // from the message's top Received header, for the log
 }
 
 type rcptEntry struct {
@@ -266,12 +272,41 @@ type rcptEntry struct {
 func (ss *session) txnID() string { return ss.id + "." + strconv.Itoa(ss.txn) }
 
 func (ss *session) Reset() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.resetLocked()
+}
+
+// resetLocked ends the transaction and releases the slots of the
+// recipients it still holds (not those a running LMTPData took over).
+func (ss *session) resetLocked() {
+	ss.releaseSlots()
+	ss.from = ""
+	ss.queueID = ""
+}
+
+// releaseSlots releases the delivery slots of ss.rcpts and forgets them,
+// so that no slot is released twice.
+func (ss *session) releaseSlots() {
 	for _, e := range ss.rcpts {
 		ss.s.release(e.r.Address)
 	}
 	ss.rcpts = nil
-	ss.from = ""
-	ss.queueID = ""
+}
+
+// takeTransaction hands the transaction over to LMTPData: a session of
+// its own with the envelope, the recipients and their slots, which only
+// LMTPData's goroutine uses. The connection's session keeps no recipient,
+// so a Reset while the delivery runs changes nothing the delivery reads
+// and releases no slot; the delivery's release, when it has really
+// ended, releases them, once.
+func (ss *session) takeTransaction() (tx *session, release func()) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	tx = &session{s: ss.s, conn: ss.conn, id: ss.id, remote: ss.remote,
+		txn: ss.txn, from: ss.from, rcpts: ss.rcpts}
+	ss.rcpts = nil
+	return tx, tx.releaseSlots
 }
 
 func (ss *session) Logout() error {
@@ -280,7 +315,9 @@ func (ss *session) Logout() error {
 }
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
-	ss.Reset()
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.resetLocked()
 	ss.txn++
 	ss.from = from
 	return nil
@@ -300,7 +337,9 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		ss.logRcpt(to, "", rep, nil, 0, 0)
 		return rep
 	}
+	ss.mu.Lock()
 	ss.rcpts = append(ss.rcpts, rcptEntry{addr: to, r: r})
+	ss.mu.Unlock()
 	return nil
 }
 
@@ -330,6 +369,16 @@ func (f statusFunc) SetStatus(rcpt string, err error) { f(rcpt, err) }
 // LMTPData reads the message once, stages it once, and publishes it for
 // each recipient, answering each on its own (RFC 2033 section 4.2).
 func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	// From here on ss is the transaction's own session (see
+	// takeTransaction), never the connection's.
+	ss, release := ss.takeTransaction()
+	defer release()
+	if len(ss.rcpts) == 0 {
+		// The transaction was reset before LMTPData could take it
+		// (go-smtp started it for BDAT and went on): no recipient may be
+		// answered 250 for a message nobody stored.
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Transaction aborted, try again"}
+	}
 	if cc, ok := ss.conn.Conn().(*countedConn); ok {
 		cc.busy.Store(true)
 		defer cc.busy.Store(false)
@@ -428,11 +477,16 @@ func (ss *session) received(targets []rcptEntry) string {
 
 func (ss *session) logRcpt(rcpt, key string, rep *smtp.SMTPError, err error, nrcpt int, d time.Duration) {
 	ss.s.opts.Observer.Recipient(rep.Code, d)
+	// Locked: Logout may reset the transaction from another goroutine
+	// (the server closing the connection) while Rcpt logs.
+	ss.mu.Lock()
+	txnID, from, queueID := ss.txnID(), ss.from, ss.queueID
+	ss.mu.Unlock()
 	attrs := []any{
-		"session", ss.txnID(), "remote", ss.remote, "from", ss.from, "rcpt", rcpt,
+		"session", txnID, "remote", ss.remote, "from", from, "rcpt", rcpt,
 	}
-	if ss.queueID != "" {
-		attrs = append(attrs, "queue_id", ss.queueID)
+	if queueID != "" {
+		attrs = append(attrs, "queue_id", queueID)
 	}
 	attrs = append(attrs, "code", rep.Code, "dsn", dsn(rep.EnhancedCode))
 	if key != "" {

@@ -41,6 +41,11 @@ type fakeBackend struct {
 	// failed, as a careless backend might: the server must still neither
 	// publish nor acknowledge a message it did not receive completely.
 	lenient bool
+	// entered, when set, gets a value as each Stage call begins; hold,
+	// when set, keeps each Stage call from returning until it is closed
+	// (a delivery in flight, for as long as a test needs).
+	entered chan struct{}
+	hold    chan struct{}
 
 	mu     sync.Mutex
 	stages []*fakeStaged
@@ -93,6 +98,12 @@ func (b *fakeBackend) Stage(_ context.Context, rcpts []Recipient, trace string, 
 	first := rcpts[0]
 	msg := io.MultiReader(strings.NewReader(trace), body)
 	st := &fakeStaged{b: b, first: first}
+	if b.entered != nil {
+		b.entered <- struct{}{}
+	}
+	if b.hold != nil {
+		defer func() { <-b.hold }()
+	}
 	defer func() {
 		b.mu.Lock()
 		b.stages = append(b.stages, st)
@@ -1172,4 +1183,98 @@ func TestShutdownAtDATA(t *testing.T) {
 			t.Errorf("run %d: acknowledged %q without staging", i, line)
 		}
 	}
+}
+
+// TestResetDuringBDAT: go-smtp runs LMTPData in its own goroutine for BDAT
+// and calls the session's Reset from the connection's goroutine while it
+// still runs: on RSET between chunks, on a chunk beyond the size limit,
+// and (Logout) when the connection closes. The delivery in flight keeps
+// its own envelope and recipients (go test -race finds no race) and holds
+// the recipients' concurrency slots until it has really ended, then
+// releases them once.
+func TestResetDuringBDAT(t *testing.T) {
+	const first = "From: sender@x.test\r\nSubject: bdat\r\n\r\nfirst chunk\r\n"
+	for _, tc := range []struct {
+		name  string
+		abort func(c *client)
+	}{
+		{"RSET", func(c *client) {
+			c.send("RSET\r\n")
+			c.expect("250 ")
+		}},
+		{"oversize chunk", func(c *client) {
+			big := strings.Repeat("x", 2048)
+			c.send("BDAT " + strconv.Itoa(len(big)) + "\r\n" + big)
+			c.expect("552 5.3.4 ")
+		}},
+		{"connection closed", func(c *client) { c.c.Close() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newFakeBackend()
+			b.entered = make(chan struct{}, 10)
+			b.hold = make(chan struct{})
+			opts := defaultOptions()
+			opts.MaxMessageSize = 1024
+			opts.MaxUserConcurrency = 1
+			ts := startServer(t, b, opts)
+
+			c := ts.dial(t)
+			c.hello()
+			c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
+			c.expect("250 ")
+			c.expect("250 ")
+			c.send("BDAT " + strconv.Itoa(len(first)) + "\r\n" + first)
+			c.expect("250 ")
+			select {
+			case <-b.entered: // LMTPData is staging, waiting for more
+			case <-time.After(10 * time.Second):
+				t.Fatal("Stage was not called")
+			}
+			tc.abort(c)
+
+			// The delivery is still in flight (Stage is held): alice's
+			// slot is still taken.
+			other := ts.dial(t)
+			other.hello()
+			other.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
+			other.expect("250 ")
+			other.expect("451 4.3.0 ")
+
+			close(b.hold)
+			st := b.nextStage(t)
+			if snap := st.snapshot(); !snap.failed || len(snap.deliveries) != 0 {
+				t.Fatalf("aborted transfer: failed %v, deliveries %v; want failed, none", snap.failed, snap.deliveries)
+			}
+			line := waitLog(t, ts.log, "rcpt=alice@example.test")
+			if !strings.Contains(line, "from=sender@x.test") || !strings.Contains(line, "code=451") {
+				t.Errorf("the aborted delivery's log line lost its envelope or answer: %s", line)
+			}
+			// Released once the delivery ended: alice can be taken, once.
+			eventually(t, "alice released after the aborted delivery", func() bool {
+				other.send("RCPT TO:<alice@example.test>\r\n")
+				return strings.HasPrefix(other.reply(), "250 ")
+			})
+			third := ts.dial(t)
+			third.hello()
+			third.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
+			third.expect("250 ")
+			third.expect("451 4.3.0 ")
+		})
+	}
+}
+
+// waitLog waits for a log line containing want and returns it.
+func waitLog(t *testing.T, log *syncBuffer, want string) string {
+	t.Helper()
+	var found string
+	eventually(t, "log line with "+want, func() bool {
+		for _, l := range strings.Split(log.String(), "\n") {
+			if strings.Contains(l, want) {
+				found = l
+				return true
+			}
+		}
+		return false
+	})
+	return found
 }

@@ -17,13 +17,30 @@ type connWriter struct{ ss *session }
 
 func (cw *connWriter) Write(p []byte) (int, error) {
 	ss := cw.ss
-	ss.conn.SetWriteDeadline(time.Now().Add(ss.writeTimeout))
+	now := time.Now()
+	deadline := now.Add(ss.writeTimeout)
+	if ss.state == stateAuthorization {
+		// A stranger that stops reading must not hold its slot past the
+		// login deadline either (plus the time to say goodbye).
+		if last := ss.loginBy.Add(farewellTimeout); last.Before(deadline) {
+			deadline = later(last, now.Add(farewellTimeout))
+		}
+	}
+	ss.conn.SetWriteDeadline(deadline)
 	n, err := ss.conn.Write(p)
 	ss.bytesOut += int64(n)
 	if err != nil && ss.writeErr == nil {
 		ss.writeErr = err
 	}
 	return n, err
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // w returns the session's output buffer, borrowing one from the pool when

@@ -14,6 +14,7 @@ const (
 	replyInUse        = "-ERR [IN-USE] Mailbox is locked by another session"
 	replyPlaintext    = "-ERR [AUTH] Plaintext authentication disallowed on non-secure connection"
 	replyInternal     = "-ERR [SYS/TEMP] internal error"
+	replyLoginTimeout = "-ERR [SYS/TEMP] login timeout"
 	replyNoSuchMsg    = "no such message"
 )
 

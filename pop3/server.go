@@ -2,6 +2,7 @@ package pop3
 
 import (
 	"bufio"
+	"container/list"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -27,7 +28,7 @@ import (
 type Observer interface {
 	SessionStarted()
 	// SessionEnded reports how a session ended (quit, eof, timeout,
-	// error, shutdown, auth-fail) and what it did.
+	// error, shutdown, auth-fail, login-timeout, evicted) and what it did.
 	SessionEnded(how string, retrieved, deleted int)
 	// Login reports a login attempt: ok, auth_failed, in_use,
 	// temp_failure, perm_failure.
@@ -67,7 +68,15 @@ type Options struct {
 	// write, so a client that stops reading in the middle of RETR is
 	// disconnected too. Zero means 10 minutes.
 	IdleTimeout time.Duration
-	// MaxSessions bounds open sessions; 0 is unlimited.
+	// LoginTimeout is how long a session may stay unauthenticated: at
+	// that deadline it is closed whatever it sends, so that strangers
+	// cannot hold session slots (Dovecot's login processes allow about
+	// a minute too). Zero means 1 minute.
+	LoginTimeout time.Duration
+	// MaxSessions bounds open sessions; 0 is unlimited. When the server
+	// is full, a new connection takes the slot of the oldest session
+	// that has not logged in yet, which is closed; only when every
+	// session is logged in is the newcomer refused.
 	MaxSessions int
 	// MaxPerIP bounds open sessions per client address (the real one,
 	// after a PROXY header); 0 is unlimited.
@@ -95,6 +104,7 @@ var ErrServerClosed = fmt.Errorf("pop3: server closed: %w", net.ErrClosed)
 const (
 	defaultMaxLineLength   = 512
 	defaultIdleTimeout     = 10 * time.Minute
+	defaultLoginTimeout    = time.Minute
 	defaultMaxAuthFailures = 3
 
 	// writeBufferSize is the buffer a session borrows while it answers:
@@ -144,7 +154,7 @@ type Server struct {
 	cancel context.CancelFunc
 	forced atomic.Bool // Shutdown closed the remaining connections
 
-	sessions atomic.Int64
+	sessions atomic.Int64   // slots taken (see reserve)
 	wg       sync.WaitGroup // connections being handled
 
 	mu        sync.Mutex
@@ -152,6 +162,20 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
 	perIP     map[netip.Addr]int
+	// unauthenticated holds the slots of the sessions that have not
+	// logged in, oldest first: the ones a full server drops.
+	unauthenticated list.List // of *slot
+}
+
+// slot is a session's place in the server's limits.
+type slot struct {
+	addr netip.Addr
+	conn net.Conn      // the accepted connection, closed to drop the session
+	elem *list.Element // in Server.unauthenticated until login; nil after
+	// evicted is set (under Server.mu) when a newcomer took the slot
+	// over: the session's connection is closed, and its end no longer
+	// counts against MaxSessions. Read by the session without the lock.
+	evicted atomic.Bool
 }
 
 // New makes a Server.
@@ -173,6 +197,9 @@ func New(b Backend, opts Options) *Server {
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = defaultIdleTimeout
+	}
+	if opts.LoginTimeout <= 0 {
+		opts.LoginTimeout = defaultLoginTimeout
 	}
 	if opts.MaxAuthFailures <= 0 {
 		opts.MaxAuthFailures = defaultMaxAuthFailures
@@ -205,7 +232,8 @@ func (s *Server) ServeTLS(l net.Listener) error {
 	return s.serve(l, true)
 }
 
-// Sessions is the number of open sessions.
+// Sessions is the number of open sessions (not counting sessions dropped
+// to make room that are still closing).
 func (s *Server) Sessions() int64 { return s.sessions.Load() }
 
 // Shutdown stops accepting and waits for the open sessions to end, until
@@ -388,43 +416,87 @@ func (s *Server) handle(c net.Conn, implicitTLS bool) {
 		remoteStr = remote.String()
 	}
 
-	if msg := s.reserve(remote.Addr()); msg != "" {
+	sl, msg := s.reserve(remote.Addr(), c)
+	if msg != "" {
 		s.log.Warn("pop3 session refused", "remote", remoteStr, "reason", msg,
 			"max_sessions", s.opts.MaxSessions, "max_per_ip", s.opts.MaxPerIP)
 		s.refuse(c, implicitTLS, "-ERR [SYS/TEMP] "+msg+", try again later\r\n")
 		return
 	}
-	defer s.release(remote.Addr())
+	defer s.release(sl)
 
-	ss := newSession(s, c, remote, remoteStr, via)
+	ss := newSession(s, c, sl, remote, remoteStr, via)
 	s.opts.Observer.SessionStarted()
 	ss.serve(implicitTLS)
 }
 
-// reserve takes a session slot for addr, or says why there is none.
-func (s *Server) reserve(addr netip.Addr) string {
+// reserve takes a session slot for a connection from addr, or says why
+// there is none. A full server drops its oldest unauthenticated session
+// to make room, as Dovecot's login processes do: strangers that connect
+// and never log in would otherwise keep every real user out. Only when
+// every session is logged in is the newcomer refused.
+func (s *Server) reserve(addr netip.Addr, c net.Conn) (*slot, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if max := s.opts.MaxSessions; max > 0 && s.sessions.Load() >= int64(max) {
-		return "too many sessions"
-	}
 	if max := s.opts.MaxPerIP; max > 0 && addr.IsValid() && s.perIP[addr] >= max {
-		return "too many sessions from your address"
+		return nil, "too many sessions from your address"
 	}
-	s.sessions.Add(1)
+	if max := s.opts.MaxSessions; max > 0 && s.sessions.Load() >= int64(max) {
+		if !s.evictOldestUnauthenticated() {
+			return nil, "too many sessions"
+		}
+	} else {
+		s.sessions.Add(1)
+	}
 	if addr.IsValid() {
 		s.perIP[addr]++
 	}
-	return ""
+	sl := &slot{addr: addr, conn: c}
+	sl.elem = s.unauthenticated.PushBack(sl)
+	return sl, ""
 }
 
-func (s *Server) release(addr netip.Addr) {
+// evictOldestUnauthenticated closes the oldest session that has not
+// logged in and hands its slot (its count in sessions) to the caller.
+// Called with s.mu held.
+func (s *Server) evictOldestUnauthenticated() bool {
+	front := s.unauthenticated.Front()
+	if front == nil {
+		return false
+	}
+	victim := s.unauthenticated.Remove(front).(*slot)
+	victim.elem = nil
+	victim.evicted.Store(true)
+	// Closing the connection (not the session's TLS layer, which could
+	// block writing an alert) ends whatever the session is waiting for.
+	victim.conn.Close()
+	return true
+}
+
+// loggedIn takes a session's slot off the list of unauthenticated ones: a
+// logged-in session is never dropped to make room.
+func (s *Server) loggedIn(sl *slot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.sessions.Add(-1)
-	if addr.IsValid() {
-		if s.perIP[addr]--; s.perIP[addr] <= 0 {
-			delete(s.perIP, addr)
+	if sl.elem != nil {
+		s.unauthenticated.Remove(sl.elem)
+		sl.elem = nil
+	}
+}
+
+func (s *Server) release(sl *slot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sl.elem != nil {
+		s.unauthenticated.Remove(sl.elem)
+		sl.elem = nil
+	}
+	if !sl.evicted.Load() {
+		s.sessions.Add(-1) // an evicted session's count went to the newcomer
+	}
+	if sl.addr.IsValid() {
+		if s.perIP[sl.addr]--; s.perIP[sl.addr] <= 0 {
+			delete(s.perIP, sl.addr)
 		}
 	}
 }

@@ -808,14 +808,18 @@ func TestPanic(t *testing.T) {
 	c2.login("alice", "secret word")
 }
 
+// TestMaxSessions: when every session is logged in, a newcomer is refused
+// and says why; a slot freed by QUIT is taken again.
 func TestMaxSessions(t *testing.T) {
 	opts := baseOptions()
 	opts.MaxSessions = 2
 	ts := startServer(t, newFakeBackend(), opts, false)
 	c1 := dial(t, ts.addr)
 	c1.expect("+OK")
+	c1.login("alice", "secret word")
 	c2 := dial(t, ts.addr)
 	c2.expect("+OK")
+	c2.login("bob", "hunter2")
 	c3 := dial(t, ts.addr)
 	if got := c3.line(); got != "-ERR [SYS/TEMP] too many sessions, try again later" {
 		t.Fatalf("third session: %q", got)
@@ -830,6 +834,109 @@ func TestMaxSessions(t *testing.T) {
 	waitSessions(t, ts.Server, 1)
 	c4 := dial(t, ts.addr)
 	c4.expect("+OK pop.test")
+}
+
+// TestFullServerDropsOldestUnauthenticated: strangers that connect from
+// many addresses and never log in cannot keep a real user out. With the
+// server full of them, a newcomer gets the slot of the oldest
+// unauthenticated session, which is closed; the others go on; and once
+// every session is logged in, a newcomer is refused.
+func TestFullServerDropsOldestUnauthenticated(t *testing.T) {
+	const max = 6
+	opts := baseOptions()
+	opts.MaxSessions = max
+	opts.MaxPerIP = 2
+	b := newFakeBackend(testMessages...)
+	ts := startServer(t, b, opts, false)
+
+	// The attacker: max idle sessions, two per loopback address, in a
+	// known order (each is in once its greeting arrived).
+	idle := make([]*client, max)
+	for i := range idle {
+		idle[i] = dialFrom(t, ts.addr, &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i/2))})
+		idle[i].expect("+OK pop.test")
+	}
+	waitSessions(t, ts.Server, max)
+
+	// A real user still gets in, and logs in.
+	user := dialFrom(t, ts.addr, &net.TCPAddr{IP: net.IPv4(127, 0, 2, 1)})
+	user.expect("+OK pop.test")
+	user.login("alice", "secret word")
+	user.send("STAT")
+	user.expect("+OK 3 ")
+
+	// The oldest idle session is the one closed; the next oldest answers.
+	idle[0].eof()
+	idle[1].send("CAPA")
+	idle[1].expect("+OK")
+	idle[1].multi()
+	ts.log.waitFor(t, "pop3 session", "end=evicted", "remote=127.0.1.1:")
+	if n := ts.Sessions(); n != max {
+		t.Fatalf("Sessions() = %d, want %d", n, max)
+	}
+
+	// Log the other idle slots in (bob), one newcomer each time evicting
+	// the oldest remaining stranger, until all are authenticated...
+	for i := 1; i < max-1; i++ {
+		c := dialFrom(t, ts.addr, &net.TCPAddr{IP: net.IPv4(127, 0, 3, byte(i))})
+		c.expect("+OK pop.test")
+		c.login("bob", "hunter2")
+		idle[i].eof()
+	}
+	// ...then log in the last stranger: now every session is logged in.
+	idle[max-1].login("bob", "hunter2")
+	late := dialFrom(t, ts.addr, &net.TCPAddr{IP: net.IPv4(127, 0, 4, 1)})
+	if got := late.line(); got != "-ERR [SYS/TEMP] too many sessions, try again later" {
+		t.Fatalf("newcomer to a server full of logged-in sessions: %q", got)
+	}
+	late.eof()
+	// The logged-in sessions were not touched.
+	user.send("NOOP")
+	user.expect("+OK")
+	idle[max-1].send("NOOP")
+	idle[max-1].expect("+OK")
+}
+
+// TestLoginTimeout: a session that does not log in is closed at the login
+// deadline however busy it keeps itself (USER, CAPA and NOOP are all
+// accepted before login without counting as errors or as a login), while
+// a session that logged in is not bound by it.
+func TestLoginTimeout(t *testing.T) {
+	opts := baseOptions()
+	opts.LoginTimeout = 300 * time.Millisecond
+	b := newFakeBackend(testMessages...)
+	ts := startServer(t, b, opts, false)
+
+	loggedIn := dial(t, ts.addr)
+	loggedIn.expect("+OK")
+	loggedIn.login("alice", "secret word")
+	start := time.Now()
+
+	c := dial(t, ts.addr)
+	c.expect("+OK")
+	stop := time.Now().Add(10 * time.Second) // a failure bound, not the assertion
+	for {
+		if time.Now().After(stop) {
+			t.Fatal("unauthenticated session still served after 10s")
+		}
+		c.send("USER mallory")
+		if got := c.line(); got != "+OK" {
+			if got != "-ERR [SYS/TEMP] login timeout" {
+				t.Fatalf("got %q, want +OK or the login timeout", got)
+			}
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.eof()
+	ts.log.waitFor(t, "pop3 session", "end=login-timeout")
+
+	// The logged-in session outlived the login deadline.
+	if d := 2*opts.LoginTimeout - time.Since(start); d > 0 {
+		time.Sleep(d)
+	}
+	loggedIn.send("NOOP")
+	loggedIn.expect("+OK")
 }
 
 func waitSessions(t *testing.T, s *Server, n int64) {

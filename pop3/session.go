@@ -40,6 +40,11 @@ const (
 	endError    = "error"
 	endShutdown = "shutdown"
 	endAuthFail = "auth-fail"
+	// endLoginTimeout: not logged in by Options.LoginTimeout.
+	endLoginTimeout = "login-timeout"
+	// endEvicted: dropped, not logged in, to make room for a newcomer
+	// on a full server.
+	endEvicted = "evicted"
 )
 
 // Errors that end a session.
@@ -49,6 +54,7 @@ var (
 	errProtocolErrors = errors.New("too many protocol errors")
 	errLineTooLong    = errors.New("line too long")
 	errProxyHeader    = errors.New("PROXY header from a peer not in proxy networks")
+	errLoginTimeout   = errors.New("not logged in within the login timeout")
 )
 
 // session is one POP3 connection. Only its own goroutine touches it.
@@ -61,6 +67,8 @@ type session struct {
 	via       string // the load balancer's address, when a PROXY header gave remote
 	tls       bool
 	start     time.Time
+	slot      *slot     // the server's accounting of this session
+	loginBy   time.Time // the login deadline (Options.LoginTimeout)
 
 	r            *bufio.Reader // MaxLineLength: no line can make it grow
 	bw           *bufio.Writer // borrowed from s.writers while answering; nil when idle
@@ -87,7 +95,7 @@ type session struct {
 	bytesOut       int64
 }
 
-func newSession(s *Server, c net.Conn, remote netip.AddrPort, remoteStr, via string) *session {
+func newSession(s *Server, c net.Conn, sl *slot, remote netip.AddrPort, remoteStr, via string) *session {
 	var id [10]byte
 	rand.Read(id[:])
 	ss := &session{
@@ -98,9 +106,11 @@ func newSession(s *Server, c net.Conn, remote netip.AddrPort, remoteStr, via str
 		remoteStr:    remoteStr,
 		via:          via,
 		start:        time.Now(),
+		slot:         sl,
 		r:            bufio.NewReaderSize(c, s.opts.MaxLineLength),
 		writeTimeout: s.opts.IdleTimeout,
 	}
+	ss.loginBy = ss.start.Add(s.opts.LoginTimeout)
 	ss.out.ss = ss
 	return ss
 }
@@ -161,8 +171,12 @@ func (ss *session) ended(err error) (string, error) {
 		return endQuit, ss.commitErr
 	case err == errAuthFailures:
 		return endAuthFail, nil
+	case err == errLoginTimeout:
+		return endLoginTimeout, nil
 	case ss.s.forced.Load():
 		return endShutdown, nil
+	case ss.slot.evicted.Load():
+		return endEvicted, nil
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return endTimeout, nil
 	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
@@ -229,13 +243,29 @@ func (ss *session) lineBuffered() bool {
 // valid until the next read. A line longer than MaxLineLength ends the
 // session: after it, nothing tells where the next command starts.
 func (ss *session) readLine() ([]byte, error) {
-	ss.conn.SetReadDeadline(time.Now().Add(ss.s.opts.IdleTimeout))
+	now := time.Now()
+	deadline := now.Add(ss.s.opts.IdleTimeout)
+	if ss.state == stateAuthorization {
+		// Checked before every line, not only by the read deadline:
+		// pipelined commands already buffered must not outlive it.
+		if !now.Before(ss.loginBy) {
+			ss.line(replyLoginTimeout)
+			return nil, errLoginTimeout
+		}
+		if ss.loginBy.Before(deadline) {
+			deadline = ss.loginBy
+		}
+	}
+	ss.conn.SetReadDeadline(deadline)
 	line, err := ss.r.ReadSlice('\n')
 	if err != nil {
 		switch {
 		case err == bufio.ErrBufferFull:
 			ss.line("-ERR line too long")
 			return nil, errLineTooLong
+		case errors.Is(err, os.ErrDeadlineExceeded) && ss.state == stateAuthorization && !time.Now().Before(ss.loginBy):
+			ss.line(replyLoginTimeout)
+			return nil, errLoginTimeout
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// RFC 1939 section 3 only asks to close; a client that is
 			// still there at least learns why.
@@ -389,6 +419,7 @@ func (ss *session) enterTransaction(mb Mailbox) {
 		ss.size += m.Size
 	}
 	ss.state = stateTransaction
+	ss.s.loggedIn(ss.slot)
 	ss.user = ss.tryUser
 	ss.pendingUser = ""
 }

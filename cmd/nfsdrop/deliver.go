@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -25,7 +26,9 @@ func deliverCommand() *cli.Command {
 		Description: `Reads one message on standard input and stores it in each recipient's
 Maildir. Exit status follows sysexits(3) as Postfix reads it: 0 stored,
 67 unknown user, 69 refused (too big, loop), 75 try again later, 77 over
-quota (75 when store.quota_action = "defer"), 78 configuration error.
+quota (75 when store.quota_action = "defer"). Nothing else: a configuration
+error, a bad command line or an internal error is 75, so that mail waits
+in Postfix's queue instead of bouncing.
 
 Without -a, the recipient is taken from $RECIPIENT and the sender from
 $SENDER, which Postfix sets for mailbox_command. With several -a, the exit
@@ -36,16 +39,63 @@ limit of 1 on the Postfix transport so that a retry never doubles mail.`,
 			&cli.StringFlag{Name: "from", Aliases: []string{"f"}, Usage: "envelope sender `ADDRESS` (default $SENDER)"},
 			&cli.StringSliceFlag{Name: "rcpt", Aliases: []string{"a"}, Usage: "recipient `ADDRESS` (repeatable; default $RECIPIENT)"},
 		},
-		Action: runDeliver,
+		// A bad command line is the transport's configuration: mail
+		// waits (and one line says why, not the whole help).
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return exitError("deliver: "+err.Error(), exTempFail)
+		},
+		Action: recoverAsTempFail(runDeliver),
 	}
+}
+
+// deliverRanKey marks, in the app's Metadata, that the deliver action
+// started: a run that ends without it (--help, "deliver help") delivered
+// nothing and must not answer 0.
+const deliverRanKey = "nfsdrop.deliver.ran"
+
+// recoverAsTempFail runs action, turning a panic into EX_TEMPFAIL with the
+// stack on stderr: Go's own exit status for a panic (2) would bounce the
+// message, and a bug must make mail wait, not lose it.
+func recoverAsTempFail(action cli.ActionFunc) cli.ActionFunc {
+	return func(c *cli.Context) (err error) {
+		c.App.Metadata[deliverRanKey] = true
+		defer func() {
+			if p := recover(); p != nil {
+				fmt.Fprintf(c.App.ErrWriter, "nfsdrop: deliver: panic: %v\n%s", p, debug.Stack())
+				err = exitError("deliver: internal error (panic); try again later", exTempFail)
+			}
+		}()
+		return action(c)
+	}
+}
+
+// deliverExitStatus is deliver's exit status: only 0 (stored), the
+// documented permanent refusals (67, 69, 77) and 75 may reach Postfix,
+// which bounces on every non-zero status but 75. Anything else (a usage
+// error of the command line library, a run that never reached the action)
+// becomes 75.
+func deliverExitStatus(err error, ran bool, stderr io.Writer) int {
+	code := exitStatus(err, stderr)
+	switch {
+	case code == exOK && !ran:
+		fmt.Fprintln(stderr, "nfsdrop: deliver: nothing delivered (help or no action); try again later")
+		return exTempFail
+	case code == exOK, code == exNoUser, code == exUnavailable, code == exNoPerm, code == exTempFail:
+		return code
+	}
+	fmt.Fprintf(stderr, "nfsdrop: deliver: exit status %d would bounce; answering %d (try again later)\n", code, exTempFail)
+	return exTempFail
 }
 
 func runDeliver(c *cli.Context) error {
 	start := time.Now()
 	stderr := c.App.ErrWriter
-	cfg, err := configFrom(c)
+	cfg, err := config.Load(c.String("config"))
 	if err != nil {
-		return err
+		// Not EX_CONFIG (78): Postfix bounces on it. A broken or
+		// missing configuration is the administrator's to fix while
+		// mail waits in the queue.
+		return exitError("deliver: "+err.Error(), exTempFail)
 	}
 	from := c.String("from")
 	if !c.IsSet("from") {
@@ -58,7 +108,9 @@ func runDeliver(c *cli.Context) error {
 		}
 	}
 	if len(rcpts) == 0 {
-		return exitError("deliver: no recipient (-a ADDRESS, or $RECIPIENT)", exUsage)
+		// The transport's command line is wrong (or $RECIPIENT unset):
+		// a configuration problem, so mail waits.
+		return exitError("deliver: no recipient (-a ADDRESS, or $RECIPIENT)", exTempFail)
 	}
 	e, err := openEnv(cfg, stderr)
 	if err != nil {
@@ -216,6 +268,3 @@ func (l *limitReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
-
-// configFrom loads the config named by --config.
-func configFrom(c *cli.Context) (*config.Config, error) { return loadConfig(c.String("config")) }

@@ -596,66 +596,33 @@ func TestDeliverE2EMountGuard(t *testing.T) {
 // to fix, so the mail is deferred (75), and nothing is left in tmp/ or new/.
 func TestDeliverE2EUnwritable(t *testing.T) {
 	t.Parallel()
-	const nobody = 65534
-	var prefix []string
-	if os.Geteuid() == 0 {
-		// Root ignores permission bits: drop to nobody.
-		setpriv, err := exec.LookPath("setpriv")
-		if err != nil {
-			msg := "running as root and setpriv (util-linux) is missing: cannot run deliver as an unprivileged user, and root ignores permission bits"
-			if testenv.CI() {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
-		prefix = []string{setpriv, "--reuid=" + strconv.Itoa(nobody), "--regid=" + strconv.Itoa(nobody), "--clear-groups"}
-	}
 	for _, tc := range []struct {
 		name  string
-		setup func(t *testing.T, e *e2e, md string) // makes dirs, owned by the runner
+		setup func(t *testing.T, e *e2e, md string, nobody bool) // makes dirs, owned by the runner
 	}{
-		{"mail root 0500", func(t *testing.T, e *e2e, md string) {
+		{"mail root 0500", func(t *testing.T, e *e2e, md string, nobody bool) {
 			chmod(t, e.root, 0o500)
 		}},
-		{"domain directory 0500", func(t *testing.T, e *e2e, md string) {
+		{"domain directory 0500", func(t *testing.T, e *e2e, md string, nobody bool) {
 			dom := filepath.Dir(filepath.Dir(md))
-			mkdirOwned(t, dom, prefix != nil)
+			mkdirOwned(t, dom, nobody)
 			chmod(t, dom, 0o500)
 		}},
-		{"tmp/ 0500", func(t *testing.T, e *e2e, md string) {
-			makeMaildir(t, md, prefix != nil)
+		{"tmp/ 0500", func(t *testing.T, e *e2e, md string, nobody bool) {
+			makeMaildir(t, md, nobody)
 			chmod(t, filepath.Join(md, "tmp"), 0o500)
 		}},
-		{"new/ 0500", func(t *testing.T, e *e2e, md string) {
-			makeMaildir(t, md, prefix != nil)
+		{"new/ 0500", func(t *testing.T, e *e2e, md string, nobody bool) {
+			makeMaildir(t, md, nobody)
 			chmod(t, filepath.Join(md, "new"), 0o500)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			e := newE2E(t, e2eOpts{})
-			if prefix != nil {
-				// The unprivileged user must reach the binary, the
-				// configuration and the mail root.
-				makeTraversable(t, e.dir)
-				bin := filepath.Join(e.dir, "bin", "nfsdrop")
-				if err := os.Mkdir(filepath.Dir(bin), 0o755); err != nil {
-					t.Fatal(err)
-				}
-				// A hard link, not a copy: a file just written can
-				// still be open for writing in a child forked by a
-				// parallel test, and exec then fails with ETXTBSY.
-				if err := os.Link(e.bin, bin); err != nil {
-					writeFile(t, bin, readFile(t, e.bin))
-				}
-				chmod(t, bin, 0o755)
-				e.bin = bin
-				if err := os.Chown(e.root, nobody, nobody); err != nil {
-					t.Fatal(err)
-				}
-			}
+			prefix := unprivileged(t, e)
 			md := e.maildir("alice")
-			tc.setup(t, e, md)
+			tc.setup(t, e, md, prefix != nil)
 			res := e.runAs(prefix, testMessage("unwritable", "body\r\n"), nil, deliverArgs(e.cfg, e2eSender, "alice@example.org")...)
 			wantCode(t, res, exTempFail)
 			if !strings.Contains(res.stderr, "permission denied") {
@@ -1028,7 +995,7 @@ func TestDeliverE2EStatus(t *testing.T) {
 		{name: "null sender", msg: plain, args: []string{"-f", "", "-a", "alice@example.org"},
 			env:  []string{"SENDER=env-sender@example.net"},
 			code: 0, wantBox: "alice", wantSender: "", wantRcpt: "alice@example.org"},
-		{name: "no recipient", msg: plain, args: []string{"-f", e2eSender}, code: exUsage},
+		{name: "no recipient", msg: plain, args: []string{"-f", e2eSender}, code: exTempFail},
 		// With several -a the status is the most urgent one (deliver's
 		// documented contract; Postfix should use a recipient limit of 1):
 		// alice has her copy, the run says 67.
@@ -1190,4 +1157,124 @@ func TestDeliverE2EMultipleRecipients(t *testing.T) {
 			t.Errorf("%d distinct inodes, want 3", len(inodes))
 		}
 	})
+}
+
+// ---------------------------------------------------------------------------
+// 12. Configuration and usage trouble.
+
+// TestDeliverE2EConfigTroubleDefers: whatever goes wrong before a message
+// can be delivered because of the configuration, the environment or the
+// command line Postfix was given is temporary (75): Postfix's pipe and
+// local bounce on every other non-zero status, and the mail must wait in
+// the queue until the administrator fixes the problem. Nothing is stored.
+func TestDeliverE2EConfigTroubleDefers(t *testing.T) {
+	t.Parallel()
+	plain := testMessage("config trouble", "hello\r\n")
+	rcpt := []string{"-f", e2eSender, "-a", "alice@example.org"}
+	for _, tc := range []struct {
+		name   string
+		setup  func(t *testing.T, e *e2e) (prefix []string)
+		args   func(e *e2e) []string // the whole command line after the binary
+		stderr string                // what stderr must say
+	}{
+		{name: "TOML syntax error",
+			setup: func(t *testing.T, e *e2e) []string {
+				writeFile(t, e.cfg, append(readFile(t, e.cfg), "\n[scan\nenabled = true\n"...))
+				return nil
+			},
+			stderr: e2eConfigName},
+		{name: "unknown key",
+			setup: func(t *testing.T, e *e2e) []string {
+				writeFile(t, e.cfg, append([]byte("mail_rot = \"/x\"\n"), readFile(t, e.cfg)...))
+				return nil
+			},
+			stderr: "mail_rot"},
+		{name: "missing config file",
+			args:   func(e *e2e) []string { return append([]string{"deliver", "-c", e.cfg + ".missing"}, rcpt...) },
+			stderr: "no such file"},
+		{name: "unknown flag",
+			args:   func(e *e2e) []string { return append([]string{"deliver", "-c", e.cfg, "--bogus"}, rcpt...) },
+			stderr: "bogus"},
+		{name: "flag without its value",
+			args:   func(e *e2e) []string { return []string{"deliver", "-c", e.cfg, "-f", e2eSender, "-a"} },
+			stderr: "-a"},
+		{name: "missing recipient",
+			args:   func(e *e2e) []string { return []string{"deliver", "-c", e.cfg, "-f", e2eSender} },
+			stderr: "no recipient"},
+		{name: "help flag delivers nothing",
+			args:   func(e *e2e) []string { return append([]string{"deliver", "-c", e.cfg, "--help"}, rcpt...) },
+			stderr: "nothing delivered"},
+		{name: "help argument delivers nothing",
+			args:   func(e *e2e) []string { return append(append([]string{"deliver", "-c", e.cfg}, rcpt...), "help") },
+			stderr: "nothing delivered"},
+		{name: "unreadable passwd-file",
+			setup: func(t *testing.T, e *e2e) []string {
+				prefix := unprivileged(t, e)
+				chmod(t, e.users, 0o000)
+				return prefix
+			},
+			stderr: "permission denied"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newE2E(t, e2eOpts{})
+			var prefix []string
+			if tc.setup != nil {
+				prefix = tc.setup(t, e)
+			}
+			args := append([]string{"deliver", "-c", e.cfg}, rcpt...)
+			if tc.args != nil {
+				args = tc.args(e)
+			}
+			res := e.runAs(prefix, plain, nil, args...)
+			wantCode(t, res, exTempFail)
+			if !strings.Contains(res.stderr, tc.stderr) {
+				t.Errorf("stderr does not say %q:\n%s", tc.stderr, res)
+			}
+			md := e.maildir("alice")
+			for _, d := range []string{"new", "cur", "tmp"} {
+				if _, err := os.Stat(filepath.Join(md, d)); err == nil {
+					wantEmpty(t, filepath.Join(md, d))
+				}
+			}
+		})
+	}
+}
+
+// e2eConfigName is the configuration file's base name, which a config
+// error names.
+const e2eConfigName = "nfsdrop.toml"
+
+// unprivileged prepares e to run the binary as nobody when the tests run
+// as root (root ignores permission bits), and returns the command prefix
+// (nil when not root).
+func unprivileged(t *testing.T, e *e2e) []string {
+	t.Helper()
+	const nobody = 65534
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		msg := "running as root and setpriv (util-linux) is missing: cannot run deliver as an unprivileged user"
+		if testenv.CI() {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	makeTraversable(t, e.dir)
+	bin := filepath.Join(e.dir, "bin", "nfsdrop")
+	if err := os.Mkdir(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A hard link, not a copy (see TestDeliverE2EUnwritable).
+	if err := os.Link(e.bin, bin); err != nil {
+		writeFile(t, bin, readFile(t, e.bin))
+	}
+	chmod(t, bin, 0o755)
+	e.bin = bin
+	if err := os.Chown(e.root, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	return []string{setpriv, "--reuid=" + strconv.Itoa(nobody), "--regid=" + strconv.Itoa(nobody), "--clear-groups"}
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/delivery"
 	"github.com/nfsdrop/nfsdrop/internal/metrics"
@@ -45,6 +47,9 @@ func loadConfig(path string) (*config.Config, error) {
 	}
 	return cfg, nil
 }
+
+// configFrom loads the config named by --config.
+func configFrom(c *cli.Context) (*config.Config, error) { return loadConfig(c.String("config")) }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	level := slog.LevelInfo

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -25,19 +26,35 @@ func main() {
 
 // run is main without the process: tests call it.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	app := newApp(stdin, stdout, stderr)
-	if err := app.Run(args); err != nil {
-		var ec cli.ExitCoder
-		if asExitCoder(err, &ec) {
-			if msg := err.Error(); msg != "" {
-				fmt.Fprintln(stderr, "nfsdrop:", msg)
-			}
-			return ec.ExitCode()
-		}
-		fmt.Fprintln(stderr, "nfsdrop:", err)
-		return exUsage
+	return runApp(newApp(stdin, stdout, stderr), args, stderr)
+}
+
+// runApp runs app with args and turns its outcome into the exit status.
+// The deliver command's status is narrowed to what Postfix must see (see
+// deliverExitStatus), whatever went wrong.
+func runApp(app *cli.App, args []string, stderr io.Writer) int {
+	err := app.Run(args)
+	if commandName(args) == "deliver" {
+		return deliverExitStatus(err, app.Metadata[deliverRanKey] == true, stderr)
 	}
-	return 0
+	return exitStatus(err, stderr)
+}
+
+// exitStatus reports err on stderr and returns its exit code: the code of a
+// cli.ExitCoder, else EX_USAGE (the library's own errors are usage errors).
+func exitStatus(err error, stderr io.Writer) int {
+	if err == nil {
+		return exOK
+	}
+	var ec cli.ExitCoder
+	if asExitCoder(err, &ec) {
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintln(stderr, "nfsdrop:", msg)
+		}
+		return ec.ExitCode()
+	}
+	fmt.Fprintln(stderr, "nfsdrop:", err)
+	return exUsage
 }
 
 func asExitCoder(err error, ec *cli.ExitCoder) bool {
@@ -46,6 +63,18 @@ func asExitCoder(err error, ec *cli.ExitCoder) bool {
 		*ec = c
 	}
 	return ok
+}
+
+// commandName is the command args run: the first argument after the
+// program name that is not a flag ("" for none). The app has no global
+// flags that take a value, so this is the one cli dispatches on.
+func commandName(args []string) string {
+	for _, a := range args[min(1, len(args)):] {
+		if !strings.HasPrefix(a, "-") {
+			return a
+		}
+	}
+	return ""
 }
 
 func configFlag() cli.Flag {

@@ -234,7 +234,10 @@ The configuration file is described in **nfsdrop.toml**(5).
 const manTrailer = `# EXIT STATUS
 
 Exit codes follow **sysexits**(3), as Postfix reads them from
-**nfsdrop deliver**:
+**nfsdrop deliver**. **nfsdrop deliver** exits only 0, 67, 69, 75 or 77:
+Postfix bounces on every other non-zero status, so a configuration error,
+a bad command line (unknown flag, no recipient, **--help**) or an internal
+error (a panic) is 75 there. 64 and 78 come from the other commands.
 
 **0**
 : success (the message is stored)
@@ -256,7 +259,7 @@ NFS trouble; over quota when *store.quota\_action* is "defer")
 : over quota
 
 **78**
-: configuration error
+: configuration error (not from **nfsdrop deliver**, which answers 75)
 
 # SIGNALS
 

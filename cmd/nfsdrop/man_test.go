@@ -17,7 +17,11 @@ func helpOf(t *testing.T, path []string) string {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	args := append(append([]string{"nfsdrop"}, path...), "--help")
-	if code := run(args, strings.NewReader(""), &out, &errOut); code != 0 {
+	want := 0
+	if len(path) > 0 && path[0] == "deliver" {
+		want = exTempFail // help is no delivery: Postfix must not count it as one
+	}
+	if code := run(args, strings.NewReader(""), &out, &errOut); code != want {
 		t.Fatalf("%s: exit %d\n%s", strings.Join(args, " "), code, errOut.String())
 	}
 	return out.String()

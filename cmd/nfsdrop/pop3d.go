@@ -89,6 +89,7 @@ func pop3Options(cfg *config.Config, hostname string, certs *daemon.CertReloader
 		AllowPlaintext:  cfg.POP3.AllowPlaintext,
 		DisableSTLS:     !cfg.POP3.STLS,
 		IdleTimeout:     time.Duration(cfg.POP3.IdleTimeout),
+		LoginTimeout:    time.Duration(cfg.POP3.LoginTimeout),
 		MaxSessions:     cfg.POP3.MaxSessions,
 		MaxPerIP:        cfg.POP3.MaxPerIP,
 		AuthFailDelay:   time.Duration(cfg.POP3.AuthFailDelay),

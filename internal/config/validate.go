@@ -124,6 +124,7 @@ func (c *Config) Validate() error {
 	v.prefixes("pop3.trusted_networks", p.TrustedNetworks)
 	v.prefixes("pop3.proxy_networks", p.ProxyNetworks)
 	v.atLeast("pop3.idle_timeout", p.IdleTimeout, Duration(10*time.Minute))
+	v.atLeast("pop3.login_timeout", p.LoginTimeout, Duration(time.Second))
 	v.atLeastInt("pop3.max_sessions", int64(p.MaxSessions), 1, "")
 	v.atLeastInt("pop3.max_per_ip", int64(p.MaxPerIP), 1, "")
 	v.atLeast("pop3.auth_fail_delay", p.AuthFailDelay, 0)

@@ -95,7 +95,7 @@ func New() *Metrics {
 	m.quotaRefusals = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_quota_refusals_total", Help: "Recipients refused or deferred for being over quota."})
 	m.lmtpConnections = prometheus.NewGauge(prometheus.GaugeOpts{Name: "nfsdrop_lmtp_connections", Help: "Open LMTP connections."})
 	m.pop3Open = prometheus.NewGauge(prometheus.GaugeOpts{Name: "nfsdrop_pop3_sessions", Help: "Open POP3 sessions."})
-	m.pop3Sessions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_pop3_sessions_total", Help: "POP3 sessions ended, by how they ended."}, []string{"end"})
+	m.pop3Sessions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_pop3_sessions_total", Help: "POP3 sessions ended, by how they ended (quit, eof, timeout, error, shutdown, auth-fail; login-timeout and evicted: dropped without logging in)."}, []string{"end"})
 	m.pop3Logins = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_pop3_logins_total",
 		Help: "POP3 logins by result (ok, auth_failed, in_use, temp_failure, perm_failure)."}, []string{"result"})
 	m.pop3Retrieved = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_pop3_retrieved_total", Help: "Messages retrieved over POP3."})
@@ -125,6 +125,11 @@ func New() *Metrics {
 	}
 	for _, r := range []string{"ok", "auth_failed", "in_use", "temp_failure", "perm_failure"} {
 		m.pop3Logins.WithLabelValues(r)
+	}
+	// Sessions dropped without logging in: a rise means someone holds
+	// connections open to fill pop3.max_sessions.
+	for _, e := range []string{"login-timeout", "evicted"} {
+		m.pop3Sessions.WithLabelValues(e)
 	}
 	for _, r := range []string{"hit", "partial", "miss"} {
 		m.indexLookups.WithLabelValues(r)

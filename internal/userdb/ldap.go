@@ -474,12 +474,13 @@ func (d *LDAP) Authenticate(ctx context.Context, name, password string) (*User, 
 		}
 	}
 	if found == nil {
+		// Cost what a real check costs, so the time taken does not tell
+		// whether the name exists.
 		if d.compare {
-			// Cost what a real check costs, so the time taken does not
-			// tell whether the name exists.
 			VerifyPassword(fallbackDummyHash, password)
+			return nil, authFailed
 		}
-		return nil, authFailed
+		return nil, d.dummyBind(ctx, password, authFailed)
 	}
 	if d.compare {
 		ok := false
@@ -519,6 +520,29 @@ func (d *LDAP) Authenticate(ctx context.Context, name, password string) (*User, 
 		d.authCache.put(key, password, local, found, time.Now())
 	}
 	return u, err
+}
+
+// dummyBindRDN names an entry that does not exist below the base DN: the
+// target of the bind made for an unknown user.
+const dummyBindRDN = "cn=nfsdrop-no-such-user-5f0c2e"
+
+// dummyBind is the user bind of an unknown user: the same request, on the
+// same pool, as a wrong password costs, with the password typed, against
+// an entry that does not exist (the directory answers invalid
+// credentials). Without it a login for an unknown name would skip a round
+// trip, and its speed would tell a guesser which names exist. The outcome
+// is authFailed whatever the directory answers, or, when it cannot answer,
+// the error a real bind would give during that outage. (The directory may
+// still answer a bind for a missing entry faster than it checks a real
+// entry's hash: the round trips are equal, its own work is its own.)
+func (d *LDAP) dummyBind(ctx context.Context, password string, authFailed error) error {
+	err := d.withConn(ctx, d.auth, "user bind", func(c *ldap.Conn) error {
+		return c.Bind(dummyBindRDN+","+d.baseDN, password)
+	})
+	if err != nil && isOutage(err) {
+		return err
+	}
+	return authFailed
 }
 
 // user builds the User of an entry, or the error it deserves.

@@ -96,7 +96,8 @@ type passwdTable struct {
 	problems []error
 	// dummy is a stored hash that Authenticate verifies against for an
 	// unknown user, so the time taken does not reveal whether it exists.
-	// It is taken from the file so that it costs what a real one costs.
+	// It is taken from the file, of the scheme most entries use, so that
+	// it costs what a real one costs.
 	dummy string
 }
 
@@ -534,10 +535,50 @@ func (p *PasswdFile) load() (*passwdTable, error) {
 			p.log.Warn("passwd-file: skipping malformed line", "file", p.path, "line", n, "problem", msg)
 		}
 	}
-	if t.dummy == "" {
-		t.dummy = fallbackDummyHash
-	}
+	t.dummy = commonestHash(t)
 	return t, nil
+}
+
+// commonestHash picks the dummy hash of a table: the first (by line)
+// stored password of the scheme most entries use, or fallbackDummyHash
+// when none has one. The first entry alone could be an odd one out (a
+// {PLAIN} test account above thousands of SHA512-CRYPT users), and
+// unknown names would then cost less than a wrong password.
+func commonestHash(t *passwdTable) string {
+	type use struct {
+		count, line int
+		hash        string
+	}
+	schemes := map[string]*use{}
+	for _, m := range []map[string]*passwdEntry{t.exact, t.bare} {
+		for _, e := range m {
+			if e.password == "" {
+				continue
+			}
+			scheme, _ := splitScheme(e.password)
+			u := schemes[scheme]
+			if u == nil {
+				u = &use{line: e.line, hash: e.password}
+				schemes[scheme] = u
+			}
+			u.count++
+			if e.line < u.line {
+				u.line, u.hash = e.line, e.password
+			}
+		}
+	}
+	var best *use
+	for _, u := range schemes {
+		// Ties go to the scheme seen first, so the choice does not
+		// depend on map order.
+		if best == nil || u.count > best.count || (u.count == best.count && u.line < best.line) {
+			best = u
+		}
+	}
+	if best == nil {
+		return fallbackDummyHash
+	}
+	return best.hash
 }
 
 // lineError is one malformed line: "file:line: problem".
@@ -601,9 +642,6 @@ func (p *PasswdFile) addLine(t *passwdTable, n int, line string) string {
 		return fmt.Sprintf("duplicate user %q (first on line %d)", e.name, prev.line)
 	}
 	m[e.name] = e
-	if t.dummy == "" && e.password != "" {
-		t.dummy = e.password
-	}
 	return ""
 }
 
