@@ -52,6 +52,18 @@ func newDovecotWorld(t *testing.T, uidlFormat string, moveToCur bool) *dovecotWo
 	// Dovecot's auth process (user dovecot) reads the passwd-file and its
 	// mail processes (uid 5000) reach the Maildirs.
 	makeTraversable(t, e.root)
+	// The homes belong to the users, as where Dovecot ran before: IMAP
+	// can make a Maildir nfsdrop has not made yet (an IMAP login before
+	// the first delivery).
+	for _, u := range []string{"alice", "bob"} {
+		home := filepath.Dir(e.pop3Maildir(u))
+		if err := os.MkdirAll(home, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(home, dovecot.TestUID, dovecot.TestGID); err != nil {
+			t.Fatal(err)
+		}
+	}
 	w := &dovecotWorld{e2e: e, lmtp: loopback(t), mx1: loopback(t), mx2: loopback(t)}
 	w.imap = dovecot.StartT(t, dovecot.Options{PasswdFile: e.users})
 	loop := []string{"127.0.0.0/8"}
@@ -416,14 +428,6 @@ func dovecotMigrated(t *testing.T, format string) {
 	w := newDovecotWorld(t, format, false)
 	user := "bob@" + pop3Domain
 	maildir := w.pop3Maildir("bob")
-	// The home is bob's, as Dovecot's LDA made it on the old server.
-	home := filepath.Dir(maildir)
-	if err := os.MkdirAll(home, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(home, dovecot.TestUID, dovecot.TestGID); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, id := range []string{"old1", "old2"} {

@@ -65,6 +65,23 @@ type Parsed struct {
 
 var receivedBy = regexp.MustCompile(`\bby (\S+) \(nfsdrop\) with \S+(?: id (\S+))?`)
 
+// ParseHeader reads the token and the copy from a header section alone
+// (TOP n 0, IMAP header fields): the body cannot be checked.
+func ParseHeader(head []byte) Parsed {
+	var p Parsed
+	head = bytes.ReplaceAll(head, []byte("\r\n"), []byte("\n"))
+	for _, line := range strings.Split(string(head), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, TokenHeader) {
+			p.Token = strings.TrimSpace(v)
+		}
+	}
+	if m := receivedBy.FindSubmatch(head); m != nil {
+		p.Host = string(m[1])
+		p.Copy = string(m[1]) + " " + string(m[2])
+	}
+	return p
+}
+
 // Parse reads a message as stored (LF) or as retrieved (CRLF).
 func Parse(data []byte) Parsed {
 	data = bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n"))

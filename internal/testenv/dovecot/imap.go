@@ -25,16 +25,21 @@ type Client struct {
 	timeout time.Duration
 }
 
-// Dial connects to addr and reads the greeting. timeout bounds each
-// command's answer (0: 30 seconds).
+// Dial connects to addr and reads the greeting; see NewClient.
 func Dial(ctx context.Context, addr string, timeout time.Duration) (*Client, error) {
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	return NewClient(c, timeout)
+}
+
+// NewClient reads the greeting on an established connection (closing it
+// on failure). timeout bounds each command's answer (0: 30 seconds).
+func NewClient(c net.Conn, timeout time.Duration) (*Client, error) {
+	if timeout == 0 {
+		timeout = 30 * time.Second
 	}
 	cl := &Client{c: c, r: bufio.NewReaderSize(c, 64<<10), timeout: timeout}
 	c.SetReadDeadline(time.Now().Add(timeout))
@@ -111,11 +116,21 @@ func (cl *Client) Command(format string, args ...any) ([]string, error) {
 			continue
 		}
 		if !strings.HasPrefix(rest, "OK") {
-			return untagged, fmt.Errorf("IMAP %s: %s", verb(cmd), rest)
+			return untagged, &StatusError{Command: verb(cmd), Reply: rest}
 		}
 		return untagged, nil
 	}
 }
+
+// StatusError is a tagged NO or BAD: the server refused the command, the
+// connection is fine.
+type StatusError struct {
+	// Command is the command's name, Reply the tagged answer without
+	// the tag ("NO [NONEXISTENT] ...").
+	Command, Reply string
+}
+
+func (e *StatusError) Error() string { return "IMAP " + e.Command + ": " + e.Reply }
 
 // verb names a command in errors without its arguments (LOGIN's password).
 func verb(cmd string) string {
