@@ -648,7 +648,7 @@ func hostOfKey(key string) string {
 // String formats the report.
 func (r *Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "load: %d messages submitted over SMTP (%d errors), %d queued, %d acknowledged by nfsdrop (250 ... Saved), %d deferred at least once\n",
+	fmt.Fprintf(&b, "load: %d messages submitted (%d errors), %d queued or sent, %d acknowledged by nfsdrop (250 ... Saved), %d deferred at least once\n",
 		r.Submitted, r.SubmitErrors, r.Accepted, r.Acknowledged, r.Deferred)
 	fmt.Fprintf(&b, "      deliveries by host: %s\n", countsString(r.DeliveredBy))
 	fmt.Fprintf(&b, "      %d POP3 sessions (%d logins, %d [IN-USE], %d broken), by host: %s\n", r.Sessions, r.Logins, r.InUseReplies, r.SessionErrors, countsString(r.SessionsBy))
