@@ -7,6 +7,11 @@
 // a lost reply, nothing back after a committed DELE, UIDLs that never
 // change, and locks that are recovered.
 //
+// It can also deliver straight over LMTP (no Postfix, no mail log), spread
+// POP3 sessions over several servers and run IMAP clients (Dovecot) that
+// change flags and expunge on the same Maildirs (Config.LMTPAddr,
+// POP3Addrs, IMAPAddr; cmd/nfsdrop's TestDovecotLoad).
+//
 // It knows nothing about virtual machines: the caller gives it a dialer,
 // the addresses, the mail log and, at the end, the files it found in the
 // store (Scan). contrib/lab's RunScaleOut drives it with faults.
