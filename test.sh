@@ -33,6 +33,7 @@ declare -A NEED=(
   [haproxy]=haproxy
   [debootstrap]=debootstrap
   [systemd-analyze]=systemd
+  [dovecot]=dovecot-imapd
 )
 
 # Packages that provide no program of their own to look for.
@@ -61,8 +62,22 @@ install_packages() {
   export DEBIAN_FRONTEND=noninteractive
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Packages with a service (dovecot-imapd, slapd, ...) must not start it:
+  # the tests run private instances on loopback ports. policy-rc.d answering
+  # 101 makes invoke-rc.d refuse; it is removed afterwards only when it was
+  # made here.
+  local made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  local rc=0
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || rc=$?
+  if [ -n "$made_policy" ]; then
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  return "$rc"
 }
 
 install_go_tools() {

@@ -72,6 +72,9 @@ type pop3Conf struct {
 	trusted        []string
 	lockStale      string
 	authFailDelay  string
+	// uidlFormat is pop3.uidl_format ("" leaves the default).
+	uidlFormat string
+	moveToCur  bool
 }
 
 // writePOP3Config writes c as <dir>/<name>.toml and returns its path.
@@ -111,6 +114,12 @@ func (e *e2e) writePOP3Config(name string, c pop3Conf) string {
 	}
 	if c.authFailDelay != "" {
 		fmt.Fprintf(&b, "auth_fail_delay = %q\n", c.authFailDelay)
+	}
+	if c.uidlFormat != "" {
+		fmt.Fprintf(&b, "uidl_format = %q\n", c.uidlFormat)
+	}
+	if c.moveToCur {
+		b.WriteString("move_to_cur = true\n")
 	}
 	path := filepath.Join(e.dir, name+".toml")
 	writeFile(e.t, path, []byte(b.String()))

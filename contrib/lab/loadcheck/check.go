@@ -60,13 +60,18 @@ type CheckOptions struct {
 	// LockStale is pop3.lock_stale; a mailbox may answer [IN-USE] for at
 	// most LockStale+LockMargin at a stretch.
 	LockStale, LockMargin time.Duration
+	// UIDLFormat is pop3.uidl_format; "" means "maildir". With another
+	// format a UIDL need not be the base name of the stored file, so the
+	// store's files are tied to sessions by their copy, not by UIDL.
+	UIDLFormat string
 }
 
 // Report is the outcome of Check.
 type Report struct {
 	Submitted, SubmitErrors int
-	// Accepted have a queue ID; Acknowledged got "status=sent"
-	// (nfsdrop's 250); Deferrals counts messages deferred at least once.
+	// Accepted have a queue ID (over LMTP: were sent); Acknowledged got
+	// "status=sent" (nfsdrop's 250); Deferrals counts messages deferred
+	// at least once.
 	Accepted, Acknowledged, Deferred int
 	// DeliveredBy counts acknowledged deliveries per nfsdrop host (the
 	// host part of the Maildir key).
@@ -79,9 +84,18 @@ type Report struct {
 	UIDLSightings                                 int
 	FinalInDrain, FinalInStore                    int
 
+	// IMAP clients on the same Maildirs (Config.IMAPAddr): passes,
+	// flag changes answered OK and NO, messages expunged, passes that
+	// broke off.
+	IMAPPasses, IMAPFlagChanges, IMAPStoreErrors, IMAPExpunges, IMAPErrors int
+
 	// The invariants: all must be zero.
 	Lost, Resurrected, Doubled, UIDLChanged, Corrupt, LocksNotRecovered int
 	Bounced, Undelivered, DrainStoreMismatch, DeletedTwice              int
+	// SizeMismatches are retrievals whose octets differ from LIST's size;
+	// RetrFailed are RETRs answered -ERR for a listed message that was
+	// still stored (IMAP never expunged it).
+	SizeMismatches, RetrFailed int
 	// RedeliveredExplained counts messages stored twice because Postfix
 	// did not see nfsdrop's reply and sent again (its log says "message
 	// may be sent more than once"): the price of at-least-once over a
@@ -108,7 +122,7 @@ type Report struct {
 // Violations is the sum of the invariant counters.
 func (r *Report) Violations() int {
 	return r.Lost + r.Resurrected + r.Doubled + r.UIDLChanged + r.Corrupt + r.LocksNotRecovered +
-		r.Bounced + r.Undelivered + r.DrainStoreMismatch + r.DeletedTwice
+		r.Bounced + r.Undelivered + r.DrainStoreMismatch + r.DeletedTwice + r.SizeMismatches + r.RetrFailed
 }
 
 func (r *Report) problem(format string, args ...any) {
@@ -117,13 +131,27 @@ func (r *Report) problem(format string, args ...any) {
 	}
 }
 
+// uidlKey names a UIDL in a user's mailbox: UIDLs are unique per mailbox
+// only (Dovecot's %08X%08X repeats across mailboxes made in the same
+// second).
+func uidlKey(user, uidl string) string { return user + " " + uidl }
+
+// copyKey names a stored copy: its token and the host and LMTP id of its
+// Received header.
+func copyKey(token, cp string) string { return token + " " + cp }
+
 // Check compares what the run was promised with what it saw: rec (the
-// load and drain sessions), the mail log, drain (the final sessions, one
-// per user) and files (the store as read at the end).
+// load and drain sessions, and IMAP passes), the mail log (nil when the
+// load delivered over LMTP), drain (the final sessions, one per user) and
+// files (the store as read at the end).
 func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o CheckOptions) *Report {
-	log.Poll()
 	r := &Report{DeliveredBy: map[string]int{}, SessionsBy: map[string]int{}, LockLimit: o.LockStale + o.LockMargin,
-		DeferReasons: log.DeferReasons(), LoginErrors: map[string]int{}}
+		DeferReasons: map[string]int{}, LoginErrors: map[string]int{}}
+	if log != nil {
+		log.Poll()
+		r.DeferReasons = log.DeferReasons()
+	}
+	maildirUIDLs := o.UIDLFormat == "" || o.UIDLFormat == store.UIDLMaildir
 	subs := rec.Submissions()
 	sessions := rec.Sessions()
 	if !rec.LoadEnd.IsZero() {
@@ -145,6 +173,22 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 		r.Submitted++
 		if s.Err != "" {
 			r.SubmitErrors++
+		}
+		if log == nil {
+			// Over LMTP the reply is the final status; a delivery
+			// without one may or may not be stored.
+			m := &msg{token: s.Token, user: s.User, acked: s.Acked, maybeTwice: !s.Acked}
+			msgs[s.Token] = m
+			tokens = append(tokens, s.Token)
+			r.Accepted++
+			if s.Acked {
+				r.Acknowledged++
+				m.keys = []string{s.Key}
+				if h := hostOfKey(s.Key); h != "" {
+					r.DeliveredBy[h]++
+				}
+			}
+			continue
 		}
 		qid := s.QueueID
 		if qid == "" {
@@ -195,38 +239,79 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 	}
 	sort.Strings(tokens)
 
-	// Every stored copy we know of, by its identity (host and LMTP id of
-	// its Received header): the UIDLs it was seen under.
-	copyUIDLs := map[string]map[string]bool{} // copy -> UIDLs
-	uidlCopy := map[string]map[string]bool{}  // UIDL -> copies
+	// Every stored copy we know of, by its identity (token, host and LMTP
+	// id of its Received header): the UIDLs (per user) it was seen under.
+	copyUIDLs := map[string]map[string]bool{} // copy -> UIDL keys
+	uidlCopy := map[string]map[string]bool{}  // UIDL key -> copies
 	tokenCopies := map[string]map[string]bool{}
-	see := func(token, cp, uidl string) {
+	see := func(token, cp, uk string) {
 		if token == "" || cp == "" {
 			return
 		}
-		cp = token + " " + cp
+		cp = copyKey(token, cp)
 		if copyUIDLs[cp] == nil {
 			copyUIDLs[cp] = map[string]bool{}
 		}
-		copyUIDLs[cp][uidl] = true
-		if uidlCopy[uidl] == nil {
-			uidlCopy[uidl] = map[string]bool{}
+		copyUIDLs[cp][uk] = true
+		if uidlCopy[uk] == nil {
+			uidlCopy[uk] = map[string]bool{}
 		}
-		uidlCopy[uidl][cp] = true
+		uidlCopy[uk][cp] = true
 		if tokenCopies[token] == nil {
 			tokenCopies[token] = map[string]bool{}
 		}
 		tokenCopies[token][cp] = true
 	}
-	uidlToken := map[string]string{}
+	uidlToken := map[string]string{} // UIDL key -> token retrieved under it
 
-	// Committed deletions: UIDL -> when the QUIT that removed it was
-	// answered +OK. Taken: tokens a deleting client retrieved intact and
-	// asked to delete, with QUIT sent (whatever the answer).
+	// IMAP: expunged copies, and when.
+	expunged := map[string]Expunge{} // copy -> the first expunge
+	expungedDovecot := map[string]time.Time{}
+	expungedToken := map[string]bool{}
+	for _, p := range rec.IMAPPasses() {
+		r.IMAPPasses++
+		r.IMAPFlagChanges += p.FlagChanges
+		r.IMAPStoreErrors += p.StoreErrors
+		if p.Err != "" {
+			r.IMAPErrors++
+			if r.IMAPErrors <= 5 {
+				r.Notes = append(r.Notes, fmt.Sprintf("IMAP pass %d (%s): %s", p.ID, p.User, p.Err))
+			}
+		}
+		for _, x := range p.Expunged {
+			r.IMAPExpunges++
+			if x.Token == "" {
+				continue
+			}
+			expungedToken[x.Token] = true
+			k := copyKey(x.Token, x.Copy)
+			if prev, ok := expunged[k]; !ok || x.At.Before(prev.At) {
+				expunged[k] = x
+			}
+			if !maildirUIDLs {
+				// With uidl_format "dovecot", nfsdrop may list it
+				// under the UIDL Dovecot gives it (not a second name
+				// of the copy: nfsdrop may never have listed it so).
+				expungedDovecot[uidlKey(p.User, x.DovecotUIDL)] = x.At
+			}
+		}
+	}
+
+	// Committed deletions: UIDL key -> when the QUIT that removed it was
+	// answered +OK, and the same by copy. Taken: tokens a deleting client
+	// retrieved intact and asked to delete, with QUIT sent (whatever the
+	// answer).
 	committed := map[string]time.Time{}
+	committedCopy := map[string]time.Time{}
 	committedBy := map[string]int{}
 	taken := map[string]bool{}
 	inUseStart := map[string]time.Time{}
+	type failedRetr struct {
+		s  *Session
+		rt Retr
+		cp string // the copy the listing named, "" if unknown
+	}
+	var failed []failedRetr
 	sort.Slice(sessions, func(i, j int) bool { return sessions[i].Start.Before(sessions[j].Start) })
 	for _, s := range sessions {
 		r.Sessions++
@@ -245,39 +330,68 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 			r.Logins++
 		}
 		r.UIDLSightings += len(s.UIDLs)
+		listedCopy := map[int]string{}
+		for _, l := range s.Listed {
+			if l.Token == "" {
+				continue
+			}
+			see(l.Token, l.Copy, uidlKey(s.User, l.UIDL))
+			listedCopy[l.N] = copyKey(l.Token, l.Copy)
+			if t, ok := uidlToken[uidlKey(s.User, l.UIDL)]; ok && t != l.Token {
+				r.UIDLChanged++
+				r.problem("%s: UIDL %s named %s and %s", s.User, l.UIDL, t, l.Token)
+			}
+			uidlToken[uidlKey(s.User, l.UIDL)] = l.Token
+		}
 		for _, rt := range s.Retrs {
 			if rt.Problem != "" && !rt.Intact {
 				if rt.Token != "" || strings.Contains(rt.Problem, "sha256") || strings.Contains(rt.Problem, "separator") {
 					r.Corrupt++
 					r.problem("session %d (%s on %s): RETR %d (UIDL %s): %s", s.ID, s.User, s.Host, rt.N, rt.UIDL, rt.Problem)
+				} else {
+					failed = append(failed, failedRetr{s: s, rt: rt, cp: listedCopy[rt.N]})
 				}
 				continue
 			}
 			r.Retrievals++
-			see(rt.Token, rt.Copy, rt.UIDL)
-			if t, ok := uidlToken[rt.UIDL]; ok && t != rt.Token {
-				r.UIDLChanged++
-				r.problem("UIDL %s named %s and %s", rt.UIDL, t, rt.Token)
+			if rt.Got != rt.Size {
+				r.SizeMismatches++
+				r.problem("session %d (%s on %s): message %d (UIDL %s, %s): LIST said %d octets, RETR sent %d",
+					s.ID, s.User, s.Host, rt.N, rt.UIDL, rt.Token, rt.Size, rt.Got)
 			}
-			uidlToken[rt.UIDL] = rt.Token
+			uk := uidlKey(s.User, rt.UIDL)
+			see(rt.Token, rt.Copy, uk)
+			if t, ok := uidlToken[uk]; ok && t != rt.Token {
+				r.UIDLChanged++
+				r.problem("%s: UIDL %s named %s and %s", s.User, rt.UIDL, t, rt.Token)
+			}
+			uidlToken[uk] = rt.Token
 		}
 		if s.Mode == "delete" && s.Quit != "" && len(s.Deleted) > 0 {
 			del := map[string]bool{}
 			for _, u := range s.Deleted {
 				del[u] = true
 			}
+			var copies []string
 			for _, rt := range s.Retrs {
 				if rt.Intact && del[rt.UIDL] {
 					taken[rt.Token] = true
 					r.DeletedRetrievals++
+					copies = append(copies, copyKey(rt.Token, rt.Copy))
 				}
 			}
 			if s.Quit == "ok" {
 				r.Commits++
 				for u := range del {
-					committedBy[u]++
-					if _, ok := committed[u]; !ok {
-						committed[u] = s.QuitAt
+					uk := uidlKey(s.User, u)
+					committedBy[uk]++
+					if _, ok := committed[uk]; !ok {
+						committed[uk] = s.QuitAt
+					}
+				}
+				for _, cp := range copies {
+					if _, ok := committedCopy[cp]; !ok {
+						committedCopy[cp] = s.QuitAt
 					}
 				}
 			} else {
@@ -285,24 +399,51 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 			}
 		}
 	}
-	for u, n := range committedBy {
+	for uk, n := range committedBy {
 		if n > 1 {
 			r.DeletedTwice++
-			r.problem("UIDL %s (%s) retrieved and deleted by %d sessions whose QUIT succeeded", u, uidlToken[u], n)
+			r.problem("UIDL %s (%s) retrieved and deleted by %d sessions whose QUIT succeeded", uk, uidlToken[uk], n)
 		}
+	}
+	// A RETR that failed although the message was still there (IMAP
+	// never expunged the copy the listing named): a stale listing.
+	for _, f := range failed {
+		if f.cp == "" {
+			continue // not identified: cannot tell
+		}
+		if _, ok := expunged[f.cp]; ok {
+			continue
+		}
+		r.RetrFailed++
+		r.problem("session %d (%s on %s): RETR %d (UIDL %s, %s) failed, and IMAP never expunged it: %s",
+			f.s.ID, f.s.User, f.s.Host, f.rt.N, f.rt.UIDL, f.cp, f.rt.Problem)
 	}
 
 	// Resurrection: a UIDL listed by a session that logged in after the
-	// QUIT that deleted it was answered.
+	// QUIT that deleted it was answered, or whose PASS was sent after IMAP
+	// expunged the copy (no lock orders IMAP and POP3: a listing made
+	// while PASS was in flight may still show it).
+	expungedAt := expungedDovecot // UIDL key -> expunge time
+	for cp, x := range expunged {
+		for uk := range copyUIDLs[cp] {
+			expungedAt[uk] = x.At
+		}
+	}
 	for _, s := range sessions {
 		if s.LoginAt.IsZero() {
 			continue
 		}
 		for _, u := range s.UIDLs {
-			if c, ok := committed[u]; ok && s.LoginAt.After(c) {
+			uk := uidlKey(s.User, u)
+			if c, ok := committed[uk]; ok && s.LoginAt.After(c) {
 				r.Resurrected++
 				r.problem("UIDL %s (%s) deleted by a QUIT answered at %s, listed again by session %d (%s on %s) logged in at %s",
-					u, uidlToken[u], c.Format("15:04:05.000"), s.ID, s.User, s.Host, s.LoginAt.Format("15:04:05.000"))
+					u, uidlToken[uk], c.Format("15:04:05.000"), s.ID, s.User, s.Host, s.LoginAt.Format("15:04:05.000"))
+			}
+			if x, ok := expungedAt[uk]; ok && !s.PassSent.IsZero() && s.PassSent.After(x) {
+				r.Resurrected++
+				r.problem("UIDL %s (%s) expunged by IMAP at %s, listed again by session %d (%s on %s), PASS sent at %s",
+					u, uidlToken[uk], x.Format("15:04:05.000"), s.ID, s.User, s.Host, s.PassSent.Format("15:04:05.000"))
 			}
 		}
 	}
@@ -337,8 +478,10 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 		r.problem("%s: [IN-USE] for %v at a stretch, more than lock_stale + margin = %v", r.MaxInUseUser, r.MaxInUse.Round(time.Second), r.LockLimit)
 	}
 
-	// The final state: the drain's listing and the store's files.
-	inDrain := map[string]map[string]bool{} // user -> UIDLs
+	// The final state: the drain's listing and the store's files, compared
+	// by copy (with a UIDL format other than "maildir" a UIDL is not the
+	// file's base name).
+	inDrain := map[string]map[string]bool{} // user -> copies
 	presentToken := map[string]bool{}
 	for _, s := range drain {
 		if s.LoginAt.IsZero() || s.Quit != "ok" {
@@ -347,33 +490,41 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 			continue
 		}
 		inDrain[s.User] = map[string]bool{}
-		for _, u := range s.UIDLs {
-			inDrain[s.User][u] = true
-		}
 		for _, rt := range s.Retrs {
 			if rt.Intact {
 				presentToken[rt.Token] = true
+				inDrain[s.User][copyKey(rt.Token, rt.Copy)] = true
+			} else if rt.Token == "" {
+				r.DrainStoreMismatch++
+				r.problem("%s: the final drain lists UIDL %s but cannot retrieve it: %s", s.User, rt.UIDL, rt.Problem)
 			}
 		}
 		r.FinalInDrain += len(s.UIDLs)
 	}
-	inStore := map[string]map[string]bool{}
+	inStore := map[string]map[string]string{} // user -> copy -> file
 	for _, f := range files {
 		r.FinalInStore++
-		if inStore[f.User] == nil {
-			inStore[f.User] = map[string]bool{}
-		}
-		inStore[f.User][f.UIDL] = true
 		if !f.Intact {
 			r.Corrupt++
 			r.problem("store: %s/%s/%s: %s", f.User, f.Dir, f.Name, f.Problem)
 			continue
 		}
+		cp := copyKey(f.Token, f.Copy)
+		if inStore[f.User] == nil {
+			inStore[f.User] = map[string]string{}
+		}
+		inStore[f.User][cp] = f.Dir + "/" + f.Name
 		presentToken[f.Token] = true
-		see(f.Token, f.Copy, f.UIDL)
-		if c, ok := committed[f.UIDL]; ok {
+		if maildirUIDLs {
+			see(f.Token, f.Copy, uidlKey(f.User, f.UIDL))
+		}
+		if c, ok := committedCopy[cp]; ok {
 			r.Resurrected++
 			r.problem("store: %s/%s/%s (%s) is still there after a QUIT answered at %s deleted it", f.User, f.Dir, f.Name, f.Token, c.Format("15:04:05.000"))
+		}
+		if x, ok := expunged[cp]; ok {
+			r.Resurrected++
+			r.problem("store: %s/%s/%s (%s) is still there after IMAP expunged it at %s", f.User, f.Dir, f.Name, f.Token, x.At.Format("15:04:05.000"))
 		}
 		if m, ok := msgs[f.Token]; !ok {
 			r.problem("store: %s/%s/%s: token %q was never submitted", f.User, f.Dir, f.Name, f.Token)
@@ -384,16 +535,16 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 		}
 	}
 	for u, set := range inDrain {
-		for uidl := range set {
-			if !inStore[u][uidl] {
+		for cp := range set {
+			if _, ok := inStore[u][cp]; !ok {
 				r.DrainStoreMismatch++
-				r.problem("%s: UIDL %s listed by the final drain but not in the store", u, uidl)
+				r.problem("%s: %s listed by the final drain but not in the store", u, cp)
 			}
 		}
-		for uidl := range inStore[u] {
-			if !set[uidl] {
+		for cp, file := range inStore[u] {
+			if !set[cp] {
 				r.DrainStoreMismatch++
-				r.problem("%s: %s in the store but not listed by the final drain", u, uidl)
+				r.problem("%s: %s (%s) in the store but not listed by the final drain", u, cp, file)
 			}
 		}
 	}
@@ -415,32 +566,39 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 	// The acknowledged copy's UIDL is the base of the key nfsdrop answered.
 	for _, t := range tokens {
 		m := msgs[t]
+		if !maildirUIDLs {
+			break
+		}
 		for _, k := range m.keys {
 			base := store.BaseName(k)
-			if other, ok := uidlToken[base]; ok && other != t {
+			if other, ok := uidlToken[uidlKey(m.user, base)]; ok && other != t {
 				r.UIDLChanged++
 				r.problem("message %s: key %s, but UIDL %s was %s", t, k, base, other)
 			}
 		}
 	}
 
-	// Lost and doubled.
+	// Lost and doubled. A copy IMAP expunged is neither lost nor back.
 	for _, t := range tokens {
 		m := msgs[t]
 		if !m.acked {
 			continue
 		}
-		if !presentToken[t] && !taken[t] {
+		if !presentToken[t] && !taken[t] && !expungedToken[t] {
 			r.Lost++
-			r.problem("message %s for %s (%s, key %v): acknowledged, not retrieved by a deleting client, not in the mailbox", t, m.user, m.qid, m.keys)
+			r.problem("message %s for %s (%s, key %v): acknowledged, not retrieved by a deleting client, not expunged over IMAP, not in the mailbox", t, m.user, m.qid, m.keys)
 		}
 		if n := len(tokenCopies[t]); n > 1 {
 			if m.maybeTwice {
 				r.RedeliveredExplained++
-				r.Notes = append(r.Notes, fmt.Sprintf("message %s (%s) stored %d times: Postfix resent it after %v", t, m.qid, n, reasons(log.Attempts(m.qid))))
+				why := "a delivery without a clear reply"
+				if log != nil {
+					why = fmt.Sprint(reasons(log.Attempts(m.qid)))
+				}
+				r.Notes = append(r.Notes, fmt.Sprintf("message %s (%s) stored %d times: resent after %s", t, m.qid, n, why))
 			} else {
 				r.Doubled++
-				r.problem("message %s (%s) stored %d times (%v) but Postfix sent it once", t, m.qid, n, keys(tokenCopies[t]))
+				r.problem("message %s (%s) stored %d times (%v) but sent once", t, m.qid, n, keys(tokenCopies[t]))
 			}
 		}
 	}
@@ -490,7 +648,7 @@ func hostOfKey(key string) string {
 // String formats the report.
 func (r *Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "load: %d messages submitted over SMTP (%d errors), %d queued, %d acknowledged by nfsdrop (250 ... Saved), %d deferred at least once\n",
+	fmt.Fprintf(&b, "load: %d messages submitted (%d errors), %d queued or sent, %d acknowledged by nfsdrop (250 ... Saved), %d deferred at least once\n",
 		r.Submitted, r.SubmitErrors, r.Accepted, r.Acknowledged, r.Deferred)
 	fmt.Fprintf(&b, "      deliveries by host: %s\n", countsString(r.DeliveredBy))
 	fmt.Fprintf(&b, "      %d POP3 sessions (%d logins, %d [IN-USE], %d broken), by host: %s\n", r.Sessions, r.Logins, r.InUseReplies, r.SessionErrors, countsString(r.SessionsBy))
@@ -502,11 +660,15 @@ func (r *Report) String() string {
 	for _, k := range keys(boolKeys(r.LoginErrors)) {
 		fmt.Fprintf(&b, "      POP3 login %d× %s\n", r.LoginErrors[k], k)
 	}
+	if r.IMAPPasses > 0 {
+		fmt.Fprintf(&b, "      %d IMAP passes (%d broken): %d flag changes (%d refused), %d expunges\n",
+			r.IMAPPasses, r.IMAPErrors, r.IMAPFlagChanges, r.IMAPStoreErrors, r.IMAPExpunges)
+	}
 	fmt.Fprintf(&b, "final: %d messages listed by the drain, %d files in the store\n", r.FinalInDrain, r.FinalInStore)
-	fmt.Fprintf(&b, "invariants: lost %d, resurrected %d, doubled %d, UIDL changes %d, corrupt %d, locks not recovered %d (longest [IN-USE] %v, limit %v), bounced %d, undelivered %d, drain/store mismatches %d, deleted twice %d\n",
+	fmt.Fprintf(&b, "invariants: lost %d, resurrected %d, doubled %d, UIDL changes %d, corrupt %d, locks not recovered %d (longest [IN-USE] %v, limit %v), bounced %d, undelivered %d, drain/store mismatches %d, deleted twice %d, size mismatches %d, failed RETRs of stored messages %d\n",
 		r.Lost, r.Resurrected, r.Doubled, r.UIDLChanged, r.Corrupt, r.LocksNotRecovered, r.MaxInUse.Round(100*time.Millisecond), r.LockLimit,
-		r.Bounced, r.Undelivered, r.DrainStoreMismatch, r.DeletedTwice)
-	fmt.Fprintf(&b, "explained: %d messages stored twice because Postfix resent them after a lost reply\n", r.RedeliveredExplained)
+		r.Bounced, r.Undelivered, r.DrainStoreMismatch, r.DeletedTwice, r.SizeMismatches, r.RetrFailed)
+	fmt.Fprintf(&b, "explained: %d messages stored twice because they were resent after a lost reply\n", r.RedeliveredExplained)
 	for _, n := range r.Notes {
 		fmt.Fprintf(&b, "  note: %s\n", n)
 	}

@@ -117,3 +117,61 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("lost %d resurrected %d UIDL changes %d doubled %d acknowledged %d", r.Lost, r.Resurrected, r.UIDLChanged, r.Doubled, r.Acknowledged)
 	}
 }
+
+// TestCheckIMAP feeds Check an LMTP-delivered history (no mail log) with
+// an IMAP client on the same Maildirs: an expunged message is not lost
+// but must not be listed by a session whose PASS came later; LIST sizes
+// must match RETR; a RETR failing for a message IMAP never expunged is a
+// stale listing; with uidl_format "dovecot" the store's base names are
+// not UIDLs.
+func TestCheckIMAP(t *testing.T) {
+	t0 := time.Now()
+	tok := func(i int) string { return "r-00000" + string(rune('0'+i)) }
+	key := func(i int) string { return "1.M1P1Q" + string(rune('0'+i)) + "R0.mx1.test,S=1,W=1" }
+	cp := func(i int) string { return "mx1.test id" + string(rune('0'+i)) }
+	dovecotUIDL := func(i int) string { return "0000000" + string(rune('0'+i)) + "6B10EE00" }
+	rec := &Recorder{}
+	for i := 1; i <= 3; i++ {
+		rec.subs = append(rec.subs, &Submission{Seq: i, Token: tok(i), User: "u1", Acked: true, Key: key(i)})
+	}
+	listed := func(is ...int) (uidls []string, l []Listed) {
+		for n, i := range is {
+			uidls = append(uidls, dovecotUIDL(i))
+			l = append(l, Listed{N: n + 1, UIDL: dovecotUIDL(i), Token: tok(i), Copy: cp(i)})
+		}
+		return
+	}
+	u1, l1 := listed(1, 2, 3)
+	u2, l2 := listed(1, 2, 3)
+	u3, l3 := listed(2, 3)
+	rec.imap = []*IMAPPass{{ID: 9, User: "u1", FlagChanges: 2,
+		Expunged: []Expunge{{UID: 1, DovecotUIDL: dovecotUIDL(1), Token: tok(1), Copy: cp(1), At: t0.Add(2 * time.Second)}}}}
+	rec.sessions = []*Session{
+		{ID: 1, User: "u1", Mode: "keep", Host: "mx1.test", Start: t0, PassSent: t0, LoginAt: t0.Add(time.Second),
+			UIDLs: u1, Listed: l1, Quit: "ok", Retrs: []Retr{
+				{N: 2, UIDL: dovecotUIDL(2), Token: tok(2), Copy: cp(2), Intact: true, Size: 100, Got: 98},
+				{N: 3, UIDL: dovecotUIDL(3), Problem: "RETR 3: -ERR [SYS/TEMP] mail store error"},
+			}},
+		{ID: 2, User: "u1", Mode: "keep", Host: "mx2.test", Start: t0.Add(3 * time.Second), PassSent: t0.Add(3 * time.Second),
+			LoginAt: t0.Add(4 * time.Second), UIDLs: u2, Listed: l2, Quit: "ok"},
+	}
+	drain := []*Session{{ID: 3, User: "u1", Mode: "drain", Start: t0.Add(5 * time.Second), PassSent: t0.Add(5 * time.Second),
+		LoginAt: t0.Add(5 * time.Second), UIDLs: u3, Listed: l3, Quit: "ok", Retrs: []Retr{
+			{N: 1, UIDL: dovecotUIDL(2), Token: tok(2), Copy: cp(2), Intact: true, Size: 98, Got: 98},
+			{N: 2, UIDL: dovecotUIDL(3), Token: tok(3), Copy: cp(3), Intact: true, Size: 98, Got: 98},
+		}}}
+	rec.sessions = append(rec.sessions, drain...)
+	files := []StoredFile{
+		{User: "u1", Dir: "cur", Name: key(2) + ":2,S", UIDL: "1.M1P1Q2R0.mx1.test", Parsed: Parsed{Token: tok(2), Copy: cp(2), Intact: true}},
+		{User: "u1", Dir: "cur", Name: key(3) + ":2,F", UIDL: "1.M1P1Q3R0.mx1.test", Parsed: Parsed{Token: tok(3), Copy: cp(3), Intact: true}},
+	}
+	r := Check(rec, nil, drain, files, CheckOptions{UIDLFormat: "dovecot"})
+	t.Logf("%s", r)
+	if r.Acknowledged != 3 || r.IMAPExpunges != 1 || r.IMAPFlagChanges != 2 {
+		t.Fatalf("acknowledged %d, IMAP expunges %d, flag changes %d", r.Acknowledged, r.IMAPExpunges, r.IMAPFlagChanges)
+	}
+	if r.Lost != 0 || r.Resurrected != 1 || r.SizeMismatches != 1 || r.RetrFailed != 1 || r.UIDLChanged != 0 || r.DrainStoreMismatch != 0 {
+		t.Fatalf("lost %d (want 0: expunged), resurrected %d (want 1: listed after the expunge), size mismatches %d, failed RETRs %d, UIDL changes %d, drain/store mismatches %d (want 1, 1, 0, 0)",
+			r.Lost, r.Resurrected, r.SizeMismatches, r.RetrFailed, r.UIDLChanged, r.DrainStoreMismatch)
+	}
+}

@@ -7,6 +7,11 @@
 // a lost reply, nothing back after a committed DELE, UIDLs that never
 // change, and locks that are recovered.
 //
+// It can also deliver straight over LMTP (no Postfix, no mail log), spread
+// POP3 sessions over several servers and run IMAP clients (Dovecot) that
+// change flags and expunge on the same Maildirs (Config.LMTPAddr,
+// POP3Addrs, IMAPAddr; cmd/nfsdrop's TestDovecotLoad).
+//
 // It knows nothing about virtual machines: the caller gives it a dialer,
 // the addresses, the mail log and, at the end, the files it found in the
 // store (Scan). contrib/lab's RunScaleOut drives it with faults.
@@ -64,6 +69,23 @@ type Parsed struct {
 }
 
 var receivedBy = regexp.MustCompile(`\bby (\S+) \(nfsdrop\) with \S+(?: id (\S+))?`)
+
+// ParseHeader reads the token and the copy from a header section alone
+// (TOP n 0, IMAP header fields): the body cannot be checked.
+func ParseHeader(head []byte) Parsed {
+	var p Parsed
+	head = bytes.ReplaceAll(head, []byte("\r\n"), []byte("\n"))
+	for _, line := range strings.Split(string(head), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, TokenHeader) {
+			p.Token = strings.TrimSpace(v)
+		}
+	}
+	if m := receivedBy.FindSubmatch(head); m != nil {
+		p.Host = string(m[1])
+		p.Copy = string(m[1]) + " " + string(m[2])
+	}
+	return p
+}
 
 // Parse reads a message as stored (LF) or as retrieved (CRLF).
 func Parse(data []byte) Parsed {

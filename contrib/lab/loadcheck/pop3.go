@@ -110,19 +110,35 @@ func (p *pop3Conn) uidl() ([]string, error) {
 	return out, nil
 }
 
-func (p *pop3Conn) list() (int, error) {
+// list returns the sizes LIST gives, message 1 first.
+func (p *pop3Conn) list() ([]int64, error) {
 	st, err := p.cmd("LIST")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	if !strings.HasPrefix(st, "+OK") {
-		return 0, fmt.Errorf("LIST: %s", st)
+		return nil, fmt.Errorf("LIST: %s", st)
 	}
 	body, err := p.multi()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return bytes.Count(body, []byte("\r\n")), nil
+	var out []int64
+	for i, l := range strings.Split(strings.TrimRight(string(body), "\r\n"), "\r\n") {
+		if l == "" {
+			continue
+		}
+		f := strings.Fields(l)
+		if len(f) != 2 || f[0] != strconv.Itoa(i+1) {
+			return nil, fmt.Errorf("LIST line %q", l)
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("LIST line %q", l)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func (p *pop3Conn) retr(n int) ([]byte, error) {

@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"net"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -50,14 +51,43 @@ type Config struct {
 	RetrPerKeep, RetrPerDelete int
 	// Pause is the time between a client's sessions (default 200 ms).
 	Pause time.Duration
+	// RetrPause is a client's think time before each RETR (default 0): it
+	// keeps sessions open long enough for other writers (IMAP) to rename
+	// listed messages under them.
+	RetrPause time.Duration
 	// Timeout bounds the wait for each POP3 reply (default 90 s: longer
 	// than a filer restart under a hard mount, longer than the load
 	// balancer's timeouts).
 	Timeout time.Duration
-	// Log is Postfix's mail log (needed for MaxOutstanding).
-	Log  *Maillog
-	Seed int64
-	Logf func(string, ...any)
+	// Log is Postfix's mail log (needed for MaxOutstanding); nil with
+	// LMTPAddr.
+	Log *Maillog
+	// LMTPAddr, when set, makes the senders deliver straight to an LMTP
+	// server (nfsdrop lmtpd) instead of submitting to Postfix at
+	// SMTPAddr: the 250 answered for the recipient, with its Maildir key,
+	// is the acknowledgement, and no mail log is needed.
+	LMTPAddr string
+	// POP3Addrs, when set, are several POP3 servers on the same mail root
+	// (POP3Addr is then unused): each session picks one.
+	POP3Addrs []string
+	// IdentifyAll makes every session read the header of every listed
+	// message (TOP n 0), tying each listed UIDL to a stored copy: a UIDL
+	// that changes between sessions is then seen for every message, not
+	// only for retrieved ones.
+	IdentifyAll bool
+	// IMAPAddr is an IMAP server (Dovecot) on the same Maildirs. IMAP
+	// clients (IMAPClients, default 1 when IMAPAddr is set) keep
+	// selecting a mailbox, setting and clearing \Seen and \Flagged on a
+	// few messages (Dovecot renames their files, and moves new/ to cur/),
+	// and in one pass of ExpungeOneIn (default 4) expunging a message.
+	IMAPAddr     string
+	IMAPClients  int
+	ExpungeOneIn int
+	// IMAPFlagsPerPass is how many messages a pass changes flags on
+	// (default 4).
+	IMAPFlagsPerPass int
+	Seed             int64
+	Logf             func(string, ...any)
 }
 
 func (c *Config) defaults() {
@@ -91,6 +121,18 @@ func (c *Config) defaults() {
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
 	}
+	if len(c.POP3Addrs) == 0 {
+		c.POP3Addrs = []string{c.POP3Addr}
+	}
+	if c.IMAPAddr != "" && c.IMAPClients == 0 {
+		c.IMAPClients = 1
+	}
+	if c.ExpungeOneIn == 0 {
+		c.ExpungeOneIn = 4
+	}
+	if c.IMAPFlagsPerPass == 0 {
+		c.IMAPFlagsPerPass = 4
+	}
 }
 
 // Submission is one message handed to Postfix over SMTP.
@@ -98,8 +140,12 @@ type Submission struct {
 	Seq         int
 	Token, User string
 	QueueID     string // from "250 2.0.0 Ok: queued as ID"
-	At          time.Time
-	Err         string
+	// Acked and Key, with Config.LMTPAddr: the LMTP server answered 250
+	// with this Maildir key.
+	Acked bool
+	Key   string
+	At    time.Time
+	Err   string
 }
 
 // Retr is one message read in a POP3 session.
@@ -112,6 +158,17 @@ type Retr struct {
 	Host    string
 	Intact  bool
 	Problem string
+	// Size is what LIST said, Got the octets RETR sent (dot-unstuffed,
+	// CRLF line ends); both 0 when RETR failed.
+	Size, Got int64
+}
+
+// Listed is one message of a session's listing, identified by its header
+// (Config.IdentifyAll): Token and Copy are "" when TOP failed.
+type Listed struct {
+	N           int
+	UIDL, Token string
+	Copy        string
 }
 
 // Session is one POP3 session as the client saw it.
@@ -123,11 +180,14 @@ type Session struct {
 	// Host is the server that answered (from the greeting).
 	Host       string
 	Start, End time.Time
+	// PassSent is when PASS was sent: the listing is made after it.
 	// LoginAt is when PASS was answered +OK (zero if not).
+	PassSent   time.Time
 	LoginAt    time.Time
 	LoginReply string
 	InUse      bool
 	UIDLs      []string
+	Listed     []Listed
 	Retrs      []Retr
 	// Deleted are the UIDLs DELE was answered +OK for.
 	Deleted []string
@@ -144,6 +204,7 @@ type Recorder struct {
 	mu       sync.Mutex
 	subs     []*Submission
 	sessions []*Session
+	imap     []*IMAPPass
 	nextID   int
 	Start    time.Time
 	LoadEnd  time.Time
@@ -201,7 +262,8 @@ func (r *Recorder) Dump(path string) error {
 		Start, LoadEnd time.Time
 		Submissions    []*Submission
 		Sessions       []*Session
-	}{r.Start, r.LoadEnd, r.subs, r.sessions}, "", " ")
+		IMAP           []*IMAPPass
+	}{r.Start, r.LoadEnd, r.subs, r.sessions, r.imap}, "", " ")
 	if err != nil {
 		return err
 	}
@@ -221,8 +283,8 @@ type Load struct {
 // Start starts the senders and POP3 clients.
 func Start(ctx context.Context, cfg Config) (*Load, error) {
 	cfg.defaults()
-	if cfg.Dial == nil || len(cfg.Users) == 0 || cfg.Log == nil {
-		return nil, errors.New("loadcheck: Dial, Users and Log are required")
+	if cfg.Dial == nil || len(cfg.Users) == 0 || (cfg.Log == nil && cfg.LMTPAddr == "") {
+		return nil, errors.New("loadcheck: Dial, Users and Log (or LMTPAddr) are required")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	ld := &Load{cfg: cfg, Rec: &Recorder{Start: time.Now()}, cancel: cancel}
@@ -245,6 +307,11 @@ func Start(ctx context.Context, cfg Config) (*Load, error) {
 		ld.wg.Add(1)
 		go func() { defer ld.wg.Done(); ld.popClient(ctx, mode, rnd) }()
 	}
+	for i := 0; i < cfg.IMAPClients; i++ {
+		rnd := rand.New(rand.NewSource(cfg.Seed + int64(i)*104729 + 1))
+		ld.wg.Add(1)
+		go func() { defer ld.wg.Done(); ld.imapClient(ctx, rnd) }()
+	}
 	return ld, nil
 }
 
@@ -257,8 +324,12 @@ func (ld *Load) Stop() {
 	ld.Rec.mu.Unlock()
 }
 
-// outstanding counts submissions without a final status in the mail log.
+// outstanding counts submissions without a final status in the mail log
+// (none over LMTP: the reply is the final status).
 func (ld *Load) outstanding() int {
+	if ld.cfg.Log == nil {
+		return 0
+	}
 	n := 0
 	for _, s := range ld.Rec.Submissions() {
 		if s.Err != "" {
@@ -295,13 +366,21 @@ func (ld *Load) sender(ctx context.Context, tick <-chan time.Time) {
 			}
 		}
 		if c == nil {
-			conn, err := ld.cfg.Dial(ctx, "tcp", ld.cfg.SMTPAddr)
+			addr := ld.cfg.SMTPAddr
+			if ld.cfg.LMTPAddr != "" {
+				addr = ld.cfg.LMTPAddr
+			}
+			conn, err := ld.cfg.Dial(ctx, "tcp", addr)
 			if err != nil {
 				ld.cfg.Logf("loadcheck: smtp dial: %v", err)
 				time.Sleep(time.Second)
 				continue
 			}
-			c = smtp.NewClient(conn)
+			if ld.cfg.LMTPAddr != "" {
+				c = smtp.NewClientLMTP(conn)
+			} else {
+				c = smtp.NewClient(conn)
+			}
 			if err := c.Hello("loadcheck.lab.test"); err != nil {
 				c.Close()
 				c = nil
@@ -315,13 +394,18 @@ func (ld *Load) sender(ctx context.Context, tick <-chan time.Time) {
 		user := ld.cfg.Users[(seq-1)%len(ld.cfg.Users)]
 		token, msg := Compose(ld.cfg.Run, seq, ld.cfg.From, user, ld.cfg.Size+(seq%7)*300, time.Now())
 		sub := &Submission{Seq: seq, Token: token, User: user, At: time.Now()}
-		qid, err := submit(c, ld.cfg.From, user, msg)
+		var err error
+		if ld.cfg.LMTPAddr != "" {
+			sub.Key, err = deliverLMTP(c, ld.cfg.From, user, msg)
+			sub.Acked = err == nil
+		} else {
+			sub.QueueID, err = submit(c, ld.cfg.From, user, msg)
+		}
 		if err != nil {
 			sub.Err = err.Error()
 			c.Close()
 			c = nil
 		}
-		sub.QueueID = qid
 		ld.Rec.mu.Lock()
 		ld.Rec.subs = append(ld.Rec.subs, sub)
 		ld.Rec.mu.Unlock()
@@ -352,6 +436,43 @@ func submit(c *smtp.Client, from, to string, msg []byte) (string, error) {
 	return strings.TrimSpace(qid), nil
 }
 
+// savedKeyRE finds the Maildir key in nfsdrop's LMTP 250 reply
+// ("2.0.0 <rcpt> <KEY> Saved").
+var savedKeyRE = regexp.MustCompile(`<([^<>]+)> Saved`)
+
+// deliverLMTP sends one message to one recipient over LMTP and returns the
+// Maildir key of the 250 reply.
+func deliverLMTP(c *smtp.Client, from, to string, msg []byte) (string, error) {
+	if err := c.Mail(from, nil); err != nil {
+		c.Reset()
+		return "", err
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		c.Reset()
+		return "", err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return "", err
+	}
+	if _, err := w.Write(msg); err != nil {
+		return "", err
+	}
+	resp, err := w.CloseWithLMTPResponse()
+	if err != nil {
+		return "", err
+	}
+	r, ok := resp[to]
+	if !ok {
+		return "", fmt.Errorf("LMTP: no reply for %s", to)
+	}
+	m := savedKeyRE.FindStringSubmatch(r.StatusText)
+	if m == nil {
+		return "", fmt.Errorf("LMTP: 250 without a Maildir key: %q", r.StatusText)
+	}
+	return m[1], nil
+}
+
 func (ld *Load) popClient(ctx context.Context, mode string, rnd *rand.Rand) {
 	for ctx.Err() == nil {
 		user := ld.cfg.Users[rnd.Intn(len(ld.cfg.Users))]
@@ -373,7 +494,11 @@ func (ld *Load) popClient(ctx context.Context, mode string, rnd *rand.Rand) {
 func (ld *Load) session(_ context.Context, user, mode string, maxRetr int, rnd *rand.Rand) *Session {
 	s := ld.Rec.newSession(user, mode)
 	defer func() { ld.Rec.set(func() { s.End = time.Now() }) }()
-	p, greet, err := dialPOP3(context.Background(), ld.cfg.Dial, ld.cfg.POP3Addr, ld.cfg.Timeout)
+	addr := ld.cfg.POP3Addrs[s.ID%len(ld.cfg.POP3Addrs)]
+	if rnd != nil {
+		addr = ld.cfg.POP3Addrs[rnd.Intn(len(ld.cfg.POP3Addrs))]
+	}
+	p, greet, err := dialPOP3(context.Background(), ld.cfg.Dial, addr, ld.cfg.Timeout)
 	if err != nil {
 		s.Err = err.Error()
 		return s
@@ -386,6 +511,7 @@ func (ld *Load) session(_ context.Context, user, mode string, maxRetr int, rnd *
 		s.Err = fmt.Sprintf("USER: %q %v", st, err)
 		return s
 	}
+	ld.Rec.set(func() { s.PassSent = time.Now() })
 	st, err := p.cmd("PASS %s", ld.cfg.Password)
 	if err != nil {
 		s.Err = fmt.Sprintf("PASS: %v", err)
@@ -398,7 +524,8 @@ func (ld *Load) session(_ context.Context, user, mode string, maxRetr int, rnd *
 		return s
 	}
 	ld.Rec.set(func() { s.LoginAt = time.Now() })
-	if _, err := p.list(); err != nil {
+	sizes, err := p.list()
+	if err != nil {
 		s.Err = "LIST: " + err.Error()
 		return s
 	}
@@ -407,7 +534,17 @@ func (ld *Load) session(_ context.Context, user, mode string, maxRetr int, rnd *
 		s.Err = "UIDL: " + err.Error()
 		return s
 	}
+	if len(sizes) != len(uidls) {
+		s.Err = fmt.Sprintf("LIST has %d messages, UIDL %d", len(sizes), len(uidls))
+		return s
+	}
 	s.UIDLs = uidls
+	if ld.cfg.IdentifyAll {
+		if err := identify(p, s); err != nil {
+			s.Err = "TOP: " + err.Error()
+			return s
+		}
+	}
 	// Which messages: a keeper reads a few at random, a deleter the
 	// oldest ones, a drain all of them.
 	var pick []int
@@ -430,8 +567,14 @@ func (ld *Load) session(_ context.Context, user, mode string, maxRetr int, rnd *
 	}
 	sort.Ints(pick)
 	for _, n := range pick {
+		if ld.cfg.RetrPause > 0 {
+			time.Sleep(ld.cfg.RetrPause)
+		}
 		body, err := p.retr(n)
 		r := Retr{N: n, UIDL: uidls[n-1]}
+		if err == nil {
+			r.Size, r.Got = sizes[n-1], int64(len(body))
+		}
 		if err != nil {
 			s.Err = err.Error()
 			if errors.Is(err, errNoReply) {
@@ -467,6 +610,29 @@ func (ld *Load) session(_ context.Context, user, mode string, maxRetr int, rnd *
 		s.Quit = "err"
 	}
 	return s
+}
+
+// identify reads the header of every listed message (TOP n 0) and ties
+// its UIDL to the stored copy. A -ERR (the message could not be read) leaves
+// it unidentified; no reply ends the session.
+func identify(p *pop3Conn, s *Session) error {
+	for i, u := range s.UIDLs {
+		l := Listed{N: i + 1, UIDL: u}
+		st, err := p.cmd("TOP %d 0", i+1)
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(st, "+OK") {
+			head, err := p.multi()
+			if err != nil {
+				return err
+			}
+			h := ParseHeader(head)
+			l.Token, l.Copy = h.Token, h.Copy
+		}
+		s.Listed = append(s.Listed, l)
+	}
+	return nil
 }
 
 // Probe logs in as user (UIDL, QUIT) until a login succeeds or limit
