@@ -75,3 +75,23 @@ func (f *faultFile) Write(p []byte) (int, error) {
 
 func (f *faultFile) Sync() error  { return f.fs.do("fsync", f.path, f.File.Sync) }
 func (f *faultFile) Close() error { return f.fs.do("close", f.path, f.File.Close) }
+
+func (f *faultFS) ReadDirNames(n string) ([]string, error) {
+	var names []string
+	err := f.do("readdir", n, func() error {
+		var err error
+		names, err = f.OSFS.ReadDirNames(n)
+		return err
+	})
+	return names, err
+}
+
+func (f *faultFS) Lstat(n string) (Info, error) {
+	var info Info
+	err := f.do("lstat", n, func() error {
+		var err error
+		info, err = f.OSFS.Lstat(n)
+		return err
+	})
+	return info, err
+}

@@ -140,6 +140,7 @@ type Store struct {
 	stats      statsBox
 	obs        Observer
 	sweeper    *backgroundSweeper // nil unless StartSweeper ran
+	recounts   recountLimiter     // quota recounts made to decide a refusal
 }
 
 // statsBox guards the index cache counters.
