@@ -142,7 +142,8 @@ type Store struct {
 	sweeper    *backgroundSweeper // nil unless StartSweeper ran
 	// after is the session lock refresher's timer (time.After); tests
 	// replace it to drive the refresher without waiting.
-	after func(time.Duration) <-chan time.Time
+	after    func(time.Duration) <-chan time.Time
+	recounts recountLimiter // quota recounts made to decide a refusal
 }
 
 // statsBox guards the index cache counters.

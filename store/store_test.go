@@ -104,6 +104,9 @@ func TestDeliverFaults(t *testing.T) {
 		kind     failure.Kind
 		errno    syscall.Errno
 		deferred bool // QuotaDefer set
+		// setup prepares the Maildir (quota, maildirsize, old messages)
+		// before the hook is installed.
+		setup func(t *testing.T, mb *Mailbox)
 	}{
 		{name: "clean", hook: nil, acked: true},
 		{name: "link succeeded but reply lost (EEXIST on retransmit)", hook: onceErr("link", syscall.EEXIST, true), acked: true},
@@ -157,6 +160,46 @@ func TestDeliverFaults(t *testing.T) {
 			}
 			return real()
 		}, acked: true},
+		// An appended-to maildirsize saying "full" is recounted before a
+		// refusal; trouble while recounting is temporary, never a bounce.
+		{name: "EIO listing cur/ while recounting a full maildirsize", setup: untrustedFull, hook: func(op, path string, real func() error) error {
+			if op == "readdir" && strings.HasSuffix(path, "/cur") {
+				return &os.PathError{Op: "open", Path: path, Err: syscall.EIO}
+			}
+			return real()
+		}, acked: false, kind: failure.Temporary, errno: syscall.EIO},
+		{name: "ESTALE listing new/ once while recounting: looked up again", setup: untrustedFull, hook: func() hook {
+			var done atomic.Bool
+			return func(op, path string, real func() error) error {
+				if op == "readdir" && strings.HasSuffix(path, "/new") && done.CompareAndSwap(false, true) {
+					return &os.PathError{Op: "open", Path: path, Err: syscall.ESTALE}
+				}
+				return real()
+			}
+		}(), acked: true},
+		{name: "EIO at lstat of an unsized message while recounting", setup: func(t *testing.T, mb *Mailbox) {
+			untrustedFull(t, mb)
+			os.WriteFile(filepath.Join(mb.Path, "cur", "1700000000.unsized:2,S"), []byte("x"), 0o600)
+		}, hook: func(op, path string, real func() error) error {
+			if op == "lstat" && filepath.Base(path) == "1700000000.unsized:2,S" {
+				return &os.PathError{Op: "lstat", Path: path, Err: syscall.EIO}
+			}
+			return real()
+		}, acked: false, kind: failure.Temporary, errno: syscall.EIO},
+		{name: "recount shows room, writing it back fails (EIO at fsync): delivered", setup: untrustedFull, hook: func(op, path string, real func() error) error {
+			if op == "fsync" && strings.HasSuffix(path, ".maildirsize") {
+				return &os.PathError{Op: "fsync", Path: path, Err: syscall.EIO}
+			}
+			return real()
+		}, acked: true},
+		{name: "recount shows room, rename over maildirsize fails: delivered", setup: untrustedFull, hook: func(op, path string, real func() error) error {
+			if op == "rename" && strings.HasSuffix(path, "/maildirsize") {
+				return &os.LinkError{Op: "rename", New: path, Err: syscall.EIO}
+			}
+			return real()
+		}, acked: true},
+		{name: "recount confirms full, bounce", setup: reallyFull, acked: false, kind: failure.OverQuota},
+		{name: "recount confirms full, defer", setup: reallyFull, acked: false, kind: failure.OverQuota, deferred: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -165,6 +208,9 @@ func TestDeliverFaults(t *testing.T) {
 			mb := mailbox(root, "alice")
 			if err := s.EnsureMaildir(mb); err != nil {
 				t.Fatal(err)
+			}
+			if tc.setup != nil {
+				tc.setup(t, &mb)
 			}
 			ffs.hook = tc.hook
 			d, err := s.Deliver(mb, bytes.NewReader(testMessage))
@@ -192,6 +238,21 @@ func TestDeliverFaults(t *testing.T) {
 			}
 		})
 	}
+}
+
+// untrustedFull gives mb a one-message quota and a maildirsize that says
+// "full" through appended lines, while the Maildir is empty: the lines
+// may be what NFS made of concurrent appends, so a refusal needs a recount.
+func untrustedFull(t *testing.T, mb *Mailbox) {
+	mb.Quota = Quota{Messages: 1}
+	writeMaildirsize(t, *mb, "1C\n0 0\n300 1\n")
+}
+
+// reallyFull is untrustedFull with the message really there (in cur/, so
+// that new/ holds only what the delivery under test publishes).
+func reallyFull(t *testing.T, mb *Mailbox) {
+	untrustedFull(t, mb)
+	putMessages(t, filepath.Join(mb.Path, "cur"), 300)
 }
 
 // A reader that fails mid-message (client gone during DATA): nothing is
@@ -404,8 +465,8 @@ func TestQuota(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u, ok := parseMaildirsize(data, "1000S,3C"); !ok || u.Bytes != 900 || u.Messages != 3 {
-		t.Fatalf("maildirsize %q -> %+v %v", data, u, ok)
+	if fig, ok := parseMaildirsize(data, "1000S,3C"); !ok || fig.usage != (Usage{900, 3}) {
+		t.Fatalf("maildirsize %q -> %+v %v", data, fig, ok)
 	}
 	_, err = s.Deliver(mb, bytes.NewReader(msg))
 	if fe := failure.As(err); fe.Kind != failure.OverQuota || fe.Temporary() {

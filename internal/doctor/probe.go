@@ -214,15 +214,16 @@ func ms(d time.Duration) string {
 // on the file server's clock only (a lock's age is measured against the
 // mtime of a file the session has just written), so they tolerate any
 // skew. What still compares this machine's clock with file times: the
-// over-quota recheck of maildirsize (15 minutes), the tmp/ sweeper (36
-// hours), and the order of messages delivered by different machines
-// (Maildir names start with the local time).
+// one-minute trust in a maildirsize recount (skew costs extra recounts and
+// temporary 452s, never a wrong bounce), the tmp/ sweeper (36 hours), and
+// the order of messages delivered by different machines (Maildir names
+// start with the local time).
 const (
 	// WarnSkew: messages from different machines may be listed out of
-	// order, and the 15-minute over-quota recheck is noticeably off.
+	// order, and quota recounts are no longer reused across machines.
 	WarnSkew = time.Minute
-	// FailSkew: the over-quota recheck is off by its whole period (an
-	// over-quota answer kept twice as long, or never cached).
+	// FailSkew: clocks this far apart mean time service is broken; the
+	// listing order across machines is visibly wrong.
 	FailSkew = 15 * time.Minute
 )
 
@@ -294,12 +295,12 @@ func JudgeClock(skew, rtt time.Duration, server string) Result {
 		detail = server + "'s clock agrees with this machine's"
 	}
 	detail += fmt.Sprintf(" (a file's time set to %s's \"now\", round trip %s)", server, ms(rtt))
-	const fix = "run NTP (chrony or systemd-timesyncd) on this machine and on the file server: the POP3 lock and listing cache judge ages on the server's clock and do not care, but the over-quota recheck and the tmp/ sweeper compare file times set by the server with this machine's clock, and Maildir names (which order the messages) carry this machine's time"
+	const fix = "run NTP (chrony or systemd-timesyncd) on this machine and on the file server: the POP3 lock and listing cache judge ages on the server's clock and do not care, but quota recounts and the tmp/ sweeper compare file times set by the server with this machine's clock, and Maildir names (which order the messages) carry this machine's time"
 	switch {
 	case abs > FailSkew:
-		return fail(name, detail+": more than 15 min, so the over-quota recheck of maildirsize (every 15 min) is off by its whole period and messages from different machines are listed out of order", fix)
+		return fail(name, detail+": more than 15 min, so messages from different machines are listed out of order, quota recounts are never reused and tmp/ files are swept at the wrong age", fix)
 	case abs > WarnSkew:
-		return warn(name, detail+": more than 1 min, so messages delivered by different machines may be listed out of order and the over-quota recheck drifts", fix)
+		return warn(name, detail+": more than 1 min, so messages delivered by different machines may be listed out of order and quota recounts are not reused", fix)
 	}
 	return ok(name, detail)
 }
