@@ -28,15 +28,17 @@ func newDirSyncer(syncFn func(string) error) *dirSyncer {
 	return &dirSyncer{dirs: make(map[string]*dirSync), sync_: syncFn}
 }
 
-// Sync returns once an fsync of dir that started after the call has
-// finished, with that fsync's result.
-func (g *dirSyncer) Sync(dir string) error {
+// Sync returns once an fsync of the directory key names, started after
+// the call, has finished, with that fsync's result. key is the
+// directory's path; dir is how this caller reaches it (through its pinned
+// descriptor), used when this caller is the one to run the fsync.
+func (g *dirSyncer) Sync(key, dir string) error {
 	g.mu.Lock()
-	d := g.dirs[dir]
+	d := g.dirs[key]
 	if d == nil {
 		d = &dirSync{}
 		d.cond = sync.NewCond(&d.mu)
-		g.dirs[dir] = d
+		g.dirs[key] = d
 	}
 	d.users++
 	g.mu.Unlock()
@@ -46,7 +48,7 @@ func (g *dirSyncer) Sync(dir string) error {
 	g.mu.Lock()
 	d.users--
 	if d.users == 0 {
-		delete(g.dirs, dir)
+		delete(g.dirs, key)
 	}
 	g.mu.Unlock()
 	return err

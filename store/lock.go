@@ -3,7 +3,6 @@ package store
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -45,13 +44,13 @@ type dotlock struct {
 	released bool
 }
 
-// acquireLock takes maildir's session lock or fails with failure.InUse.
-func (s *Store) acquireLock(maildir string, stale time.Duration, owner string) (*dotlock, error) {
+// acquireLock takes mb's session lock or fails with failure.InUse.
+func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dotlock, error) {
 	if stale < MinLockStale {
 		stale = MinLockStale
 	}
-	lockPath := filepath.Join(maildir, LockName)
-	tmp := filepath.Join(maildir, "tmp", s.newBase()+".lock")
+	lockPath := mb.at(LockName)
+	tmp := mb.at("tmp", s.newBase()+".lock")
 	content := fmt.Sprintf("%s %s pid %d since %s\n", owner, s.host, s.pid, s.now().UTC().Format(time.RFC3339))
 	f, err := s.fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {

@@ -140,22 +140,23 @@ type Session struct {
 // A directory changed in the last two seconds is never cached: two changes
 // within one timestamp tick must not look like none.
 func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err error) {
-	// tmp/ is the last directory EnsureMaildir makes: a Maildir whose
-	// first delivery is being made on another machine may have cur/ and
-	// new/ but no tmp/ yet, and the lock file is written in tmp/.
-	if _, err := s.fs.Lstat(filepath.Join(mb.Path, "tmp")); err != nil {
-		if isErrno(err, syscall.ENOENT) {
-			// No Maildir yet (or not complete): a user who never
-			// received mail has an empty mailbox. Create it so the
-			// lock has a home.
-			if err := s.EnsureMaildir(mb); err != nil {
-				return nil, err
-			}
-		} else {
-			return nil, s.classify("open maildir", err)
-		}
+	// The Maildir is opened under the symlink rule and held for the whole
+	// session (pin.go): the lock, the listing, RETR and DELE all name
+	// their files through it, so a Maildir (or new/, cur/) swapped for a
+	// link to another mailbox meanwhile is not the one used. A user who
+	// never received mail has no Maildir yet (or, when its first delivery
+	// is being made on another machine, cur/ and new/ without tmp/): it is
+	// made, so that the lock has a home.
+	mb, err = s.pinMaildir(mb, maildirSubdirs[:]...)
+	if err != nil {
+		return nil, err
 	}
-	lock, err := s.acquireLock(mb.Path, opts.LockStale, opts.Owner)
+	defer func() {
+		if err != nil {
+			mb.release()
+		}
+	}()
+	lock, err := s.acquireLock(mb, opts.LockStale, opts.Owner)
 	if err != nil {
 		return nil, err
 	}
@@ -217,13 +218,13 @@ func (s *Store) readGeneration(maildir string) (string, error) {
 // bumpGeneration writes a new generation (unique name of this change)
 // atomically: write in tmp/, rename over.
 func (s *Store) bumpGeneration(mb Mailbox) error {
-	tmp := filepath.Join(mb.Path, "tmp", s.newBase()+".gen")
+	tmp := mb.at("tmp", s.newBase()+".gen")
 	if err := s.writeFile(tmp, []byte(s.newBase()+"\n"), mb); err != nil {
 		return s.classify("write generation", err)
 	}
 	info, err := s.fs.Lstat(tmp)
 	if err == nil {
-		err = s.publishRename(tmp, info, filepath.Join(mb.Path, GenerationName))
+		err = s.publishRename(tmp, info, mb.at(GenerationName))
 	}
 	if err != nil {
 		s.fs.Remove(tmp)
@@ -233,15 +234,15 @@ func (s *Store) bumpGeneration(mb Mailbox) error {
 }
 
 func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
-	gen, err := s.readGeneration(mb.Path)
+	gen, err := s.readGeneration(mb.at())
 	if err != nil {
 		return nil, "", err
 	}
-	newStamp, err := s.stampOf(filepath.Join(mb.Path, "new"))
+	newStamp, err := s.stampOf(mb.at("new"))
 	if err != nil {
 		return nil, "", s.classify("list new", err)
 	}
-	curStamp, err := s.stampOf(filepath.Join(mb.Path, "cur"))
+	curStamp, err := s.stampOf(mb.at("cur"))
 	if err != nil {
 		return nil, "", s.classify("list cur", err)
 	}
@@ -252,7 +253,7 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 		if legacy != nil || format == UIDLMaildir || format == "" {
 			return nil
 		}
-		l, err := s.readLegacyUIDLs(mb.Path, format)
+		l, err := s.readLegacyUIDLs(mb.at(), format)
 		if err != nil {
 			s.log.Warn("could not read legacy UIDL list; using Maildir names", "maildir", mb.Path, "err", err)
 			l = &legacyUIDLs{}
@@ -274,7 +275,7 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 		s.stats.add(func(c *CacheStats) { c.Invalidations++ })
 		curEntries = cached.curEntries
 		loadLegacy()
-		if newEntries, err = s.listDir(mb.Path, "new", legacy, cached.newEntries); err != nil {
+		if newEntries, err = s.listDir(mb, "new", legacy, cached.newEntries); err != nil {
 			return nil, "", err
 		}
 	default:
@@ -282,10 +283,10 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 			s.stats.add(func(c *CacheStats) { c.Invalidations++ })
 		}
 		loadLegacy()
-		if newEntries, err = s.listDir(mb.Path, "new", legacy, nil); err != nil {
+		if newEntries, err = s.listDir(mb, "new", legacy, nil); err != nil {
 			return nil, "", err
 		}
-		if curEntries, err = s.listDir(mb.Path, "cur", legacy, nil); err != nil {
+		if curEntries, err = s.listDir(mb, "cur", legacy, nil); err != nil {
 			return nil, "", err
 		}
 	}
@@ -317,8 +318,8 @@ func (s *Store) listing(mb Mailbox, format string) ([]Entry, string, error) {
 // listDir lists one of new/ or cur/. prev (the cached entries of the same
 // directory) is reused for names still present, so sizes that had to be
 // computed from a file are not computed again.
-func (s *Store) listDir(maildir, sub string, legacy *legacyUIDLs, prev []Entry) ([]Entry, error) {
-	dir := filepath.Join(maildir, sub)
+func (s *Store) listDir(mb Mailbox, sub string, legacy *legacyUIDLs, prev []Entry) ([]Entry, error) {
+	dir := mb.at(sub)
 	var names []string
 	err := s.retryStale(func() error { var e error; names, e = s.fs.ReadDirNames(dir); return e })
 	if err != nil {
@@ -423,10 +424,10 @@ func (ss *Session) Open(i int) (io.ReadCloser, error) {
 		return nil, failure.New(failure.BadInput, "open message", "no such message", nil)
 	}
 	e := ss.entries[i]
-	f, err := ss.s.fs.OpenFile(filepath.Join(ss.mb.Path, e.Dir, e.Name), os.O_RDONLY, 0)
+	f, err := ss.s.fs.OpenFile(ss.mb.at(e.Dir, e.Name), os.O_RDONLY, 0)
 	if err != nil {
 		if isErrno(err, syscall.ESTALE) {
-			f, err = ss.s.fs.OpenFile(filepath.Join(ss.mb.Path, e.Dir, e.Name), os.O_RDONLY, 0)
+			f, err = ss.s.fs.OpenFile(ss.mb.at(e.Dir, e.Name), os.O_RDONLY, 0)
 		}
 		if err != nil {
 			return nil, ss.s.classify("open message", err)
@@ -462,7 +463,7 @@ func (ss *Session) Commit(deleted, retrieved []int) error {
 		}
 		isDeleted[i] = true
 		e := ss.entries[i]
-		path := filepath.Join(ss.mb.Path, e.Dir, e.Name)
+		path := ss.mb.at(e.Dir, e.Name)
 		err := s.retryStale(func() error { return s.fs.Remove(path) })
 		switch {
 		case err == nil:
@@ -482,8 +483,8 @@ func (ss *Session) Commit(deleted, retrieved []int) error {
 				continue
 			}
 			e := ss.entries[i]
-			src := filepath.Join(ss.mb.Path, "new", e.Name)
-			dst := filepath.Join(ss.mb.Path, "cur", e.Name+":2,S")
+			src := ss.mb.at("new", e.Name)
+			dst := ss.mb.at("cur", e.Name+":2,S")
 			if err := s.retryStale(func() error { return s.fs.Rename(src, dst) }); err != nil && !isErrno(err, syscall.ENOENT) {
 				s.log.Warn("could not move a retrieved message to cur", "path", src, "err", err)
 			}
@@ -508,6 +509,9 @@ func (ss *Session) Close() error {
 		return nil
 	}
 	ss.closed = true
+	// The lock names its file through the pinned Maildir: release it
+	// before the pin.
 	ss.lock.Release()
+	ss.mb.release()
 	return nil
 }

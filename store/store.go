@@ -109,6 +109,9 @@ type Mailbox struct {
 	// UID and GID own what the store creates when chowning; -1 leaves it.
 	UID, GID int
 	Quota    Quota
+	// pin, when set, holds the Maildir as verified at use time; names
+	// inside it are made with at (pin.go).
+	pin *maildirPin
 }
 
 // Delivery describes a message published into a Maildir's new/.
@@ -257,44 +260,24 @@ func (s *Store) inRoot(p string) bool {
 }
 
 // EnsureMaildir creates mb's Maildir (new/, cur/, tmp/, mode 0700, owned
-// by the mailbox's uid/gid when chowning) if it does not exist yet, after
-// checking the mount guard. Parents are created with mode 0711 (traversable,
-// not listable: a domain directory does not reveal its users).
+// by the mailbox's uid/gid when chowning) if it does not exist yet, or
+// completes one that lacks some of them, after checking the mount guard.
+// The path is resolved beneath the mail root under the symlink rule of
+// pinMaildir (confine.go): an administrator's in-root link above the
+// Maildir is followed, one owned by anyone else is refused.
 func (s *Store) EnsureMaildir(mb Mailbox) error {
-	path := filepath.Clean(mb.Path)
-	if !s.inRoot(path) || path == s.root {
-		return failure.Perm("maildir", "mailbox path outside the mail root", fmt.Errorf("%s not under %s", path, s.root))
-	}
-	if info, err := s.fs.Lstat(filepath.Join(path, "tmp")); err == nil && info.Mode.IsDir() {
-		return nil
-	}
-	if err := s.CheckMount(); err != nil {
+	pinned, err := s.pinMaildir(mb, maildirSubdirs[:]...)
+	if err != nil {
 		return err
 	}
-	rel, _ := filepath.Rel(s.root, path)
-	dir := s.root
-	parts := strings.Split(rel, string(filepath.Separator))
-	for i, part := range parts {
-		dir = filepath.Join(dir, part)
-		mode := os.FileMode(0o711)
-		last := i == len(parts)-1
-		if last {
-			mode = 0o700
-		}
-		if err := s.mkdir(dir, mode, mb, last); err != nil {
-			return err
-		}
-	}
-	for _, sub := range [...]string{"cur", "new", "tmp"} {
-		if err := s.mkdir(filepath.Join(path, sub), 0o700, mb, true); err != nil {
-			return err
-		}
-	}
+	pinned.release()
 	return nil
 }
 
-// mkdir makes one directory; an existing directory is fine (another machine
-// may have made it, or our retransmitted MKDIR found its own work done).
+// mkdir makes one directory; an existing one is fine (another machine may
+// have made it, or our retransmitted MKDIR found its own work done): the
+// caller opens it next, which refuses anything but a directory or a link
+// to one allowed by the symlink rule.
 func (s *Store) mkdir(dir string, mode os.FileMode, mb Mailbox, own bool) error {
 	err := s.retryStale(func() error { return s.fs.Mkdir(dir, mode) })
 	if err == nil {
@@ -306,13 +289,7 @@ func (s *Store) mkdir(dir string, mode os.FileMode, mb Mailbox, own bool) error 
 		return nil
 	}
 	if isErrno(err, syscall.EEXIST) {
-		info, serr := s.fs.Lstat(dir)
-		if serr == nil && info.Mode.IsDir() {
-			return nil
-		}
-		if serr == nil {
-			return failure.Perm("mkdir", "mailbox path unusable", fmt.Errorf("%s exists and is not a directory", dir))
-		}
+		return nil
 	}
 	return s.classify("mkdir", err)
 }
@@ -332,6 +309,10 @@ type Staged struct {
 	base           string
 	size, crlfSize int64
 	uid, gid       int
+	// mb is the staging Maildir, pinned (pin.go); extra are recipients'
+	// pins src came to depend on (rename fallback). Discard releases them.
+	mb    Mailbox
+	extra []Mailbox
 }
 
 // Size is the staged message's size in bytes.
@@ -345,10 +326,17 @@ func (s *Store) Stage(mb Mailbox, r io.Reader) (*Staged, error) {
 	if err := s.CheckMount(); err != nil {
 		return nil, err
 	}
-	if err := s.EnsureMaildir(mb); err != nil {
+	pinned, err := s.pinMaildir(mb, "tmp", "new")
+	if err != nil {
 		return nil, err
 	}
-	return s.writeTmp(mb, r)
+	st, err := s.writeTmp(pinned, r)
+	if err != nil {
+		pinned.release()
+		return nil, err
+	}
+	st.mb = pinned
+	return st, nil
 }
 
 func (s *Store) newBase() string {
@@ -365,7 +353,7 @@ func (s *Store) writeTmp(mb Mailbox, r io.Reader) (st *Staged, err error) {
 	)
 	for attempt := 0; ; attempt++ {
 		base = s.newBase()
-		tmpPath = filepath.Join(mb.Path, "tmp", base)
+		tmpPath = mb.at("tmp", base)
 		err = s.retryStale(func() error {
 			var oerr error
 			f, oerr = s.fs.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -459,13 +447,20 @@ func (st *Staged) DeliverWithPrefix(mb Mailbox, prefix []byte) (Delivery, error)
 
 func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	s := st.s
-	if err := s.EnsureMaildir(mb); err != nil {
+	mb, err := st.pinRecipient(mb)
+	if err != nil {
 		return Delivery{}, err
 	}
+	adopted := false
+	defer func() {
+		if !adopted && mb.pin != st.mb.pin {
+			mb.release()
+		}
+	}()
 	if err := s.CheckQuota(mb, st.size+int64(len(prefix))); err != nil {
 		return Delivery{}, err
 	}
-	newDir := filepath.Join(mb.Path, "new")
+	newDir := mb.at("new")
 	var (
 		d   Delivery
 		dst string
@@ -488,6 +483,10 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 				return Delivery{}, s.classify("rename into new", err)
 			}
 			st.src, st.inTmp = dst, false
+			if mb.pin != st.mb.pin {
+				// src now names a file through mb's pin.
+				st.extra, adopted = append(st.extra, mb), true
+			}
 			d.Linked = true
 		default:
 			return Delivery{}, s.classify("link into new", err)
@@ -500,7 +499,7 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		}
 		dst = filepath.Join(newDir, d.Key)
 	}
-	if err := s.dirs.Sync(newDir); err != nil {
+	if err := s.dirs.Sync(filepath.Join(mb.Path, "new"), newDir); err != nil {
 		// The entry may not be durable, so the caller must not
 		// acknowledge, and Postfix will deliver again under a new name.
 		// Take our entry back out so that retry does not double it.
@@ -526,7 +525,17 @@ func (st *Staged) Restage(mb Mailbox, prefix []byte) (*Staged, error) {
 		return nil, s.classify("open staged message", err)
 	}
 	defer f.Close()
-	return s.writeTmp(mb, io.MultiReader(bytes.NewReader(prefix), f))
+	pinned, err := s.pinMaildir(mb, "tmp", "new")
+	if err != nil {
+		return nil, err
+	}
+	cp, err := s.writeTmp(pinned, io.MultiReader(bytes.NewReader(prefix), f))
+	if err != nil {
+		pinned.release()
+		return nil, err
+	}
+	cp.mb = pinned
+	return cp, nil
 }
 
 // publishCopy writes a fresh copy of the staged message (after prefix)
@@ -545,7 +554,7 @@ func (st *Staged) publishCopy(mb Mailbox, prefix []byte) (Delivery, error) {
 	}
 	defer cp.Discard()
 	d := Delivery{Key: fullName(cp.base, cp.size, cp.crlfSize), Size: cp.size, CRLFSize: cp.crlfSize}
-	dst := filepath.Join(mb.Path, "new", d.Key)
+	dst := mb.at("new", d.Key)
 	err = s.publishLink(cp.src, cp.srcInfo, dst)
 	if isErrno(err, syscall.EPERM) {
 		if err = s.publishRename(cp.src, cp.srcInfo, dst); err == nil {
@@ -607,6 +616,7 @@ func (s *Store) verifyPublished(src string, srcInfo Info, dst string, link bool)
 // been delivered (or has failed). An error is logged, not returned: the
 // message is already safe in new/ and the sweeper removes leftovers.
 func (st *Staged) Discard() {
+	defer st.releasePins()
 	if !st.inTmp {
 		return
 	}
