@@ -401,7 +401,10 @@ func hasDotDot(path string) bool {
 // confine refuses a mailbox that is not strictly inside the mail root,
 // lexically or after resolving symlinks. It runs on every lookup, not at
 // load, because symlinks on the storage can change at any time. The peer
-// only ever sees reasonOutsideRoot; the path goes to the log.
+// only ever sees reasonOutsideRoot; the path goes to the log. This is the
+// early, permanent answer for a misconfigured entry; it cannot stop a link
+// swapped in after the lookup, which is why the store resolves the path
+// again at use and follows only root-owned in-root links (store/confine.go).
 func (p *PasswdFile) confine(op string, e *passwdEntry, mbox string, dotdot bool) error {
 	outside := func(why string) error {
 		p.log.Error("passwd-file: "+reasonOutsideRoot, "file", p.path, "line", e.line, "user", e.name, "path", mbox, "why", why)
