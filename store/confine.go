@@ -273,3 +273,16 @@ func fileMode(m uint32) os.FileMode {
 }
 
 func timeOf(ts unix.Timespec) time.Time { return time.Unix(ts.Sec, ts.Nsec) }
+
+// checkProcFD refuses to start without /proc (a chroot, a bare container):
+// every file in a Maildir is named through /proc/self/fd, and failing
+// every delivery with ENOENT later would be far harder to understand.
+func checkProcFD(fsys FS) error {
+	if _, ok := fsys.(OSFS); !ok {
+		return nil
+	}
+	if _, err := os.Stat(procFD); err != nil {
+		return fmt.Errorf("store: %s is needed to confine mailbox paths (is /proc mounted?): %w", procFD, err)
+	}
+	return nil
+}

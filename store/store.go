@@ -194,6 +194,9 @@ func New(opts Options) (*Store, error) {
 	if s.fs == nil {
 		s.fs = OSFS{}
 	}
+	if err := checkProcFD(s.fs); err != nil {
+		return nil, err
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
