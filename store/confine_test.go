@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
@@ -287,5 +288,77 @@ func TestOpenSessionSwapAfterResolutionDeletesNothingElsewhere(t *testing.T) {
 	}
 	if n := countNew(t, Mailbox{Path: alice.Path + ".orig"}); n != 0 {
 		t.Errorf("alice's Maildir still holds %d messages", n)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	names, err := os.ReadDir(procFD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(names)
+}
+
+// Every pinned directory is released: after deliveries to one and to
+// several recipients, restaged copies, copies with a prefix, the rename
+// fallback, POP3 sessions and refusals, no descriptor is left open (a
+// leaked one would also keep a number that later names another file).
+func TestPinsAreReleased(t *testing.T) {
+	ffs := &faultFS{}
+	s, root := newTestStore(t, ffs)
+	alice, bob := mailbox(root, "alice"), mailbox(root, "bob")
+	deliverN(t, s, alice, 1)
+	before := openFDs(t)
+	deliverN(t, s, alice, 2)
+	for _, noLinks := range []bool{false, true} {
+		if noLinks {
+			ffs.hook = func(op, path string, real func() error) error {
+				if op == "link" {
+					return syscall.EPERM
+				}
+				return real()
+			}
+		}
+		st, err := s.Stage(alice, strings.NewReader("Subject: x\n\nbody\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mb := range []Mailbox{bob, alice} {
+			if _, err := st.Deliver(mb); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := st.DeliverWithPrefix(bob, []byte("X-Test: 1\n")); err != nil {
+			t.Fatal(err)
+		}
+		re, err := st.Restage(bob, []byte("X-Scan: clean\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := re.Deliver(alice); err != nil {
+			t.Fatal(err)
+		}
+		re.Discard()
+		st.Discard()
+		ffs.hook = nil
+	}
+	ss, err := s.OpenSession(bob, sessOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ss.Commit([]int{0}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Deliver(Mailbox{Path: filepath.Join(root, "file", "Maildir")}, strings.NewReader("x\n")); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(root, "file"))
+	os.WriteFile(filepath.Join(root, "file"), nil, 0o600)
+	if _, err := s.Deliver(Mailbox{Path: filepath.Join(root, "file", "Maildir")}, strings.NewReader("x\n")); err == nil {
+		t.Fatal("delivery below a file was accepted")
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("%d descriptors open before, %d after", before, after)
 	}
 }
