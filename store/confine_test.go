@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -360,5 +361,36 @@ func TestPinsAreReleased(t *testing.T) {
 	}
 	if after := openFDs(t); after != before {
 		t.Errorf("%d descriptors open before, %d after", before, after)
+	}
+}
+
+// The walk that stands in for openat2 on kernels without it (ENOSYS)
+// resolves a plain path, reports a missing component as ENOENT and a file
+// as ENOTDIR, and never leaves the root through "..".
+func TestWalkBeneathWithoutOpenat2(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "a", "b"), 0o700)
+	os.WriteFile(filepath.Join(root, "f"), nil, 0o600)
+	os.Symlink("../..", filepath.Join(root, "a", "up"))
+	d, err := OSFS{}.OpenDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	rootFD := d.(*osDir).fd
+	fd, err := walkBeneath(rootFD, root, "a/b", os.Geteuid())
+	if err != nil {
+		t.Fatalf("plain path: %v", err)
+	}
+	syscall.Close(fd)
+	if _, err := walkBeneath(rootFD, root, "a/missing", os.Geteuid()); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("missing component: %v", err)
+	}
+	if _, err := walkBeneath(rootFD, root, "f/x", os.Geteuid()); !errors.Is(err, syscall.ENOTDIR) {
+		t.Errorf("file on the way: %v", err)
+	}
+	var unsafe *UnsafePathError
+	if _, err := walkBeneath(rootFD, root, "a/up/x", os.Geteuid()); !errors.As(err, &unsafe) {
+		t.Errorf("link out of the root: %v", err)
 	}
 }
