@@ -2,6 +2,8 @@ package store
 
 import (
 	"io/fs"
+	"os"
+	"strings"
 	"sync"
 )
 
@@ -22,7 +24,37 @@ func (f *faultFS) do(op, path string, real func() error) error {
 	if h == nil {
 		return real()
 	}
-	return h(op, path, real)
+	return h(op, realPath(path), real)
+}
+
+// realPath shows a hook the path a pinned name (/proc/self/fd/N/name, see
+// pin.go) stands for now, so hooks can match on ".../tmp/..." as before.
+func realPath(p string) string {
+	rest, ok := strings.CutPrefix(p, procFD)
+	if !ok {
+		return p
+	}
+	n, tail, _ := strings.Cut(rest, "/")
+	dir, err := os.Readlink(procFD + n)
+	if err != nil {
+		return p
+	}
+	if tail == "" {
+		return dir
+	}
+	return dir + "/" + tail
+}
+
+// OpenDir lets a hook act where a delivery or session resolves its
+// Maildir ("opendir" on the mail root).
+func (f *faultFS) OpenDir(name string) (Dir, error) {
+	var d Dir
+	err := f.do("opendir", name, func() error {
+		var err error
+		d, err = f.OSFS.OpenDir(name)
+		return err
+	})
+	return d, err
 }
 
 func (f *faultFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {

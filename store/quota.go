@@ -90,7 +90,7 @@ func (s *Store) CheckQuota(mb Mailbox, size int64) error {
 // when needed). fresh is false when the figure came from a file older than
 // the over-quota recheck interval.
 func (s *Store) QuotaUsage(mb Mailbox) (u Usage, fresh bool, err error) {
-	path := filepath.Join(mb.Path, maildirsizeName)
+	path := mb.at(maildirsizeName)
 	data, info, rerr := s.readSmall(path)
 	if rerr == nil && info.Size < maildirsizeLimit {
 		if u, ok := parseMaildirsize(data, mb.Quota.definition()); ok {
@@ -98,9 +98,9 @@ func (s *Store) QuotaUsage(mb Mailbox) (u Usage, fresh bool, err error) {
 		}
 	}
 	if rerr != nil && !isErrno(rerr, syscall.ENOENT) {
-		s.log.Warn("maildirsize unreadable; recalculating", "path", path, "err", rerr)
+		s.log.Warn("maildirsize unreadable; recalculating", "maildir", mb.Path, "err", rerr)
 	}
-	if _, err := s.fs.Lstat(mb.Path); isErrno(err, syscall.ENOENT) {
+	if _, err := s.fs.Lstat(mb.at()); isErrno(err, syscall.ENOENT) {
 		return Usage{}, true, nil // no Maildir yet: empty
 	}
 	u, err = s.recalculate(mb)
@@ -161,14 +161,14 @@ func parseMaildirsize(data []byte, want string) (u Usage, ok bool) {
 // replaces maildirsize atomically (write in tmp/, rename).
 func (s *Store) recalculate(mb Mailbox) (Usage, error) {
 	var u Usage
-	dirs := []string{mb.Path}
-	names, err := s.fs.ReadDirNames(mb.Path)
+	dirs := []string{mb.at()}
+	names, err := s.fs.ReadDirNames(mb.at())
 	if err != nil {
 		return u, s.classify("quota recalculation", err)
 	}
 	for _, n := range names {
 		if strings.HasPrefix(n, ".") && n != "." && n != ".." {
-			dirs = append(dirs, filepath.Join(mb.Path, n))
+			dirs = append(dirs, mb.at(n))
 		}
 	}
 	for _, d := range dirs {
@@ -196,12 +196,12 @@ func (s *Store) recalculate(mb Mailbox) (Usage, error) {
 		}
 	}
 	content := fmt.Sprintf("%s\n%d %d\n", mb.Quota.definition(), u.Bytes, u.Messages)
-	tmp := filepath.Join(mb.Path, "tmp", s.newBase()+".maildirsize")
+	tmp := mb.at("tmp", s.newBase()+".maildirsize")
 	if err := s.writeFile(tmp, []byte(content), mb); err != nil {
 		s.log.Warn("could not write maildirsize", "path", mb.Path, "err", err)
 		return u, nil // the count is right even if we could not save it
 	}
-	if err := s.fs.Rename(tmp, filepath.Join(mb.Path, maildirsizeName)); err != nil {
+	if err := s.fs.Rename(tmp, mb.at(maildirsizeName)); err != nil {
 		s.fs.Remove(tmp)
 		s.log.Warn("could not replace maildirsize", "path", mb.Path, "err", err)
 	}
@@ -248,11 +248,10 @@ func (s *Store) appendQuota(mb Mailbox, bytes, count int64) {
 	if !mb.Quota.enabled() {
 		return
 	}
-	path := filepath.Join(mb.Path, maildirsizeName)
-	f, err := s.fs.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	f, err := s.fs.OpenFile(mb.at(maildirsizeName), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		if !isErrno(err, syscall.ENOENT) {
-			s.log.Warn("could not update maildirsize", "path", path, "err", err)
+			s.log.Warn("could not update maildirsize", "maildir", mb.Path, "err", err)
 		}
 		return
 	}
@@ -261,7 +260,7 @@ func (s *Store) appendQuota(mb Mailbox, bytes, count int64) {
 		werr = cerr
 	}
 	if werr != nil {
-		s.log.Warn("could not update maildirsize", "path", path, "err", werr)
+		s.log.Warn("could not update maildirsize", "maildir", mb.Path, "err", werr)
 	}
 }
 
