@@ -80,6 +80,26 @@ func (e *UnsafePathError) Error() string {
 // procFD is where Linux shows a process's descriptors as paths.
 const procFD = "/proc/self/fd/"
 
+// ResolvedPath returns the path a name made through a held directory
+// (/proc/self/fd/N/name, see pin.go) stands for now, and any other name
+// unchanged: for fault-injection wrappers of FS, which match on paths
+// such as ".../new/".
+func ResolvedPath(p string) string {
+	rest, ok := strings.CutPrefix(p, procFD)
+	if !ok {
+		return p
+	}
+	n, tail, _ := strings.Cut(rest, "/")
+	dir, err := os.Readlink(procFD + n)
+	if err != nil {
+		return p
+	}
+	if tail == "" {
+		return dir
+	}
+	return dir + "/" + tail
+}
+
 // OpenDir opens the directory name (following symlinks: the mail root is
 // the administrator's choice, and may itself be a link) as a Dir.
 func (OSFS) OpenDir(name string) (Dir, error) {

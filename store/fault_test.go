@@ -2,8 +2,6 @@ package store
 
 import (
 	"io/fs"
-	"os"
-	"strings"
 	"sync"
 )
 
@@ -29,21 +27,7 @@ func (f *faultFS) do(op, path string, real func() error) error {
 
 // realPath shows a hook the path a pinned name (/proc/self/fd/N/name, see
 // pin.go) stands for now, so hooks can match on ".../tmp/..." as before.
-func realPath(p string) string {
-	rest, ok := strings.CutPrefix(p, procFD)
-	if !ok {
-		return p
-	}
-	n, tail, _ := strings.Cut(rest, "/")
-	dir, err := os.Readlink(procFD + n)
-	if err != nil {
-		return p
-	}
-	if tail == "" {
-		return dir
-	}
-	return dir + "/" + tail
-}
+func realPath(p string) string { return ResolvedPath(p) }
 
 // OpenDir lets a hook act where a delivery or session resolves its
 // Maildir ("opendir" on the mail root).
