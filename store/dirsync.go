@@ -1,6 +1,9 @@
 package store
 
-import "sync"
+import (
+	"fmt"
+	"sync"
+)
 
 // dirSyncer shares directory fsyncs between concurrent deliveries into the
 // same directory (group commit). A delivery that has linked its file into
@@ -38,15 +41,18 @@ func newDirSyncer(syncFn func(string) error) *dirSyncer {
 	return &dirSyncer{dirs: make(map[string]*dirSync), sync_: syncFn}
 }
 
-// Sync returns once an fsync of dir that started after the call has
-// finished, with that fsync's result.
-func (g *dirSyncer) Sync(dir string) error {
+// Sync returns once an fsync of the directory key names, started after
+// the call, has finished, with that fsync's result (the result of the
+// round it joined, never of a later one). key identifies the directory
+// (see syncDir); dir is how this caller reaches it (through its pinned
+// descriptor), used when this caller is the one to run the round's fsync.
+func (g *dirSyncer) Sync(key, dir string) error {
 	g.mu.Lock()
-	d := g.dirs[dir]
+	d := g.dirs[key]
 	if d == nil {
 		d = &dirSync{}
 		d.cond = sync.NewCond(&d.mu)
-		g.dirs[dir] = d
+		g.dirs[key] = d
 	}
 	d.users++
 	g.mu.Unlock()
@@ -56,7 +62,7 @@ func (g *dirSyncer) Sync(dir string) error {
 	g.mu.Lock()
 	d.users--
 	if d.users == 0 {
-		delete(g.dirs, dir)
+		delete(g.dirs, key)
 	}
 	g.mu.Unlock()
 	return err
@@ -90,4 +96,25 @@ func (d *dirSync) wait(fsync func() error) error {
 		d.cond.Broadcast()
 	}
 	return r.err
+}
+
+// syncDir fsyncs the directory sub of the pinned mb ("" for the Maildir
+// itself) through the group commit. Deliveries share a round only when
+// they hold the very same directory: the key is the pinned descriptor's
+// device and inode, not the path, so a Maildir replaced under one delivery
+// (renamed away and made again) is never covered by an fsync of the other
+// directory of that name. Without a pin, or when fstat fails, the key is
+// the name this caller uses, which shares nothing it should not.
+func (s *Store) syncDir(mb Mailbox, sub string) error {
+	return s.dirs.Sync(syncKey(mb, sub), mb.at(sub))
+}
+
+// syncKey is the group-commit key of the directory sub of mb.
+func syncKey(mb Mailbox, sub string) string {
+	if d := mb.pinnedDir(sub); d != nil {
+		if info, err := d.Stat(); err == nil {
+			return fmt.Sprintf("dev %d ino %d", info.Dev, info.Ino)
+		}
+	}
+	return mb.at(sub)
 }

@@ -62,7 +62,7 @@ func TestDirSyncWaiterGetsItsOwnFsyncResult(t *testing.T) {
 			<-release1
 			return nil
 		case 2: // the covering fsync of the waiters: a late caller joins #3 meanwhile
-			go func() { lateDone <- g.Sync(dir) }()
+			go func() { lateDone <- g.Sync(dir, dir) }()
 			waitUntil(t, "the late caller to wait for the next fsync", func() bool { return nextRoundWaiters(g, dir) == 1 })
 			return eio
 		}
@@ -70,12 +70,12 @@ func TestDirSyncWaiterGetsItsOwnFsyncResult(t *testing.T) {
 	})
 
 	firstDone := make(chan error, 1)
-	go func() { firstDone <- g.Sync(dir) }()
+	go func() { firstDone <- g.Sync(dir, dir) }()
 	waitUntil(t, "the first fsync to start", func() bool { mu.Lock(); defer mu.Unlock(); return calls == 1 })
 	const waiters = 4
 	results := make(chan error, waiters)
 	for i := 0; i < waiters; i++ {
-		go func() { results <- g.Sync(dir) }()
+		go func() { results <- g.Sync(dir, dir) }()
 	}
 	waitUntil(t, "the waiters to join the next fsync", func() bool { return nextRoundWaiters(g, dir) == waiters })
 	close(release1)

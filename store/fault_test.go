@@ -22,7 +22,23 @@ func (f *faultFS) do(op, path string, real func() error) error {
 	if h == nil {
 		return real()
 	}
-	return h(op, path, real)
+	return h(op, realPath(path), real)
+}
+
+// realPath shows a hook the path a pinned name (/proc/self/fd/N/name, see
+// pin.go) stands for now, so hooks can match on ".../tmp/..." as before.
+func realPath(p string) string { return ResolvedPath(p) }
+
+// OpenDir lets a hook act where a delivery or session resolves its
+// Maildir ("opendir" on the mail root).
+func (f *faultFS) OpenDir(name string) (Dir, error) {
+	var d Dir
+	err := f.do("opendir", name, func() error {
+		var err error
+		d, err = f.OSFS.OpenDir(name)
+		return err
+	})
+	return d, err
 }
 
 func (f *faultFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {

@@ -40,6 +40,9 @@ type FS interface {
 	// (utimensat with UTIME_NOW, which an NFS client sends as
 	// SET_TO_SERVER_TIME), so that staleness is judged on one clock.
 	TouchNow(name string) error
+	// OpenDir opens a directory as a Dir (O_PATH), from which mailbox
+	// paths are resolved with the symlink rule and then used (confine.go).
+	OpenDir(name string) (Dir, error)
 }
 
 // File is an open file in the store.

@@ -54,9 +54,11 @@ var errLockLost = errors.New("session lock taken over by another session")
 // Before it deletes anything, the holder checks that the lock name holds
 // its token (Held), so a session whose lock was taken over deletes nothing.
 type dotlock struct {
-	s     *Store
-	path  string
-	token string
+	s *Store
+	// path names the lock through the pinned Maildir (for the FS
+	// methods); name is its path, for messages.
+	path, name string
+	token      string
 	// filerNow is the server's clock when this session's lock file was
 	// written (its mtime), before the session listed the Maildir.
 	filerNow time.Time
@@ -97,18 +99,20 @@ func inUse() error {
 	return failure.New(failure.InUse, "session lock", "mailbox in use by another session", nil)
 }
 
-// acquireLock takes maildir's session lock or fails with failure.InUse.
-func (s *Store) acquireLock(maildir string, stale time.Duration, owner string) (*dotlock, error) {
+// acquireLock takes mb's session lock or fails with failure.InUse. mb is
+// pinned (pin.go): every name the lock uses, its own and those in tmp/, is
+// reached through the Maildir verified when the session opened it.
+func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dotlock, error) {
 	stale = max(stale, MinLockStale)
 	token := s.newBase()
-	tmp := filepath.Join(maildir, "tmp", token+".lock")
+	tmp := mb.at("tmp", token+".lock")
 	content := fmt.Sprintf("%s\n%s %s pid %d since %s\n", token, owner, s.host, s.pid, s.now().UTC().Format(time.RFC3339))
 	written, err := s.writeLockFile(tmp, content)
 	defer s.fs.Remove(tmp)
 	if err != nil {
 		return nil, s.classify("write lock file", err)
 	}
-	l := &dotlock{s: s, path: filepath.Join(maildir, LockName), token: token, filerNow: written.ModTime,
+	l := &dotlock{s: s, path: mb.at(LockName), name: filepath.Join(mb.Path, LockName), token: token, filerNow: written.ModTime,
 		stop: make(chan struct{}), done: make(chan struct{})}
 	for attempt := 0; attempt < 3; attempt++ {
 		err := s.retryStale(func() error { return s.fs.Link(tmp, l.path) })
@@ -133,7 +137,7 @@ func (s *Store) acquireLock(maildir string, stale time.Duration, owner string) (
 				if age < stale {
 					return nil, inUse()
 				}
-				if err := s.takeOverStale(maildir, l.path, current, age); err != nil {
+				if err := s.takeOverStale(mb, l, current, age); err != nil {
 					return nil, err
 				}
 				continue
@@ -166,9 +170,11 @@ func (s *Store) writeLockFile(path, content string) (Info, error) {
 // takeOverStale removes the lock seen (judged stale: age on the server's
 // clock) from lockPath. nil means "link again"; failure.InUse that the
 // lock is someone else's after all; any other error is temporary.
-func (s *Store) takeOverStale(maildir, lockPath string, seen lockFile, age time.Duration) error {
+func (s *Store) takeOverStale(mb Mailbox, l *dotlock, seen lockFile, age time.Duration) error {
+	lockPath := l.path
 	// Aside in tmp/: whatever is left there after a crash is swept.
-	aside := filepath.Join(maildir, "tmp", s.newBase()+".stale-lock")
+	asideBase := s.newBase() + ".stale-lock"
+	aside, asideName := mb.at("tmp", asideBase), filepath.Join(mb.Path, "tmp", asideBase)
 	if err := s.retryStale(func() error { return s.fs.Rename(lockPath, aside) }); err != nil {
 		if !isErrno(err, syscall.ENOENT) {
 			return s.classify("take over session lock", err)
@@ -182,15 +188,15 @@ func (s *Store) takeOverStale(maildir, lockPath string, seen lockFile, age time.
 	got, err := s.readLock(aside)
 	if err == nil && got.same(seen) {
 		if rerr := s.fs.Remove(aside); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
-			s.log.Warn("could not remove a stale session lock; the tmp/ sweeper will", "path", aside, "err", rerr)
+			s.log.Warn("could not remove a stale session lock; the tmp/ sweeper will", "path", asideName, "err", rerr)
 		}
 		s.obs.LockTakeover()
-		s.log.Info("took over a stale session lock", "path", lockPath, "age", age.Round(time.Second), "token", seen.token)
+		s.log.Info("took over a stale session lock", "path", l.name, "age", age.Round(time.Second), "token", seen.token)
 		return nil
 	}
 	// Renamed by mistake (a contender's fresh lock, or the holder
 	// refreshed it after we looked), or we cannot tell: put it back.
-	s.putBackLock(aside, lockPath, got, err == nil)
+	s.putBackLock(aside, asideName, l, got, err == nil)
 	if err != nil {
 		return s.classify("read session lock", err)
 	}
@@ -202,7 +208,8 @@ func (s *Store) takeOverStale(maildir, lockPath string, seen lockFile, age time.
 // third session created while the name was free (that session holds the
 // mailbox then; the lock's owner finds another token and deletes nothing).
 // known says whether want (what aside holds) could be read.
-func (s *Store) putBackLock(aside, lockPath string, want lockFile, known bool) {
+func (s *Store) putBackLock(aside, asideName string, l *dotlock, want lockFile, known bool) {
+	lockPath := l.path
 	lerr := s.retryStale(func() error { return s.fs.Link(aside, lockPath) })
 	back := lerr == nil
 	if known {
@@ -212,10 +219,10 @@ func (s *Store) putBackLock(aside, lockPath string, want lockFile, known bool) {
 		back = err == nil && cur.token == want.token
 	}
 	if !back {
-		s.log.Warn("could not restore a session lock renamed during takeover; its session will delete nothing", "path", lockPath, "err", lerr)
+		s.log.Warn("could not restore a session lock renamed during takeover; its session will delete nothing", "path", l.name, "err", lerr)
 	}
 	if err := s.fs.Remove(aside); err != nil && !isErrno(err, syscall.ENOENT) {
-		s.log.Warn("could not remove a session lock's second name; the tmp/ sweeper will", "path", aside, "err", err)
+		s.log.Warn("could not remove a session lock's second name; the tmp/ sweeper will", "path", asideName, "err", err)
 	}
 }
 
@@ -238,7 +245,7 @@ func (l *dotlock) check() error {
 func (l *dotlock) markLost() {
 	if !l.lost {
 		l.lost = true
-		l.s.log.Warn("session lock was taken over by another session", "path", l.path)
+		l.s.log.Warn("session lock was taken over by another session", "path", l.name)
 	}
 }
 
@@ -264,7 +271,7 @@ func (l *dotlock) refresh(every time.Duration) {
 			return
 		default:
 			wait = every / 4
-			l.s.log.Warn("could not refresh session lock; retrying", "path", l.path, "err", err, "retry_in", wait)
+			l.s.log.Warn("could not refresh session lock; retrying", "path", l.name, "err", err, "retry_in", wait)
 		}
 	}
 }
@@ -299,7 +306,7 @@ func (l *dotlock) Held() bool {
 	case errors.Is(err, errLockLost):
 		l.markLost()
 	default:
-		l.s.log.Warn("could not check the session lock", "path", l.path, "err", err)
+		l.s.log.Warn("could not check the session lock", "path", l.name, "err", err)
 	}
 	return false
 }
@@ -321,12 +328,12 @@ func (l *dotlock) Release() {
 	}
 	if err := l.check(); err != nil {
 		if !errors.Is(err, errLockLost) && !isErrno(err, syscall.ENOENT) {
-			l.s.log.Warn("could not check the session lock before removing it; it expires after lock_stale", "path", l.path, "err", err)
+			l.s.log.Warn("could not check the session lock before removing it; it expires after lock_stale", "path", l.name, "err", err)
 		}
 		return
 	}
 	if err := l.s.retryStale(func() error { return l.s.fs.Remove(l.path) }); err != nil && !isErrno(err, syscall.ENOENT) {
-		l.s.log.Warn("could not remove session lock", "path", l.path, "err", err)
+		l.s.log.Warn("could not remove session lock", "path", l.name, "err", err)
 	}
 }
 

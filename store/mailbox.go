@@ -149,22 +149,23 @@ type Session struct {
 // written, on the file server's clock, is never cached: two changes within
 // one timestamp tick must not look like none.
 func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err error) {
-	// tmp/ is the last directory EnsureMaildir makes: a Maildir whose
-	// first delivery is being made on another machine may have cur/ and
-	// new/ but no tmp/ yet, and the lock file is written in tmp/.
-	if _, err := s.fs.Lstat(filepath.Join(mb.Path, "tmp")); err != nil {
-		if isErrno(err, syscall.ENOENT) {
-			// No Maildir yet (or not complete): a user who never
-			// received mail has an empty mailbox. Create it so the
-			// lock has a home.
-			if err := s.EnsureMaildir(mb); err != nil {
-				return nil, err
-			}
-		} else {
-			return nil, s.classify("open maildir", err)
-		}
+	// The Maildir is opened under the symlink rule and held for the whole
+	// session (pin.go): the lock, the listing, RETR and DELE all name
+	// their files through it, so a Maildir (or new/, cur/) swapped for a
+	// link to another mailbox meanwhile is not the one used. A user who
+	// never received mail has no Maildir yet (or, when its first delivery
+	// is being made on another machine, cur/ and new/ without tmp/): it is
+	// made, so that the lock has a home.
+	mb, err = s.pinMaildir(mb, maildirSubdirs[:]...)
+	if err != nil {
+		return nil, err
 	}
-	lock, err := s.acquireLock(mb.Path, opts.LockStale, opts.Owner)
+	defer func() {
+		if err != nil {
+			mb.release()
+		}
+	}()
+	lock, err := s.acquireLock(mb, opts.LockStale, opts.Owner)
 	if err != nil {
 		return nil, err
 	}
@@ -230,13 +231,13 @@ func (s *Store) readGeneration(maildir string) (string, error) {
 // bumpGeneration writes a new generation (unique name of this change)
 // atomically: write in tmp/, rename over.
 func (s *Store) bumpGeneration(mb Mailbox) error {
-	tmp := filepath.Join(mb.Path, "tmp", s.newBase()+".gen")
+	tmp := mb.at("tmp", s.newBase()+".gen")
 	if err := s.writeFile(tmp, []byte(s.newBase()+"\n"), mb); err != nil {
 		return s.classify("write generation", err)
 	}
 	info, err := s.fs.Lstat(tmp)
 	if err == nil {
-		err = s.publishRename(tmp, info, filepath.Join(mb.Path, GenerationName))
+		err = s.publishRename(tmp, info, mb.at(GenerationName))
 	}
 	if err != nil {
 		s.fs.Remove(tmp)
@@ -246,15 +247,15 @@ func (s *Store) bumpGeneration(mb Mailbox) error {
 }
 
 func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry, string, error) {
-	gen, err := s.readGeneration(mb.Path)
+	gen, err := s.readGeneration(mb.at())
 	if err != nil {
 		return nil, "", err
 	}
-	newStamp, err := s.stampOf(filepath.Join(mb.Path, "new"), filerNow)
+	newStamp, err := s.stampOf(mb.at("new"), filerNow)
 	if err != nil {
 		return nil, "", s.classify("list new", err)
 	}
-	curStamp, err := s.stampOf(filepath.Join(mb.Path, "cur"), filerNow)
+	curStamp, err := s.stampOf(mb.at("cur"), filerNow)
 	if err != nil {
 		return nil, "", s.classify("list cur", err)
 	}
@@ -288,7 +289,7 @@ func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry,
 		if err := loadLegacy(); err != nil {
 			return nil, "", err
 		}
-		if newEntries, err = s.listDir(mb.Path, "new", legacy, cached.newEntries); err != nil {
+		if newEntries, err = s.listDir(mb, "new", legacy, cached.newEntries); err != nil {
 			return nil, "", err
 		}
 	default:
@@ -298,10 +299,10 @@ func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry,
 		if err := loadLegacy(); err != nil {
 			return nil, "", err
 		}
-		if newEntries, err = s.listDir(mb.Path, "new", legacy, nil); err != nil {
+		if newEntries, err = s.listDir(mb, "new", legacy, nil); err != nil {
 			return nil, "", err
 		}
-		if curEntries, err = s.listDir(mb.Path, "cur", legacy, nil); err != nil {
+		if curEntries, err = s.listDir(mb, "cur", legacy, nil); err != nil {
 			return nil, "", err
 		}
 	}
@@ -339,8 +340,8 @@ func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry,
 // listDir lists one of new/ or cur/. prev (the cached entries of the same
 // directory) is reused for names still present, so sizes that had to be
 // computed from a file are not computed again.
-func (s *Store) listDir(maildir, sub string, legacy *legacyUIDLs, prev []Entry) ([]Entry, error) {
-	dir := filepath.Join(maildir, sub)
+func (s *Store) listDir(mb Mailbox, sub string, legacy *legacyUIDLs, prev []Entry) ([]Entry, error) {
+	dir := mb.at(sub)
 	var names []string
 	err := s.retryStale(func() error { var e error; names, e = s.fs.ReadDirNames(dir); return e })
 	if err != nil {
@@ -451,7 +452,7 @@ func (ss *Session) Open(i int) (io.ReadCloser, error) {
 	s := ss.s
 	e := ss.current(i)
 	for attempt := 0; attempt < maxRelocations; attempt++ {
-		path := filepath.Join(ss.mb.Path, e.Dir, e.Name)
+		path := ss.mb.at(e.Dir, e.Name)
 		var f File
 		err := s.retryStale(func() error { var e error; f, e = s.fs.OpenFile(path, os.O_RDONLY, 0); return e })
 		if err == nil {
@@ -461,7 +462,7 @@ func (ss *Session) Open(i int) (io.ReadCloser, error) {
 			return nil, s.classify("open message", err)
 		}
 		var found bool
-		if e, found, err = s.relocate(ss.mb.Path, e, nil); err != nil {
+		if e, found, err = s.relocate(ss.mb, e, nil); err != nil {
 			return nil, s.classify("find renamed message", err)
 		}
 		if !found {
@@ -508,7 +509,7 @@ type dirNames map[string]Entry
 // directories are read afresh: opening them makes the NFS client
 // revalidate, where its name cache may still hold the old name. known, if
 // not nil, is filled on first use and reused; pass nil to read anew.
-func (s *Store) relocate(maildir string, e Entry, known *dirNames) (Entry, bool, error) {
+func (s *Store) relocate(mb Mailbox, e Entry, known *dirNames) (Entry, bool, error) {
 	var names dirNames
 	if known != nil {
 		names = *known
@@ -517,7 +518,7 @@ func (s *Store) relocate(maildir string, e Entry, known *dirNames) (Entry, bool,
 		names = make(dirNames)
 		for _, sub := range []string{"new", "cur"} {
 			var list []string
-			dir := filepath.Join(maildir, sub)
+			dir := mb.at(sub)
 			if err := s.retryStale(func() error { var e error; list, e = s.fs.ReadDirNames(dir); return e }); err != nil {
 				return Entry{}, false, err
 			}
@@ -611,7 +612,7 @@ func (ss *Session) Commit(deleted, retrieved []int) error {
 func (ss *Session) remove(e Entry, known *dirNames) (removed bool, err error) {
 	s := ss.s
 	for attempt := 0; attempt < maxRelocations; attempt++ {
-		path := filepath.Join(ss.mb.Path, e.Dir, e.Name)
+		path := ss.mb.at(e.Dir, e.Name)
 		err = s.retryStale(func() error { return s.fs.Remove(path) })
 		if !isErrno(err, syscall.ENOENT) {
 			return err == nil, err
@@ -620,7 +621,7 @@ func (ss *Session) remove(e Entry, known *dirNames) (removed bool, err error) {
 			*known = nil // our reading was already out of date once
 		}
 		var found bool
-		if e, found, err = s.relocate(ss.mb.Path, e, known); err != nil || !found {
+		if e, found, err = s.relocate(ss.mb, e, known); err != nil || !found {
 			return false, err
 		}
 	}
@@ -638,8 +639,8 @@ func (ss *Session) markSeen(e Entry, known *dirNames) error {
 		if !ok {
 			return nil // in cur/ and seen already
 		}
-		src := filepath.Join(ss.mb.Path, e.Dir, e.Name)
-		err = s.retryStale(func() error { return s.fs.Rename(src, filepath.Join(ss.mb.Path, "cur", dst)) })
+		src := ss.mb.at(e.Dir, e.Name)
+		err = s.retryStale(func() error { return s.fs.Rename(src, ss.mb.at("cur", dst)) })
 		if !isErrno(err, syscall.ENOENT) {
 			return err
 		}
@@ -647,7 +648,7 @@ func (ss *Session) markSeen(e Entry, known *dirNames) error {
 			*known = nil
 		}
 		var found bool
-		if e, found, err = s.relocate(ss.mb.Path, e, known); err != nil || !found {
+		if e, found, err = s.relocate(ss.mb, e, known); err != nil || !found {
 			// Gone, or our own rename answered ENOENT on a retransmit
 			// and the message is now cur/ under dst: found would then be
 			// the name we gave it, which seenName leaves alone.
@@ -680,6 +681,9 @@ func (ss *Session) Close() error {
 		return nil
 	}
 	ss.closed = true
+	// The lock names its file through the pinned Maildir: release it
+	// before the pin.
 	ss.lock.Release()
+	ss.mb.release()
 	return nil
 }

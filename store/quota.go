@@ -118,7 +118,7 @@ func (s *Store) overQuota(mb Mailbox, u Usage, size int64, deferred bool, basis 
 // good enough to refuse mail; false when it includes appended lines, which
 // concurrent NFS appends may have damaged.
 func (s *Store) QuotaUsage(mb Mailbox) (u Usage, trusted bool, err error) {
-	path := filepath.Join(mb.Path, maildirsizeName)
+	path := mb.at(maildirsizeName)
 	data, info, rerr := s.readSmall(path)
 	if rerr == nil && info.Size < maildirsizeLimit {
 		if fig, ok := parseMaildirsize(data, mb.Quota.definition()); ok {
@@ -128,9 +128,9 @@ func (s *Store) QuotaUsage(mb Mailbox) (u Usage, trusted bool, err error) {
 		}
 	}
 	if rerr != nil && !isErrno(rerr, syscall.ENOENT) {
-		s.log.Warn("maildirsize unreadable; recalculating", "path", path, "err", rerr)
+		s.log.Warn("maildirsize unreadable; recalculating", "maildir", mb.Path, "err", rerr)
 	}
-	if _, err := s.fs.Lstat(mb.Path); isErrno(err, syscall.ENOENT) {
+	if _, err := s.fs.Lstat(mb.at()); isErrno(err, syscall.ENOENT) {
 		return Usage{}, true, nil // no Maildir yet: empty
 	}
 	u, err = s.recalculate(mb)
@@ -276,17 +276,17 @@ func parseDelta(f string) (int64, bool) {
 // a partial count could let a full mailbox take mail or, worse, be
 // written back for every machine to use.
 func (s *Store) recalculate(mb Mailbox) (Usage, error) {
-	u, err := s.countMaildir(mb.Path)
+	u, err := s.countMaildir(mb.at())
 	if err != nil {
 		return u, s.classify("quota recalculation", err)
 	}
 	content := fmt.Sprintf("%s\n%d %d\n", mb.Quota.definition(), u.Bytes, u.Messages)
-	tmp := filepath.Join(mb.Path, "tmp", s.newBase()+".maildirsize")
+	tmp := mb.at("tmp", s.newBase()+".maildirsize")
 	if err := s.writeNewFile(tmp, []byte(content), mb, true); err != nil {
 		s.log.Warn("could not write maildirsize", "path", mb.Path, "err", err)
 		return u, nil // the count is right even if we could not save it
 	}
-	if err := s.retryStale(func() error { return s.fs.Rename(tmp, filepath.Join(mb.Path, maildirsizeName)) }); err != nil {
+	if err := s.retryStale(func() error { return s.fs.Rename(tmp, mb.at(maildirsizeName)) }); err != nil {
 		if rerr := s.fs.Remove(tmp); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
 			s.log.Warn("could not remove a maildirsize draft; the sweeper will", "path", tmp, "err", rerr)
 		}
@@ -394,11 +394,10 @@ func (s *Store) appendQuota(mb Mailbox, bytes, count int64) {
 	if !mb.Quota.enabled() {
 		return
 	}
-	path := filepath.Join(mb.Path, maildirsizeName)
-	f, err := s.fs.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	f, err := s.fs.OpenFile(mb.at(maildirsizeName), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		if !isErrno(err, syscall.ENOENT) {
-			s.log.Warn("could not update maildirsize", "path", path, "err", err)
+			s.log.Warn("could not update maildirsize", "maildir", mb.Path, "err", err)
 		}
 		return
 	}
@@ -407,7 +406,7 @@ func (s *Store) appendQuota(mb Mailbox, bytes, count int64) {
 		werr = cerr
 	}
 	if werr != nil {
-		s.log.Warn("could not update maildirsize", "path", path, "err", werr)
+		s.log.Warn("could not update maildirsize", "maildir", mb.Path, "err", werr)
 	}
 }
 

@@ -109,6 +109,9 @@ type Mailbox struct {
 	// UID and GID own what the store creates when chowning; -1 leaves it.
 	UID, GID int
 	Quota    Quota
+	// pin, when set, holds the Maildir as verified at use time; names
+	// inside it are made with at (pin.go).
+	pin *maildirPin
 }
 
 // Delivery describes a message published into a Maildir's new/.
@@ -196,6 +199,9 @@ func New(opts Options) (*Store, error) {
 	if s.fs == nil {
 		s.fs = OSFS{}
 	}
+	if err := checkProcFD(s.fs); err != nil {
+		return nil, err
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -270,60 +276,25 @@ const SpoolName = ".nfsdrop-spool"
 
 func (s *Store) spoolDir() string { return filepath.Join(s.root, SpoolName) }
 
-// ensureSpool makes the spool and its tmp/ (mode 0700, owned by the
-// process: spooled files are chowned one by one). The caller has checked
-// the mount guard.
-func (s *Store) ensureSpool() error {
-	for _, dir := range [...]string{s.spoolDir(), filepath.Join(s.spoolDir(), "tmp")} {
-		if err := s.mkdir(dir, 0o700, Mailbox{UID: -1, GID: -1}, false); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // EnsureMaildir creates mb's Maildir (new/, cur/, tmp/, mode 0700, owned
-// by the mailbox's uid/gid when chowning) if it does not exist yet, after
-// checking the mount guard. Parents are created with mode 0711 (traversable,
-// not listable: a domain directory does not reveal its users).
+// by the mailbox's uid/gid when chowning) if it does not exist yet, or
+// completes one that lacks some of them, after checking the mount guard.
+// The path is resolved beneath the mail root under the symlink rule of
+// pinMaildir (confine.go): an administrator's in-root link above the
+// Maildir is followed, one owned by anyone else is refused.
 func (s *Store) EnsureMaildir(mb Mailbox) error {
-	path := filepath.Clean(mb.Path)
-	if !s.inRoot(path) || path == s.root {
-		return failure.Perm("maildir", "mailbox path outside the mail root", fmt.Errorf("%s not under %s", path, s.root))
-	}
-	if spool := s.spoolDir(); path == spool || strings.HasPrefix(path, spool+string(filepath.Separator)) {
-		return failure.Perm("maildir", "mailbox path inside nfsdrop's spool", fmt.Errorf("%s is under %s", path, spool))
-	}
-	if info, err := s.fs.Lstat(filepath.Join(path, "tmp")); err == nil && info.Mode.IsDir() {
-		return nil
-	}
-	if err := s.CheckMount(); err != nil {
+	pinned, err := s.pinMaildir(mb, maildirSubdirs[:]...)
+	if err != nil {
 		return err
 	}
-	rel, _ := filepath.Rel(s.root, path)
-	dir := s.root
-	parts := strings.Split(rel, string(filepath.Separator))
-	for i, part := range parts {
-		dir = filepath.Join(dir, part)
-		mode := os.FileMode(0o711)
-		last := i == len(parts)-1
-		if last {
-			mode = 0o700
-		}
-		if err := s.mkdir(dir, mode, mb, last); err != nil {
-			return err
-		}
-	}
-	for _, sub := range [...]string{"cur", "new", "tmp"} {
-		if err := s.mkdir(filepath.Join(path, sub), 0o700, mb, true); err != nil {
-			return err
-		}
-	}
+	pinned.release()
 	return nil
 }
 
-// mkdir makes one directory; an existing directory is fine (another machine
-// may have made it, or our retransmitted MKDIR found its own work done).
+// mkdir makes one directory; an existing one is fine (another machine may
+// have made it, or our retransmitted MKDIR found its own work done): the
+// caller opens it next, which refuses anything but a directory or a link
+// to one allowed by the symlink rule.
 func (s *Store) mkdir(dir string, mode os.FileMode, mb Mailbox, own bool) error {
 	err := s.retryStale(func() error { return s.fs.Mkdir(dir, mode) })
 	if err == nil {
@@ -335,13 +306,7 @@ func (s *Store) mkdir(dir string, mode os.FileMode, mb Mailbox, own bool) error 
 		return nil
 	}
 	if isErrno(err, syscall.EEXIST) {
-		info, serr := s.fs.Lstat(dir)
-		if serr == nil && info.Mode.IsDir() {
-			return nil
-		}
-		if serr == nil {
-			return failure.Perm("mkdir", "mailbox path unusable", fmt.Errorf("%s exists and is not a directory", dir))
-		}
+		return nil
 	}
 	return s.classify("mkdir", err)
 }
@@ -380,6 +345,10 @@ type Staged struct {
 	// of a second link, a second quota charge, or a withdrawal of a file the
 	// first was answered for.
 	published map[string]Delivery
+	// extra are recipients' pins src came to depend on (the rename
+	// fallback publishes the staged file itself through one). Discard
+	// releases them with place.pin.
+	extra []*maildirPin
 }
 
 // Size is the staged message's size in bytes.
@@ -393,10 +362,12 @@ func (s *Store) Stage(mb Mailbox, r io.Reader) (*Staged, error) {
 	if err := s.CheckMount(); err != nil {
 		return nil, err
 	}
-	if err := s.EnsureMaildir(mb); err != nil {
+	pinned, err := s.pinMaildir(mb, "tmp", "new")
+	if err != nil {
 		return nil, err
 	}
-	return s.writeTmp(mailboxTmp(mb), r)
+	defer pinned.release()
+	return s.writeTmp(mailboxTmp(pinned), r)
 }
 
 // StageFor writes r durably once for recipients (at least one), where no
@@ -420,7 +391,15 @@ func (s *Store) StageFor(recipients []Mailbox, r io.Reader) (*Staged, error) {
 		return nil, err
 	}
 	first := recipients[0]
-	st, err := s.writeTmp(tmpPlace{dir: filepath.Join(s.spoolDir(), "tmp"), uid: first.UID, gid: first.GID, spool: true}, r)
+	spool, err := s.pinSpool()
+	if err != nil {
+		return nil, err
+	}
+	defer spool.release()
+	st, err := s.writeTmp(tmpPlace{
+		pin: spool, dir: spool.subs["tmp"].Path(), name: filepath.Join(s.spoolDir(), "tmp"),
+		uid: first.UID, gid: first.GID, spool: true,
+	}, r)
 	if err != nil {
 		return nil, err
 	}
@@ -434,16 +413,27 @@ func (s *Store) newBase() string {
 
 // tmpPlace is where writeTmp makes its file and who is to own it.
 type tmpPlace struct {
-	dir      string // a tmp/ directory
-	uid, gid int    // owner when chowning; -1 leaves it
-	// spool marks the shared spool: its directory is made on demand, and
-	// its owner is a preference (for hard links), not a requirement.
+	// pin holds the tmp/ directory open (pin.go); each Staged written
+	// there holds a reference to it until Discard.
+	pin *maildirPin
+	// dir names the tmp/ directory through pin, for the FS methods; name
+	// is its path, for messages.
+	dir, name string
+	// maildir is the cleaned path of the Maildir this tmp/ belongs to;
+	// "" for the spool.
+	maildir  string
+	uid, gid int // owner when chowning; -1 leaves it
+	// spool marks the shared spool: its owner is a preference (for hard
+	// links), not a requirement.
 	spool bool
 }
 
-// mailboxTmp is mb's own tmp/, owned by mb's owner.
+// mailboxTmp is the tmp/ of mb (pinned with tmp), owned by mb's owner.
 func mailboxTmp(mb Mailbox) tmpPlace {
-	return tmpPlace{dir: filepath.Join(mb.Path, "tmp"), uid: mb.UID, gid: mb.GID}
+	return tmpPlace{
+		pin: mb.pin, dir: mb.at("tmp"), name: filepath.Join(mb.Path, "tmp"),
+		maildir: filepath.Clean(mb.Path), uid: mb.UID, gid: mb.GID,
+	}
 }
 
 // writeTmp is step 2 of the algorithm: O_EXCL create in place's tmp/,
@@ -462,7 +452,7 @@ func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
 			f.Close()
 		}
 		if rerr := s.fs.Remove(tmpPath); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
-			s.log.Warn("could not remove tmp file after a failed delivery", "path", tmpPath, "err", rerr)
+			s.log.Warn("could not remove tmp file after a failed delivery", "path", filepath.Join(place.name, base), "err", rerr)
 		}
 	}()
 	wantOwner := s.chown && (place.uid >= 0 || place.gid >= 0)
@@ -503,7 +493,7 @@ func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
 		if cerr := f.Chown(place.uid, place.gid); cerr != nil {
 			owned = false
 			s.log.Warn("could not give the spooled message to the first recipient's owner; every recipient gets a copy",
-				"path", tmpPath, "uid", place.uid, "gid", place.gid, "err", cerr)
+				"path", filepath.Join(place.name, base), "uid", place.uid, "gid", place.gid, "err", cerr)
 		}
 	}
 	info, err := f.Stat()
@@ -520,6 +510,7 @@ func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
 	if err = f.Close(); err != nil {
 		return nil, s.classify("close", err)
 	}
+	place.pin.retain()
 	return &Staged{
 		s: s, place: place, src: tmpPath, srcInfo: info, inTmp: true,
 		base: base, size: cnt.size, crlfSize: cnt.pop3Size(),
@@ -527,10 +518,8 @@ func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
 	}, nil
 }
 
-// createTmp creates a fresh file in place.dir with O_EXCL, making the
-// spool's directories first when they are missing.
+// createTmp creates a fresh file in place.dir with O_EXCL.
 func (s *Store) createTmp(place tmpPlace) (f File, base, tmpPath string, err error) {
-	madeSpool := false
 	for attempt := 0; ; attempt++ {
 		base = s.newBase()
 		tmpPath = filepath.Join(place.dir, base)
@@ -542,15 +531,6 @@ func (s *Store) createTmp(place tmpPlace) (f File, base, tmpPath string, err err
 		// EEXIST: another process holds this name (clock stepped back
 		// and pid reused); take a fresh name.
 		if isErrno(err, syscall.EEXIST) && attempt < 3 {
-			continue
-		}
-		// ENOENT in the spool: first use on this mail root (the caller
-		// checked the mount guard); make it and try once more.
-		if isErrno(err, syscall.ENOENT) && place.spool && !madeSpool {
-			madeSpool = true
-			if merr := s.ensureSpool(); merr != nil {
-				return nil, "", "", merr
-			}
 			continue
 		}
 		return f, base, tmpPath, err
@@ -580,13 +560,15 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		// answered for this very file: it is already durable there.
 		return d, nil
 	}
-	if err := s.EnsureMaildir(mb); err != nil {
+	mb, err := st.pinRecipient(mb)
+	if err != nil {
 		return Delivery{}, err
 	}
+	defer mb.release()
 	if err := s.CheckQuota(mb, st.size+int64(len(prefix))); err != nil {
 		return Delivery{}, err
 	}
-	newDir := filepath.Join(mb.Path, "new")
+	newDir := mb.at("new")
 	var (
 		d   Delivery
 		dst string
@@ -617,7 +599,9 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 			if err := s.publishRename(st.src, st.srcInfo, dst); err != nil {
 				return Delivery{}, s.classify("rename into new", err)
 			}
+			// src now names a file through mb's pin: keep it open.
 			st.src, st.inTmp = dst, false
+			st.extra = append(st.extra, mb.pin.retain())
 			d.Linked = true
 		default:
 			return Delivery{}, s.classify("link into new", err)
@@ -630,11 +614,11 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		}
 		dst = filepath.Join(newDir, d.Key)
 	}
-	if err := s.dirs.Sync(newDir); err != nil {
+	if err := s.syncDir(mb, "new"); err != nil {
 		// The entry may not be durable, so the caller must not
 		// acknowledge, and Postfix will deliver again under a new name.
 		// Take our entry back out so that retry does not double it.
-		st.withdraw(dst, mayWithdraw, ourLink)
+		st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), mayWithdraw, ourLink)
 		return Delivery{}, s.classify("fsync new", err)
 	}
 	if ourLink {
@@ -652,12 +636,13 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	return d, nil
 }
 
-// withdraw removes dst after its directory fsync failed, unless it may be
-// a file another recipient was answered for (allowed false).
-func (st *Staged) withdraw(dst string, allowed, ourLink bool) {
+// withdraw removes dst (named for messages dstName) after its directory
+// fsync failed, unless it may be a file another recipient was answered
+// for (allowed false).
+func (st *Staged) withdraw(dst, dstName string, allowed, ourLink bool) {
 	s := st.s
 	if !allowed {
-		s.log.Warn("not withdrawing a message whose directory fsync failed: another recipient has the same file", "path", dst)
+		s.log.Warn("not withdrawing a message whose directory fsync failed: another recipient has the same file", "path", dstName)
 		return
 	}
 	if dst == st.src && !st.inTmp {
@@ -671,7 +656,7 @@ func (st *Staged) withdraw(dst string, allowed, ourLink bool) {
 	}
 	err := s.fs.Remove(dst)
 	if err != nil && !isErrno(err, syscall.ENOENT) {
-		s.log.Warn("could not withdraw a message whose directory fsync failed", "path", dst, "err", err)
+		s.log.Warn("could not withdraw a message whose directory fsync failed", "path", dstName, "err", err)
 		return
 	}
 	if ourLink {
@@ -711,7 +696,7 @@ func (st *Staged) publishCopy(mb Mailbox, prefix []byte) (Delivery, error) {
 	}
 	defer cp.Discard()
 	d := Delivery{Key: fullName(cp.base, cp.size, cp.crlfSize), Size: cp.size, CRLFSize: cp.crlfSize}
-	dst := filepath.Join(mb.Path, "new", d.Key)
+	dst := mb.at("new", d.Key)
 	_, err = s.publishLink(cp.src, cp.srcInfo, cp.srcInfo.Nlink, dst)
 	if isErrno(err, syscall.EPERM) {
 		if err = s.publishRename(cp.src, cp.srcInfo, dst); err == nil {
@@ -779,13 +764,14 @@ func (s *Store) verifyPublished(src string, srcInfo Info, nlink uint64, dst stri
 // been delivered (or has failed). An error is logged, not returned: the
 // message is already safe in new/ and the sweeper removes leftovers.
 func (st *Staged) Discard() {
+	defer st.releasePins()
 	if !st.inTmp {
 		return
 	}
 	st.inTmp = false
 	err := st.s.retryStale(func() error { return st.s.fs.Remove(st.src) })
 	if err != nil && !isErrno(err, syscall.ENOENT) {
-		st.s.log.Warn("could not remove staged tmp file; the sweeper will", "path", st.src, "err", err)
+		st.s.log.Warn("could not remove staged tmp file; the sweeper will", "path", filepath.Join(st.place.name, st.base), "err", err)
 	}
 }
 

@@ -128,10 +128,10 @@ func (s *Store) frozenLegacyUIDLs(mb Mailbox, format string) (l *legacyUIDLs, fr
 	if list == "" {
 		return nil, true, nil
 	}
-	if l, err := s.readSnapshot(mb.Path, format); err != nil || l != nil {
+	if l, err := s.readSnapshot(mb, format); err != nil || l != nil {
 		return l, err == nil, err
 	}
-	live, header, clean, err := s.readLegacyList(mb.Path, format)
+	live, header, clean, err := s.readLegacyList(mb, format)
 	if err != nil {
 		return nil, false, err
 	}
@@ -145,9 +145,9 @@ func (s *Store) frozenLegacyUIDLs(mb Mailbox, format string) (l *legacyUIDLs, fr
 
 // readLegacyList reads and parses the old server's list. A list that does
 // not exist gives an empty result with header "none".
-func (s *Store) readLegacyList(maildir, format string) (l *legacyUIDLs, header string, clean bool, err error) {
+func (s *Store) readLegacyList(mb Mailbox, format string) (l *legacyUIDLs, header string, clean bool, err error) {
 	name := legacyListName(format)
-	data, exists, err := s.readLegacyFile(maildir, name)
+	data, exists, err := s.readLegacyFile(mb, name)
 	if err != nil {
 		return nil, "", false, s.classify("read "+name, err)
 	}
@@ -165,12 +165,12 @@ func (s *Store) readLegacyList(maildir, format string) (l *legacyUIDLs, header s
 	return l, header, clean, nil
 }
 
-// readLegacyFile reads maildir/name whole. exists is false only when a
+// readLegacyFile reads name in mb's Maildir whole. exists is false only when a
 // fresh read of the directory confirms the file is absent: the empty
 // record made from "no list" is permanent, and an NFS client may answer
 // ENOENT from a stale name cache.
-func (s *Store) readLegacyFile(maildir, name string) (data []byte, exists bool, err error) {
-	path := filepath.Join(maildir, name)
+func (s *Store) readLegacyFile(mb Mailbox, name string) (data []byte, exists bool, err error) {
+	path := mb.at(name)
 	for attempt := 0; attempt < 3; attempt++ {
 		err = s.retryStale(func() error { var e error; data, e = s.readWhole(path); return e })
 		if err == nil {
@@ -180,7 +180,7 @@ func (s *Store) readLegacyFile(maildir, name string) (data []byte, exists bool, 
 			return nil, false, err
 		}
 		var names []string
-		if derr := s.retryStale(func() error { var e error; names, e = s.fs.ReadDirNames(maildir); return e }); derr != nil {
+		if derr := s.retryStale(func() error { var e error; names, e = s.fs.ReadDirNames(mb.at()); return e }); derr != nil {
 			return nil, false, derr
 		}
 		if !slices.Contains(names, name) {
@@ -211,8 +211,8 @@ func (s *Store) readWhole(path string) ([]byte, error) {
 
 // readSnapshot reads the record of format's legacy UIDLs; nil, nil when
 // there is none yet.
-func (s *Store) readSnapshot(maildir, format string) (*legacyUIDLs, error) {
-	path := filepath.Join(maildir, snapshotName(format))
+func (s *Store) readSnapshot(mb Mailbox, format string) (*legacyUIDLs, error) {
+	path := mb.at(snapshotName(format))
 	var data []byte
 	err := s.retryStale(func() error { var e error; data, e = s.readWhole(path); return e })
 	if isErrno(err, syscall.ENOENT) {
@@ -225,7 +225,7 @@ func (s *Store) readSnapshot(maildir, format string) (*legacyUIDLs, error) {
 	if err != nil {
 		// Being written by a machine on a filer without hard links, or
 		// damaged: never guess UIDLs. An administrator can see it here.
-		s.log.Warn("UIDL record unreadable", "path", path, "err", err)
+		s.log.Warn("UIDL record unreadable", "path", filepath.Join(mb.Path, snapshotName(format)), "err", err)
 		return nil, failure.Temp("read UIDL record", "UIDL record unreadable", err)
 	}
 	return l, nil
@@ -235,15 +235,16 @@ func (s *Store) readSnapshot(maildir, format string) (*legacyUIDLs, error) {
 // legacy UIDLs, or adopts the record another machine published first.
 func (s *Store) recordSnapshot(mb Mailbox, format, header string, live *legacyUIDLs) (*legacyUIDLs, bool, error) {
 	content := formatSnapshot(format, header, live)
-	dst := filepath.Join(mb.Path, snapshotName(format))
-	tmp := filepath.Join(mb.Path, "tmp", s.newBase()+".uidls")
+	dst := mb.at(snapshotName(format))
+	tmpBase := s.newBase() + ".uidls"
+	tmp := mb.at("tmp", tmpBase)
 	info, err := s.writeDurable(tmp, content, mb)
 	if err != nil {
 		return nil, false, s.classify("record UIDLs", err)
 	}
 	_, err = s.publishLink(tmp, info, info.Nlink, dst)
 	if rerr := s.retryStale(func() error { return s.fs.Remove(tmp) }); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
-		s.log.Warn("could not remove a UIDL record's tmp file; the sweeper will", "path", tmp, "err", rerr)
+		s.log.Warn("could not remove a UIDL record's tmp file; the sweeper will", "path", filepath.Join(mb.Path, "tmp", tmpBase), "err", rerr)
 	}
 	if isErrno(err, syscall.EPERM) {
 		// A filer without hard links: create the record in place. A
@@ -254,7 +255,7 @@ func (s *Store) recordSnapshot(mb Mailbox, format, header string, live *legacyUI
 	switch {
 	case err == nil:
 	case isErrno(err, syscall.EEXIST):
-		l, rerr := s.readSnapshot(mb.Path, format)
+		l, rerr := s.readSnapshot(mb, format)
 		if rerr == nil && l == nil {
 			rerr = failure.Temp("read UIDL record", "UIDL record vanished", err)
 		}
@@ -262,7 +263,7 @@ func (s *Store) recordSnapshot(mb Mailbox, format, header string, live *legacyUI
 	default:
 		return nil, false, s.classify("record UIDLs", err)
 	}
-	if err := s.dirs.Sync(mb.Path); err != nil {
+	if err := s.syncDir(mb, ""); err != nil {
 		return nil, false, s.classify("record UIDLs", err)
 	}
 	s.log.Info("recorded the legacy UIDLs of a Maildir", "maildir", mb.Path, "format", format, "source", header, "messages", len(live.uidl))

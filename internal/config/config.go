@@ -79,7 +79,11 @@ type Store struct {
 	// MailRoot is the absolute path of the directory that all Maildirs live
 	// under, normally an NFS mount. A mailbox path from the user database
 	// that resolves outside it is refused, so a broken user entry cannot
-	// make nfsdrop write elsewhere. Default "/var/mail/nfsdrop". Set it to
+	// make nfsdrop write elsewhere. Each delivery and POP3 login resolves
+	// the Maildir again beneath it and uses only what it resolved: a
+	// symbolic link on the way is followed only when root (or the user
+	// nfsdrop runs as) owns it and it stays inside mail_root, so a link a
+	// user makes to another mailbox is refused (see store.md). Default "/var/mail/nfsdrop". Set it to
 	// where the mail store is mounted. Directories nfsdrop creates are
 	// always mode 0700; there is no key for that.
 	MailRoot string `toml:"mail_root"`

@@ -68,7 +68,9 @@ func (f *faultFS) do(op, path string, real func() error) error {
 	h := f.hook
 	f.mu.Unlock()
 	if h != nil {
-		if err, after := h(op, path); err != nil {
+		// The store names files through its held directories
+		// (/proc/self/fd/N/...): hooks match on the paths they stand for.
+		if err, after := h(op, store.ResolvedPath(path)); err != nil {
 			if after {
 				real()
 			}

@@ -65,6 +65,11 @@ type PasswdFileOptions struct {
 //
 // The file is re-read when its mtime, size or inode changes (checked at most
 // every ReloadCheckInterval, on use); a failed re-read keeps the old table.
+// A changed file is only taken once it has settled (see settled): an editor
+// or "cat > users" rewrites it in place, and a read in the middle would see
+// half of it. Until then the previous version is served, and an address it
+// does not know is a temporary failure, not 5.1.1: the user may be on the
+// half not written yet.
 // Lookups read an immutable table through an atomic pointer, so a PasswdFile
 // is safe for concurrent use and a reload never blocks a lookup.
 type PasswdFile struct {
@@ -81,9 +86,23 @@ type PasswdFile struct {
 	nextCheck atomic.Int64 // UnixNano before which no stat is done
 	closed    atomic.Bool
 
-	mu      sync.Mutex // serialises reloads and guards lastErr
+	mu      sync.Mutex // serialises reloads and guards lastErr, seen, seenAt
 	lastErr string     // last reload failure, so it is logged once, not every interval
+	// changing is set while the file differs from the table served and
+	// has not settled yet.
+	changing atomic.Bool
+	// seen is the changed version last observed and seenAt when (on our
+	// clock) it was first observed, for settled.
+	seen   os.FileInfo
+	seenAt time.Time
+	now    func() time.Time // time.Now; tests move it
 }
+
+// reloadSettle is how long a changed passwd-file must have been left
+// alone before it is read: longer than an editor or a shell redirection
+// takes to write a user file, short enough that a new user can receive
+// mail within seconds.
+const reloadSettle = time.Second
 
 var _ DB = (*PasswdFile)(nil)
 
@@ -162,6 +181,7 @@ func OpenPasswdFile(opts PasswdFileOptions) (*PasswdFile, error) {
 		defQuota:    opts.DefaultQuota,
 		log:         opts.Logger,
 		interval:    opts.ReloadCheckInterval,
+		now:         time.Now,
 	}
 	if opts.Normalizer.DefaultDomain != "" {
 		p.defDomain, _ = normalizeDomain(opts.Normalizer.DefaultDomain) // validated above
@@ -173,9 +193,15 @@ func OpenPasswdFile(opts PasswdFileOptions) (*PasswdFile, error) {
 		p.interval = time.Second
 	}
 	t, err := p.load()
+	for try := 0; errors.Is(err, errUnsettled) && try < 3; try++ {
+		t, err = p.load()
+	}
 	if err != nil {
 		return nil, failure.Temp(op, "user database unavailable", err)
 	}
+	// At start there is no older version to serve: the file is used as
+	// read (load checked that nothing changed while it read), and a write
+	// still under way shows as a change at the next check.
 	p.tab.Store(t)
 	p.nextCheck.Store(time.Now().Add(p.interval).UnixNano())
 	p.log.Info("passwd-file loaded", "file", p.path, "users", t.users(), "problems", len(t.problems))
@@ -214,6 +240,11 @@ func (p *PasswdFile) Lookup(ctx context.Context, address string) (*User, error) 
 	p.maybeReload()
 	e, local := p.tab.Load().match(a, full, p.defDomain)
 	if e == nil {
+		if p.changing.Load() {
+			// The new version may have this user on a part not
+			// written yet: let the sender's MTA try again.
+			return nil, failure.Temp(op, "user database being updated", nil)
+		}
 		return nil, failure.New(failure.NotFound, op, reasonNoUser, nil)
 	}
 	if e.disabled {
@@ -371,7 +402,10 @@ func hasDotDot(path string) bool {
 // confine refuses a mailbox that is not strictly inside the mail root,
 // lexically or after resolving symlinks. It runs on every lookup, not at
 // load, because symlinks on the storage can change at any time. The peer
-// only ever sees reasonOutsideRoot; the path goes to the log.
+// only ever sees reasonOutsideRoot; the path goes to the log. This is the
+// early, permanent answer for a misconfigured entry; it cannot stop a link
+// swapped in after the lookup, which is why the store resolves the path
+// again at use and follows only root-owned in-root links (store/confine.go).
 func (p *PasswdFile) confine(op string, e *passwdEntry, mbox string, dotdot bool) error {
 	outside := func(why string) error {
 		p.log.Error("passwd-file: "+reasonOutsideRoot, "file", p.path, "line", e.line, "user", e.name, "path", mbox, "why", why)
@@ -462,15 +496,27 @@ func (p *PasswdFile) reload() {
 	}
 	old := p.tab.Load()
 	if sameVersion(old.info, fi) {
+		p.changing.Store(false)
 		p.reloadOK()
 		return
 	}
+	if !p.settled(fi) {
+		p.changing.Store(true)
+		return
+	}
 	t, err := p.load()
+	if errors.Is(err, errUnsettled) {
+		p.changing.Store(true)
+		return
+	}
 	if err != nil {
+		p.changing.Store(false)
 		p.reloadFailed(err)
 		return
 	}
 	p.tab.Store(t)
+	p.changing.Store(false)
+	p.seen = nil
 	p.reloadOK()
 	p.log.Info("passwd-file reloaded", "file", p.path, "users", t.users(), "problems", len(t.problems))
 }
@@ -488,6 +534,41 @@ func (p *PasswdFile) reloadOK() {
 		p.log.Info("passwd-file readable again", "file", p.path)
 	}
 }
+
+// settled judges whether the changed file fi has stopped changing: its
+// last change (the later of mtime and ctime; ctime cannot be set back, so
+// "cp -p" or touch -d do not fool it) is reloadSettle old on our clock, or,
+// for a file server whose clock is ahead of ours, we have seen this very
+// version (inode, size, mtime, ctime) unchanged for reloadSettle on our
+// clock. load then checks that nothing changed while it read.
+func (p *PasswdFile) settled(fi os.FileInfo) bool {
+	now := p.now()
+	if now.Sub(lastChange(fi)) >= reloadSettle {
+		return true
+	}
+	if p.seen == nil || !sameVersion(p.seen, fi) || !ctimeOf(p.seen).Equal(ctimeOf(fi)) {
+		p.seen, p.seenAt = fi, now
+		return false
+	}
+	return now.Sub(p.seenAt) >= reloadSettle
+}
+
+func lastChange(fi os.FileInfo) time.Time {
+	if c := ctimeOf(fi); c.After(fi.ModTime()) {
+		return c
+	}
+	return fi.ModTime()
+}
+
+func ctimeOf(fi os.FileInfo) time.Time {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
+	}
+	return fi.ModTime()
+}
+
+// errUnsettled is load's answer when the file changed while it was read.
+var errUnsettled = errors.New("passwd-file changed while it was read")
 
 // sameVersion reports whether b is the same file, unchanged, as a: same
 // inode (a rename-over by an editor or a config tool), same size and mtime
@@ -515,6 +596,15 @@ func (p *PasswdFile) load() (*passwdTable, error) {
 	data, err := io.ReadAll(f)
 	if err != nil {
 		return nil, err
+	}
+	// A writer still at work shows in the size, mtime or ctime of the
+	// descriptor after the read, or in a read that did not get the size.
+	after, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !sameVersion(fi, after) || !ctimeOf(fi).Equal(ctimeOf(after)) || int64(len(data)) != after.Size() {
+		return nil, errUnsettled
 	}
 	t := &passwdTable{
 		info:  fi,

@@ -962,3 +962,72 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// Finding 11e: a passwd-file rewritten in place ("cat > users", an editor
+// saving over the file) is briefly half written. A reload must not take
+// that half: the previous users stay served, an address missing from a
+// file still changing is a temporary failure (not 5.1.1), and the new
+// version is taken once it has settled.
+func TestPasswdFileInPlaceRewriteInTwoSteps(t *testing.T) {
+	f := newFixture(t)
+	f.opts.ReloadCheckInterval = time.Nanosecond // check on every lookup
+	p := f.open(t, "alice:{PLAIN}a\nbob:{PLAIN}b\n")
+
+	// Step one: truncate and write the first part of the new version
+	// (same inode), as a shell redirection does.
+	w, err := os.OpenFile(f.path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.WriteString("alice:{PLAIN}a\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Lookup(context.Background(), "bob"); err != nil {
+		t.Fatalf("bob, in the version served, lost to a half-written file: %v", err)
+	}
+	_, err = p.Lookup(context.Background(), "carol")
+	wantKind(t, err, failure.Temporary, "")
+
+	// Step two: the rest.
+	if _, err := w.WriteString("bob:{PLAIN}b\ncarol:{PLAIN}c\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Lookup(context.Background(), "bob"); err != nil {
+		t.Fatalf("bob: %v", err)
+	}
+	// A second later (on the clock the file is judged by) it has settled.
+	p.mu.Lock()
+	p.now = func() time.Time { return time.Now().Add(2 * reloadSettle) }
+	p.mu.Unlock()
+	if _, err := p.Lookup(context.Background(), "carol"); err != nil {
+		t.Fatalf("carol after the file settled: %v", err)
+	}
+	if p.Users() != 3 {
+		t.Fatalf("Users() = %d, want 3", p.Users())
+	}
+	_, err = p.Lookup(context.Background(), "dave")
+	wantKind(t, err, failure.NotFound, reasonNoUser)
+}
+
+// A file whose server clock runs ahead of ours (its ctime in our future)
+// is still taken, once the same version has been seen unchanged for the
+// settle time on our clock.
+func TestPasswdFileSettlesDespiteClockSkew(t *testing.T) {
+	f := newFixture(t)
+	f.opts.ReloadCheckInterval = time.Nanosecond
+	p := f.open(t, "alice:{PLAIN}a\n")
+	f.write(t, "alice:{PLAIN}a\nbob:{PLAIN}b\n")
+	now := time.Now().Add(-time.Hour) // our clock an hour behind the file's
+	p.mu.Lock()
+	p.now = func() time.Time { return now }
+	p.mu.Unlock()
+	_, err := p.Lookup(context.Background(), "bob")
+	wantKind(t, err, failure.Temporary, "")
+	p.mu.Lock()
+	now = now.Add(2 * reloadSettle)
+	p.mu.Unlock()
+	if _, err := p.Lookup(context.Background(), "bob"); err != nil {
+		t.Fatalf("bob after the version was seen unchanged for the settle time: %v", err)
+	}
+}
