@@ -1,7 +1,6 @@
 package lmtp
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 // The tests drive a real Server over loopback TCP with raw protocol lines,
@@ -180,37 +180,13 @@ func (b *fakeBackend) nextStage(t *testing.T) *fakeStaged {
 // eventually polls cond for up to 10 s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// syncBuffer is a log destination safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	testkit.Eventually(t, 10*time.Second, cond, func() string { return "timed out waiting for " + what })
 }
 
 type testServer struct {
 	srv  *Server
 	addr string
-	log  *syncBuffer
+	log  *testkit.LogBuffer
 	b    *fakeBackend
 }
 
@@ -232,7 +208,7 @@ func startServer(t *testing.T, b *fakeBackend, opts Options) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv := New(b, opts)
 	done := make(chan error, 1)
@@ -251,11 +227,9 @@ func startServer(t *testing.T, b *fakeBackend, opts Options) *testServer {
 	return &testServer{srv: srv, addr: l.Addr().String(), log: logs, b: b}
 }
 
-type client struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-}
+// client is a raw LMTP client; the methods forward to testkit.LineConn
+// under the names this package's tests use.
+type client struct{ *testkit.LineConn }
 
 // dial connects and reads the greeting.
 func (ts *testServer) dial(t *testing.T) *client {
@@ -267,84 +241,49 @@ func (ts *testServer) dial(t *testing.T) *client {
 
 func (ts *testServer) dialRaw(t *testing.T) *client {
 	t.Helper()
-	conn, err := net.Dial("tcp", ts.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.SetDeadline(time.Now().Add(20 * time.Second))
-	t.Cleanup(func() { conn.Close() })
-	return &client{t: t, c: conn, r: bufio.NewReader(conn)}
+	c := testkit.Dial(t, "tcp", ts.addr)
+	// Longer than the server's own 10 s timeouts, which some tests await.
+	c.Timeout = 20 * time.Second
+	return &client{c}
 }
 
 // send writes s in one write: several commands at once are pipelined.
-func (c *client) send(s string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.c, s); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
+func (c *client) send(s string) { c.T.Helper(); c.Raw(s) }
 
 // reply reads one reply, all of its lines, and returns its last line
 // ("" at EOF).
-func (c *client) reply() string {
-	c.t.Helper()
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			if line != "" {
-				c.t.Fatalf("read: %v after %q", err, line)
-			}
-			return ""
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 4 || line[3] != '-' {
-			return line
-		}
-	}
-}
+func (c *client) reply() string { c.T.Helper(); return c.Reply() }
 
 // expect reads one reply and checks it starts with prefix.
-func (c *client) expect(prefix string) string {
-	c.t.Helper()
-	line := c.reply()
-	if !strings.HasPrefix(line, prefix) {
-		c.t.Fatalf("got reply %q, want %q...", line, prefix)
-	}
-	return line
-}
+func (c *client) expect(prefix string) string { c.T.Helper(); return c.ExpectReply(prefix) }
 
 // expectEOF checks the server closed the connection.
-func (c *client) expectEOF() {
-	c.t.Helper()
-	if line, err := c.r.ReadString('\n'); err == nil || line != "" {
-		c.t.Fatalf("got %q (%v), want the connection closed", line, err)
-	}
-}
+func (c *client) expectEOF() { c.T.Helper(); c.ExpectEOF() }
 
 // expectClosedOr421 checks the server closed the connection, with or
 // without a 421 first.
 func (c *client) expectClosedOr421() {
-	c.t.Helper()
-	line, err := c.r.ReadString('\n')
+	c.T.Helper()
+	line, err := c.R.ReadString('\n')
 	if err == nil && strings.HasPrefix(line, "421 ") {
 		c.expectEOF()
 		return
 	}
 	if err == nil || line != "" {
-		c.t.Fatalf("got %q (%v), want the connection closed", line, err)
+		c.T.Fatalf("got %q (%v), want the connection closed", line, err)
 	}
 }
 
 // hello sends LHLO and reads its reply.
 func (c *client) hello() {
-	c.t.Helper()
+	c.T.Helper()
 	c.send("LHLO client.test\r\n")
 	c.expect("250 ")
 }
 
 // deliverOK runs one whole transaction for rcpts that must all succeed.
 func (c *client) deliverOK(from string, msg string, rcpts ...string) {
-	c.t.Helper()
+	c.T.Helper()
 	c.send("MAIL FROM:<" + from + ">\r\n")
 	c.expect("250 ")
 	for _, r := range rcpts {
@@ -406,7 +345,7 @@ func TestLHLOAdvertises(t *testing.T) {
 	c.send("LHLO client.test\r\n")
 	var lines []string
 	for {
-		line, err := c.r.ReadString('\n')
+		line, err := c.R.ReadString('\n')
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -552,7 +491,7 @@ func TestDisconnectMidDATA(t *testing.T) {
 			// Make sure the server has read the partial message before
 			// the connection drops.
 			time.Sleep(50 * time.Millisecond)
-			c.c.Close()
+			c.C.Close()
 
 			if strings.Contains(tc.name, "header") {
 				// The header is read before staging: Stage is never
@@ -892,7 +831,7 @@ func TestMaxUserConcurrency(t *testing.T) {
 		return strings.HasPrefix(s1.reply(), "250 ")
 	})
 	// A session that goes away releases its slots too.
-	s1.c.Close()
+	s1.C.Close()
 	s3 := ts.dial(t)
 	s3.hello()
 	s3.send("MAIL FROM:<sender@x.test>\r\n")
@@ -1157,8 +1096,8 @@ func TestShutdownAtDATA(t *testing.T) {
 		c.send("Subject: race\r\n\r\n")
 		go ts.srv.Shutdown(context.Background())
 		time.Sleep(10 * time.Millisecond)
-		io.WriteString(c.c, "body\r\n.\r\n") // may fail: the server may be gone
-		line, _ := c.r.ReadString('\n')
+		io.WriteString(c.C, "body\r\n.\r\n") // may fail: the server may be gone
+		line, _ := c.R.ReadString('\n')
 		if !strings.HasPrefix(line, "250 ") {
 			continue // deferred or dropped: Postfix retries
 		}

@@ -1,7 +1,6 @@
 package userdb
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -18,7 +17,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +24,7 @@ import (
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testenv/slapd"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 // The directory of these tests: contrib/ldap's schema and example users,
@@ -134,24 +133,6 @@ func startDirectory(t testing.TB, mailRoot string) *slapd.Server {
 	})
 }
 
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // testLDAPOptions are the settings of docs/ldap.md's OpenLDAP example.
 func testLDAPOptions(t testing.TB, mailRoot string, uris ...string) LDAPOptions {
 	t.Helper()
@@ -193,9 +174,9 @@ func testLDAPOptions(t testing.TB, mailRoot string, uris ...string) LDAPOptions 
 	}
 }
 
-func openTestLDAP(t testing.TB, opts LDAPOptions) (*LDAP, *logBuffer) {
+func openTestLDAP(t testing.TB, opts LDAPOptions) (*LDAP, *testkit.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	d, err := OpenLDAP(opts)
 	if err != nil {
@@ -511,7 +492,7 @@ func TestLDAPHang(t *testing.T) {
 	opts.Timeout = 500 * time.Millisecond
 	opts.CacheSize = 0
 	opts.RetryBackoff = 100 * time.Millisecond
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	d, err := OpenLDAP(opts)
 	if err != nil {
