@@ -142,9 +142,11 @@ func (c *LineConn) Body() string {
 
 // Reply reads one SMTP/LMTP reply, all its "250-" continuation lines,
 // and returns its last line; "" when the server closed the connection
-// before a reply started.
+// before a reply started. Lines of one reply with different codes fail
+// the test (RFC 5321 4.2.1).
 func (c *LineConn) Reply() string {
 	c.T.Helper()
+	var code string
 	for {
 		s, err := c.read()
 		if err != nil {
@@ -154,9 +156,13 @@ func (c *LineConn) Reply() string {
 			return ""
 		}
 		s = strings.TrimRight(s, "\r\n")
+		if code != "" && !strings.HasPrefix(s, code) {
+			c.T.Fatalf("reply line %q does not continue code %s", s, code)
+		}
 		if len(s) < 4 || s[3] != '-' {
 			return s
 		}
+		code = s[:3]
 	}
 }
 

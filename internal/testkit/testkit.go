@@ -37,12 +37,7 @@ func (l *LogBuffer) String() string {
 
 // Line returns the first line that contains all of parts, if any.
 func (l *LogBuffer) Line(parts ...string) (string, bool) {
-	for _, line := range strings.Split(l.String(), "\n") {
-		if containsAll(line, parts) {
-			return line, true
-		}
-	}
-	return "", false
+	return LineWith(l.String(), parts...)
 }
 
 // WaitFor waits up to timeout for a line containing all of parts and
@@ -58,6 +53,16 @@ func (l *LogBuffer) WaitFor(t testing.TB, timeout time.Duration, parts ...string
 		return ok
 	}, func() string { return "no log line with " + quoteAll(parts) + " in:\n" + l.String() })
 	return line
+}
+
+// LineWith returns the first line of text that contains all of parts.
+func LineWith(text string, parts ...string) (string, bool) {
+	for _, line := range strings.Split(text, "\n") {
+		if containsAll(line, parts) {
+			return line, true
+		}
+	}
+	return "", false
 }
 
 func containsAll(s string, parts []string) bool {
