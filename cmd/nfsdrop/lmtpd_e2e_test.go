@@ -364,7 +364,7 @@ func TestLMTPDPostfix(t *testing.T) {
 	w := newLmtpdWorld(t)
 	w.start()
 	w.waitReady()
-	pf := postfix.Start(t, postfix.Options{
+	pf := postfix.StartT(t, postfix.Options{
 		MailboxTransport: "lmtp:inet:" + w.tcpAddr(),
 		LocalDomains:     []string{"example.test"},
 		VirtualDomains:   []string{"virt.test", "unix.test"},

@@ -125,7 +125,7 @@ func readContrib(t testing.TB, name string) string {
 // test entries.
 func startDirectory(t testing.TB, mailRoot string) *slapd.Server {
 	t.Helper()
-	return slapd.Start(t, slapd.Options{
+	return slapd.StartT(t, slapd.Options{
 		Suffix:  ldapSuffix,
 		Schemas: []string{"contrib/ldap/nfsdrop.schema"},
 		LDIF:    []string{readContrib(t, "users.ldif"), testEntries(mailRoot)},
@@ -605,7 +605,7 @@ func TestLDAPServerRefusals(t *testing.T) {
 		"unwilling (search)": {"restrict search"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			srv := slapd.Start(t, slapd.Options{
+			srv := slapd.StartT(t, slapd.Options{
 				Suffix:  ldapSuffix,
 				Schemas: []string{"contrib/ldap/nfsdrop.schema"},
 				LDIF:    []string{readContrib(t, "users.ldif"), testEntries(root)},
@@ -660,7 +660,7 @@ func TestLDAPFilterInjection(t *testing.T) {
 // attribute list are simply absent.
 func TestLDAPPlainInetOrgPerson(t *testing.T) {
 	root := t.TempDir()
-	srv := slapd.Start(t, slapd.Options{Suffix: ldapSuffix, LDIF: []string{`dn: dc=example,dc=org
+	srv := slapd.StartT(t, slapd.Options{Suffix: ldapSuffix, LDIF: []string{`dn: dc=example,dc=org
 objectClass: dcObject
 objectClass: organization
 dc: example
@@ -698,7 +698,7 @@ func TestLDAPContribFiles(t *testing.T) {
 		"cn=config LDIF":     {ConfigLDIF: []string{"contrib/ldap/nfsdrop.ldif"}, LDIF: []string{users}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			srv := slapd.Start(t, opts)
+			srv := slapd.StartT(t, opts)
 			d, _ := openTestLDAP(t, testLDAPOptions(t, root, srv.URI))
 			u, err := d.Lookup(context.Background(), "a.smith@example.org")
 			if err != nil {
@@ -916,7 +916,7 @@ func TestLDAPTLS(t *testing.T) {
 	caPEM, certPEM, keyPEM := testCA(t)
 	otherCA, _, _ := testCA(t)
 	root := t.TempDir()
-	srv := slapd.Start(t, slapd.Options{
+	srv := slapd.StartT(t, slapd.Options{
 		Suffix:  ldapSuffix,
 		Schemas: []string{"contrib/ldap/nfsdrop.schema"},
 		LDIF:    []string{readContrib(t, "users.ldif")},
