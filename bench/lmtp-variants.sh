@@ -91,11 +91,11 @@
 # PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
+. bench/lib.sh
+bench_init lmtp-variants.sh
 
 ROUNDS=${BENCH_ROUNDS:-3}
 ROW_SECONDS=${BENCH_ROW_SECONDS:-10}
-BENCH_USER=${BENCH_USER:-benchmail}
 MEM_MESSAGES=${BENCH_MEM_MESSAGES:-40}
 NUSERS=50
 SESSIONS=4
@@ -104,11 +104,7 @@ MAXMSG=25M
 LDAP_TARGET=0.90
 OBS_TARGET=0.95
 
-log() { printf '== [%3ds] %s\n' "$SECONDS" "$*" >&2; }
-die() { printf 'bench/lmtp-variants.sh: %s\n' "$*" >&2; exit 1; }
-
-[ "$(id -u)" = 0 ] || die "run as root (slapd and clamd run as their own users, the mail is chowned to $BENCH_USER)"
-command -v go >/dev/null || die "go is needed to build nfsdrop"
+bench_require_root "slapd and clamd run as their own users, the mail is chowned to ${BENCH_USER:-benchmail}"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
 
 # --- packages -------------------------------------------------------------
@@ -118,20 +114,11 @@ for p in slapd:slapd slapadd:slapd slappasswd:slapd ldapsearch:ldap-utils clamd:
 done
 if [ ${#need[@]} -gt 0 ]; then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
-  log "installing ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+bench_install "${need[@]}"
 export PATH=$PATH:/usr/sbin:/sbin
-for u in openldap clamav; do
-  id "$u" >/dev/null 2>&1 || die "user $u missing (it comes with the slapd / clamav-daemon package)"
-done
-if ! id "$BENCH_USER" >/dev/null 2>&1; then
-  log "creating system user $BENCH_USER"
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$BENCH_USER"
-fi
-MUID=$(id -u "$BENCH_USER")
-MGID=$(id -g "$BENCH_USER")
+bench_require_users "the slapd / clamav-daemon package" openldap clamav
+bench_mail_user
 
 # --- configurations -------------------------------------------------------
 # id|label (the measured ones, in round order)
@@ -177,45 +164,16 @@ dom_of() { echo "$1.test"; }
 MEM_IDS=(memoff1 memoff10 memon1 memon10)
 
 # --- work directory and cleanup -------------------------------------------
-T=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nfsdrop-variants.XXXXXX")
-chmod 755 "$T" # slapd (openldap) and clamd (clamav) reach their directories in it
-PIDS=()
-cleanup() {
-  local rc=$?
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then
-    log "kept $T"
-  else
-    log "removing $T"
-    # Hundreds of thousands of small files: one rm per user directory,
-    # four at a time, is faster than one rm -rf.
-    if [ -d "$T/mail" ]; then
-      find "$T/mail" -mindepth 2 -maxdepth 2 -type d -print0 | xargs -0 -r -P 4 -n 16 rm -rf || true
-    fi
-    rm -rf "$T"
+# bench_remove_mail (called by the cleanup): hundreds of thousands of
+# small files: one rm per user directory, four at a time, is faster than
+# one rm -rf.
+bench_remove_mail() {
+  if [ -d "$T/mail" ]; then
+    find "$T/mail" -mindepth 2 -maxdepth 2 -type d -print0 | xargs -0 -r -P 4 -n 16 rm -rf || true
   fi
-  log "done"
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir -p "$T/bin"
-SRC=$REPO
-VERSION="$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') (working tree)"
-if [ -n "${BENCH_REV:-}" ]; then
-  SRC=$T/src
-  mkdir -p "$SRC"
-  git -C "$REPO" archive "$BENCH_REV" | tar -x -C "$SRC"
-  VERSION="$(git -C "$REPO" rev-parse --short "$BENCH_REV") ($BENCH_REV)"
-fi
-log "building nfsdrop $VERSION and bench/lmtpload"
-(cd "$SRC" && go build -o "$T/bin/nfsdrop" ./cmd/nfsdrop) ||
-  die "nfsdrop does not build${BENCH_REV:+ at $BENCH_REV}; set BENCH_REV to a revision that builds (HEAD is the last commit)"
-go build -o "$T/bin/lmtpload" ./bench/lmtpload
-LOAD=$T/bin/lmtpload
-NFSDROP=$T/bin/nfsdrop
+bench_workdir nfsdrop-variants # slapd (openldap) and clamd (clamav) reach their directories in it
+bench_build lmtpload
 
 NROOT=$T/mail
 mkdir -p "$NROOT"
@@ -397,12 +355,7 @@ write_conf() {
       printf '[metrics]\nlisten = "tcp:127.0.0.1:%s"\n' "${MPORT[$id]}"
     fi
   } >"$T/$id.toml"
-  "$NFSDROP" check -c "$T/$id.toml" >"$T/$id-check.txt" 2>&1 ||
-    die "nfsdrop rejects $T/$id.toml: $(tail -5 "$T/$id-check.txt")"
-}
-
-listening() { # port: listening (state 0A) on 127.0.0.1:port, no probe connection
-  grep -qiE "^ *[0-9]+: 0100007F:$(printf %04X "$1") 00000000:0000 0A " /proc/net/tcp
+  bench_nfsdrop_check "$T/$id.toml"
 }
 
 start_lmtpd() {
@@ -413,7 +366,7 @@ start_lmtpd() {
   PIDS+=("${PID[$id]}")
   for _ in $(seq 1 100); do
     kill -0 "${PID[$id]}" 2>/dev/null || die "lmtpd $id exited at start: $(tail -5 "$T/$id.log")"
-    if listening "${PORT[$id]}" && { [ -z "${MPORT[$id]}" ] || listening "${MPORT[$id]}"; }; then return 0; fi
+    if bench_listening "${PORT[$id]}" && { [ -z "${MPORT[$id]}" ] || bench_listening "${MPORT[$id]}"; }; then return 0; fi
     sleep 0.1
   done
   die "lmtpd $id does not listen on ${PORT[$id]}"
@@ -450,15 +403,7 @@ aux_name() {
 
 # count DOMAIN: "files small tmp" = files in new/ and cur/, those smaller
 # than 9/10 of the body, and files left in tmp/.
-count() {
-  local dir=$NROOT/$1
-  [ -d "$dir" ] || { echo "0 0 0"; return; }
-  local files small tmp
-  files=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) | wc -l)
-  small=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) -size "-$((SIZE * 9 / 10))c" | wc -l)
-  tmp=$(find "$dir" -type f -path '*/Maildir/tmp/*' | wc -l)
-  echo "$files $small $tmp"
-}
+count() { bench_count_mail "$NROOT/$1" "$SIZE"; }
 delivered_metric() { # ID: nfsdrop_deliveries_total{outcome="delivered"} summed over codes
   curl -fsS --max-time 5 "http://127.0.0.1:${MPORT[$1]}/metrics" |
     awk '/^nfsdrop_deliveries_total\{/ && /outcome="delivered"/ { s += $NF } END { printf "%.0f\n", s }'
@@ -674,9 +619,9 @@ done
 echo
 echo "nfsdrop $VERSION, LMTP variants, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "command: ${BENCH_ROUNDS:+BENCH_ROUNDS=$BENCH_ROUNDS }${BENCH_ROW_SECONDS:+BENCH_ROW_SECONDS=$BENCH_ROW_SECONDS }${BENCH_MESSAGES:+BENCH_MESSAGES=$BENCH_MESSAGES }${BENCH_ONLY:+BENCH_ONLY=\"$BENCH_ONLY\" }${BENCH_PERF:+BENCH_PERF=$BENCH_PERF }bash bench/lmtp-variants.sh"
-echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), $(go version | awk '{ print $3 }')"
+echo "machine: $(bench_machine), $(go version | awk '{ print $3 }')"
 echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews the rates; the CPU columns less so)"
-echo "temp dir: $T on $(df -T "$T" | awk 'NR == 2 { print $2, "(" $1 ")" }'), mount options $(findmnt -no OPTIONS -T "$T" 2>/dev/null || echo '?')"
+echo "temp dir: $(bench_tempdir)"
 echo "slapd: $( [ "$NEED_LDAP" = 1 ] && { slapd -VV 2>&1 | head -1 | sed 's/^@(#) \$//; s/\$$//' | tr -s ' \t' ' '; } || echo 'not used')"
 echo "clamd: $( [ "$NEED_CLAMD" = 1 ] && clamd --version 2>/dev/null || echo 'not used'), one-signature database, unix socket"
 echo "load: bench/lmtpload, $SESSIONS sessions (one connection each, no pipelining), $SIZE-byte bodies, 1 rcpt/msg, $NUSERS users per configuration"

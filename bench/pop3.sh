@@ -67,20 +67,16 @@
 # apt-get when missing. Needs Go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
+. bench/lib.sh
+bench_init pop3.sh
 
-BENCH_USER=${BENCH_USER:-benchmail}
 BIG=${BENCH_BIG:-100000}
 MID=${BENCH_MID:-10000}
 IDLE=${BENCH_IDLE:-5000}
 REPEAT=${BENCH_REPEAT:-7}
 PIPELINE=32
 
-log() { printf '== [%3ds] %s\n' "$SECONDS" "$*" >&2; }
-die() { printf 'bench/pop3.sh: %s\n' "$*" >&2; exit 1; }
-
-[ "$(id -u)" = 0 ] || die "run as root (Dovecot will not run mail processes as uid 0)"
-command -v go >/dev/null || die "go is needed to build nfsdrop"
+bench_require_root "Dovecot will not run mail processes as uid 0"
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -ge $((IDLE * 2 + 1000)) ] || log "warning: ulimit -n $(ulimit -n) may be too low for $IDLE sessions"
 
@@ -88,60 +84,25 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 need=()
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-core)
 [ -x /usr/lib/dovecot/pop3 ] || need+=(dovecot-pop3d)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-dovecot --version | grep -q '^2\.3\.' || log "warning: Dovecot $(dovecot --version) is not 2.3"
-
-if ! id "$BENCH_USER" >/dev/null 2>&1; then
-  log "creating system user $BENCH_USER"
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$BENCH_USER"
-fi
-MUID=$(id -u "$BENCH_USER")
-MGID=$(id -g "$BENCH_USER")
-for u in dovecot dovenull; do
-  id "$u" >/dev/null 2>&1 || die "user $u missing (it comes with dovecot-core)"
-done
+bench_install "${need[@]}"
+bench_dovecot_version
+bench_mail_user
+bench_require_users dovecot-core dovecot dovenull
 
 # --- work directory and cleanup -------------------------------------------
-T=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nfsdrop-pop3bench.XXXXXX")
-chmod 755 "$T" # Dovecot's auth (user dovecot) reads $T/users
 NPID=
 DPID=
 IPID=
 RMPID=
-cleanup() {
-  local rc=$?
+# bench_stop (called by the cleanup): the servers are restarted during the
+# run, so their PIDs are kept here rather than in PIDS.
+bench_stop() {
+  local p
   for p in $IPID $NPID $DPID; do kill -TERM "$p" 2>/dev/null || true; done
   for p in $IPID $NPID $DPID $RMPID; do wait "$p" 2>/dev/null || true; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then
-    log "kept $T"
-  else
-    log "removing $T"
-    rm -rf "$T"
-  fi
-  log "done"
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir -p "$T/bin"
-SRC=$REPO
-VERSION="$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') (working tree)"
-if [ -n "${BENCH_REV:-}" ]; then
-  SRC=$T/src
-  mkdir -p "$SRC"
-  git -C "$REPO" archive "$BENCH_REV" | tar -x -C "$SRC"
-  VERSION="$(git -C "$REPO" rev-parse --short "$BENCH_REV") ($BENCH_REV)"
-fi
-log "building nfsdrop $VERSION and bench/pop3load"
-(cd "$SRC" && go build -o "$T/bin/nfsdrop" ./cmd/nfsdrop) ||
-  die "nfsdrop does not build${BENCH_REV:+ at $BENCH_REV}; set BENCH_REV to a revision that builds (HEAD is the last commit)"
-go build -o "$T/bin/pop3load" ./bench/pop3load
-LOAD=$T/bin/pop3load
+bench_workdir nfsdrop-pop3bench
+bench_build pop3load
 
 NROOT=$T/nfsdrop-mail
 DROOT=$T/dovecot-mail
@@ -198,40 +159,17 @@ idle_timeout = "10m"
 max_sessions = $LIMIT
 max_per_ip = $LIMIT
 EOF
-"$T/bin/nfsdrop" check -c "$T/nfsdrop.toml" >"$T/nfsdrop-check.txt" 2>&1 ||
-  die "nfsdrop rejects $T/nfsdrop.toml: $(tail -5 "$T/nfsdrop-check.txt")"
+bench_nfsdrop_check "$T/nfsdrop.toml"
 
-cat >"$T/dovecot/dovecot.conf" <<EOF
-# Private Dovecot instance for bench/pop3.sh.
-base_dir = $T/dovecot/run
-state_dir = $T/dovecot/state
-log_path = $T/dovecot/dovecot.log
-# Logins are not logged, as nfsdrop at log.level = "warn" does not log them.
-info_log_path = /dev/null
-instance_name = nfsdrop-pop3bench
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-auth_mechanisms = plain
-disable_plaintext_auth = no
-default_internal_user = dovecot
-default_login_user = dovenull
-first_valid_uid = $MUID
-last_valid_uid = $MUID
-first_valid_gid = $MGID
-last_valid_gid = $MGID
-mail_location = maildir:$DROOT/%d/%n/Maildir
+{
+  bench_dovecot_conf pop3.sh nfsdrop-pop3bench pop3 "$DROOT" Logins
+  cat <<EOF
 # pop3_uidl_format, pop3_lock_session, mail_fsync: Dovecot's defaults
 # (%08Xu%08Xv, no, optimized).
 default_client_limit = $((2 * LIMIT))
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u $T/users
-}
-userdb {
-  driver = passwd-file
-  args = username_format=%u $T/users
-}
+EOF
+  bench_dovecot_passwd
+  cat <<EOF
 service pop3-login {
   inet_listener pop3 {
     address = 127.0.0.1
@@ -246,23 +184,13 @@ service pop3 {
   process_limit = $LIMIT
 }
 EOF
-dovecot -c "$T/dovecot/dovecot.conf" -n >"$T/dovecot/doveconf-n.txt" 2>"$T/dovecot/doveconf-n.err" ||
-  die "dovecot -n rejects the configuration: $(cat "$T/dovecot/doveconf-n.err")"
+} >"$T/dovecot/dovecot.conf"
+bench_dovecot_check
 
-wait_port() {
-  local port=$1 pid=$2 name=$3 logf=$4
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || die "$name exited at start: $(tail -5 "$logf")"
-    # listening (state 0A) on 127.0.0.1:port; no probe connection
-    if grep -qiE "^ *[0-9]+: 0100007F:$(printf %04X "$port") 00000000:0000 0A " /proc/net/tcp; then return 0; fi
-    sleep 0.1
-  done
-  die "$name does not listen on port $port"
-}
 start_nfsdrop() {
-  "$T/bin/nfsdrop" pop3d -c "$T/nfsdrop.toml" 2>>"$T/nfsdrop.log" &
+  "$NFSDROP" pop3d -c "$T/nfsdrop.toml" 2>>"$T/nfsdrop.log" &
   NPID=$!
-  wait_port "$NPORT" "$NPID" nfsdrop "$T/nfsdrop.log"
+  bench_wait_port "$NPORT" "$NPID" nfsdrop "$T/nfsdrop.log"
 }
 stop_nfsdrop() {
   kill -TERM "$NPID"
@@ -272,7 +200,7 @@ stop_nfsdrop() {
 start_dovecot() {
   dovecot -c "$T/dovecot/dovecot.conf" -F 2>>"$T/dovecot/stderr.log" &
   DPID=$!
-  wait_port "$DPORT" "$DPID" dovecot "$T/dovecot/dovecot.log"
+  bench_wait_port "$DPORT" "$DPID" dovecot "$T/dovecot/dovecot.log"
 }
 stop_dovecot() {
   local kids k alive
@@ -521,8 +449,8 @@ nwarn_d=$(grep -iE 'warning' "$T/dovecot/dovecot.log" | grep -vc 'Killed with si
 echo
 echo "nfsdrop $VERSION vs $(dovecot --version | awk '{print "Dovecot", $1}') POP3, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews the times)"
-echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
-echo "temp dir: $T on $(df -T "$T" | awk 'NR == 2 { print $2, "(" $1 ")" }') mount options $(findmnt -no OPTIONS -T "$T" 2>/dev/null || echo '?')"
+echo "machine: $(bench_machine)"
+echo "temp dir: $(bench_tempdir)"
 echo "client: bench/pop3load, raw POP3 over TCP to 127.0.0.1, USER/PASS; one connection per session; replies awaited unless pipelined"
 echo "mail: identical copies per server written into new/ with names <sec>.M<usec>P<pid>Q<n>R<rand>.bench,S=<size>,W=<crlf size>;"
 echo "  the first sessions started >2 s after the prefill (nfsdrop caches no directory younger than 2 s), servers started after the prefill,"
