@@ -165,6 +165,17 @@ func (b *fakeBackend) stageCount() int {
 	return len(b.stages)
 }
 
+// deliveryCount is the number of Deliver calls so far.
+func (b *fakeBackend) deliveryCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, st := range b.stages {
+		n += len(st.deliveries)
+	}
+	return n
+}
+
 // nextStage waits for the next Stage call to return.
 func (b *fakeBackend) nextStage(t *testing.T) *fakeStaged {
 	t.Helper()
@@ -181,6 +192,16 @@ func (b *fakeBackend) nextStage(t *testing.T) *fakeStaged {
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	testkit.Eventually(t, 10*time.Second, cond, func() string { return "timed out waiting for " + what })
+}
+
+// waitSessionsEnded waits until the server has closed every connection.
+// go-smtp closes a connection only after its last command's handler (an
+// LMTPData) has returned, so from then on nothing more can happen for the
+// session's messages: a test that checks something did NOT happen (no
+// Stage, no Deliver) checks after this, not after a fixed sleep.
+func (ts *testServer) waitSessionsEnded(t *testing.T) {
+	t.Helper()
+	eventually(t, "the server to end every session", func() bool { return ts.srv.Connections() == 0 })
 }
 
 type testServer struct {
@@ -499,7 +520,7 @@ func TestDisconnectMidDATA(t *testing.T) {
 				eventually(t, "the recipient deferred", func() bool {
 					return strings.Contains(ts.log.String(), "msg=deferred")
 				})
-				time.Sleep(50 * time.Millisecond)
+				ts.waitSessionsEnded(t)
 				if n := b.stageCount(); n != 0 {
 					t.Fatalf("Stage called %d times for a message cut off in its header", n)
 				}
@@ -514,7 +535,7 @@ func TestDisconnectMidDATA(t *testing.T) {
 				if tc.lenient {
 					eventually(t, "Discard of the staged copy", func() bool { return st.snapshot().discards == 1 })
 				}
-				time.Sleep(50 * time.Millisecond)
+				ts.waitSessionsEnded(t)
 				if s := st.snapshot(); len(s.deliveries) != 0 {
 					t.Fatalf("Deliver called for a message that was cut off: %+v", s.deliveries)
 				}
@@ -675,7 +696,8 @@ func TestLineTooLong(t *testing.T) {
 		if !regexp.MustCompile(`^[45]\d\d [45]\.\d+\.\d+ <alice@example.test> `).MatchString(line) || strings.HasPrefix(line, "554 5.0.0") {
 			t.Fatalf("reply to a message with a %d-byte line: %q, want a 4xx or 5xx refusal", 1500, line)
 		}
-		time.Sleep(50 * time.Millisecond)
+		c.Close()
+		ts.waitSessionsEnded(t)
 		b.mu.Lock()
 		for _, st := range b.stages {
 			if len(st.deliveries) != 0 {
@@ -1038,11 +1060,19 @@ func TestShutdownDrains(t *testing.T) {
 	inData.send("Subject: in flight\r\n\r\n")
 	eventually(t, "the delivery to be inside DATA", func() bool { return ts.busyConns() == 1 })
 
-	done := make(chan error, 1)
+	// What the backend had done when Shutdown returned: it must not
+	// return before the delivery inside DATA is stored (checked below
+	// from this record, not by watching it for a while).
+	type shutdownResult struct {
+		err    error
+		stored int
+	}
+	done := make(chan shutdownResult, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		done <- ts.srv.Shutdown(ctx)
+		err := ts.srv.Shutdown(ctx)
+		done <- shutdownResult{err: err, stored: b.deliveryCount()}
 	}()
 	idle.expectClosedOr421()
 	beforeData.expectClosedOr421()
@@ -1053,11 +1083,6 @@ func TestShutdownDrains(t *testing.T) {
 		}
 		return err != nil
 	})
-	select {
-	case err := <-done:
-		t.Fatalf("Shutdown returned (%v) while a delivery was inside DATA", err)
-	case <-time.After(50 * time.Millisecond):
-	}
 
 	// The delivery in flight completes and is answered, with the whole
 	// message stored; then its connection is closed too.
@@ -1068,9 +1093,12 @@ func TestShutdownDrains(t *testing.T) {
 		t.Errorf("stored %q", s.data)
 	}
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Shutdown: %v", err)
+	case r := <-done:
+		if r.err != nil {
+			t.Errorf("Shutdown: %v", r.err)
+		}
+		if r.stored != 1 {
+			t.Errorf("Shutdown returned with %d deliveries stored, want 1: it returned while a delivery was inside DATA", r.stored)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown did not return after the last delivery")

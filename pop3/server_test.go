@@ -18,6 +18,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 var testMessages = []fakeMsg{
@@ -834,13 +835,8 @@ func TestMaxSessions(t *testing.T) {
 
 func waitSessions(t *testing.T, s *Server, n int64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.Sessions() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("Sessions() = %d, want %d", s.Sessions(), n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.Sessions() == n },
+		func() string { return fmt.Sprintf("Sessions() = %d, want %d", s.Sessions(), n) })
 }
 
 func TestMaxPerIP(t *testing.T) {
