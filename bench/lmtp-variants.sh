@@ -3,7 +3,7 @@
 # database (cache warm, cache off), virus scanning with a real clamd, and
 # metrics plus per-recipient logging cost, compared with a baseline
 # (passwd-file, no scan, no metrics, log level warn), in one run on this
-# machine. The load is bench/lmtpload, as in bench/lmtp.sh: 2 KB messages,
+# machine. The load is bench/load lmtp, as in bench/lmtp.sh: 2 KB messages,
 # 4 sessions (one connection each, no pipelining), 50 users per
 # configuration, one recipient per message.
 #
@@ -67,7 +67,7 @@
 #
 # Environment:
 #   BENCH_ROUNDS        rounds (default 3)
-#   BENCH_ROW_SECONDS   duration of each row (default 10): lmtpload starts no
+#   BENCH_ROW_SECONDS   duration of each row (default 10): load lmtp send starts no
 #                       message after it and counts the deliveries made
 #   BENCH_MESSAGES      a fixed number of messages per row instead
 #   BENCH_ONLY          configuration ids to measure (base is always added),
@@ -173,7 +173,7 @@ bench_remove_mail() {
   fi
 }
 bench_workdir nfsdrop-variants # slapd (openldap) and clamd (clamav) reach their directories in it
-bench_build lmtpload
+bench_build load
 
 NROOT=$T/mail
 mkdir -p "$NROOT"
@@ -410,11 +410,11 @@ delivered_metric() { # ID: nfsdrop_deliveries_total{outcome="delivered"} summed 
 }
 delivered_lines() { grep -c 'msg=delivered' "$T/$1.log" || true; }
 
-# send ID [lmtpload flags]: load on configuration ID's server
+# send ID [load lmtp send flags]: load on configuration ID's server
 send() {
   local id=$1
   shift
-  "$LOAD" send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -size "$SIZE" \
+  "$LOAD" lmtp send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -size "$SIZE" \
     -rcpts 1 -users "$NUSERS" -rcpt "u%d@$(dom_of "$id")" "$@" >"$T/driver.out" 2>&1
 }
 
@@ -434,7 +434,7 @@ for id in "${IDS[@]}"; do
 done
 
 # --- row length -------------------------------------------------------------------
-# Each row lasts ROW_SECONDS (lmtpload -duration: no message is started
+# Each row lasts ROW_SECONDS (load lmtp send -duration: no message is started
 # after it, the ones in flight are finished and counted), whatever the rate;
 # or, with BENCH_MESSAGES, is that many messages.
 if [ -n "${BENCH_MESSAGES:-}" ]; then
@@ -442,13 +442,13 @@ if [ -n "${BENCH_MESSAGES:-}" ]; then
   ROWDESC="$BENCH_MESSAGES messages per row (BENCH_MESSAGES)"
 else
   ROWARGS=(-duration "${ROW_SECONDS}s")
-  ROWDESC="${ROW_SECONDS} s per row (lmtpload -duration; BENCH_ROW_SECONDS)"
+  ROWDESC="${ROW_SECONDS} s per row (load lmtp send -duration; BENCH_ROW_SECONDS)"
 fi
 log "$ROWDESC"
 
 # cpu_busy: "busy total" clock ticks of all CPUs so far (/proc/stat)
 cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
-kv() { grep -o "$1=[0-9.]*" "$T/driver.out" | head -1 | cut -d= -f2; } # a key of lmtpload's summary
+kv() { grep -o "$1=[0-9.]*" "$T/driver.out" | head -1 | cut -d= -f2; } # a key of load lmtp send's summary
 
 # --- measured rounds ------------------------------------------------------------
 declare -A RATES CPUS AUXS CHECK
@@ -520,7 +520,7 @@ R1=$SECONDS
 PROBE=""
 if has scan; then
   read -r f0 _ _ <<<"$(count "$(dom_of scan)")"
-  if "$LOAD" send -addr "127.0.0.1:${PORT[scan]}" -sessions 1 -messages 1 -size "$SIZE" -rcpts 1 -users 1 \
+  if "$LOAD" lmtp send -addr "127.0.0.1:${PORT[scan]}" -sessions 1 -messages 1 -size "$SIZE" -rcpts 1 -users 1 \
     -rcpt "u%d@$(dom_of scan)" -body-line "$EICAR" >"$T/probe.out" 2>&1; then
     PROBE="FAIL: a message with the EICAR string was accepted by scan"
     FAIL=1
@@ -574,12 +574,12 @@ if [ "${BENCH_MEM:-1}" != 0 ]; then
     log "memory: $id ($MEM_MESSAGES x 1 MB, $rc rcpts/msg)"
     start_lmtpd "$id"
     dom=$(dom_of "$id")
-    "$LOAD" send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$NUSERS" -size "$SIZE" \
+    "$LOAD" lmtp send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$NUSERS" -size "$SIZE" \
       -rcpts 1 -users "$NUSERS" -rcpt "u%d@$dom" >"$T/driver.out" 2>&1 || die "memory warm-up failed: $(cat "$T/driver.out")"
     rss0=$(awk '/^VmRSS:/ { print $2 }' "/proc/${PID[$id]}/status")
     read -r f0 _ _ <<<"$(count "$dom")"
     ok=1
-    "$LOAD" send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$MEM_MESSAGES" -size $((1 << 20)) \
+    "$LOAD" lmtp send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$MEM_MESSAGES" -size $((1 << 20)) \
       -rcpts "$rc" -users "$NUSERS" -rcpt "u%d@$dom" >"$T/driver.out" 2>&1 || ok=0
     hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/${PID[$id]}/status")
     HWM[$id]=$hwm
@@ -624,7 +624,7 @@ echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d'
 echo "temp dir: $(bench_tempdir)"
 echo "slapd: $( [ "$NEED_LDAP" = 1 ] && { slapd -VV 2>&1 | head -1 | sed 's/^@(#) \$//; s/\$$//' | tr -s ' \t' ' '; } || echo 'not used')"
 echo "clamd: $( [ "$NEED_CLAMD" = 1 ] && clamd --version 2>/dev/null || echo 'not used'), one-signature database, unix socket"
-echo "load: bench/lmtpload, $SESSIONS sessions (one connection each, no pipelining), $SIZE-byte bodies, 1 rcpt/msg, $NUSERS users per configuration"
+echo "load: bench/load lmtp, $SESSIONS sessions (one connection each, no pipelining), $SIZE-byte bodies, 1 rcpt/msg, $NUSERS users per configuration"
 echo "rows: $ROWDESC; $ROUNDS rounds, order rotated each round; the rounds took $((R1 - R0)) s (started at ${R0} s)"
 echo "rate = deliveries / wall-clock seconds of the driver; cpu = lmtpd user+sys microseconds per delivery; aux = the same for slapd (ldap*) or clamd (scan);"
 echo "other% = CPU time of everything else on the machine (kernel flush threads, other users' load) during the row, in % of all CPUs"

@@ -28,7 +28,7 @@
 # Installs dovecot-core, dovecot-lmtpd and postfix (for smtp-source) with
 # apt-get when they are missing. Needs Go to build nfsdrop.
 #
-# Load: bench/lmtpload (Go) does the measured runs: like Postfix's
+# Load: bench/load lmtp (Go) does the measured runs: like Postfix's
 # `smtp-source -L -d`, each session keeps one connection and waits for each
 # reply; unlike smtp-source it can spread recipients over a fixed set of users
 # (smtp-source -r N only sends to Nu@, ..., 2u@, u@, and -N numbers every
@@ -63,7 +63,7 @@ bench_require_users dovecot-core dovecot dovenull
 
 # --- work directory and cleanup -------------------------------------------
 bench_workdir nfsdrop-bench
-bench_build lmtpload
+bench_build load
 
 NROOT=$T/nfsdrop-mail
 DROOT=$T/dovecot-mail
@@ -73,7 +73,7 @@ chown "$MUID:$MGID" "$DROOT"
 
 # --- scenarios --------------------------------------------------------------
 # id|label|driver|sessions|messages (at scale 1)|body bytes|rcpts/msg|users|domain
-# driver: load = bench/lmtpload, ss = smtp-source (user names u, 2u, ... Nu)
+# driver: load = bench/load lmtp, ss = smtp-source (user names u, 2u, ... Nu)
 SCENARIOS=(
   "1a|2K, 1 session, 50 users|load|1|3000|2048|1|$NUSERS|s1a.test"
   "1b|2K, 4 sessions, 50 users|load|4|6000|2048|1|$NUSERS|s1b.test"
@@ -201,7 +201,7 @@ drive() {
     /usr/sbin/smtp-source -L -d -s "$sess" -m "$msgs" -l "$size" -r "$rcpts" \
       -f a@bench.test -t "u@$dom" "127.0.0.1:$port" >"$T/driver.out" 2>&1
   else
-    "$LOAD" send -addr "127.0.0.1:$port" -sessions "$sess" -messages "$msgs" -size "$size" \
+    "$LOAD" lmtp send -addr "127.0.0.1:$port" -sessions "$sess" -messages "$msgs" -size "$size" \
       -rcpts "$rcpts" -users "$users" -rcpt "u%d@$dom" >"$T/driver.out" 2>&1
   fi
 }
@@ -223,7 +223,7 @@ done
 # --- scenario 4 preparation --------------------------------------------------
 # s4a.test/u1 and s4b.test/u1 get one delivery each through the server (so
 # the mailbox exists and Dovecot has its dovecot-uidlist and index); then s4b
-# gets 100,000 files written directly (bench/lmtpload fill) into new/ for
+# gets 100,000 files written directly (bench/load lmtp fill) into new/ for
 # nfsdrop and cur/ for Dovecot (see BENCH_PREFILL_SUBDIR). An LMTP
 # delivery does not make Dovecot look at the files already there, so
 # `doveadm mailbox status` (a mailbox sync, as an IMAP or POP3 login does)
@@ -243,7 +243,7 @@ for s in "${SCENARIOS[@]}"; do
       sub=${BENCH_PREFILL_SUBDIR:-}
       [ -n "$sub" ] || { [ "$server" = nfsdrop ] && sub=new || sub=cur; }
       log "pre-populating $server $md/$sub with $PREFILL messages"
-      "$LOAD" fill -n "$PREFILL" -size 2048 -host prefill "$md/$sub" >/dev/null
+      "$LOAD" lmtp fill -n "$PREFILL" -size 2048 -host prefill "$md/$sub" >/dev/null
       chown -R "$MUID:$MGID" "$md"
     done
     sync
@@ -328,7 +328,7 @@ if [ "$(df -T "$T" | awk 'NR == 2 { print $2 }')" = ext4 ] && [ -d /proc/fs/jbd2
   fi
 fi
 echo "both servers run as root and write as $BENCH_USER ($MUID:$MGID); Dovecot mail_fsync=optimized; nfsdrop fsyncs the file and new/"
-echo "driver: bench/lmtpload (one connection per session, no pipelining) unless [smtp-source -L -d]; scale $SCALE"
+echo "driver: bench/load lmtp (one connection per session, no pipelining) unless [smtp-source -L -d]; scale $SCALE"
 if [ ${#PREP_NOTE[@]} -gt 0 ]; then
   echo "scenario 4: 4b's mailbox got $PREFILL messages written directly into ${BENCH_PREFILL_SUBDIR:-new/ (nfsdrop) and cur/ (Dovecot)}; untimed preparation:"
   for l in "${PREP_NOTE[@]}"; do echo "  $l"; done

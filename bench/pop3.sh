@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # POP3 benchmark: nfsdrop's POP3 server (nfsdrop pop3d) and Dovecot 2.3's
 # pop3, side by side, in one run, on this machine, driven by the same
-# client (bench/pop3load, raw POP3).
+# client (bench/load pop3, raw POP3).
 #
 #   sudo bash bench/pop3.sh                 full run (2-6 minutes on 2 busy cores)
 #   sudo BENCH_IDLE=500 bash bench/pop3.sh  smaller idle-session scenario
@@ -21,7 +21,7 @@
 #                 of the working tree
 #
 # Scenarios (each server has its own copy of identical mail: same file
-# names, same content, written by `pop3load fill` into new/, as a delivery
+# names, same content, written by `load pop3 fill` into new/, as a delivery
 # agent leaves it):
 #   1  login (USER/PASS) + STAT + UIDL (+ QUIT) on a mailbox of BENCH_BIG
 #      2 KB messages: 1a the first session after the messages were written
@@ -102,7 +102,7 @@ bench_stop() {
   for p in $IPID $NPID $DPID $RMPID; do wait "$p" 2>/dev/null || true; done
 }
 bench_workdir nfsdrop-pop3bench
-bench_build pop3load
+bench_build load
 
 NROOT=$T/nfsdrop-mail
 DROOT=$T/dovecot-mail
@@ -120,11 +120,11 @@ chmod 644 "$T/users"
 
 md() { echo "$1/$2/u1/Maildir"; } # md ROOT DOMAIN
 log "prefill: $BIG x 2 KB messages (big.test), $MID x 4 KB (mid.test), 10 (warm.test), $IDLE mailboxes x 2 x 1 KB (idle.test); one copy per server"
-"$LOAD" fill -n "$BIG" -size 2048 "$(md "$NROOT" big.test)/new" "$(md "$DROOT" big.test)/new" >/dev/null
-"$LOAD" fill -n "$MID" -size 4096 "$(md "$NROOT" mid.test)/new" "$(md "$DROOT" mid.test)/new" >/dev/null
-"$LOAD" fill -n 10 -size 2048 "$NROOT/warm.test/w1/Maildir/new" "$DROOT/warm.test/w1/Maildir/new" >/dev/null
+"$LOAD" pop3 fill -n "$BIG" -size 2048 "$(md "$NROOT" big.test)/new" "$(md "$DROOT" big.test)/new" >/dev/null
+"$LOAD" pop3 fill -n "$MID" -size 4096 "$(md "$NROOT" mid.test)/new" "$(md "$DROOT" mid.test)/new" >/dev/null
+"$LOAD" pop3 fill -n 10 -size 2048 "$NROOT/warm.test/w1/Maildir/new" "$DROOT/warm.test/w1/Maildir/new" >/dev/null
 if [ "$IDLE" -gt 0 ]; then
-  "$LOAD" fill -users "$IDLE" -n 2 -size 1024 "$NROOT/idle.test/i%d/Maildir/new" "$DROOT/idle.test/i%d/Maildir/new" >/dev/null
+  "$LOAD" pop3 fill -users "$IDLE" -n 2 -size 1024 "$NROOT/idle.test/i%d/Maildir/new" "$DROOT/idle.test/i%d/Maildir/new" >/dev/null
 fi
 chown -R "$MUID:$MGID" "$NROOT" "$DROOT"
 FILLED=$(date +%s.%N)
@@ -251,7 +251,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # scenarios 1-3 are not touched.
 log "warm-up"
 for s in nfsdrop dovecot; do
-  "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user w1@warm.test -expect 10 >"$T/warm-$s.out" 2>&1 ||
+  "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user w1@warm.test -expect 10 >"$T/warm-$s.out" 2>&1 ||
     die "warm-up on $s failed: $(cat "$T/warm-$s.out")"
 done
 
@@ -263,7 +263,7 @@ listing() {
   for s in nfsdrop dovecot; do
     log "$id: $s: first session on $dom ($count messages)"
     chk[$s]=ok
-    if "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user "u1@$dom" -expect "$count" >"$T/$id-$s-first.out" 2>&1; then
+    if "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user "u1@$dom" -expect "$count" >"$T/$id-$s-first.out" 2>&1; then
       first[$s]=$(kv seconds <"$T/$id-$s-first.out")
     else
       first[$s]=-
@@ -273,7 +273,7 @@ listing() {
   done
   for s in dovecot nfsdrop; do
     log "$id: $s: $REPEAT repeat sessions on $dom"
-    if "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user "u1@$dom" -expect "$count" -repeat "$REPEAT" >"$T/$id-$s-repeat.out" 2>&1; then
+    if "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user "u1@$dom" -expect "$count" -repeat "$REPEAT" >"$T/$id-$s-repeat.out" 2>&1; then
       rep[$s]=$(grep '^summary' "$T/$id-$s-repeat.out" | kv median)
     else
       rep[$s]=-
@@ -303,7 +303,7 @@ retr_all() {
   [ "$pipe" -gt 1 ] && order=(dovecot nfsdrop)
   for s in "${order[@]}"; do
     log "$id: $s: RETR all $MID messages, pipeline $pipe"
-    if "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user u1@mid.test -expect "$MID" -retr -pipeline "$pipe" >"$T/$id-$s.out" 2>&1; then
+    if "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user u1@mid.test -expect "$MID" -retr -pipeline "$pipe" >"$T/$id-$s.out" 2>&1; then
       secs[$s]=$(kv retr_seconds <"$T/$id-$s.out")
       mbps[$s]=$(kv mb_per_s <"$T/$id-$s.out")
       chk[$s]=ok
@@ -364,14 +364,14 @@ idle_run() {
   local id=$1 s=$2 login=$3 before after ready chk=ok locks procs
   # a fresh server: freed memory of earlier scenarios must not be reused
   if [ "$s" = nfsdrop ]; then stop_nfsdrop; start_nfsdrop; else stop_dovecot; start_dovecot; fi
-  "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user w1@warm.test -expect 10 >"$T/warm2-$s.out" 2>&1 ||
+  "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user w1@warm.test -expect 10 >"$T/warm2-$s.out" 2>&1 ||
     die "warm-up on $s failed: $(cat "$T/warm2-$s.out")"
   sleep 1
   before=$(mem "$s")
   local args=()
   [ "$login" = 1 ] && args=(-login -user 'i%d@idle.test')
   log "$id: $s: opening $IDLE sessions (login=$login)"
-  "$LOAD" idle -addr "127.0.0.1:$(port_of $s)" -n "$IDLE" "${args[@]}" >"$T/$id-$s.out" 2>&1 &
+  "$LOAD" pop3 idle -addr "127.0.0.1:$(port_of $s)" -n "$IDLE" "${args[@]}" >"$T/$id-$s.out" 2>&1 &
   IPID=$!
   ready=0
   for _ in $(seq 1 1800); do
@@ -451,7 +451,7 @@ echo "nfsdrop $VERSION vs $(dovecot --version | awk '{print "Dovecot", $1}') POP
 echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews the times)"
 echo "machine: $(bench_machine)"
 echo "temp dir: $(bench_tempdir)"
-echo "client: bench/pop3load, raw POP3 over TCP to 127.0.0.1, USER/PASS; one connection per session; replies awaited unless pipelined"
+echo "client: bench/load pop3, raw POP3 over TCP to 127.0.0.1, USER/PASS; one connection per session; replies awaited unless pipelined"
 echo "mail: identical copies per server written into new/ with names <sec>.M<usec>P<pid>Q<n>R<rand>.bench,S=<size>,W=<crlf size>;"
 echo "  the first sessions started >2 s after the prefill (nfsdrop caches no directory younger than 2 s), servers started after the prefill,"
 echo "  one warm-up session each on another mailbox; kernel caches not dropped"
@@ -464,7 +464,7 @@ echo
 printf '%-3s %-56s %9s %9s %6s  %-12s %-6s %s\n' id measurement nfsdrop dovecot ratio target result check
 printf '%s\n' "${RESULTS[@]}"
 echo
-echo "details (pop3load output):"
+echo "details (load pop3 output):"
 for l in "${NOTES[@]}"; do echo "  $l"; done
 echo "error lines in logs: nfsdrop $nerr_n, dovecot $nerr_d (dovecot warnings other than its restarts: $nwarn_d)"
 if [ "$nerr_n$nerr_d" != 00 ]; then
