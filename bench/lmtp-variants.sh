@@ -3,7 +3,7 @@
 # database (cache warm, cache off), virus scanning with a real clamd, and
 # metrics plus per-recipient logging cost, compared with a baseline
 # (passwd-file, no scan, no metrics, log level warn), in one run on this
-# machine. The load is bench/lmtpload, as in bench/lmtp.sh: 2 KB messages,
+# machine. The load is bench/load lmtp, as in bench/lmtp.sh: 2 KB messages,
 # 4 sessions (one connection each, no pipelining), 50 users per
 # configuration, one recipient per message.
 #
@@ -67,7 +67,7 @@
 #
 # Environment:
 #   BENCH_ROUNDS        rounds (default 3)
-#   BENCH_ROW_SECONDS   duration of each row (default 10): lmtpload starts no
+#   BENCH_ROW_SECONDS   duration of each row (default 10): load lmtp send starts no
 #                       message after it and counts the deliveries made
 #   BENCH_MESSAGES      a fixed number of messages per row instead
 #   BENCH_ONLY          configuration ids to measure (base is always added),
@@ -91,11 +91,11 @@
 # PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
+. bench/lib.sh
+bench_init lmtp-variants.sh
 
 ROUNDS=${BENCH_ROUNDS:-3}
 ROW_SECONDS=${BENCH_ROW_SECONDS:-10}
-BENCH_USER=${BENCH_USER:-benchmail}
 MEM_MESSAGES=${BENCH_MEM_MESSAGES:-40}
 NUSERS=50
 SESSIONS=4
@@ -104,11 +104,7 @@ MAXMSG=25M
 LDAP_TARGET=0.90
 OBS_TARGET=0.95
 
-log() { printf '== [%3ds] %s\n' "$SECONDS" "$*" >&2; }
-die() { printf 'bench/lmtp-variants.sh: %s\n' "$*" >&2; exit 1; }
-
-[ "$(id -u)" = 0 ] || die "run as root (slapd and clamd run as their own users, the mail is chowned to $BENCH_USER)"
-command -v go >/dev/null || die "go is needed to build nfsdrop"
+bench_require_root "slapd and clamd run as their own users, the mail is chowned to ${BENCH_USER:-benchmail}"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
 
 # --- packages -------------------------------------------------------------
@@ -118,20 +114,11 @@ for p in slapd:slapd slapadd:slapd slappasswd:slapd ldapsearch:ldap-utils clamd:
 done
 if [ ${#need[@]} -gt 0 ]; then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
-  log "installing ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+bench_install "${need[@]}"
 export PATH=$PATH:/usr/sbin:/sbin
-for u in openldap clamav; do
-  id "$u" >/dev/null 2>&1 || die "user $u missing (it comes with the slapd / clamav-daemon package)"
-done
-if ! id "$BENCH_USER" >/dev/null 2>&1; then
-  log "creating system user $BENCH_USER"
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$BENCH_USER"
-fi
-MUID=$(id -u "$BENCH_USER")
-MGID=$(id -g "$BENCH_USER")
+bench_require_users "the slapd / clamav-daemon package" openldap clamav
+bench_mail_user
 
 # --- configurations -------------------------------------------------------
 # id|label (the measured ones, in round order)
@@ -177,45 +164,16 @@ dom_of() { echo "$1.test"; }
 MEM_IDS=(memoff1 memoff10 memon1 memon10)
 
 # --- work directory and cleanup -------------------------------------------
-T=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nfsdrop-variants.XXXXXX")
-chmod 755 "$T" # slapd (openldap) and clamd (clamav) reach their directories in it
-PIDS=()
-cleanup() {
-  local rc=$?
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then
-    log "kept $T"
-  else
-    log "removing $T"
-    # Hundreds of thousands of small files: one rm per user directory,
-    # four at a time, is faster than one rm -rf.
-    if [ -d "$T/mail" ]; then
-      find "$T/mail" -mindepth 2 -maxdepth 2 -type d -print0 | xargs -0 -r -P 4 -n 16 rm -rf || true
-    fi
-    rm -rf "$T"
+# bench_remove_mail (called by the cleanup): hundreds of thousands of
+# small files: one rm per user directory, four at a time, is faster than
+# one rm -rf.
+bench_remove_mail() {
+  if [ -d "$T/mail" ]; then
+    find "$T/mail" -mindepth 2 -maxdepth 2 -type d -print0 | xargs -0 -r -P 4 -n 16 rm -rf || true
   fi
-  log "done"
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir -p "$T/bin"
-SRC=$REPO
-VERSION="$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') (working tree)"
-if [ -n "${BENCH_REV:-}" ]; then
-  SRC=$T/src
-  mkdir -p "$SRC"
-  git -C "$REPO" archive "$BENCH_REV" | tar -x -C "$SRC"
-  VERSION="$(git -C "$REPO" rev-parse --short "$BENCH_REV") ($BENCH_REV)"
-fi
-log "building nfsdrop $VERSION and bench/lmtpload"
-(cd "$SRC" && go build -o "$T/bin/nfsdrop" ./cmd/nfsdrop) ||
-  die "nfsdrop does not build${BENCH_REV:+ at $BENCH_REV}; set BENCH_REV to a revision that builds (HEAD is the last commit)"
-go build -o "$T/bin/lmtpload" ./bench/lmtpload
-LOAD=$T/bin/lmtpload
-NFSDROP=$T/bin/nfsdrop
+bench_workdir nfsdrop-variants # slapd (openldap) and clamd (clamav) reach their directories in it
+bench_build load
 
 NROOT=$T/mail
 mkdir -p "$NROOT"
@@ -397,12 +355,7 @@ write_conf() {
       printf '[metrics]\nlisten = "tcp:127.0.0.1:%s"\n' "${MPORT[$id]}"
     fi
   } >"$T/$id.toml"
-  "$NFSDROP" check -c "$T/$id.toml" >"$T/$id-check.txt" 2>&1 ||
-    die "nfsdrop rejects $T/$id.toml: $(tail -5 "$T/$id-check.txt")"
-}
-
-listening() { # port: listening (state 0A) on 127.0.0.1:port, no probe connection
-  grep -qiE "^ *[0-9]+: 0100007F:$(printf %04X "$1") 00000000:0000 0A " /proc/net/tcp
+  bench_nfsdrop_check "$T/$id.toml"
 }
 
 start_lmtpd() {
@@ -413,7 +366,7 @@ start_lmtpd() {
   PIDS+=("${PID[$id]}")
   for _ in $(seq 1 100); do
     kill -0 "${PID[$id]}" 2>/dev/null || die "lmtpd $id exited at start: $(tail -5 "$T/$id.log")"
-    if listening "${PORT[$id]}" && { [ -z "${MPORT[$id]}" ] || listening "${MPORT[$id]}"; }; then return 0; fi
+    if bench_listening "${PORT[$id]}" && { [ -z "${MPORT[$id]}" ] || bench_listening "${MPORT[$id]}"; }; then return 0; fi
     sleep 0.1
   done
   die "lmtpd $id does not listen on ${PORT[$id]}"
@@ -450,26 +403,18 @@ aux_name() {
 
 # count DOMAIN: "files small tmp" = files in new/ and cur/, those smaller
 # than 9/10 of the body, and files left in tmp/.
-count() {
-  local dir=$NROOT/$1
-  [ -d "$dir" ] || { echo "0 0 0"; return; }
-  local files small tmp
-  files=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) | wc -l)
-  small=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) -size "-$((SIZE * 9 / 10))c" | wc -l)
-  tmp=$(find "$dir" -type f -path '*/Maildir/tmp/*' | wc -l)
-  echo "$files $small $tmp"
-}
+count() { bench_count_mail "$NROOT/$1" "$SIZE"; }
 delivered_metric() { # ID: nfsdrop_deliveries_total{outcome="delivered"} summed over codes
   curl -fsS --max-time 5 "http://127.0.0.1:${MPORT[$1]}/metrics" |
     awk '/^nfsdrop_deliveries_total\{/ && /outcome="delivered"/ { s += $NF } END { printf "%.0f\n", s }'
 }
 delivered_lines() { grep -c 'msg=delivered' "$T/$1.log" || true; }
 
-# send ID [lmtpload flags]: load on configuration ID's server
+# send ID [load lmtp send flags]: load on configuration ID's server
 send() {
   local id=$1
   shift
-  "$LOAD" send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -size "$SIZE" \
+  "$LOAD" lmtp send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -size "$SIZE" \
     -rcpts 1 -users "$NUSERS" -rcpt "u%d@$(dom_of "$id")" "$@" >"$T/driver.out" 2>&1
 }
 
@@ -489,7 +434,7 @@ for id in "${IDS[@]}"; do
 done
 
 # --- row length -------------------------------------------------------------------
-# Each row lasts ROW_SECONDS (lmtpload -duration: no message is started
+# Each row lasts ROW_SECONDS (load lmtp send -duration: no message is started
 # after it, the ones in flight are finished and counted), whatever the rate;
 # or, with BENCH_MESSAGES, is that many messages.
 if [ -n "${BENCH_MESSAGES:-}" ]; then
@@ -497,13 +442,13 @@ if [ -n "${BENCH_MESSAGES:-}" ]; then
   ROWDESC="$BENCH_MESSAGES messages per row (BENCH_MESSAGES)"
 else
   ROWARGS=(-duration "${ROW_SECONDS}s")
-  ROWDESC="${ROW_SECONDS} s per row (lmtpload -duration; BENCH_ROW_SECONDS)"
+  ROWDESC="${ROW_SECONDS} s per row (load lmtp send -duration; BENCH_ROW_SECONDS)"
 fi
 log "$ROWDESC"
 
 # cpu_busy: "busy total" clock ticks of all CPUs so far (/proc/stat)
 cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
-kv() { grep -o "$1=[0-9.]*" "$T/driver.out" | head -1 | cut -d= -f2; } # a key of lmtpload's summary
+kv() { grep -o "$1=[0-9.]*" "$T/driver.out" | head -1 | cut -d= -f2; } # a key of load lmtp send's summary
 
 # --- measured rounds ------------------------------------------------------------
 declare -A RATES CPUS AUXS CHECK
@@ -575,7 +520,7 @@ R1=$SECONDS
 PROBE=""
 if has scan; then
   read -r f0 _ _ <<<"$(count "$(dom_of scan)")"
-  if "$LOAD" send -addr "127.0.0.1:${PORT[scan]}" -sessions 1 -messages 1 -size "$SIZE" -rcpts 1 -users 1 \
+  if "$LOAD" lmtp send -addr "127.0.0.1:${PORT[scan]}" -sessions 1 -messages 1 -size "$SIZE" -rcpts 1 -users 1 \
     -rcpt "u%d@$(dom_of scan)" -body-line "$EICAR" >"$T/probe.out" 2>&1; then
     PROBE="FAIL: a message with the EICAR string was accepted by scan"
     FAIL=1
@@ -629,12 +574,12 @@ if [ "${BENCH_MEM:-1}" != 0 ]; then
     log "memory: $id ($MEM_MESSAGES x 1 MB, $rc rcpts/msg)"
     start_lmtpd "$id"
     dom=$(dom_of "$id")
-    "$LOAD" send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$NUSERS" -size "$SIZE" \
+    "$LOAD" lmtp send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$NUSERS" -size "$SIZE" \
       -rcpts 1 -users "$NUSERS" -rcpt "u%d@$dom" >"$T/driver.out" 2>&1 || die "memory warm-up failed: $(cat "$T/driver.out")"
     rss0=$(awk '/^VmRSS:/ { print $2 }' "/proc/${PID[$id]}/status")
     read -r f0 _ _ <<<"$(count "$dom")"
     ok=1
-    "$LOAD" send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$MEM_MESSAGES" -size $((1 << 20)) \
+    "$LOAD" lmtp send -addr "127.0.0.1:${PORT[$id]}" -sessions "$SESSIONS" -messages "$MEM_MESSAGES" -size $((1 << 20)) \
       -rcpts "$rc" -users "$NUSERS" -rcpt "u%d@$dom" >"$T/driver.out" 2>&1 || ok=0
     hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/${PID[$id]}/status")
     HWM[$id]=$hwm
@@ -674,12 +619,12 @@ done
 echo
 echo "nfsdrop $VERSION, LMTP variants, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "command: ${BENCH_ROUNDS:+BENCH_ROUNDS=$BENCH_ROUNDS }${BENCH_ROW_SECONDS:+BENCH_ROW_SECONDS=$BENCH_ROW_SECONDS }${BENCH_MESSAGES:+BENCH_MESSAGES=$BENCH_MESSAGES }${BENCH_ONLY:+BENCH_ONLY=\"$BENCH_ONLY\" }${BENCH_PERF:+BENCH_PERF=$BENCH_PERF }bash bench/lmtp-variants.sh"
-echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), $(go version | awk '{ print $3 }')"
+echo "machine: $(bench_machine), $(go version | awk '{ print $3 }')"
 echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews the rates; the CPU columns less so)"
-echo "temp dir: $T on $(df -T "$T" | awk 'NR == 2 { print $2, "(" $1 ")" }'), mount options $(findmnt -no OPTIONS -T "$T" 2>/dev/null || echo '?')"
+echo "temp dir: $(bench_tempdir)"
 echo "slapd: $( [ "$NEED_LDAP" = 1 ] && { slapd -VV 2>&1 | head -1 | sed 's/^@(#) \$//; s/\$$//' | tr -s ' \t' ' '; } || echo 'not used')"
 echo "clamd: $( [ "$NEED_CLAMD" = 1 ] && clamd --version 2>/dev/null || echo 'not used'), one-signature database, unix socket"
-echo "load: bench/lmtpload, $SESSIONS sessions (one connection each, no pipelining), $SIZE-byte bodies, 1 rcpt/msg, $NUSERS users per configuration"
+echo "load: bench/load lmtp, $SESSIONS sessions (one connection each, no pipelining), $SIZE-byte bodies, 1 rcpt/msg, $NUSERS users per configuration"
 echo "rows: $ROWDESC; $ROUNDS rounds, order rotated each round; the rounds took $((R1 - R0)) s (started at ${R0} s)"
 echo "rate = deliveries / wall-clock seconds of the driver; cpu = lmtpd user+sys microseconds per delivery; aux = the same for slapd (ldap*) or clamd (scan);"
 echo "other% = CPU time of everything else on the machine (kernel flush threads, other users' load) during the row, in % of all CPUs"

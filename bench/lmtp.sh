@@ -28,7 +28,7 @@
 # Installs dovecot-core, dovecot-lmtpd and postfix (for smtp-source) with
 # apt-get when they are missing. Needs Go to build nfsdrop.
 #
-# Load: bench/lmtpload (Go) does the measured runs: like Postfix's
+# Load: bench/load lmtp (Go) does the measured runs: like Postfix's
 # `smtp-source -L -d`, each session keeps one connection and waits for each
 # reply; unlike smtp-source it can spread recipients over a fixed set of users
 # (smtp-source -r N only sends to Nu@, ..., 2u@, u@, and -N numbers every
@@ -42,77 +42,28 @@
 # fails the whole command (exit 1) after the table is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
+. bench/lib.sh
+bench_init lmtp.sh
 
 SCALE=${BENCH_SCALE:-1}
-BENCH_USER=${BENCH_USER:-benchmail}
 NUSERS=50
 PREFILL=100000
 
-log() { printf '== [%3ds] %s\n' "$SECONDS" "$*" >&2; }
-die() { printf 'bench/lmtp.sh: %s\n' "$*" >&2; exit 1; }
-
-[ "$(id -u)" = 0 ] || die "run as root (Dovecot will not deliver as uid 0, and both servers must write as $BENCH_USER)"
-command -v go >/dev/null || die "go is needed to build nfsdrop"
+bench_require_root "Dovecot will not deliver as uid 0, and both servers must write as ${BENCH_USER:-benchmail}"
 
 # --- packages -------------------------------------------------------------
 need=()
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-core)
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
 [ -x /usr/sbin/smtp-source ] || need+=(postfix)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  echo "postfix postfix/mailname string bench.test" | debconf-set-selections
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-dovecot --version | grep -q '^2\.3\.' || log "warning: Dovecot $(dovecot --version) is not 2.3"
-
-if ! id "$BENCH_USER" >/dev/null 2>&1; then
-  log "creating system user $BENCH_USER"
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$BENCH_USER"
-fi
-MUID=$(id -u "$BENCH_USER")
-MGID=$(id -g "$BENCH_USER")
-for u in dovecot dovenull; do
-  id "$u" >/dev/null 2>&1 || die "user $u missing (it comes with dovecot-core)"
-done
+bench_install "${need[@]}"
+bench_dovecot_version
+bench_mail_user
+bench_require_users dovecot-core dovecot dovenull
 
 # --- work directory and cleanup -------------------------------------------
-T=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nfsdrop-bench.XXXXXX")
-chmod 755 "$T" # Dovecot's auth (user dovecot) reads $T/users
-PIDS=()
-cleanup() {
-  local rc=$?
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then
-    log "kept $T"
-  else
-    log "removing $T"
-    rm -rf "$T"
-  fi
-  log "done"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir -p "$T/bin"
-SRC=$REPO
-VERSION="$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') (working tree)"
-if [ -n "${BENCH_REV:-}" ]; then
-  SRC=$T/src
-  mkdir -p "$SRC"
-  git -C "$REPO" archive "$BENCH_REV" | tar -x -C "$SRC"
-  VERSION="$(git -C "$REPO" rev-parse --short "$BENCH_REV") ($BENCH_REV)"
-fi
-log "building nfsdrop $VERSION and bench/lmtpload"
-(cd "$SRC" && go build -o "$T/bin/nfsdrop" ./cmd/nfsdrop) ||
-  die "nfsdrop does not build${BENCH_REV:+ at $BENCH_REV}; set BENCH_REV to a revision that builds (HEAD is the last commit)"
-go build -o "$T/bin/lmtpload" ./bench/lmtpload
-LOAD=$T/bin/lmtpload
+bench_workdir nfsdrop-bench
+bench_build load
 
 NROOT=$T/nfsdrop-mail
 DROOT=$T/dovecot-mail
@@ -122,7 +73,7 @@ chown "$MUID:$MGID" "$DROOT"
 
 # --- scenarios --------------------------------------------------------------
 # id|label|driver|sessions|messages (at scale 1)|body bytes|rcpts/msg|users|domain
-# driver: load = bench/lmtpload, ss = smtp-source (user names u, 2u, ... Nu)
+# driver: load = bench/load lmtp, ss = smtp-source (user names u, 2u, ... Nu)
 SCENARIOS=(
   "1a|2K, 1 session, 50 users|load|1|3000|2048|1|$NUSERS|s1a.test"
   "1b|2K, 4 sessions, 50 users|load|4|6000|2048|1|$NUSERS|s1b.test"
@@ -187,42 +138,19 @@ max_recipients = 100
 max_user_concurrency = 0
 max_connections = 1000
 EOF
-"$T/bin/nfsdrop" check -c "$T/nfsdrop.toml" >"$T/nfsdrop-check.txt" 2>&1 ||
-  die "nfsdrop rejects $T/nfsdrop.toml: $(tail -5 "$T/nfsdrop-check.txt")"
+bench_nfsdrop_check "$T/nfsdrop.toml"
 
-cat >"$T/dovecot/dovecot.conf" <<EOF
-# Private Dovecot instance for bench/lmtp.sh.
-base_dir = $T/dovecot/run
-state_dir = $T/dovecot/state
-log_path = $T/dovecot/dovecot.log
-# Deliveries are not logged, as nfsdrop at log.level = "warn" does not log them.
-info_log_path = /dev/null
-instance_name = nfsdrop-bench
-protocols = lmtp
-listen = 127.0.0.1
-ssl = no
-auth_mechanisms = plain
-disable_plaintext_auth = no
-default_internal_user = dovecot
-default_login_user = dovenull
-first_valid_uid = $MUID
-last_valid_uid = $MUID
-first_valid_gid = $MGID
-last_valid_gid = $MGID
-mail_location = maildir:$DROOT/%d/%n/Maildir
+{
+  bench_dovecot_conf lmtp.sh nfsdrop-bench lmtp "$DROOT" Deliveries
+  cat <<EOF
 mail_fsync = optimized
 recipient_delimiter = +
 lmtp_save_to_detail_mailbox = no
 lmtp_user_concurrency_limit = 0
 lmtp_rcpt_check_quota = no
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u $T/users
-}
-userdb {
-  driver = passwd-file
-  args = username_format=%u $T/users
-}
+EOF
+  bench_dovecot_passwd
+  cat <<EOF
 service lmtp {
   inet_listener lmtp {
     address = 127.0.0.1
@@ -230,28 +158,18 @@ service lmtp {
   }
 }
 EOF
-dovecot -c "$T/dovecot/dovecot.conf" -n >"$T/dovecot/doveconf-n.txt" 2>"$T/dovecot/doveconf-n.err" ||
-  die "dovecot -n rejects the configuration: $(cat "$T/dovecot/doveconf-n.err")"
+} >"$T/dovecot/dovecot.conf"
+bench_dovecot_check
 
-"$T/bin/nfsdrop" lmtpd -c "$T/nfsdrop.toml" 2>"$T/nfsdrop.log" &
+"$NFSDROP" lmtpd -c "$T/nfsdrop.toml" 2>"$T/nfsdrop.log" &
 NPID=$!
 PIDS+=("$NPID")
 dovecot -c "$T/dovecot/dovecot.conf" -F 2>"$T/dovecot/stderr.log" &
 DPID=$!
 PIDS+=("$DPID")
 
-wait_port() {
-  local port=$1 pid=$2 name=$3
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || die "$name exited at start: $(tail -5 "$4")"
-    # listening (state 0A) on 127.0.0.1:port; no probe connection
-    if grep -qiE "^ *[0-9]+: 0100007F:$(printf %04X "$port") 00000000:0000 0A " /proc/net/tcp; then return 0; fi
-    sleep 0.1
-  done
-  die "$name does not listen on port $port"
-}
-wait_port "$NPORT" "$NPID" nfsdrop "$T/nfsdrop.log"
-wait_port "$DPORT" "$DPID" dovecot "$T/dovecot/dovecot.log"
+bench_wait_port "$NPORT" "$NPID" nfsdrop "$T/nfsdrop.log"
+bench_wait_port "$DPORT" "$DPID" dovecot "$T/dovecot/dovecot.log"
 
 # cpu_ticks SERVER: user+system clock ticks used so far by the server's
 # processes (for Dovecot: the master, its live children, and the children
@@ -283,24 +201,14 @@ drive() {
     /usr/sbin/smtp-source -L -d -s "$sess" -m "$msgs" -l "$size" -r "$rcpts" \
       -f a@bench.test -t "u@$dom" "127.0.0.1:$port" >"$T/driver.out" 2>&1
   else
-    "$LOAD" send -addr "127.0.0.1:$port" -sessions "$sess" -messages "$msgs" -size "$size" \
+    "$LOAD" lmtp send -addr "127.0.0.1:$port" -sessions "$sess" -messages "$msgs" -size "$size" \
       -rcpts "$rcpts" -users "$users" -rcpt "u%d@$dom" >"$T/driver.out" 2>&1
   fi
 }
 
-# count_mail SERVER DOMAIN BODYSIZE: "files small tmp" = files in new/ and
-# cur/ of the domain's Maildirs, those smaller than 9/10 of the body (Dovecot
-# stores LF line ends, so a file can be smaller than the body sent with
-# CRLF), and files left in tmp/.
-count_mail() {
-  local root dir=$(root_of "$1")/$2
-  [ -d "$dir" ] || { echo "0 0 0"; return; }
-  local files small tmp
-  files=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) | wc -l)
-  small=$(find "$dir" -type f \( -path '*/Maildir/new/*' -o -path '*/Maildir/cur/*' \) -size "-$(($3 * 9 / 10))c" | wc -l)
-  tmp=$(find "$dir" -type f -path '*/Maildir/tmp/*' | wc -l)
-  echo "$files $small $tmp"
-}
+# count_mail SERVER DOMAIN BODYSIZE: bench_count_mail on the domain's
+# Maildirs of SERVER.
+count_mail() { bench_count_mail "$(root_of "$1")/$2" "$3"; }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -315,7 +223,7 @@ done
 # --- scenario 4 preparation --------------------------------------------------
 # s4a.test/u1 and s4b.test/u1 get one delivery each through the server (so
 # the mailbox exists and Dovecot has its dovecot-uidlist and index); then s4b
-# gets 100,000 files written directly (bench/lmtpload fill) into new/ for
+# gets 100,000 files written directly (bench/load lmtp fill) into new/ for
 # nfsdrop and cur/ for Dovecot (see BENCH_PREFILL_SUBDIR). An LMTP
 # delivery does not make Dovecot look at the files already there, so
 # `doveadm mailbox status` (a mailbox sync, as an IMAP or POP3 login does)
@@ -335,7 +243,7 @@ for s in "${SCENARIOS[@]}"; do
       sub=${BENCH_PREFILL_SUBDIR:-}
       [ -n "$sub" ] || { [ "$server" = nfsdrop ] && sub=new || sub=cur; }
       log "pre-populating $server $md/$sub with $PREFILL messages"
-      "$LOAD" fill -n "$PREFILL" -size 2048 -host prefill "$md/$sub" >/dev/null
+      "$LOAD" lmtp fill -n "$PREFILL" -size 2048 -host prefill "$md/$sub" >/dev/null
       chown -R "$MUID:$MGID" "$md"
     done
     sync
@@ -408,8 +316,8 @@ d4=$(root_of dovecot)/s4b.test/u1/Maildir
 echo
 echo "nfsdrop $VERSION vs $(dovecot --version | awk '{print "Dovecot", $1}'), $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews the rates)"
-echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
-echo "temp dir: $T on $(df -T "$T" | awk 'NR == 2 { print $2, "(" $1 ")" }') mount options $(findmnt -no OPTIONS -T "$T" 2>/dev/null || echo '?')"
+echo "machine: $(bench_machine)"
+echo "temp dir: $(bench_tempdir)"
 dev=$(df "$T" | awk 'NR == 2 { print $1 }')
 if [ "$(df -T "$T" | awk 'NR == 2 { print $2 }')" = ext4 ] && [ -d /proc/fs/jbd2 ]; then
   # a journalled ext4 has a jbd2 entry named after its device
@@ -420,7 +328,7 @@ if [ "$(df -T "$T" | awk 'NR == 2 { print $2 }')" = ext4 ] && [ -d /proc/fs/jbd2
   fi
 fi
 echo "both servers run as root and write as $BENCH_USER ($MUID:$MGID); Dovecot mail_fsync=optimized; nfsdrop fsyncs the file and new/"
-echo "driver: bench/lmtpload (one connection per session, no pipelining) unless [smtp-source -L -d]; scale $SCALE"
+echo "driver: bench/load lmtp (one connection per session, no pipelining) unless [smtp-source -L -d]; scale $SCALE"
 if [ ${#PREP_NOTE[@]} -gt 0 ]; then
   echo "scenario 4: 4b's mailbox got $PREFILL messages written directly into ${BENCH_PREFILL_SUBDIR:-new/ (nfsdrop) and cur/ (Dovecot)}; untimed preparation:"
   for l in "${PREP_NOTE[@]}"; do echo "  $l"; done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # POP3 benchmark: nfsdrop's POP3 server (nfsdrop pop3d) and Dovecot 2.3's
 # pop3, side by side, in one run, on this machine, driven by the same
-# client (bench/pop3load, raw POP3).
+# client (bench/load pop3, raw POP3).
 #
 #   sudo bash bench/pop3.sh                 full run (2-6 minutes on 2 busy cores)
 #   sudo BENCH_IDLE=500 bash bench/pop3.sh  smaller idle-session scenario
@@ -21,7 +21,7 @@
 #                 of the working tree
 #
 # Scenarios (each server has its own copy of identical mail: same file
-# names, same content, written by `pop3load fill` into new/, as a delivery
+# names, same content, written by `load pop3 fill` into new/, as a delivery
 # agent leaves it):
 #   1  login (USER/PASS) + STAT + UIDL (+ QUIT) on a mailbox of BENCH_BIG
 #      2 KB messages: 1a the first session after the messages were written
@@ -67,20 +67,16 @@
 # apt-get when missing. Needs Go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
+. bench/lib.sh
+bench_init pop3.sh
 
-BENCH_USER=${BENCH_USER:-benchmail}
 BIG=${BENCH_BIG:-100000}
 MID=${BENCH_MID:-10000}
 IDLE=${BENCH_IDLE:-5000}
 REPEAT=${BENCH_REPEAT:-7}
 PIPELINE=32
 
-log() { printf '== [%3ds] %s\n' "$SECONDS" "$*" >&2; }
-die() { printf 'bench/pop3.sh: %s\n' "$*" >&2; exit 1; }
-
-[ "$(id -u)" = 0 ] || die "run as root (Dovecot will not run mail processes as uid 0)"
-command -v go >/dev/null || die "go is needed to build nfsdrop"
+bench_require_root "Dovecot will not run mail processes as uid 0"
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -ge $((IDLE * 2 + 1000)) ] || log "warning: ulimit -n $(ulimit -n) may be too low for $IDLE sessions"
 
@@ -88,60 +84,25 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 need=()
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-core)
 [ -x /usr/lib/dovecot/pop3 ] || need+=(dovecot-pop3d)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-dovecot --version | grep -q '^2\.3\.' || log "warning: Dovecot $(dovecot --version) is not 2.3"
-
-if ! id "$BENCH_USER" >/dev/null 2>&1; then
-  log "creating system user $BENCH_USER"
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$BENCH_USER"
-fi
-MUID=$(id -u "$BENCH_USER")
-MGID=$(id -g "$BENCH_USER")
-for u in dovecot dovenull; do
-  id "$u" >/dev/null 2>&1 || die "user $u missing (it comes with dovecot-core)"
-done
+bench_install "${need[@]}"
+bench_dovecot_version
+bench_mail_user
+bench_require_users dovecot-core dovecot dovenull
 
 # --- work directory and cleanup -------------------------------------------
-T=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nfsdrop-pop3bench.XXXXXX")
-chmod 755 "$T" # Dovecot's auth (user dovecot) reads $T/users
 NPID=
 DPID=
 IPID=
 RMPID=
-cleanup() {
-  local rc=$?
+# bench_stop (called by the cleanup): the servers are restarted during the
+# run, so their PIDs are kept here rather than in PIDS.
+bench_stop() {
+  local p
   for p in $IPID $NPID $DPID; do kill -TERM "$p" 2>/dev/null || true; done
   for p in $IPID $NPID $DPID $RMPID; do wait "$p" 2>/dev/null || true; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then
-    log "kept $T"
-  else
-    log "removing $T"
-    rm -rf "$T"
-  fi
-  log "done"
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir -p "$T/bin"
-SRC=$REPO
-VERSION="$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') (working tree)"
-if [ -n "${BENCH_REV:-}" ]; then
-  SRC=$T/src
-  mkdir -p "$SRC"
-  git -C "$REPO" archive "$BENCH_REV" | tar -x -C "$SRC"
-  VERSION="$(git -C "$REPO" rev-parse --short "$BENCH_REV") ($BENCH_REV)"
-fi
-log "building nfsdrop $VERSION and bench/pop3load"
-(cd "$SRC" && go build -o "$T/bin/nfsdrop" ./cmd/nfsdrop) ||
-  die "nfsdrop does not build${BENCH_REV:+ at $BENCH_REV}; set BENCH_REV to a revision that builds (HEAD is the last commit)"
-go build -o "$T/bin/pop3load" ./bench/pop3load
-LOAD=$T/bin/pop3load
+bench_workdir nfsdrop-pop3bench
+bench_build load
 
 NROOT=$T/nfsdrop-mail
 DROOT=$T/dovecot-mail
@@ -159,11 +120,11 @@ chmod 644 "$T/users"
 
 md() { echo "$1/$2/u1/Maildir"; } # md ROOT DOMAIN
 log "prefill: $BIG x 2 KB messages (big.test), $MID x 4 KB (mid.test), 10 (warm.test), $IDLE mailboxes x 2 x 1 KB (idle.test); one copy per server"
-"$LOAD" fill -n "$BIG" -size 2048 "$(md "$NROOT" big.test)/new" "$(md "$DROOT" big.test)/new" >/dev/null
-"$LOAD" fill -n "$MID" -size 4096 "$(md "$NROOT" mid.test)/new" "$(md "$DROOT" mid.test)/new" >/dev/null
-"$LOAD" fill -n 10 -size 2048 "$NROOT/warm.test/w1/Maildir/new" "$DROOT/warm.test/w1/Maildir/new" >/dev/null
+"$LOAD" pop3 fill -n "$BIG" -size 2048 "$(md "$NROOT" big.test)/new" "$(md "$DROOT" big.test)/new" >/dev/null
+"$LOAD" pop3 fill -n "$MID" -size 4096 "$(md "$NROOT" mid.test)/new" "$(md "$DROOT" mid.test)/new" >/dev/null
+"$LOAD" pop3 fill -n 10 -size 2048 "$NROOT/warm.test/w1/Maildir/new" "$DROOT/warm.test/w1/Maildir/new" >/dev/null
 if [ "$IDLE" -gt 0 ]; then
-  "$LOAD" fill -users "$IDLE" -n 2 -size 1024 "$NROOT/idle.test/i%d/Maildir/new" "$DROOT/idle.test/i%d/Maildir/new" >/dev/null
+  "$LOAD" pop3 fill -users "$IDLE" -n 2 -size 1024 "$NROOT/idle.test/i%d/Maildir/new" "$DROOT/idle.test/i%d/Maildir/new" >/dev/null
 fi
 chown -R "$MUID:$MGID" "$NROOT" "$DROOT"
 FILLED=$(date +%s.%N)
@@ -198,40 +159,17 @@ idle_timeout = "10m"
 max_sessions = $LIMIT
 max_per_ip = $LIMIT
 EOF
-"$T/bin/nfsdrop" check -c "$T/nfsdrop.toml" >"$T/nfsdrop-check.txt" 2>&1 ||
-  die "nfsdrop rejects $T/nfsdrop.toml: $(tail -5 "$T/nfsdrop-check.txt")"
+bench_nfsdrop_check "$T/nfsdrop.toml"
 
-cat >"$T/dovecot/dovecot.conf" <<EOF
-# Private Dovecot instance for bench/pop3.sh.
-base_dir = $T/dovecot/run
-state_dir = $T/dovecot/state
-log_path = $T/dovecot/dovecot.log
-# Logins are not logged, as nfsdrop at log.level = "warn" does not log them.
-info_log_path = /dev/null
-instance_name = nfsdrop-pop3bench
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-auth_mechanisms = plain
-disable_plaintext_auth = no
-default_internal_user = dovecot
-default_login_user = dovenull
-first_valid_uid = $MUID
-last_valid_uid = $MUID
-first_valid_gid = $MGID
-last_valid_gid = $MGID
-mail_location = maildir:$DROOT/%d/%n/Maildir
+{
+  bench_dovecot_conf pop3.sh nfsdrop-pop3bench pop3 "$DROOT" Logins
+  cat <<EOF
 # pop3_uidl_format, pop3_lock_session, mail_fsync: Dovecot's defaults
 # (%08Xu%08Xv, no, optimized).
 default_client_limit = $((2 * LIMIT))
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u $T/users
-}
-userdb {
-  driver = passwd-file
-  args = username_format=%u $T/users
-}
+EOF
+  bench_dovecot_passwd
+  cat <<EOF
 service pop3-login {
   inet_listener pop3 {
     address = 127.0.0.1
@@ -246,23 +184,13 @@ service pop3 {
   process_limit = $LIMIT
 }
 EOF
-dovecot -c "$T/dovecot/dovecot.conf" -n >"$T/dovecot/doveconf-n.txt" 2>"$T/dovecot/doveconf-n.err" ||
-  die "dovecot -n rejects the configuration: $(cat "$T/dovecot/doveconf-n.err")"
+} >"$T/dovecot/dovecot.conf"
+bench_dovecot_check
 
-wait_port() {
-  local port=$1 pid=$2 name=$3 logf=$4
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || die "$name exited at start: $(tail -5 "$logf")"
-    # listening (state 0A) on 127.0.0.1:port; no probe connection
-    if grep -qiE "^ *[0-9]+: 0100007F:$(printf %04X "$port") 00000000:0000 0A " /proc/net/tcp; then return 0; fi
-    sleep 0.1
-  done
-  die "$name does not listen on port $port"
-}
 start_nfsdrop() {
-  "$T/bin/nfsdrop" pop3d -c "$T/nfsdrop.toml" 2>>"$T/nfsdrop.log" &
+  "$NFSDROP" pop3d -c "$T/nfsdrop.toml" 2>>"$T/nfsdrop.log" &
   NPID=$!
-  wait_port "$NPORT" "$NPID" nfsdrop "$T/nfsdrop.log"
+  bench_wait_port "$NPORT" "$NPID" nfsdrop "$T/nfsdrop.log"
 }
 stop_nfsdrop() {
   kill -TERM "$NPID"
@@ -272,7 +200,7 @@ stop_nfsdrop() {
 start_dovecot() {
   dovecot -c "$T/dovecot/dovecot.conf" -F 2>>"$T/dovecot/stderr.log" &
   DPID=$!
-  wait_port "$DPORT" "$DPID" dovecot "$T/dovecot/dovecot.log"
+  bench_wait_port "$DPORT" "$DPID" dovecot "$T/dovecot/dovecot.log"
 }
 stop_dovecot() {
   local kids k alive
@@ -323,7 +251,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # scenarios 1-3 are not touched.
 log "warm-up"
 for s in nfsdrop dovecot; do
-  "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user w1@warm.test -expect 10 >"$T/warm-$s.out" 2>&1 ||
+  "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user w1@warm.test -expect 10 >"$T/warm-$s.out" 2>&1 ||
     die "warm-up on $s failed: $(cat "$T/warm-$s.out")"
 done
 
@@ -335,7 +263,7 @@ listing() {
   for s in nfsdrop dovecot; do
     log "$id: $s: first session on $dom ($count messages)"
     chk[$s]=ok
-    if "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user "u1@$dom" -expect "$count" >"$T/$id-$s-first.out" 2>&1; then
+    if "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user "u1@$dom" -expect "$count" >"$T/$id-$s-first.out" 2>&1; then
       first[$s]=$(kv seconds <"$T/$id-$s-first.out")
     else
       first[$s]=-
@@ -345,7 +273,7 @@ listing() {
   done
   for s in dovecot nfsdrop; do
     log "$id: $s: $REPEAT repeat sessions on $dom"
-    if "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user "u1@$dom" -expect "$count" -repeat "$REPEAT" >"$T/$id-$s-repeat.out" 2>&1; then
+    if "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user "u1@$dom" -expect "$count" -repeat "$REPEAT" >"$T/$id-$s-repeat.out" 2>&1; then
       rep[$s]=$(grep '^summary' "$T/$id-$s-repeat.out" | kv median)
     else
       rep[$s]=-
@@ -375,7 +303,7 @@ retr_all() {
   [ "$pipe" -gt 1 ] && order=(dovecot nfsdrop)
   for s in "${order[@]}"; do
     log "$id: $s: RETR all $MID messages, pipeline $pipe"
-    if "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user u1@mid.test -expect "$MID" -retr -pipeline "$pipe" >"$T/$id-$s.out" 2>&1; then
+    if "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user u1@mid.test -expect "$MID" -retr -pipeline "$pipe" >"$T/$id-$s.out" 2>&1; then
       secs[$s]=$(kv retr_seconds <"$T/$id-$s.out")
       mbps[$s]=$(kv mb_per_s <"$T/$id-$s.out")
       chk[$s]=ok
@@ -436,14 +364,14 @@ idle_run() {
   local id=$1 s=$2 login=$3 before after ready chk=ok locks procs
   # a fresh server: freed memory of earlier scenarios must not be reused
   if [ "$s" = nfsdrop ]; then stop_nfsdrop; start_nfsdrop; else stop_dovecot; start_dovecot; fi
-  "$LOAD" session -addr "127.0.0.1:$(port_of $s)" -user w1@warm.test -expect 10 >"$T/warm2-$s.out" 2>&1 ||
+  "$LOAD" pop3 session -addr "127.0.0.1:$(port_of $s)" -user w1@warm.test -expect 10 >"$T/warm2-$s.out" 2>&1 ||
     die "warm-up on $s failed: $(cat "$T/warm2-$s.out")"
   sleep 1
   before=$(mem "$s")
   local args=()
   [ "$login" = 1 ] && args=(-login -user 'i%d@idle.test')
   log "$id: $s: opening $IDLE sessions (login=$login)"
-  "$LOAD" idle -addr "127.0.0.1:$(port_of $s)" -n "$IDLE" "${args[@]}" >"$T/$id-$s.out" 2>&1 &
+  "$LOAD" pop3 idle -addr "127.0.0.1:$(port_of $s)" -n "$IDLE" "${args[@]}" >"$T/$id-$s.out" 2>&1 &
   IPID=$!
   ready=0
   for _ in $(seq 1 1800); do
@@ -521,9 +449,9 @@ nwarn_d=$(grep -iE 'warning' "$T/dovecot/dovecot.log" | grep -vc 'Killed with si
 echo
 echo "nfsdrop $VERSION vs $(dovecot --version | awk '{print "Dovecot", $1}') POP3, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews the times)"
-echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
-echo "temp dir: $T on $(df -T "$T" | awk 'NR == 2 { print $2, "(" $1 ")" }') mount options $(findmnt -no OPTIONS -T "$T" 2>/dev/null || echo '?')"
-echo "client: bench/pop3load, raw POP3 over TCP to 127.0.0.1, USER/PASS; one connection per session; replies awaited unless pipelined"
+echo "machine: $(bench_machine)"
+echo "temp dir: $(bench_tempdir)"
+echo "client: bench/load pop3, raw POP3 over TCP to 127.0.0.1, USER/PASS; one connection per session; replies awaited unless pipelined"
 echo "mail: identical copies per server written into new/ with names <sec>.M<usec>P<pid>Q<n>R<rand>.bench,S=<size>,W=<crlf size>;"
 echo "  the first sessions started >2 s after the prefill (nfsdrop caches no directory younger than 2 s), servers started after the prefill,"
 echo "  one warm-up session each on another mailbox; kernel caches not dropped"
@@ -536,7 +464,7 @@ echo
 printf '%-3s %-56s %9s %9s %6s  %-12s %-6s %s\n' id measurement nfsdrop dovecot ratio target result check
 printf '%s\n' "${RESULTS[@]}"
 echo
-echo "details (pop3load output):"
+echo "details (load pop3 output):"
 for l in "${NOTES[@]}"; do echo "  $l"; done
 echo "error lines in logs: nfsdrop $nerr_n, dovecot $nerr_d (dovecot warnings other than its restarts: $nwarn_d)"
 if [ "$nerr_n$nerr_d" != 00 ]; then

@@ -1,7 +1,6 @@
 package lmtp
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 // The tests drive a real Server over loopback TCP with raw protocol lines,
@@ -177,6 +177,17 @@ func (b *fakeBackend) stageCount() int {
 	return len(b.stages)
 }
 
+// deliveryCount is the number of Deliver calls so far.
+func (b *fakeBackend) deliveryCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, st := range b.stages {
+		n += len(st.deliveries)
+	}
+	return n
+}
+
 // nextStage waits for the next Stage call to return.
 func (b *fakeBackend) nextStage(t *testing.T) *fakeStaged {
 	t.Helper()
@@ -192,37 +203,23 @@ func (b *fakeBackend) nextStage(t *testing.T) *fakeStaged {
 // eventually polls cond for up to 10 s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, cond, func() string { return "timed out waiting for " + what })
 }
 
-// syncBuffer is a log destination safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// waitSessionsEnded waits until the server has closed every connection.
+// go-smtp closes a connection only after its last command's handler (an
+// LMTPData) has returned, so from then on nothing more can happen for the
+// session's messages: a test that checks something did NOT happen (no
+// Stage, no Deliver) checks after this, not after a fixed sleep.
+func (ts *testServer) waitSessionsEnded(t *testing.T) {
+	t.Helper()
+	eventually(t, "the server to end every session", func() bool { return ts.srv.Connections() == 0 })
 }
 
 type testServer struct {
 	srv  *Server
 	addr string
-	log  *syncBuffer
+	log  *testkit.LogBuffer
 	b    *fakeBackend
 }
 
@@ -244,7 +241,7 @@ func startServer(t *testing.T, b *fakeBackend, opts Options) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv := New(b, opts)
 	done := make(chan error, 1)
@@ -263,11 +260,9 @@ func startServer(t *testing.T, b *fakeBackend, opts Options) *testServer {
 	return &testServer{srv: srv, addr: l.Addr().String(), log: logs, b: b}
 }
 
-type client struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-}
+// client is a raw LMTP client; the methods forward to testkit.LineConn
+// under the names this package's tests use.
+type client struct{ *testkit.LineConn }
 
 // dial connects and reads the greeting.
 func (ts *testServer) dial(t *testing.T) *client {
@@ -279,84 +274,49 @@ func (ts *testServer) dial(t *testing.T) *client {
 
 func (ts *testServer) dialRaw(t *testing.T) *client {
 	t.Helper()
-	conn, err := net.Dial("tcp", ts.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.SetDeadline(time.Now().Add(20 * time.Second))
-	t.Cleanup(func() { conn.Close() })
-	return &client{t: t, c: conn, r: bufio.NewReader(conn)}
+	c := testkit.Dial(t, "tcp", ts.addr)
+	// Longer than the server's own 10 s timeouts, which some tests await.
+	c.Timeout = 20 * time.Second
+	return &client{c}
 }
 
 // send writes s in one write: several commands at once are pipelined.
-func (c *client) send(s string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.c, s); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
+func (c *client) send(s string) { c.T.Helper(); c.Raw(s) }
 
 // reply reads one reply, all of its lines, and returns its last line
 // ("" at EOF).
-func (c *client) reply() string {
-	c.t.Helper()
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			if line != "" {
-				c.t.Fatalf("read: %v after %q", err, line)
-			}
-			return ""
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 4 || line[3] != '-' {
-			return line
-		}
-	}
-}
+func (c *client) reply() string { c.T.Helper(); return c.Reply() }
 
 // expect reads one reply and checks it starts with prefix.
-func (c *client) expect(prefix string) string {
-	c.t.Helper()
-	line := c.reply()
-	if !strings.HasPrefix(line, prefix) {
-		c.t.Fatalf("got reply %q, want %q...", line, prefix)
-	}
-	return line
-}
+func (c *client) expect(prefix string) string { c.T.Helper(); return c.ExpectReply(prefix) }
 
 // expectEOF checks the server closed the connection.
-func (c *client) expectEOF() {
-	c.t.Helper()
-	if line, err := c.r.ReadString('\n'); err == nil || line != "" {
-		c.t.Fatalf("got %q (%v), want the connection closed", line, err)
-	}
-}
+func (c *client) expectEOF() { c.T.Helper(); c.ExpectEOF() }
 
 // expectClosedOr421 checks the server closed the connection, with or
 // without a 421 first.
 func (c *client) expectClosedOr421() {
-	c.t.Helper()
-	line, err := c.r.ReadString('\n')
+	c.T.Helper()
+	line, err := c.R.ReadString('\n')
 	if err == nil && strings.HasPrefix(line, "421 ") {
 		c.expectEOF()
 		return
 	}
 	if err == nil || line != "" {
-		c.t.Fatalf("got %q (%v), want the connection closed", line, err)
+		c.T.Fatalf("got %q (%v), want the connection closed", line, err)
 	}
 }
 
 // hello sends LHLO and reads its reply.
 func (c *client) hello() {
-	c.t.Helper()
+	c.T.Helper()
 	c.send("LHLO client.test\r\n")
 	c.expect("250 ")
 }
 
 // deliverOK runs one whole transaction for rcpts that must all succeed.
 func (c *client) deliverOK(from string, msg string, rcpts ...string) {
-	c.t.Helper()
+	c.T.Helper()
 	c.send("MAIL FROM:<" + from + ">\r\n")
 	c.expect("250 ")
 	for _, r := range rcpts {
@@ -418,7 +378,7 @@ func TestLHLOAdvertises(t *testing.T) {
 	c.send("LHLO client.test\r\n")
 	var lines []string
 	for {
-		line, err := c.r.ReadString('\n')
+		line, err := c.R.ReadString('\n')
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -564,7 +524,7 @@ func TestDisconnectMidDATA(t *testing.T) {
 			// Make sure the server has read the partial message before
 			// the connection drops.
 			time.Sleep(50 * time.Millisecond)
-			c.c.Close()
+			c.C.Close()
 
 			if strings.Contains(tc.name, "header") {
 				// The header is read before staging: Stage is never
@@ -572,7 +532,7 @@ func TestDisconnectMidDATA(t *testing.T) {
 				eventually(t, "the recipient deferred", func() bool {
 					return strings.Contains(ts.log.String(), "msg=deferred")
 				})
-				time.Sleep(50 * time.Millisecond)
+				ts.waitSessionsEnded(t)
 				if n := b.stageCount(); n != 0 {
 					t.Fatalf("Stage called %d times for a message cut off in its header", n)
 				}
@@ -587,7 +547,7 @@ func TestDisconnectMidDATA(t *testing.T) {
 				if tc.lenient {
 					eventually(t, "Discard of the staged copy", func() bool { return st.snapshot().discards == 1 })
 				}
-				time.Sleep(50 * time.Millisecond)
+				ts.waitSessionsEnded(t)
 				if s := st.snapshot(); len(s.deliveries) != 0 {
 					t.Fatalf("Deliver called for a message that was cut off: %+v", s.deliveries)
 				}
@@ -748,7 +708,8 @@ func TestLineTooLong(t *testing.T) {
 		if !regexp.MustCompile(`^[45]\d\d [45]\.\d+\.\d+ <alice@example.test> `).MatchString(line) || strings.HasPrefix(line, "554 5.0.0") {
 			t.Fatalf("reply to a message with a %d-byte line: %q, want a 4xx or 5xx refusal", 1500, line)
 		}
-		time.Sleep(50 * time.Millisecond)
+		c.Close()
+		ts.waitSessionsEnded(t)
 		b.mu.Lock()
 		for _, st := range b.stages {
 			if len(st.deliveries) != 0 {
@@ -904,7 +865,7 @@ func TestMaxUserConcurrency(t *testing.T) {
 		return strings.HasPrefix(s1.reply(), "250 ")
 	})
 	// A session that goes away releases its slots too.
-	s1.c.Close()
+	s1.C.Close()
 	s3 := ts.dial(t)
 	s3.hello()
 	s3.send("MAIL FROM:<sender@x.test>\r\n")
@@ -1111,11 +1072,19 @@ func TestShutdownDrains(t *testing.T) {
 	inData.send("Subject: in flight\r\n\r\n")
 	eventually(t, "the delivery to be inside DATA", func() bool { return ts.busyConns() == 1 })
 
-	done := make(chan error, 1)
+	// What the backend had done when Shutdown returned: it must not
+	// return before the delivery inside DATA is stored (checked below
+	// from this record, not by watching it for a while).
+	type shutdownResult struct {
+		err    error
+		stored int
+	}
+	done := make(chan shutdownResult, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		done <- ts.srv.Shutdown(ctx)
+		err := ts.srv.Shutdown(ctx)
+		done <- shutdownResult{err: err, stored: b.deliveryCount()}
 	}()
 	idle.expectClosedOr421()
 	beforeData.expectClosedOr421()
@@ -1126,11 +1095,6 @@ func TestShutdownDrains(t *testing.T) {
 		}
 		return err != nil
 	})
-	select {
-	case err := <-done:
-		t.Fatalf("Shutdown returned (%v) while a delivery was inside DATA", err)
-	case <-time.After(50 * time.Millisecond):
-	}
 
 	// The delivery in flight completes and is answered, with the whole
 	// message stored; then its connection is closed too.
@@ -1141,9 +1105,12 @@ func TestShutdownDrains(t *testing.T) {
 		t.Errorf("stored %q", s.data)
 	}
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Shutdown: %v", err)
+	case r := <-done:
+		if r.err != nil {
+			t.Errorf("Shutdown: %v", r.err)
+		}
+		if r.stored != 1 {
+			t.Errorf("Shutdown returned with %d deliveries stored, want 1: it returned while a delivery was inside DATA", r.stored)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown did not return after the last delivery")
@@ -1169,8 +1136,8 @@ func TestShutdownAtDATA(t *testing.T) {
 		c.send("Subject: race\r\n\r\n")
 		go ts.srv.Shutdown(context.Background())
 		time.Sleep(10 * time.Millisecond)
-		io.WriteString(c.c, "body\r\n.\r\n") // may fail: the server may be gone
-		line, _ := c.r.ReadString('\n')
+		io.WriteString(c.C, "body\r\n.\r\n") // may fail: the server may be gone
+		line, _ := c.R.ReadString('\n')
 		if !strings.HasPrefix(line, "250 ") {
 			continue // deferred or dropped: Postfix retries
 		}

@@ -7,16 +7,8 @@ package packaging_test
 // LMTP and POP3 clients.
 
 import (
-	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -28,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 const (
@@ -222,56 +215,26 @@ func (w *world) maildir() string {
 func (w *world) waitMessages(n int, timeout time.Duration) []string {
 	w.t.Helper()
 	dir := filepath.Join(w.maildir(), "new")
-	deadline := time.Now().Add(timeout)
-	for {
-		entries, _ := os.ReadDir(dir)
-		if len(entries) >= n {
-			var out []string
-			for _, e := range entries {
-				data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-				if err != nil {
-					w.t.Fatal(err)
-				}
-				out = append(out, string(data))
-			}
-			return out
+	var entries []os.DirEntry
+	testkit.Eventually(w.t, timeout, func() bool {
+		entries, _ = os.ReadDir(dir)
+		return len(entries) >= n
+	}, func() string { return fmt.Sprintf("%d of %d messages in %s", len(entries), n, dir) })
+	var out []string
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			w.t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			w.t.Fatalf("after %s: %d of %d messages in %s", timeout, len(entries), n, dir)
-		}
-		time.Sleep(50 * time.Millisecond)
+		out = append(out, string(data))
 	}
+	return out
 }
 
 // makeCert writes a self-signed certificate for localhost.
 func makeCert(t testing.TB, dir string) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), 0o644)
-	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})), 0o600)
-	return certFile, keyFile
+	return testkit.CertFiles(t, dir)
 }
 
 // proc is a daemon started by a test; its output goes to a log file.
@@ -340,81 +303,43 @@ func (p *proc) Log() string {
 // waitLog waits for a log line containing every one of subs.
 func (p *proc) waitLog(timeout time.Duration, subs ...string) string {
 	p.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		for _, line := range strings.Split(p.Log(), "\n") {
-			if testenv.Contains(line, subs...) {
-				return line
-			}
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("after %s no log line has %q; log:\n%s", timeout, subs, p.Log())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var line string
+	testkit.Eventually(p.t, timeout, func() bool {
+		var ok bool
+		line, ok = testkit.LineWith(p.Log(), subs...)
+		return ok
+	}, func() string { return fmt.Sprintf("no log line has %q; log:\n%s", subs, p.Log()) })
+	return line
 }
 
 // dialRetry connects to network/addr, retrying while the listener is not
 // there yet.
 func dialRetry(t testing.TB, network, addr string, timeout time.Duration) net.Conn {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.DialTimeout(network, addr, time.Second)
-		if err == nil {
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("connecting to %s %s: %v", network, addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var c net.Conn
+	var err error
+	testkit.Eventually(t, timeout, func() bool {
+		c, err = net.DialTimeout(network, addr, time.Second)
+		return err == nil
+	}, func() string { return fmt.Sprintf("connecting to %s %s: %v", network, addr, err) })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return c
 }
 
-// lineConn is a line-oriented client connection.
-type lineConn struct {
-	t testing.TB
-	c net.Conn
-	r *bufio.Reader
-}
+// lineConn is a line-oriented client connection (testkit.LineConn under
+// this file's names).
+type lineConn struct{ *testkit.LineConn }
 
 func newLineConn(t testing.TB, c net.Conn) *lineConn {
-	return &lineConn{t: t, c: c, r: bufio.NewReader(c)}
+	return &lineConn{testkit.NewLineConn(t, c)}
 }
 
-func (l *lineConn) send(line string) {
-	l.t.Helper()
-	if _, err := l.c.Write([]byte(line + "\r\n")); err != nil {
-		l.t.Fatalf("sending %q: %v", line, err)
-	}
-}
-
-// expect reads one line and checks its start.
-func (l *lineConn) expect(prefix string) string {
-	l.t.Helper()
-	line, err := l.r.ReadString('\n')
-	if err != nil {
-		l.t.Fatalf("reading (want %q): %v", prefix, err)
-	}
-	line = strings.TrimRight(line, "\r\n")
-	if !strings.HasPrefix(line, prefix) {
-		l.t.Fatalf("got %q, want a line starting with %q", line, prefix)
-	}
-	return line
-}
+func (l *lineConn) send(line string)            { l.T.Helper(); l.Send(line) }
+func (l *lineConn) expect(prefix string) string { l.T.Helper(); return l.Expect(prefix) }
 
 // expectReply reads an SMTP/LMTP reply (continuation lines "250-...")
-// and checks the code of its last line.
-func (l *lineConn) expectReply(code string) {
-	l.t.Helper()
-	for {
-		line := l.expect(code)
-		if len(line) < 4 || line[3] != '-' {
-			return
-		}
-	}
-}
+// and checks its code.
+func (l *lineConn) expectReply(code string) { l.T.Helper(); l.ExpectReply(code) }
 
 // lmtpDeliver delivers one message to alice over an open LMTP connection.
 func lmtpDeliver(t testing.TB, c net.Conn, subject string) {

@@ -100,7 +100,7 @@ func TestPostfixLMTPUnix(t *testing.T) {
 	d := start(t, filepath.Join(w.dir, "lmtpd.log"), nil, b.bin, "lmtpd", "-c", w.cfg)
 	d.waitLog(10*time.Second, "msg=listening")
 
-	in := postfix.Start(t, options(t, snippet(t, "main.cf-lmtp-unix", "/run/nfsdrop/lmtp", sock), ""))
+	in := postfix.StartT(t, options(t, snippet(t, "main.cf-lmtp-unix", "/run/nfsdrop/lmtp", sock), ""))
 	withMaster(t, in, b.bin, w.cfg)
 	sendTestMail(t, in, "over the unix socket")
 	in.Flush()
@@ -129,7 +129,7 @@ func TestPostfixLMTPTCP(t *testing.T) {
 		"[drop1.example.org]:24", fmt.Sprintf("[127.0.0.1]:%d", ports[0]),
 		"[drop2.example.org]:24", fmt.Sprintf("[127.0.0.1]:%d", ports[1]),
 		"[drop3.example.org]:24", fmt.Sprintf("[127.0.0.1]:%d", ports[2]))
-	in := postfix.Start(t, options(t, extra, "lmtp:unix:"+filepath.Join(w.dir, "none")))
+	in := postfix.StartT(t, options(t, extra, "lmtp:unix:"+filepath.Join(w.dir, "none")))
 	withMaster(t, in, b.bin, w.cfg)
 	sendTestMail(t, in, "over tcp")
 	in.Flush()
@@ -158,7 +158,7 @@ func TestPostfixPipe(t *testing.T) {
 	if err := os.Chmod(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	in := postfix.Start(t, options(t, snippet(t, "main.cf-pipe"), "lmtp:unix:"+filepath.Join(w.dir, "none")))
+	in := postfix.StartT(t, options(t, snippet(t, "main.cf-pipe"), "lmtp:unix:"+filepath.Join(w.dir, "none")))
 	withMaster(t, in, bin, w.cfg)
 	sendTestMail(t, in, "through pipe")
 	in.Flush()
@@ -183,7 +183,7 @@ func TestPostfixPipe(t *testing.T) {
 func TestPostfixMailboxCommand(t *testing.T) {
 	b := packages(t)
 	w := newWorld(t, conf{})
-	in := postfix.Start(t, options(t, snippet(t, "main.cf-mailbox-command"), "lmtp:unix:"+filepath.Join(w.dir, "none")))
+	in := postfix.StartT(t, options(t, snippet(t, "main.cf-mailbox-command"), "lmtp:unix:"+filepath.Join(w.dir, "none")))
 	withMaster(t, in, b.bin, w.cfg)
 	out := postfixCmd(t, in, testenv.Require(t, "postfix", "postconf")[0], "-c", in.ConfigDir, "-h", "mailbox_command")
 	if !strings.Contains(out, "/usr/sbin/nfsdrop deliver") {

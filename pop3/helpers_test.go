@@ -1,19 +1,11 @@
 package pop3
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -22,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 // fakeMsg is a message of the fake mailbox: data as stored (bare LF or
@@ -215,43 +208,13 @@ func (m *fakeMailbox) wait(t *testing.T) (committed, closed int) {
 }
 
 // logBuffer collects the server's log for checks.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuffer struct{ testkit.LogBuffer }
 
 // waitFor waits until the log has a line containing all of parts (the
 // session line is written after the client sees the connection close).
 func (l *logBuffer) waitFor(t *testing.T, parts ...string) string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		for _, line := range strings.Split(l.String(), "\n") {
-			ok := true
-			for _, p := range parts {
-				ok = ok && strings.Contains(line, p)
-			}
-			if ok {
-				return line
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line with %q in:\n%s", parts, l.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return l.WaitFor(t, 10*time.Second, parts...)
 }
 
 func newTestLogger(w io.Writer) *slog.Logger {
@@ -333,12 +296,9 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// client is a raw POP3 client: lines in, lines out.
-type client struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-}
+// client is a raw POP3 client: lines in, lines out. The methods forward
+// to testkit.LineConn under the names this package's tests use.
+type client struct{ *testkit.LineConn }
 
 func dial(t *testing.T, addr string) *client {
 	t.Helper()
@@ -347,13 +307,7 @@ func dial(t *testing.T, addr string) *client {
 
 func dialFrom(t *testing.T, addr string, local net.Addr) *client {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: local}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &client{t: t, c: c, r: bufio.NewReader(c)}
+	return &client{testkit.DialFrom(t, "tcp", addr, local)}
 }
 
 // dialTLS connects to an implicit-TLS listener.
@@ -364,107 +318,20 @@ func dialTLS(t *testing.T, addr string, cfg *tls.Config) *client {
 	return c
 }
 
-func (c *client) startTLS(cfg *tls.Config) {
-	c.t.Helper()
-	if c.r.Buffered() != 0 {
-		c.t.Fatalf("%d bytes unread before TLS", c.r.Buffered())
-	}
-	tc := tls.Client(c.c, cfg)
-	tc.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := tc.Handshake(); err != nil {
-		c.t.Fatalf("TLS handshake: %v", err)
-	}
-	tc.SetDeadline(time.Time{})
-	c.c = tc
-	c.r = bufio.NewReader(tc)
-}
-
-// send writes the lines, each with CRLF, in one write.
-func (c *client) send(lines ...string) {
-	c.t.Helper()
-	c.raw(strings.Join(lines, "\r\n") + "\r\n")
-}
-
-func (c *client) raw(s string) {
-	c.t.Helper()
-	c.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c.c, s); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-// line reads one line without CRLF.
-func (c *client) line() string {
-	c.t.Helper()
-	c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	s, err := c.r.ReadString('\n')
-	if err != nil {
-		c.t.Fatalf("read: %v (got %q)", err, s)
-	}
-	if !strings.HasSuffix(s, "\r\n") {
-		c.t.Fatalf("line %q does not end in CRLF", s)
-	}
-	return strings.TrimSuffix(s, "\r\n")
-}
-
-// expect reads a line and checks that it starts with prefix.
+func (c *client) startTLS(cfg *tls.Config) { c.T.Helper(); c.StartTLS(cfg) }
+func (c *client) send(lines ...string)     { c.T.Helper(); c.Send(lines...) }
+func (c *client) raw(s string)             { c.T.Helper(); c.Raw(s) }
+func (c *client) line() string             { c.T.Helper(); return c.Line() }
 func (c *client) expect(prefix string) string {
-	c.t.Helper()
-	s := c.line()
-	if !strings.HasPrefix(s, prefix) {
-		c.t.Fatalf("got %q, want %q...", s, prefix)
-	}
-	return s
+	c.T.Helper()
+	return c.Expect(prefix)
 }
-
-// multi reads the lines of a multi-line response after its first line,
-// with the byte-stuffing undone.
-func (c *client) multi() []string {
-	c.t.Helper()
-	var out []string
-	for {
-		s := c.line()
-		if s == "." {
-			return out
-		}
-		out = append(out, strings.TrimPrefix(s, "."))
-	}
-}
-
-// body reads a multi-line response's data as sent (stuffed, CRLF) up to
-// and without the terminating ".\r\n".
-func (c *client) body() string {
-	c.t.Helper()
-	var b strings.Builder
-	for {
-		c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		s, err := c.r.ReadString('\n')
-		if err != nil {
-			c.t.Fatalf("read: %v", err)
-		}
-		if s == ".\r\n" {
-			return b.String()
-		}
-		b.WriteString(s)
-	}
-}
-
-// eof checks that the server closed the connection with nothing more.
-func (c *client) eof() {
-	c.t.Helper()
-	c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	s, err := c.r.ReadString('\n')
-	if err == nil || s != "" {
-		c.t.Fatalf("got %q, %v; want the connection closed", s, err)
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		c.t.Fatal("connection still open")
-	}
-}
+func (c *client) multi() []string { c.T.Helper(); return c.Multi() }
+func (c *client) body() string    { c.T.Helper(); return c.Body() }
+func (c *client) eof()            { c.T.Helper(); c.ExpectEOF() }
 
 func (c *client) login(user, pass string) {
-	c.t.Helper()
+	c.T.Helper()
 	c.send("USER "+user, "PASS "+pass)
 	c.expect("+OK")
 	c.expect("+OK Logged in")
@@ -474,33 +341,5 @@ func (c *client) login(user, pass string) {
 // and returns the server config and a client config that trusts it.
 func testCert(t *testing.T) (server, client *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "localhost"},
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
-	client = &tls.Config{RootCAs: pool, ServerName: "localhost"}
-	return server, client
+	return testkit.TLSConfigs(t)
 }

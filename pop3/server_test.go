@@ -18,6 +18,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 var testMessages = []fakeMsg{
@@ -457,8 +458,8 @@ func TestImplicitTLS(t *testing.T) {
 	// read and is dropped.
 	raw := dial(t, ts.addr)
 	raw.send("USER alice")
-	raw.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if s, _ := raw.r.ReadString('\n'); strings.HasPrefix(s, "+OK") {
+	raw.C.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if s, _ := raw.R.ReadString('\n'); strings.HasPrefix(s, "+OK") {
 		t.Fatalf("plain client got %q", s)
 	}
 }
@@ -657,7 +658,7 @@ func TestStalledClient(t *testing.T) {
 	opts.IdleTimeout = 300 * time.Millisecond
 	ts := startServer(t, b, opts, false)
 	c := dial(t, ts.addr)
-	if tc, ok := c.c.(*net.TCPConn); ok {
+	if tc, ok := c.C.(*net.TCPConn); ok {
 		tc.SetReadBuffer(64 << 10)
 	}
 	c.expect("+OK")
@@ -702,7 +703,7 @@ func TestEOFWithoutQuit(t *testing.T) {
 	c.send("DELE 1", "DELE 2")
 	c.expect("+OK")
 	c.expect("+OK")
-	c.c.Close()
+	c.C.Close()
 	if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
 		t.Fatalf("commit %d close %d, want 0 1", committed, closed)
 	}
@@ -767,10 +768,10 @@ func TestMessageErrors(t *testing.T) {
 		c.expect("+OK")
 		c.login("alice", "secret word")
 		c.send("RETR 1")
-		c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		c.C.SetReadDeadline(time.Now().Add(10 * time.Second))
 		var got strings.Builder
 		for {
-			s, err := c.r.ReadString('\n')
+			s, err := c.R.ReadString('\n')
 			got.WriteString(s)
 			if err != nil {
 				break
@@ -941,13 +942,8 @@ func TestLoginTimeout(t *testing.T) {
 
 func waitSessions(t *testing.T, s *Server, n int64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.Sessions() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("Sessions() = %d, want %d", s.Sessions(), n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.Sessions() == n },
+		func() string { return fmt.Sprintf("Sessions() = %d, want %d", s.Sessions(), n) })
 }
 
 func TestMaxPerIP(t *testing.T) {
@@ -1032,8 +1028,8 @@ func TestProxyUntrusted(t *testing.T) {
 	c2.raw(proxyHeader(t, 2, "203.0.113.7:4242", "198.51.100.1:110") + "USER alice\r\nPASS secret word\r\n")
 	c2.expect("+OK pop.test")
 	for {
-		c2.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		s, err := c2.r.ReadString('\n')
+		c2.C.SetReadDeadline(time.Now().Add(10 * time.Second))
+		s, err := c2.R.ReadString('\n')
 		if err != nil {
 			break
 		}

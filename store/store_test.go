@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 const testMarker = ".nfsdrop-mounted"
@@ -589,16 +590,14 @@ func TestSweepInPassing(t *testing.T) {
 	if _, err := s.Deliver(mb, bytes.NewReader(testMessage)); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(leftover); os.IsNotExist(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the background sweeper did not remove an abandoned tmp/ file")
-		}
-		time.Sleep(10 * time.Millisecond)
+	waitSwept := func(path string) {
+		t.Helper()
+		testkit.Eventually(t, 5*time.Second, func() bool {
+			_, err := os.Stat(path)
+			return os.IsNotExist(err)
+		}, func() string { return "the background sweeper did not remove the abandoned tmp/ file " + path })
 	}
+	waitSwept(leftover)
 	if n := len(listDir(t, filepath.Join(mb.Path, "new"))); n != 1 {
 		t.Errorf("new/ has %d files, want 1", n)
 	}
@@ -607,7 +606,19 @@ func TestSweepInPassing(t *testing.T) {
 	if _, err := s.Deliver(mb, bytes.NewReader(testMessage)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	// The sweeper takes its requests in order, one at a time: once a
+	// Maildir asked for after this delivery is swept, a second sweep of
+	// mb, had it been asked for, would have run already.
+	sentinel := mailbox(root, "sentinel")
+	if err := s.EnsureMaildir(sentinel); err != nil {
+		t.Fatal(err)
+	}
+	sentinelLeftover := filepath.Join(sentinel.Path, "tmp", "1.abandoned")
+	os.WriteFile(sentinelLeftover, []byte("partial"), 0o600)
+	if _, err := s.Deliver(sentinel, bytes.NewReader(testMessage)); err != nil {
+		t.Fatal(err)
+	}
+	waitSwept(sentinelLeftover)
 	if _, err := os.Stat(leftover); err != nil {
 		t.Errorf("swept twice within a day: %v", err)
 	}

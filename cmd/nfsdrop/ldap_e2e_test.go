@@ -76,7 +76,7 @@ func ldapE2ELDIF(t *testing.T) string {
 // ldapE2EStart starts slapd with nfsdrop's schema and the directory.
 func ldapE2EStart(t *testing.T) *slapd.Server {
 	t.Helper()
-	return slapd.Start(t, slapd.Options{
+	return slapd.StartT(t, slapd.Options{
 		Schemas: []string{"contrib/ldap/nfsdrop.schema"},
 		LDIF:    []string{ldapE2ELDIF(t)},
 		Extra:   []string{"index nfsdropAlias eq"},

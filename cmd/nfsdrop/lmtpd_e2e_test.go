@@ -9,7 +9,6 @@ package main
 // other end-to-end tests of this package.
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"net"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
 	"github.com/nfsdrop/nfsdrop/internal/testenv/postfix"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 const lmtpdMarker = ".nfsdrop-mounted"
@@ -312,61 +312,29 @@ func lmtpdID(tag string) string {
 	return fmt.Sprintf("%s.%d.%d@e2e.test", tag, os.Getpid(), lmtpdIDs.n)
 }
 
-// lmtpdClient is a raw LMTP client.
-type lmtpdClient struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-}
+// lmtpdClient is a raw LMTP client (testkit.LineConn under this file's
+// names).
+type lmtpdClient struct{ *testkit.LineConn }
 
 func lmtpdDial(t *testing.T, network, addr string) *lmtpdClient {
 	t.Helper()
-	conn, err := net.DialTimeout(network, addr, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	t.Cleanup(func() { conn.Close() })
-	c := &lmtpdClient{t: t, c: conn, r: bufio.NewReader(conn)}
+	c := &lmtpdClient{testkit.Dial(t, network, addr)}
+	c.Timeout = 30 * time.Second
 	c.expect("220 ")
 	return c
 }
 
-func (c *lmtpdClient) send(s string) {
-	c.t.Helper()
-	if _, err := c.c.Write([]byte(s)); err != nil {
-		c.t.Fatal(err)
-	}
-}
+func (c *lmtpdClient) send(s string) { c.T.Helper(); c.Raw(s) }
 
 // reply reads one reply and returns its last line ("" at EOF).
-func (c *lmtpdClient) reply() string {
-	c.t.Helper()
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			return strings.TrimRight(line, "\r\n")
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 4 || line[3] != '-' {
-			return line
-		}
-	}
-}
+func (c *lmtpdClient) reply() string { c.T.Helper(); return c.Reply() }
 
-func (c *lmtpdClient) expect(prefix string) string {
-	c.t.Helper()
-	line := c.reply()
-	if !strings.HasPrefix(line, prefix) {
-		c.t.Fatalf("got %q, want %q...", line, prefix)
-	}
-	return line
-}
+func (c *lmtpdClient) expect(prefix string) string { c.T.Helper(); return c.ExpectReply(prefix) }
 
 // transaction sends one message to rcpts (all must be accepted at RCPT)
 // and returns the reply for each after DATA.
 func (c *lmtpdClient) transaction(msg []byte, rcpts ...string) []string {
-	c.t.Helper()
+	c.T.Helper()
 	c.send("MAIL FROM:<sender@remote.test>\r\n")
 	c.expect("250 ")
 	for _, r := range rcpts {
@@ -396,7 +364,7 @@ func TestLMTPDPostfix(t *testing.T) {
 	w := newLmtpdWorld(t)
 	w.start()
 	w.waitReady()
-	pf := postfix.Start(t, postfix.Options{
+	pf := postfix.StartT(t, postfix.Options{
 		MailboxTransport: "lmtp:inet:" + w.tcpAddr(),
 		LocalDomains:     []string{"example.test"},
 		VirtualDomains:   []string{"virt.test", "unix.test"},

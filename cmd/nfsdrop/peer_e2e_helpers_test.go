@@ -194,7 +194,7 @@ func peerStartPostfix(t *testing.T, lmtp string, domains []string, routes ...str
 	if len(routes) > 0 {
 		o.Extra = []string{"transport_maps = inline:{ " + strings.Join(routes, ", ") + " }"}
 	}
-	pf := postfix.Start(t, o)
+	pf := postfix.StartT(t, o)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("mail log:\n%s", tail([]byte(pf.Log()), 12000))

@@ -8,18 +8,10 @@ package main
 // session stops (QUIT, or its server killed).
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -31,6 +23,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/store"
 )
 
@@ -146,35 +139,7 @@ func portOf(t testing.TB, addr string) string {
 // localhost, and its key, into dir.
 func makeCert(t testing.TB, dir string) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: "nfsdrop e2e"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeFile(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
+	return testkit.CertFiles(t, dir)
 }
 
 // proc is a server process of the built binary. It is stopped (SIGTERM,
@@ -335,74 +300,45 @@ func storedMessages(t testing.TB, maildir string) map[string][]byte {
 	return out
 }
 
-// popClient is a raw POP3 client.
+// popClient is a raw POP3 client with the session steps these tests
+// repeat (login, listing) on top of testkit.LineConn.
 type popClient struct {
-	t        testing.TB
-	c        net.Conn
-	r        *bufio.Reader
+	*testkit.LineConn
 	greeting string
 }
 
 // dialPOP3 connects to addr and reads the greeting.
 func dialPOP3(t testing.TB, addr string) *popClient {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &popClient{t: t, c: c, r: bufio.NewReader(c)}
-	t.Cleanup(func() { c.Close() })
-	p.greeting = p.readLine()
+	p := &popClient{LineConn: testkit.Dial(t, "tcp", addr)}
+	p.Timeout = 30 * time.Second
+	p.greeting = p.Line()
 	if !strings.HasPrefix(p.greeting, "+OK") {
 		t.Fatalf("greeting from %s: %q", addr, p.greeting)
 	}
 	return p
 }
 
-func (p *popClient) readLine() string {
-	p.t.Helper()
-	p.c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	line, err := p.r.ReadString('\n')
-	if err != nil {
-		p.t.Fatalf("POP3 read: %v (got %q)", err, line)
-	}
-	if !strings.HasSuffix(line, "\r\n") {
-		p.t.Fatalf("POP3 line %q does not end in CRLF", line)
-	}
-	return strings.TrimSuffix(line, "\r\n")
-}
-
 // cmd sends line and returns the first line of the answer.
 func (p *popClient) cmd(line string) string {
-	p.t.Helper()
-	p.c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-	if _, err := p.c.Write([]byte(line + "\r\n")); err != nil {
-		p.t.Fatalf("POP3 write %q: %v", line, err)
-	}
-	return p.readLine()
+	p.T.Helper()
+	return p.Cmd(line)
 }
 
 // multi sends line and returns the lines of a multi-line answer
 // (dot-unstuffed), failing the test on -ERR.
 func (p *popClient) multi(line string) []string {
-	p.t.Helper()
+	p.T.Helper()
 	if first := p.cmd(line); !strings.HasPrefix(first, "+OK") {
-		p.t.Fatalf("%s: %q", line, first)
+		p.T.Fatalf("%s: %q", line, first)
 	}
-	var out []string
-	for {
-		l := p.readLine()
-		if l == "." {
-			return out
-		}
-		out = append(out, strings.TrimPrefix(l, "."))
-	}
+	return p.Multi()
 }
 
 // login sends USER and PASS and returns the answer to PASS (or to USER
 // when that was refused).
 func (p *popClient) login(user, pass string) string {
-	p.t.Helper()
+	p.T.Helper()
 	if r := p.cmd("USER " + user); !strings.HasPrefix(r, "+OK") {
 		return r
 	}
@@ -411,9 +347,9 @@ func (p *popClient) login(user, pass string) string {
 
 // mustLogin logs in and fails the test unless it worked.
 func (p *popClient) mustLogin(user, pass string) {
-	p.t.Helper()
+	p.T.Helper()
 	if r := p.login(user, pass); !strings.HasPrefix(r, "+OK") {
-		p.t.Fatalf("login as %s: %q", user, r)
+		p.T.Fatalf("login as %s: %q", user, r)
 	}
 }
 
@@ -427,24 +363,24 @@ type popMsg struct {
 
 // listing reads UIDL, LIST and each message's Message-ID (TOP n 0).
 func (p *popClient) listing() []popMsg {
-	p.t.Helper()
+	p.T.Helper()
 	var msgs []popMsg
 	for _, l := range p.multi("UIDL") {
 		f := strings.Fields(l)
 		if len(f) != 2 {
-			p.t.Fatalf("UIDL line %q", l)
+			p.T.Fatalf("UIDL line %q", l)
 		}
 		n, _ := strconv.Atoi(f[0])
 		msgs = append(msgs, popMsg{num: n, uidl: f[1]})
 	}
 	sizes := p.multi("LIST")
 	if len(sizes) != len(msgs) {
-		p.t.Fatalf("LIST has %d lines, UIDL %d", len(sizes), len(msgs))
+		p.T.Fatalf("LIST has %d lines, UIDL %d", len(sizes), len(msgs))
 	}
 	for i, l := range sizes {
 		f := strings.Fields(l)
 		if len(f) != 2 || f[0] != strconv.Itoa(msgs[i].num) {
-			p.t.Fatalf("LIST line %q for message %d", l, msgs[i].num)
+			p.T.Fatalf("LIST line %q for message %d", l, msgs[i].num)
 		}
 		msgs[i].size, _ = strconv.ParseInt(f[1], 10, 64)
 	}
@@ -455,7 +391,7 @@ func (p *popClient) listing() []popMsg {
 			}
 		}
 		if msgs[i].id == "" {
-			p.t.Fatalf("message %d (%s) has no Message-ID", msgs[i].num, msgs[i].uidl)
+			p.T.Fatalf("message %d (%s) has no Message-ID", msgs[i].num, msgs[i].uidl)
 		}
 	}
 	return msgs
@@ -463,9 +399,9 @@ func (p *popClient) listing() []popMsg {
 
 // quit sends QUIT and returns the answer.
 func (p *popClient) quit() string {
-	p.t.Helper()
+	p.T.Helper()
 	r := p.cmd("QUIT")
-	p.c.Close()
+	p.Close()
 	return r
 }
 

@@ -77,7 +77,7 @@ var scanE2EDeferRE = `dsn=4\.7\.1, status=deferred \(host .* said: 451 4\.7\.1 .
 //     Infected (SIGNATURE), a clean one with X-Virus-Status: Clean.
 func TestScanE2EActions(t *testing.T) {
 	t.Parallel()
-	av := clamd.Start(t)
+	av := clamd.StartT(t, clamd.Options{})
 	w := newPeerWorld(t)
 	w.scanE2EUsers("reject.test", "quarantine.test", "tag.test")
 	quarantine := filepath.Join(w.root, "quarantine", "Maildir")
@@ -190,7 +190,7 @@ func TestScanE2EActions(t *testing.T) {
 // once to each recipient.
 func TestScanE2EClamdDown(t *testing.T) {
 	t.Parallel()
-	av := clamd.Start(t)
+	av := clamd.StartT(t, clamd.Options{})
 	w := newPeerWorld(t)
 	w.scanE2EUsers("example.test")
 	lmtp, d := w.lmtpd("lmtpd", "10M", w.scanE2EConfig(av.UnixAddress(), `action = "reject"`)...)
@@ -349,7 +349,7 @@ func scanE2EBig(id, to string, size int) []byte {
 //     stored.
 func TestScanE2ETooLarge(t *testing.T) {
 	t.Parallel()
-	av := clamd.StartWith(t, clamd.Options{StreamMaxLength: "1M"})
+	av := clamd.StartT(t, clamd.Options{StreamMaxLength: "1M"})
 	w := newPeerWorld(t)
 	w.scanE2EUsers("skip.test", "temp.test")
 
@@ -402,7 +402,7 @@ func TestScanE2ETooLarge(t *testing.T) {
 // 75 (EX_TEMPFAIL, Postfix retries) and nothing is stored.
 func TestScanE2EDeliver(t *testing.T) {
 	t.Parallel()
-	av := clamd.Start(t)
+	av := clamd.StartT(t, clamd.Options{})
 	w := newPeerWorld(t)
 	w.scanE2EUsers("example.test")
 	cfg := w.config("deliver", append(w.scanE2EConfig(av.UnixAddress(), `action = "reject"`),

@@ -19,7 +19,7 @@ func TestUserCommandsLDAP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := slapd.Start(t, slapd.Options{Schemas: []string{"contrib/ldap/nfsdrop.schema"}, LDIF: []string{string(users)}})
+	srv := slapd.StartT(t, slapd.Options{Schemas: []string{"contrib/ldap/nfsdrop.schema"}, LDIF: []string{string(users)}})
 	bin := testenv.Binary(t)
 	dir := t.TempDir()
 	root := filepath.Join(dir, "mail")

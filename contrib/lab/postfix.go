@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,14 +56,6 @@ func (l *Lab) StartPostfix(ctx context.Context, o PostfixOptions) (*Postfix, err
 		if _, err := lookPath(p); err != nil {
 			return nil, &MissingError{Packages: []string{"postfix"}}
 		}
-	}
-	pfu, err := user.Lookup("postfix")
-	if err != nil {
-		return nil, fmt.Errorf("lab: no postfix user: %w", err)
-	}
-	pdg, err := user.LookupGroup("postdrop")
-	if err != nil {
-		return nil, fmt.Errorf("lab: no postdrop group: %w", err)
 	}
 	if len(o.Domains) == 0 {
 		o.Domains = []string{"lab.test"}
@@ -147,10 +138,8 @@ func (l *Lab) StartPostfix(ctx context.Context, o PostfixOptions) (*Postfix, err
 	if err := os.WriteFile(filepath.Join(p.ConfigDir, "master.cf"), []byte(strings.Replace(labMasterCF, "{{SMTP}}", "127.0.0.1:"+strconv.Itoa(o.SMTPPort), 1)), 0o644); err != nil {
 		return nil, err
 	}
-	owner, _ := strconv.Atoi(pfu.Uid)
-	postdrop, _ := strconv.Atoi(pdg.Gid)
-	if err := makePostfixDirs(p.QueueDir, p.DataDir, owner, postdrop); err != nil {
-		return nil, err
+	if err := postfix.MakeQueue(p.QueueDir, p.DataDir); err != nil {
+		return nil, fmt.Errorf("lab: postfix queue: %w", err)
 	}
 	// The master in the foreground (-d), in the client namespace; ip netns
 	// exec execs it, so the lab's PID is the master's, and SIGTERM makes
@@ -230,47 +219,6 @@ func (p *Postfix) QueueSize() int {
 		})
 	}
 	return n
-}
-
-func makePostfixDirs(queue, data string, owner, postdrop int) error {
-	dirs := []struct {
-		path     string
-		uid, gid int
-		mode     os.FileMode
-	}{
-		{data, owner, -1, 0o700},
-		{queue, 0, -1, 0o755},
-		{"active", owner, -1, 0o700},
-		{"bounce", owner, -1, 0o700},
-		{"corrupt", owner, -1, 0o700},
-		{"defer", owner, -1, 0o700},
-		{"deferred", owner, -1, 0o700},
-		{"flush", owner, -1, 0o700},
-		{"hold", owner, -1, 0o700},
-		{"incoming", owner, -1, 0o700},
-		{"private", owner, -1, 0o700},
-		{"maildrop", owner, postdrop, 0o730},
-		{"public", owner, postdrop, 0o710},
-		{"pid", 0, -1, 0o755},
-		{"saved", owner, -1, 0o700},
-		{"trace", owner, -1, 0o700},
-	}
-	for _, d := range dirs {
-		p := d.path
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(queue, p)
-		}
-		if err := os.Mkdir(p, d.mode); err != nil {
-			return err
-		}
-		if err := os.Lchown(p, d.uid, d.gid); err != nil {
-			return err
-		}
-		if err := os.Chmod(p, d.mode); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // labMasterCF is internal/testenv/postfix's master.cf with an smtpd

@@ -6,7 +6,6 @@ package pop3backend
 // server renamed or removed after the listing.
 
 import (
-	"bufio"
 	"context"
 	"io/fs"
 	"log/slog"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/pop3"
 	"github.com/nfsdrop/nfsdrop/store"
@@ -93,69 +93,26 @@ func start(t *testing.T, uidlFormat string) *env {
 	return e
 }
 
-type client struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-}
+// client is a raw POP3 client (testkit.LineConn under this file's names).
+type client struct{ *testkit.LineConn }
 
 func (e *env) dial(t *testing.T) *client {
 	t.Helper()
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	cl := &client{t: t, c: c, r: bufio.NewReader(c)}
+	cl := &client{testkit.Dial(t, "tcp", e.addr)}
+	cl.Timeout = 30 * time.Second
 	cl.expect("+OK")
 	return cl
 }
 
-func (c *client) cmd(line string) string {
-	c.t.Helper()
-	if _, err := c.c.Write([]byte(line + "\r\n")); err != nil {
-		c.t.Fatal(err)
-	}
-	return c.line()
-}
-
-func (c *client) line() string {
-	c.t.Helper()
-	s, err := c.r.ReadString('\n')
-	if err != nil {
-		c.t.Fatalf("read: %v (got %q)", err, s)
-	}
-	return strings.TrimRight(s, "\r\n")
-}
-
-func (c *client) expect(prefix string) string {
-	c.t.Helper()
-	s := c.line()
-	if !strings.HasPrefix(s, prefix) {
-		c.t.Fatalf("got %q, want %q...", s, prefix)
-	}
-	return s
-}
-
-// multi reads a multi-line answer's lines up to the terminator.
-func (c *client) multi() []string {
-	c.t.Helper()
-	var out []string
-	for {
-		s := c.line()
-		if s == "." {
-			return out
-		}
-		out = append(out, s)
-	}
-}
+func (c *client) cmd(line string) string      { c.T.Helper(); return c.Cmd(line) }
+func (c *client) expect(prefix string) string { c.T.Helper(); return c.Expect(prefix) }
+func (c *client) multi() []string             { c.T.Helper(); return c.Multi() }
 
 func (c *client) login() {
-	c.t.Helper()
+	c.T.Helper()
 	c.cmd("USER alice")
 	if got := c.cmd("PASS pw"); !strings.HasPrefix(got, "+OK") {
-		c.t.Fatalf("login: %q", got)
+		c.T.Fatalf("login: %q", got)
 	}
 }
 

@@ -56,7 +56,7 @@ func wantVirus(t *testing.T, res Result, err error) {
 }
 
 func TestClamdVerdicts(t *testing.T) {
-	cd := clamd.Start(t)
+	cd := clamd.StartT(t, clamd.Options{})
 	if bytes.Contains(eicarMail(), []byte(clamd.EICAR)) {
 		t.Fatal("the test mail carries EICAR in the clear; it must be base64")
 	}
@@ -83,7 +83,7 @@ func TestClamdVerdicts(t *testing.T) {
 // Tee: the delivery writes the message to its tmp/ file and gets the
 // verdict from the same pass.
 func TestClamdTee(t *testing.T) {
-	cd := clamd.Start(t)
+	cd := clamd.StartT(t, clamd.Options{})
 	s := newScanner(t, Options{Addresses: cd.Addresses(), ChunkSize: 8192})
 	dir := t.TempDir()
 	for i, msg := range [][]byte{cleanMail(300_000), eicarMail(), cleanMail(10)} {
@@ -112,7 +112,7 @@ func TestClamdTee(t *testing.T) {
 
 // Concurrent scans, each on its own connection, get their own verdicts.
 func TestClamdConcurrent(t *testing.T) {
-	cd := clamd.Start(t)
+	cd := clamd.StartT(t, clamd.Options{})
 	s := newScanner(t, Options{Addresses: cd.Addresses()})
 	var wg sync.WaitGroup
 	errs := make(chan error, 40)
@@ -139,7 +139,7 @@ func TestClamdConcurrent(t *testing.T) {
 }
 
 func TestClamdKilled(t *testing.T) {
-	cd := clamd.Start(t)
+	cd := clamd.StartT(t, clamd.Options{})
 	s := newScanner(t, Options{Addresses: cd.Addresses(), Timeout: 5 * time.Second})
 	if res, err := s.Scan(context.Background(), bytes.NewReader(cleanMail(100))); err != nil || !res.Clean {
 		t.Fatalf("before the kill: %+v, %v", res, err)
@@ -160,7 +160,7 @@ func TestClamdKilled(t *testing.T) {
 // A frozen clamd accepts connections (the kernel does) but never answers:
 // the deadline must end the scan.
 func TestClamdStopped(t *testing.T) {
-	cd := clamd.Start(t)
+	cd := clamd.StartT(t, clamd.Options{})
 	const timeout = 300 * time.Millisecond
 	for _, size := range []int{4096, 4 << 20} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
@@ -201,7 +201,7 @@ func TestClamdStopped(t *testing.T) {
 // OnTooLarge says, whether this side knows the limit (and stops after 1M)
 // or not (and learns it from clamd's "INSTREAM size limit exceeded").
 func TestClamdTooLarge(t *testing.T) {
-	cd := clamd.StartWith(t, clamd.Options{StreamMaxLength: "1M"})
+	cd := clamd.StartT(t, clamd.Options{StreamMaxLength: "1M"})
 	const limit = 1 << 20
 	big := cleanMail(2 << 20)
 	for _, known := range []int64{limit, 0} {
@@ -242,7 +242,7 @@ func TestClamdTooLarge(t *testing.T) {
 // BenchmarkScan measures scans of 4 KB messages against a real clamd over
 // its Unix socket, one at a time and concurrently.
 func BenchmarkScan(b *testing.B) {
-	cd := clamd.Start(b)
+	cd := clamd.StartT(b, clamd.Options{})
 	s, err := New(Options{Addresses: []string{cd.UnixAddress()}})
 	if err != nil {
 		b.Fatal(err)

@@ -8,6 +8,8 @@
 package testenv
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -21,22 +23,36 @@ import (
 // CI reports whether the tests run under CI (CI=true).
 func CI() bool { return os.Getenv("CI") == "true" }
 
-// Require looks each program up in PATH (and /usr/sbin, /usr/lib/postfix/sbin)
-// and returns their paths. A missing one fails the test under CI and skips
-// it otherwise.
-func Require(t testing.TB, pkg string, programs ...string) []string {
-	t.Helper()
+// ErrNotInstalled is wrapped by Find (and the peers' Start) when a program
+// a peer needs is missing, so that a caller outside a test (a benchmark,
+// the lab) can tell "install it" from "it failed".
+var ErrNotInstalled = errors.New("not installed")
+
+// Find looks each program up in PATH (and /usr/sbin, /usr/lib/postfix/sbin)
+// and returns their paths; a missing one is ErrNotInstalled (wrapped, with
+// the Debian package to install).
+func Find(pkg string, programs ...string) ([]string, error) {
 	var paths []string
 	for _, p := range programs {
 		path, err := LookPath(p)
 		if err != nil {
-			msg := p + " not found (Debian package " + pkg + "; ./test.sh installs it)"
-			if CI() {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
+			return nil, fmt.Errorf("%s %w (Debian package %s; ./test.sh installs it)", p, ErrNotInstalled, pkg)
 		}
 		paths = append(paths, path)
+	}
+	return paths, nil
+}
+
+// Require is Find for tests: a missing program fails the test under CI
+// and skips it otherwise.
+func Require(t testing.TB, pkg string, programs ...string) []string {
+	t.Helper()
+	paths, err := Find(pkg, programs...)
+	if err != nil {
+		if CI() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
 	}
 	return paths
 }
@@ -104,12 +120,21 @@ func RepoRoot() string {
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := FreeLoopbackPort()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return port
+}
+
+// FreeLoopbackPort is FreePort outside a test.
+func FreeLoopbackPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free loopback port: %w", err)
+	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // ShortTempDir makes a temporary directory with a short path (Unix socket

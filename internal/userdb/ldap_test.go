@@ -1,7 +1,6 @@
 package userdb
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -18,7 +17,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +24,7 @@ import (
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testenv/slapd"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 // The directory of these tests: contrib/ldap's schema and example users,
@@ -126,30 +125,12 @@ func readContrib(t testing.TB, name string) string {
 // test entries.
 func startDirectory(t testing.TB, mailRoot string) *slapd.Server {
 	t.Helper()
-	return slapd.Start(t, slapd.Options{
+	return slapd.StartT(t, slapd.Options{
 		Suffix:  ldapSuffix,
 		Schemas: []string{"contrib/ldap/nfsdrop.schema"},
 		LDIF:    []string{readContrib(t, "users.ldif"), testEntries(mailRoot)},
 		ACL:     ldapACL,
 	})
-}
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // testLDAPOptions are the settings of docs/ldap.md's OpenLDAP example.
@@ -193,9 +174,9 @@ func testLDAPOptions(t testing.TB, mailRoot string, uris ...string) LDAPOptions 
 	}
 }
 
-func openTestLDAP(t testing.TB, opts LDAPOptions) (*LDAP, *logBuffer) {
+func openTestLDAP(t testing.TB, opts LDAPOptions) (*LDAP, *testkit.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	d, err := OpenLDAP(opts)
 	if err != nil {
@@ -511,7 +492,7 @@ func TestLDAPHang(t *testing.T) {
 	opts.Timeout = 500 * time.Millisecond
 	opts.CacheSize = 0
 	opts.RetryBackoff = 100 * time.Millisecond
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	d, err := OpenLDAP(opts)
 	if err != nil {
@@ -624,7 +605,7 @@ func TestLDAPServerRefusals(t *testing.T) {
 		"unwilling (search)": {"restrict search"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			srv := slapd.Start(t, slapd.Options{
+			srv := slapd.StartT(t, slapd.Options{
 				Suffix:  ldapSuffix,
 				Schemas: []string{"contrib/ldap/nfsdrop.schema"},
 				LDIF:    []string{readContrib(t, "users.ldif"), testEntries(root)},
@@ -679,7 +660,7 @@ func TestLDAPFilterInjection(t *testing.T) {
 // attribute list are simply absent.
 func TestLDAPPlainInetOrgPerson(t *testing.T) {
 	root := t.TempDir()
-	srv := slapd.Start(t, slapd.Options{Suffix: ldapSuffix, LDIF: []string{`dn: dc=example,dc=org
+	srv := slapd.StartT(t, slapd.Options{Suffix: ldapSuffix, LDIF: []string{`dn: dc=example,dc=org
 objectClass: dcObject
 objectClass: organization
 dc: example
@@ -717,7 +698,7 @@ func TestLDAPContribFiles(t *testing.T) {
 		"cn=config LDIF":     {ConfigLDIF: []string{"contrib/ldap/nfsdrop.ldif"}, LDIF: []string{users}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			srv := slapd.Start(t, opts)
+			srv := slapd.StartT(t, opts)
 			d, _ := openTestLDAP(t, testLDAPOptions(t, root, srv.URI))
 			u, err := d.Lookup(context.Background(), "a.smith@example.org")
 			if err != nil {
@@ -935,7 +916,7 @@ func TestLDAPTLS(t *testing.T) {
 	caPEM, certPEM, keyPEM := testCA(t)
 	otherCA, _, _ := testCA(t)
 	root := t.TempDir()
-	srv := slapd.Start(t, slapd.Options{
+	srv := slapd.StartT(t, slapd.Options{
 		Suffix:  ldapSuffix,
 		Schemas: []string{"contrib/ldap/nfsdrop.schema"},
 		LDIF:    []string{readContrib(t, "users.ldif")},

@@ -1,7 +1,6 @@
 package userdb
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,39 +14,22 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
-
-// logBuf collects log output; safe for the concurrent tests.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // fixture is a passwd-file and a mail root in a temporary directory.
 type fixture struct {
 	dir  string // holds the file and the root
 	root string // the mail root (exists)
 	path string // the passwd-file
-	log  *logBuf
+	log  *testkit.LogBuffer
 	opts PasswdFileOptions
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	f := &fixture{dir: dir, root: filepath.Join(dir, "mail"), path: filepath.Join(dir, "users"), log: &logBuf{}}
+	f := &fixture{dir: dir, root: filepath.Join(dir, "mail"), path: filepath.Join(dir, "users"), log: &testkit.LogBuffer{}}
 	if err := os.Mkdir(f.root, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -693,13 +675,7 @@ func TestPasswdFileAuthenticateBadName(t *testing.T) {
 // on a lookup after the check interval, so there is nothing to wait on.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, cond, func() string { return "timed out waiting for " + what })
 }
 
 func found(p *PasswdFile, addr string) bool {
@@ -741,11 +717,18 @@ func TestPasswdFileReload(t *testing.T) {
 	}
 	waitFor(t, "erin after same-size write", func() bool { return found(p, "erin") })
 
-	// The file vanishes: keep serving the old table, log once.
+	// The file vanishes: keep serving the old table, log once. The log
+	// line shows a reload was tried (lookups trigger it), so "users lost"
+	// is checked against a failed reload, not after a fixed sleep.
 	if err := os.Remove(f.path); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(30 * time.Millisecond)
+	waitFor(t, "the failed reload logged", func() bool {
+		if !found(p, "erin") {
+			t.Fatal("users lost when the file vanished")
+		}
+		return strings.Contains(f.log.String(), "reload failed")
+	})
 	for range 5 {
 		if !found(p, "erin") {
 			t.Fatal("users lost when the file vanished")

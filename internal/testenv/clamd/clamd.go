@@ -4,15 +4,17 @@
 // a loopback TCP port, all in a temporary directory.
 //
 // It never touches the system's clamd or its configuration. The daemon runs
-// in the foreground as a child of the test, as the clamav user (through
-// setpriv) when the test runs as root and as the test's own user
-// otherwise, and is killed by its PID when the test ends. A missing clamd
-// (Debian package clamav-daemon) fails the test under CI=true and skips it
-// elsewhere (testenv.Require).
+// in the foreground as a child of the caller, as the clamav user (through
+// setpriv) when running as root and as the caller's own user otherwise,
+// and is killed by its PID by Close (StartT: when the test ends). Start is
+// plain Go (for benchmarks and the lab); StartT is its testing wrapper,
+// where a missing clamd (Debian package clamav-daemon) fails the test
+// under CI=true and skips it elsewhere (testenv.Require).
 package clamd
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -63,47 +65,91 @@ type Instance struct {
 	exited  chan struct{}
 }
 
-// Start starts an instance with the default options; see StartWith.
-func Start(t testing.TB) *Instance {
-	t.Helper()
-	return StartWith(t, Options{})
-}
+// Package is the Debian package that holds clamd.
+const Package = "clamav-daemon"
 
-// StartWith starts an instance and waits until it answers PING; t.Cleanup
-// kills it. It fails the test when clamd cannot start.
-func StartWith(t testing.TB, opts Options) *Instance {
-	t.Helper()
-	paths := testenv.Require(t, "clamav-daemon", "clamd")
-	clamd := paths[0]
+// startTimeout bounds the wait for clamd's first PONG.
+const startTimeout = 30 * time.Second
+
+// Start writes the configuration and database into a new directory under
+// /tmp, starts clamd and waits until it answers PING (or ctx ends). A
+// missing clamd is testenv.ErrNotInstalled (wrapped). Close kills it and
+// removes the directory.
+func Start(ctx context.Context, opts Options) (*Instance, error) {
+	paths, err := testenv.Find(Package, "clamd")
+	if err != nil {
+		return nil, err
+	}
 	if opts.StreamMaxLength == "" {
 		opts.StreamMaxLength = "25M"
 	}
-
-	dir := testenv.ShortTempDir(t) // Unix socket paths are short
+	dir, err := os.MkdirTemp("/tmp", "nd") // Unix socket paths are short
+	if err != nil {
+		return nil, err
+	}
 	in := &Instance{
 		Dir:     dir,
 		Socket:  filepath.Join(dir, "clamd.sock"),
-		TCP:     net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t))),
 		LogFile: filepath.Join(dir, "clamd.log"),
 		exited:  make(chan struct{}),
 	}
-	db := filepath.Join(dir, "db")
-	tmp := filepath.Join(dir, "tmp")
+	args, err := in.prepare(opts, paths[0])
+	if err == nil {
+		err = in.start(ctx, args)
+	}
+	if err != nil {
+		in.Close()
+		return nil, fmt.Errorf("clamd: %w", err)
+	}
+	return in, nil
+}
+
+// StartT starts an instance for a test; t.Cleanup kills it and removes
+// its directory. A missing clamd fails the test under CI=true and skips it
+// elsewhere.
+func StartT(t testing.TB, opts Options) *Instance {
+	t.Helper()
+	testenv.Require(t, Package, "clamd")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	in, err := Start(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(in.Close)
+	return in
+}
+
+// Close kills clamd and removes its directory.
+func (in *Instance) Close() {
+	in.Kill()
+	os.RemoveAll(in.Dir)
+}
+
+// prepare writes the database and clamd.conf, and returns the command
+// line (through setpriv as the clamav user when running as root).
+func (in *Instance) prepare(opts Options, clamd string) ([]string, error) {
+	port, err := testenv.FreeLoopbackPort()
+	if err != nil {
+		return nil, err
+	}
+	in.TCP = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	db := filepath.Join(in.Dir, "db")
+	tmp := filepath.Join(in.Dir, "tmp")
 	for _, d := range []string{db, tmp} {
 		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
 	// One signature: "Name:TargetType(0 = any):Offset(* = anywhere):hex".
 	sig := fmt.Sprintf("Test.EICAR:0:*:%x\n", EICAR)
 	if err := os.WriteFile(filepath.Join(db, "test.ndb"), []byte(sig), 0o644); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	_, port, _ := net.SplitHostPort(in.TCP)
 	conf := []string{
 		"LocalSocket " + in.Socket,
 		"LocalSocketMode 666",
-		"TCPSocket " + port,
+		"TCPSocket " + strconv.Itoa(port),
 		"TCPAddr 127.0.0.1",
 		"DatabaseDirectory " + db,
 		"Foreground yes",
@@ -111,70 +157,80 @@ func StartWith(t testing.TB, opts Options) *Instance {
 		"ScanMail yes",
 		"LogFile " + in.LogFile,
 		"LogTime yes",
-		"PidFile " + filepath.Join(dir, "clamd.pid"),
+		"PidFile " + filepath.Join(in.Dir, "clamd.pid"),
 		"TemporaryDirectory " + tmp,
 		"SelfCheck 0",
 	}
 	conf = append(conf, opts.Extra...)
-	confPath := filepath.Join(dir, "clamd.conf")
+	confPath := filepath.Join(in.Dir, "clamd.conf")
 	if err := os.WriteFile(confPath, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-
 	args := []string{clamd, "--config-file=" + confPath}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("clamav")
-		if err != nil {
-			t.Fatalf("clamd.Start: no clamav user: %v", err)
-		}
-		setpriv, err := testenv.LookPath("setpriv")
-		if err != nil {
-			t.Fatalf("clamd.Start: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		err = filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
-			if err != nil {
-				return err
-			}
-			return os.Lchown(p, uid, gid)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		args = append([]string{setpriv, "--reuid", u.Uid, "--regid", u.Gid, "--clear-groups", "--"}, args...)
+	if os.Geteuid() != 0 {
+		return args, nil
 	}
+	return in.asClamav(args)
+}
+
+// asClamav hands the directory to the clamav user and prefixes args with
+// setpriv, as Debian's package runs clamd.
+func (in *Instance) asClamav(args []string) ([]string, error) {
+	u, err := user.Lookup("clamav")
+	if err != nil {
+		return nil, fmt.Errorf("no clamav user: %w", err)
+	}
+	setpriv, err := testenv.LookPath("setpriv")
+	if err != nil {
+		return nil, err
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	err = filepath.Walk(in.Dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return append([]string{setpriv, "--reuid", u.Uid, "--regid", u.Gid, "--clear-groups", "--"}, args...), nil
+}
+
+// start runs clamd and waits for its first PONG.
+func (in *Instance) start(ctx context.Context, args []string) error {
 	// Errors before clamd opens its log (a bad clamd.conf) go to stderr.
 	out, err := os.Create(in.outFile())
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer out.Close()
 	in.cmd = exec.Command(args[0], args[1:]...)
 	in.cmd.Stdout, in.cmd.Stderr = out, out
 	if err := in.cmd.Start(); err != nil {
-		t.Fatalf("starting clamd: %v", err)
+		in.cmd = nil
+		return fmt.Errorf("starting clamd: %w", err)
 	}
 	go func() {
 		in.cmd.Wait()
 		close(in.exited)
 	}()
-	t.Cleanup(in.Kill)
-
-	deadline := time.Now().Add(30 * time.Second)
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
 	for {
-		if err := in.ping(); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("clamd did not answer PING within 30s: %v\n%s", err, in.Log())
+		err := in.ping()
+		if err == nil {
+			return nil
 		}
 		select {
 		case <-in.exited:
-			t.Fatalf("clamd exited at start (%v)\n%s", in.cmd.ProcessState, in.Log())
+			return fmt.Errorf("clamd exited at start (%v)\n%s", in.cmd.ProcessState, in.Log())
+		case <-ctx.Done():
+			return fmt.Errorf("clamd did not answer PING: %v\n%s", err, in.Log())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return in
 }
 
 // Addresses returns the instance's addresses in nfsdrop's syntax: the Unix
@@ -202,6 +258,9 @@ func (in *Instance) Kill() {
 		return
 	}
 	in.stopped = true
+	if in.cmd == nil { // never started
+		return
+	}
 	in.cmd.Process.Signal(syscall.SIGKILL)
 	<-in.exited
 }
@@ -216,7 +275,7 @@ func (in *Instance) Cont() { in.signal(syscall.SIGCONT) }
 func (in *Instance) signal(sig syscall.Signal) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if !in.stopped {
+	if !in.stopped && in.cmd != nil {
 		in.cmd.Process.Signal(sig)
 	}
 }

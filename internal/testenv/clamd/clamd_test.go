@@ -35,7 +35,7 @@ func instream(t *testing.T, network, address string, data []byte) string {
 }
 
 func TestStart(t *testing.T) {
-	in := Start(t)
+	in := StartT(t, Options{})
 	if got := in.Addresses(); len(got) != 2 || got[0] != "unix:"+in.Socket || got[1] != "tcp:"+in.TCP {
 		t.Errorf("Addresses() = %q", got)
 	}

@@ -8,8 +8,9 @@
 // the master whose PID is in the instance's own pid file. Start needs root
 // (Postfix's master runs as root and drops to mail_owner), the Postfix
 // programs (Debian package postfix) and a Postfix with maillog_file (3.4 or
-// later); a missing program fails the test under CI=true and skips it
-// elsewhere (testenv.Require).
+// later). Start is plain Go (for benchmarks and the lab); StartT is its
+// testing wrapper, where a missing program fails the test under CI=true
+// and skips it elsewhere (testenv.Require).
 package postfix
 
 import (
@@ -73,33 +74,32 @@ type Instance struct {
 	logTail string // the log as read at Stop, for failure messages after
 }
 
-// Start creates and starts an instance; t.Cleanup stops it. It fails the
-// test when Postfix cannot start, and skips (or fails under CI) when
-// Postfix is not installed or the test is not running as root.
-func Start(t testing.TB, opts Options) *Instance {
-	t.Helper()
-	paths := testenv.Require(t, "postfix", "postfix", "sendmail", "postqueue")
-	testenv.RequireRoot(t)
-	if opts.MailboxTransport == "" {
-		t.Fatal("postfix.Start: Options.MailboxTransport is empty")
-	}
-	if _, err := user.Lookup("postfix"); err != nil {
-		t.Fatalf("postfix.Start: no postfix user: %v", err)
-	}
-	if _, err := user.LookupGroup("postdrop"); err != nil {
-		t.Fatalf("postfix.Start: no postdrop group: %v", err)
-	}
+// Package is the Debian package that holds the programs.
+const Package = "postfix"
 
+// programs are the ones Start runs, in Instance's order.
+var programs = []string{"postfix", "sendmail", "postqueue"}
+
+// Start creates and starts an instance in a new directory. It needs root;
+// a missing program is testenv.ErrNotInstalled (wrapped). Stop stops it
+// and removes the directory.
+func Start(ctx context.Context, opts Options) (*Instance, error) {
+	paths, err := testenv.Find(Package, programs...)
+	if err != nil {
+		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("postfix.Start: the master must run as root")
+	}
+	if opts.MailboxTransport == "" {
+		return nil, errors.New("postfix.Start: Options.MailboxTransport is empty")
+	}
 	// Not t.TempDir(): Postfix daemons run as mail_owner and must be
 	// able to reach the queue, so every directory on the path must be
 	// searchable by others, and t.TempDir's parent is mode 0700.
 	dir, err := os.MkdirTemp("", "pfx")
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		os.RemoveAll(dir)
-		t.Fatal(err)
+		return nil, err
 	}
 	in := &Instance{
 		Dir:       dir,
@@ -111,18 +111,46 @@ func Start(t testing.TB, opts Options) *Instance {
 		sendmail:  paths[1],
 		postqueue: paths[2],
 	}
-	t.Cleanup(in.Stop)
-	if err := os.Mkdir(in.ConfigDir, 0o755); err != nil {
+	if err := in.start(ctx, opts); err != nil {
+		in.Stop()
+		return nil, err
+	}
+	return in, nil
+}
+
+// StartT creates and starts an instance for a test; t.Cleanup stops it.
+// It fails the test when Postfix cannot start, and skips (or fails under
+// CI) when Postfix is not installed or the test is not running as root.
+func StartT(t testing.TB, opts Options) *Instance {
+	t.Helper()
+	testenv.Require(t, Package, programs...)
+	testenv.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	in, err := Start(ctx, opts)
+	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(in.Stop)
+	return in
+}
+
+// start writes the configuration, makes the queue and starts the master.
+func (in *Instance) start(ctx context.Context, opts Options) error {
+	if err := os.Chmod(in.Dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(in.ConfigDir, 0o755); err != nil {
+		return err
 	}
 	if err := os.WriteFile(filepath.Join(in.ConfigDir, "main.cf"), []byte(in.mainCF(opts)), 0o644); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := os.WriteFile(filepath.Join(in.ConfigDir, "master.cf"), []byte(MasterCF), 0o644); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if err := in.makeDirs(); err != nil {
-		t.Fatal(err)
+	if err := MakeQueue(in.QueueDir, in.DataDir); err != nil {
+		return fmt.Errorf("postfix.Start: %w", err)
 	}
 	// The directories are made as post-install create-missing would, so
 	// the slow start-up checks (a shell loop of postconf, chown and find,
@@ -130,30 +158,30 @@ func Start(t testing.TB, opts Options) *Instance {
 	// postfix-script to do so once. Check() runs them on demand, and
 	// this package's own test does.
 	if err := os.WriteFile(filepath.Join(in.QueueDir, "quick-start"), nil, 0o644); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if out, err := in.run(30*time.Second, in.postfix, "-c", in.ConfigDir, "start"); err != nil {
-		t.Fatalf("postfix start: %v\n%s\nmail log:\n%s", err, out, in.Log())
+	if out, err := in.runContext(ctx, 30*time.Second, nil, in.postfix, "-c", in.ConfigDir, "start"); err != nil {
+		return fmt.Errorf("postfix start: %w\n%s\nmail log:\n%s", err, out, in.Log())
 	}
 	if _, err := in.masterPID(); err != nil {
-		t.Fatalf("postfix started but %v\nmail log:\n%s", err, in.Log())
+		return fmt.Errorf("postfix started but %w\nmail log:\n%s", err, in.Log())
 	}
-	return in
+	return nil
 }
 
-// makeDirs creates the queue and data directories with the ownerships and
-// modes of Postfix's postfix-files (what "post-install create-missing"
-// does): the queue root and pid/ belong to root, the rest to mail_owner,
-// maildrop/ and public/ are group setgid_group so that postdrop and
-// postqueue can reach them.
-func (in *Instance) makeDirs() error {
+// MakeQueue creates a Postfix queue directory and data directory with the
+// ownerships and modes of Postfix's postfix-files (what "post-install
+// create-missing" does): the queue root and pid/ belong to root, the rest
+// to the postfix user, maildrop/ and public/ are group postdrop so that
+// postdrop and postqueue can reach them. The lab's Postfix uses it too.
+func MakeQueue(queueDir, dataDir string) error {
 	pf, err := user.Lookup("postfix")
 	if err != nil {
-		return err
+		return fmt.Errorf("no postfix user: %w", err)
 	}
 	gr, err := user.LookupGroup("postdrop")
 	if err != nil {
-		return err
+		return fmt.Errorf("no postdrop group: %w", err)
 	}
 	owner, _ := strconv.Atoi(pf.Uid)
 	postdrop, _ := strconv.Atoi(gr.Gid)
@@ -162,8 +190,8 @@ func (in *Instance) makeDirs() error {
 		uid, gid int
 		mode     os.FileMode
 	}{
-		{in.DataDir, owner, -1, 0o700},
-		{in.QueueDir, 0, -1, 0o755},
+		{dataDir, owner, -1, 0o700},
+		{queueDir, 0, -1, 0o755},
 		{"active", owner, -1, 0o700},
 		{"bounce", owner, -1, 0o700},
 		{"corrupt", owner, -1, 0o700},
@@ -182,7 +210,7 @@ func (in *Instance) makeDirs() error {
 	for _, d := range dirs {
 		p := d.path
 		if !filepath.IsAbs(p) {
-			p = filepath.Join(in.QueueDir, p)
+			p = filepath.Join(queueDir, p)
 		}
 		if err := os.Mkdir(p, d.mode); err != nil {
 			return err
@@ -287,13 +315,17 @@ func (in *Instance) run(timeout time.Duration, name string, args ...string) (str
 }
 
 func (in *Instance) runStdin(timeout time.Duration, stdin []byte, name string, args ...string) (string, error) {
+	return in.runContext(context.Background(), timeout, stdin, name, args...)
+}
+
+func (in *Instance) runContext(ctx context.Context, timeout time.Duration, stdin []byte, name string, args ...string) (string, error) {
 	out, err := os.CreateTemp(in.Dir, "cmd-out")
 	if err != nil {
 		return "", err
 	}
 	defer os.Remove(out.Name())
 	defer out.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdout, cmd.Stderr = out, out
@@ -458,7 +490,7 @@ func isOurMaster(pid int) bool {
 // Stop stops the instance with "postfix stop" and, should that fail,
 // kills the master's process group by the PID in its pid file. Then it
 // removes the instance's directory. It is safe to call more than once and
-// is registered with t.Cleanup by Start.
+// is registered with t.Cleanup by StartT.
 func (in *Instance) Stop() {
 	in.mu.Lock()
 	if in.stopped {

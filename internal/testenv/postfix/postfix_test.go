@@ -137,7 +137,7 @@ func TestInstance(t *testing.T) {
 	unix := startFakeLMTP(t, "unix", sock)
 
 	start := time.Now()
-	in := Start(t, Options{
+	in := StartT(t, Options{
 		MailboxTransport: fmt.Sprintf("lmtp:inet:127.0.0.1:%d", port),
 		LocalDomains:     []string{"example.test"},
 		VirtualDomains:   []string{"virt.test"},
@@ -198,7 +198,7 @@ func TestInstance(t *testing.T) {
 // TestStopKillsMaster checks the fallback: a master whose configuration
 // is gone (so "postfix stop" cannot work) is still killed by its PID.
 func TestStopKillsMaster(t *testing.T) {
-	in := Start(t, Options{MailboxTransport: "lmtp:inet:127.0.0.1:9"})
+	in := StartT(t, Options{MailboxTransport: "lmtp:inet:127.0.0.1:9"})
 	pid, err := in.MasterPID()
 	if err != nil {
 		t.Fatal(err)

@@ -7,8 +7,9 @@
 // running: every program gets "-f CONF" (or "-F DIR"), and Kill ends only
 // the process it started, by PID. As root, slapd runs as the openldap user
 // (setpriv), as Debian's package does; otherwise as the test's own user.
-// A missing program fails the test under CI=true and skips it elsewhere
-// (testenv.Require).
+// Start is plain Go (for benchmarks and the lab); StartT is its testing
+// wrapper, where a missing program fails the test under CI=true and skips
+// it elsewhere (testenv.Require).
 package slapd
 
 import (
@@ -84,51 +85,160 @@ type Server struct {
 	done chan struct{}
 }
 
-// Start builds and starts a server; t.Cleanup kills it and removes its
-// directory.
-func Start(t testing.TB, opts Options) *Server {
-	t.Helper()
-	progs := testenv.Require(t, "slapd", "slapd", "slapadd", "slappasswd")
-	slapdPath, slapadd := progs[0], progs[1]
-	schemaDir, moduleDir := packageDirs()
+// Package is the Debian package that holds the programs.
+const Package = "slapd"
 
-	if opts.Suffix == "" {
-		opts.Suffix = "dc=example,dc=org"
+// startTimeout bounds the wait for a started slapd to answer.
+const startTimeout = 15 * time.Second
+
+func (o *Options) defaults() {
+	if o.Suffix == "" {
+		o.Suffix = "dc=example,dc=org"
 	}
-	if opts.RootDN == "" {
-		opts.RootDN = "cn=admin," + opts.Suffix
+	if o.RootDN == "" {
+		o.RootDN = "cn=admin," + o.Suffix
 	}
-	if opts.RootPW == "" {
-		opts.RootPW = "admin-secret"
+	if o.RootPW == "" {
+		o.RootPW = "admin-secret"
 	}
-	if opts.ACL == nil {
-		opts.ACL = []string{
+	if o.ACL == nil {
+		o.ACL = []string{
 			"access to attrs=userPassword by self write by anonymous auth by * none",
 			"access to * by * read",
 		}
 	}
+}
+
+// programs are the slapd package's programs that Start runs.
+type programs struct{ slapd, slapadd, slappasswd, slaptest string }
+
+// programNames are the programs opts needs, in programs' order.
+func programNames(opts Options) []string {
+	names := []string{"slapd", "slapadd", "slappasswd"}
+	if len(opts.ConfigLDIF) > 0 {
+		names = append(names, "slaptest")
+	}
+	return names
+}
+
+func findPrograms(opts Options) (programs, error) {
+	paths, err := testenv.Find(Package, programNames(opts)...)
+	if err != nil {
+		return programs{}, err
+	}
+	p := programs{slapd: paths[0], slapadd: paths[1], slappasswd: paths[2]}
+	if len(paths) > 3 {
+		p.slaptest = paths[3]
+	}
+	return p, nil
+}
+
+// Start builds a server in a new directory under /tmp, loads opts.LDIF and
+// starts it, and waits until it answers (or ctx ends). A missing program
+// is testenv.ErrNotInstalled (wrapped). Close kills it and removes the
+// directory.
+func Start(ctx context.Context, opts Options) (*Server, error) {
+	progs, err := findPrograms(opts)
+	if err != nil {
+		return nil, err
+	}
+	opts.defaults()
 	dir, err := os.MkdirTemp("/tmp", "slapd")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Dir: dir, Suffix: opts.Suffix, RootDN: opts.RootDN, RootPW: opts.RootPW, logFile: filepath.Join(dir, "slapd.log")}
+	if err := s.prepare(ctx, opts, progs); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("slapd: %w", err)
+	}
+	if err := s.start(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// StartT starts a server for a test; t.Cleanup kills it and removes its
+// directory (kept, and named, when the test failed). A missing program
+// fails the test under CI=true and skips it elsewhere.
+func StartT(t testing.TB, opts Options) *Server {
+	t.Helper()
+	testenv.Require(t, Package, programNames(opts)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The openldap user must reach it: MkdirTemp makes it 0700.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{Dir: dir, Suffix: opts.Suffix, RootDN: opts.RootDN, RootPW: opts.RootPW, logFile: filepath.Join(dir, "slapd.log")}
 	t.Cleanup(func() {
-		s.Kill()
-		if !t.Failed() {
-			os.RemoveAll(dir)
-		} else {
-			t.Logf("slapd directory kept: %s", dir)
+		if t.Failed() {
+			s.Kill()
+			t.Logf("slapd directory kept: %s", s.Dir)
+			return
 		}
+		s.Close()
 	})
-	db := filepath.Join(dir, "db")
-	if err := os.Mkdir(db, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	return s
+}
 
+// Close kills the server and removes its directory.
+func (s *Server) Close() {
+	s.Kill()
+	os.RemoveAll(s.Dir)
+}
+
+// prepare writes slapd.conf (or slapd.d), loads the LDIF and picks the
+// ports; the server is not running yet.
+func (s *Server) prepare(ctx context.Context, opts Options, progs programs) error {
+	// The openldap user must reach it: MkdirTemp makes it 0700.
+	if err := os.Chmod(s.Dir, 0o755); err != nil {
+		return err
+	}
+	db := filepath.Join(s.Dir, "db")
+	if err := os.Mkdir(db, 0o755); err != nil {
+		return err
+	}
+	confPath := filepath.Join(s.Dir, "slapd.conf")
+	conf, err := s.config(ctx, opts, progs, db)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	cfgArgs := []string{"-f", confPath}
+	if len(opts.ConfigLDIF) > 0 {
+		if cfgArgs, err = s.configDir(ctx, opts, progs, confPath); err != nil {
+			return err
+		}
+	}
+	for i, text := range opts.LDIF {
+		p := filepath.Join(s.Dir, fmt.Sprintf("data%d.ldif", i))
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			return err
+		}
+		if err := run(ctx, progs.slapadd, append(append([]string{}, cfgArgs...), "-b", opts.Suffix, "-l", p)...); err != nil {
+			return err
+		}
+	}
+	listen, err := s.listen(opts)
+	if err != nil {
+		return err
+	}
+	s.args = append([]string{progs.slapd, "-h", listen}, append(cfgArgs, "-d", "0")...)
+	if os.Geteuid() == 0 {
+		if _, err := user.Lookup("openldap"); err == nil {
+			s.asUser = true
+			return run(ctx, "chown", "-R", "openldap:openldap", s.Dir)
+		}
+	}
+	return nil
+}
+
+// config returns slapd.conf's text.
+func (s *Server) config(ctx context.Context, opts Options, progs programs, db string) (string, error) {
+	schemaDir, moduleDir := packageDirs()
 	var conf strings.Builder
 	schemas := []string{"core", "cosine"}
 	if !opts.NoStandardSchemas {
@@ -138,83 +248,101 @@ func Start(t testing.TB, opts Options) *Server {
 		fmt.Fprintf(&conf, "include %s\n", filepath.Join(schemaDir, sc+".schema"))
 	}
 	for _, sc := range opts.Schemas {
-		fmt.Fprintf(&conf, "include %s\n", copyIn(t, dir, sc))
+		p, err := copyIn(s.Dir, sc)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&conf, "include %s\n", p)
 	}
 	if opts.TLSCert != nil {
 		for name, data := range map[string][]byte{"tls.crt": opts.TLSCert, "tls.key": opts.TLSKey} {
-			if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-				t.Fatal(err)
+			if err := os.WriteFile(filepath.Join(s.Dir, name), data, 0o600); err != nil {
+				return "", err
 			}
 		}
-		fmt.Fprintf(&conf, "TLSCertificateFile %s\nTLSCertificateKeyFile %s\n", filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+		fmt.Fprintf(&conf, "TLSCertificateFile %s\nTLSCertificateKeyFile %s\n", filepath.Join(s.Dir, "tls.crt"), filepath.Join(s.Dir, "tls.key"))
 	}
-	hash := HashPassword(t, opts.RootPW)
-	fmt.Fprintf(&conf, "pidfile %s\nargsfile %s\n", filepath.Join(dir, "slapd.pid"), filepath.Join(dir, "slapd.args"))
+	hash, err := hashPassword(ctx, progs.slappasswd, opts.RootPW)
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(&conf, "pidfile %s\nargsfile %s\n", filepath.Join(s.Dir, "slapd.pid"), filepath.Join(s.Dir, "slapd.args"))
 	fmt.Fprintf(&conf, "modulepath %s\nmoduleload back_mdb\n", moduleDir)
 	fmt.Fprintf(&conf, "database mdb\nmaxsize 67108864\nsuffix %q\nrootdn %q\nrootpw %s\ndirectory %s\n", opts.Suffix, opts.RootDN, hash, db)
 	conf.WriteString("index objectClass eq\nindex uid,mail eq\n")
 	for _, a := range append(opts.ACL, opts.Extra...) {
 		conf.WriteString(a + "\n")
 	}
-	confPath := filepath.Join(dir, "slapd.conf")
-	if err := os.WriteFile(confPath, []byte(conf.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfgArgs := []string{"-f", confPath}
-	if len(opts.ConfigLDIF) > 0 {
-		slaptest := testenv.Require(t, "slapd", "slaptest")[0]
-		cfgDir := filepath.Join(dir, "slapd.d")
-		if err := os.Mkdir(cfgDir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		run(t, slaptest, "-n", "0", "-f", confPath, "-F", cfgDir)
-		for _, l := range opts.ConfigLDIF {
-			run(t, slapadd, "-n", "0", "-F", cfgDir, "-l", copyIn(t, dir, l))
-		}
-		cfgArgs = []string{"-F", cfgDir}
-	}
-	for i, text := range opts.LDIF {
-		p := filepath.Join(dir, fmt.Sprintf("data%d.ldif", i))
-		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		run(t, slapadd, append(append([]string{}, cfgArgs...), "-b", opts.Suffix, "-l", p)...)
-	}
+	return conf.String(), nil
+}
 
-	s.Port = testenv.FreePort(t)
+// configDir converts slapd.conf into a slapd.d and loads opts.ConfigLDIF
+// into it; it returns slapd's arguments for it.
+func (s *Server) configDir(ctx context.Context, opts Options, progs programs, confPath string) ([]string, error) {
+	cfgDir := filepath.Join(s.Dir, "slapd.d")
+	if err := os.Mkdir(cfgDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := run(ctx, progs.slaptest, "-n", "0", "-f", confPath, "-F", cfgDir); err != nil {
+		return nil, err
+	}
+	for _, l := range opts.ConfigLDIF {
+		p, err := copyIn(s.Dir, l)
+		if err != nil {
+			return nil, err
+		}
+		if err := run(ctx, progs.slapadd, "-n", "0", "-F", cfgDir, "-l", p); err != nil {
+			return nil, err
+		}
+	}
+	return []string{"-F", cfgDir}, nil
+}
+
+// listen picks the ports and returns slapd's -h argument.
+func (s *Server) listen(opts Options) (string, error) {
+	port, err := testenv.FreeLoopbackPort()
+	if err != nil {
+		return "", err
+	}
+	s.Port = port
 	s.URI = "ldap://127.0.0.1:" + strconv.Itoa(s.Port)
 	listen := s.URI + "/"
 	if opts.TLSCert != nil {
-		s.URITLS = "ldaps://127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+		tlsPort, err := testenv.FreeLoopbackPort()
+		if err != nil {
+			return "", err
+		}
+		s.URITLS = "ldaps://127.0.0.1:" + strconv.Itoa(tlsPort)
 		listen += " " + s.URITLS + "/"
 	}
-	s.args = append([]string{slapdPath, "-h", listen}, append(cfgArgs, "-d", "0")...)
-	if os.Geteuid() == 0 {
-		if _, err := user.Lookup("openldap"); err == nil {
-			s.asUser = true
-			run(t, "chown", "-R", "openldap:openldap", dir)
-		}
-	}
-	s.start(t)
-	return s
+	return listen, nil
 }
 
 // Restart starts the server again (same port, same data) after Kill.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
-	s.Kill()
-	s.start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.Relaunch(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
-func (s *Server) start(t testing.TB) {
-	t.Helper()
+// Relaunch is Restart outside a test.
+func (s *Server) Relaunch(ctx context.Context) error {
+	s.Kill()
+	return s.start(ctx)
+}
+
+// start runs slapd and waits until it answers.
+func (s *Server) start(ctx context.Context) error {
 	args := s.args
 	if s.asUser {
 		args = append([]string{"setpriv", "--reuid", "openldap", "--regid", "openldap", "--clear-groups", "--pdeathsig", "KILL", "--"}, args...)
 	}
 	logf, err := os.OpenFile(s.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer logf.Close()
 	cmd := exec.Command(args[0], args[1:]...)
@@ -224,7 +352,7 @@ func (s *Server) start(t testing.TB) {
 	// this itself, after changing user, which would clear ours.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting slapd: %v", err)
+		return fmt.Errorf("starting slapd: %w", err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -235,20 +363,24 @@ func (s *Server) start(t testing.TB) {
 	s.cmd, s.done = cmd, done
 	s.mu.Unlock()
 
-	deadline := time.Now().Add(15 * time.Second)
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
 	for {
 		select {
 		case <-done:
-			t.Fatalf("slapd exited at start: %s\n%s", cmd.ProcessState, s.Log())
+			return fmt.Errorf("slapd exited at start: %s\n%s", cmd.ProcessState, s.Log())
 		default:
 		}
-		if err := s.ping(); err == nil {
-			return
-		} else if time.Now().After(deadline) {
-			s.Kill()
-			t.Fatalf("slapd did not answer on %s: %v\n%s", s.URI, err, s.Log())
+		err := s.ping()
+		if err == nil {
+			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			s.Kill()
+			return fmt.Errorf("slapd did not answer on %s: %v\n%s", s.URI, err, s.Log())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
@@ -373,22 +505,34 @@ func (s *Server) Modify(t testing.TB, fn func(*ldap.Conn) error) {
 // HashPassword returns slappasswd's {SSHA} hash of pw.
 func HashPassword(t testing.TB, pw string) string {
 	t.Helper()
-	prog := testenv.Require(t, "slapd", "slappasswd")[0]
-	out, err := exec.Command(prog, "-s", pw).Output()
+	prog := testenv.Require(t, Package, "slappasswd")[0]
+	hash, err := hashPassword(context.Background(), prog, pw)
 	if err != nil {
-		t.Fatalf("slappasswd: %v", err)
+		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(out))
+	return hash
 }
 
-func run(t testing.TB, prog string, args ...string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+func hashPassword(ctx context.Context, slappasswd, pw string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, slappasswd, "-s", pw).Output()
+	if err != nil {
+		return "", fmt.Errorf("slappasswd: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// run runs a set-up program (slapadd, slaptest, chown) and returns its
+// output with the error.
+func run(ctx context.Context, prog string, args ...string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, prog, args...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", prog, strings.Join(args, " "), err, out)
+		return fmt.Errorf("%s %s: %w\n%s", prog, strings.Join(args, " "), err, out)
 	}
+	return nil
 }
 
 // packageDirs finds the schema and module directories of Debian's slapd
@@ -422,15 +566,14 @@ var netDialer = net.Dialer{Timeout: 2 * time.Second}
 
 // copyIn copies a file into dir (the openldap user may not be able to read
 // the repository) and returns the copy's path.
-func copyIn(t testing.TB, dir, p string) string {
-	t.Helper()
+func copyIn(dir, p string) (string, error) {
 	data, err := os.ReadFile(repoPath(p))
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	dst := filepath.Join(dir, filepath.Base(p))
 	if err := os.WriteFile(dst, data, 0o644); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	return dst
+	return dst, nil
 }

@@ -1,34 +1,5 @@
-// Command pop3load is the POP3 client and helper of bench/pop3.sh, the
-// benchmark that compares nfsdrop's POP3 server with Dovecot's. It speaks
-// raw POP3 (RFC 1939), the same way to both servers.
-//
-//	pop3load fill -n 100000 -size 2048 DIR...
-//	pop3load fill -users 5000 -n 2 -size 1024 'ROOT/i%d/Maildir/new'...
-//	pop3load session -addr 127.0.0.1:110 -user u@d -pass x -expect 100000 [-repeat 5] [-retr [-pipeline 32]]
-//	pop3load idle -addr 127.0.0.1:110 -n 5000 [-login -user 'i%d@idle.test' -pass x]
-//	pop3load freeport
-//
-// fill writes the same n messages (same names, same content) into every
-// DIR, a Maildir's new/ (cur/ and tmp/ next to it are made too), so that
-// each server gets an identical copy of its own. Names are valid nfsdrop
-// Maildir names, <sec>.M<usec>P<pid>Q<n>R<rand>.bench,S=<size>,W=<crlf size>,
-// so neither server has to read a file to learn its size. Each message is
-// size bytes with LF line ends and has one body line that starts with "."
-// (so that RETR must byte-stuff it). With -users U every DIR holds a %d,
-// replaced by 1..U (U mailboxes of n messages each). No fsync.
-//
-// session runs one POP3 session (or -repeat of them, one after the other):
-// connect, greeting, USER, PASS, STAT, UIDL, [LIST, RETR 1..n], QUIT; it
-// prints key=value pairs, one line per session. It checks that STAT and
-// UIDL count -expect messages (when given) and that the UIDLs are unique,
-// and with -retr that every RETR returned (after un-byte-stuffing) exactly
-// the octets LIST announced for it. A failed check exits 1.
-//
-// idle opens n connections at once (reads each greeting; with -login also
-// USER/PASS, user -user with %d replaced by 1..n), prints "ready ..." and
-// holds them until SIGTERM or SIGINT; then sends QUIT on each and exits.
-//
-// freeport prints a TCP port on 127.0.0.1 that was free a moment ago.
+// The POP3 side of load: pop3 fill, pop3 session and pop3 idle, for
+// bench/pop3.sh.
 package main
 
 import (
@@ -52,50 +23,12 @@ import (
 	"time"
 )
 
-func main() {
-	if len(os.Args) < 2 {
-		usage()
-	}
-	var err error
-	switch os.Args[1] {
-	case "fill":
-		err = fill(os.Args[2:])
-	case "session":
-		err = sessions(os.Args[2:])
-	case "idle":
-		err = idle(os.Args[2:])
-	case "freeport":
-		err = freeport()
-	default:
-		usage()
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "pop3load:", err)
-		os.Exit(1)
-	}
-}
-
-func usage() {
-	fmt.Fprintln(os.Stderr, "usage: pop3load fill|session|idle|freeport [flags]")
-	os.Exit(2)
-}
-
-func freeport() error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	fmt.Println(l.Addr().(*net.TCPAddr).Port)
-	return nil
-}
-
 // --- fill -------------------------------------------------------------------
 
 // message returns message i of a fill: exactly size bytes (at least the
 // headers' length), LF line ends, ending in LF, with a body line starting
 // with ".". crlf is its size with CRLF line ends (RFC 1939 size).
-func message(i, size int) (msg []byte, crlf int) {
+func pop3Message(i, size int) (msg []byte, crlf int) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "Return-Path: <a@bench.test>\nFrom: <a@bench.test>\nTo: <u@bench.test>\n"+
 		"Message-ID: <%d.fill@bench.test>\nSubject: bench message %d\n\n.a line that must be byte-stuffed\n", i, i)
@@ -112,7 +45,7 @@ func message(i, size int) (msg []byte, crlf int) {
 	return msg, len(msg) + bytes.Count(msg, []byte{'\n'})
 }
 
-func fill(args []string) error {
+func pop3Fill(args []string) error {
 	fs := flag.NewFlagSet("fill", flag.ExitOnError)
 	n := fs.Int("n", 1000, "messages per mailbox")
 	size := fs.Int("size", 2048, "bytes of each message file (LF line ends)")
@@ -149,7 +82,7 @@ func fill(args []string) error {
 	pid := os.Getpid()
 	names := make([]string, *n)
 	for i := range names {
-		msg, crlf := message(i, *size)
+		msg, crlf := pop3Message(i, *size)
 		var rnd [4]byte
 		rand.Read(rnd[:])
 		names[i] = fmt.Sprintf("%d.M%06dP%dQ%dR%s.%s,S=%d,W=%d", t0+int64(i/1000), (i%1000)*1000, pid, i+1,
@@ -170,7 +103,7 @@ func fill(args []string) error {
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
-				msg, _ := message(j.i, *size)
+				msg, _ := pop3Message(j.i, *size)
 				if err := os.WriteFile(filepath.Join(j.dir, names[j.i]), msg, 0o600); err != nil {
 					mu.Lock()
 					if first == nil {
@@ -197,19 +130,19 @@ func fill(args []string) error {
 
 // --- POP3 connection -------------------------------------------------------
 
-type conn struct {
+type pop3Conn struct {
 	c       net.Conn
 	r       *bufio.Reader
 	w       *bufio.Writer
 	timeout time.Duration
 }
 
-func dial(addr string, timeout time.Duration, rbuf int) (*conn, error) {
+func pop3Dial(addr string, timeout time.Duration, rbuf int) (*pop3Conn, error) {
 	nc, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
 		return nil, err
 	}
-	c := &conn{c: nc, r: bufio.NewReaderSize(nc, rbuf), w: bufio.NewWriterSize(nc, 4096), timeout: timeout}
+	c := &pop3Conn{c: nc, r: bufio.NewReaderSize(nc, rbuf), w: bufio.NewWriterSize(nc, 4096), timeout: timeout}
 	if _, err := c.status("greeting"); err != nil {
 		nc.Close()
 		return nil, err
@@ -217,7 +150,7 @@ func dial(addr string, timeout time.Duration, rbuf int) (*conn, error) {
 	return c, nil
 }
 
-func (c *conn) send(format string, a ...any) error {
+func (c *pop3Conn) send(format string, a ...any) error {
 	c.c.SetWriteDeadline(time.Now().Add(c.timeout))
 	fmt.Fprintf(c.w, format+"\r\n", a...)
 	return c.w.Flush()
@@ -225,7 +158,7 @@ func (c *conn) send(format string, a ...any) error {
 
 // readLine returns a line without CRLF; the slice is valid until the next
 // read.
-func (c *conn) readLine() ([]byte, error) {
+func (c *pop3Conn) readLine() ([]byte, error) {
 	c.c.SetReadDeadline(time.Now().Add(c.timeout))
 	line, err := c.r.ReadSlice('\n')
 	if err == bufio.ErrBufferFull {
@@ -242,7 +175,7 @@ func (c *conn) readLine() ([]byte, error) {
 }
 
 // status reads a one-line reply and fails unless it is +OK.
-func (c *conn) status(what string) (string, error) {
+func (c *pop3Conn) status(what string) (string, error) {
 	line, err := c.readLine()
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", what, err)
@@ -256,7 +189,7 @@ func (c *conn) status(what string) (string, error) {
 // multi reads the lines of a multi-line reply after its status line,
 // un-byte-stuffed, until the terminating ".", calling fn for each (the
 // slice is valid only during the call).
-func (c *conn) multi(what string, fn func(line []byte)) error {
+func (c *pop3Conn) multi(what string, fn func(line []byte)) error {
 	for {
 		line, err := c.readLine()
 		if err != nil {
@@ -291,7 +224,7 @@ type result struct {
 	retrMsgs, sizeMismatch                   int
 }
 
-func sessions(args []string) error {
+func pop3Sessions(args []string) error {
 	var c sessionConfig
 	fs := flag.NewFlagSet("session", flag.ExitOnError)
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:110", "POP3 server `host:port`")
@@ -308,7 +241,7 @@ func sessions(args []string) error {
 	}
 	var totals []float64
 	for i := 0; i < *repeat; i++ {
-		r, err := session(&c)
+		r, err := pop3Session(&c)
 		if err != nil {
 			return err
 		}
@@ -344,9 +277,9 @@ func sessions(args []string) error {
 	return nil
 }
 
-func session(cfg *sessionConfig) (r result, err error) {
+func pop3Session(cfg *sessionConfig) (r result, err error) {
 	start := time.Now()
-	c, err := dial(cfg.addr, cfg.timeout, 64<<10)
+	c, err := pop3Dial(cfg.addr, cfg.timeout, 64<<10)
 	if err != nil {
 		return r, err
 	}
@@ -477,7 +410,7 @@ func session(cfg *sessionConfig) (r result, err error) {
 
 // --- idle -----------------------------------------------------------------------
 
-func idle(args []string) error {
+func pop3Idle(args []string) error {
 	fs := flag.NewFlagSet("idle", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:110", "POP3 server `host:port`")
 	n := fs.Int("n", 1000, "connections")
@@ -493,7 +426,7 @@ func idle(args []string) error {
 	// Before anything is opened: a SIGTERM must always end in QUITs.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	conns := make([]*conn, *n)
+	conns := make([]*pop3Conn, *n)
 	var (
 		next   atomic.Int64
 		failed atomic.Bool
@@ -512,7 +445,7 @@ func idle(args []string) error {
 					return
 				}
 				err := func() error {
-					c, err := dial(*addr, *timeout, 512)
+					c, err := pop3Dial(*addr, *timeout, 512)
 					if err != nil {
 						return fmt.Errorf("connection %d: %w", i+1, err)
 					}

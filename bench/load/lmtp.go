@@ -1,37 +1,5 @@
-// Command lmtpload is the load generator and helper of bench/lmtp.sh, the
-// benchmark that compares nfsdrop's LMTP server with Dovecot's.
-//
-//	lmtpload send -addr 127.0.0.1:24 -sessions 4 -messages 1000 -size 2048 \
-//	    -rcpts 1 -users 50 -rcpt 'u%d@bench.test'
-//	lmtpload fill -n 100000 -size 2048 -host bench DIR
-//	lmtpload freeport
-//	lmtpload clamdping /path/to/clamd.sock
-//
-// send works like Postfix's smtp-source -L -d: each session keeps one LMTP
-// connection open for all its messages and waits for every reply before
-// the next command (no pipelining). Unlike smtp-source it spreads the
-// recipients over a fixed set of users: recipient k of the run (counted
-// over all messages, k = message*rcpts + j) is -rcpt formatted with
-// k mod users + 1, so with -rcpts 10 -users 50 the ten recipients of a
-// message are ten different users. Any reply that is not 2xx fails the run
-// (exit 1). The summary goes to standard output as key=value pairs.
-// -duration D makes the run last about D instead of a number of messages:
-// no session starts a message after D (-messages, when given, still caps
-// the count), and the summary counts the messages actually answered. The
-// summary also gives the driver's own CPU time (driver_cpu_s), so that a
-// benchmark can tell the machine's other load apart.
-// -body-line TEXT puts TEXT as the first line of every body (bench/lmtp-
-// variants.sh sends the EICAR test string that way, to check that clamd
-// really scans).
-//
-// fill writes n messages of size bytes into DIR (a Maildir's new/ or cur/)
-// with unique Maildir names ("time.Mpid_nP.host,S=size" in new/, with
-// ":2," added in cur/), without fsync, to pre-populate a mailbox quickly.
-//
-// freeport prints a TCP port on 127.0.0.1 that was free a moment ago.
-//
-// clamdping sends zPING to a clamd Unix socket and exits 0 when clamd
-// answers PONG (bench/lmtp-variants.sh waits for its private clamd so).
+// The LMTP side of load: lmtp send (the measured load of bench/lmtp.sh and
+// bench/lmtp-variants.sh) and lmtp fill (a mailbox pre-populated directly).
 package main
 
 import (
@@ -52,66 +20,6 @@ import (
 	"time"
 )
 
-func main() {
-	if len(os.Args) < 2 {
-		usage()
-	}
-	var err error
-	switch os.Args[1] {
-	case "send":
-		err = send(os.Args[2:])
-	case "fill":
-		err = fill(os.Args[2:])
-	case "freeport":
-		err = freeport()
-	case "clamdping":
-		err = clamdping(os.Args[2:])
-	default:
-		usage()
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "lmtpload:", err)
-		os.Exit(1)
-	}
-}
-
-func usage() {
-	fmt.Fprintln(os.Stderr, "usage: lmtpload send|fill|freeport|clamdping [flags]")
-	os.Exit(2)
-}
-
-func freeport() error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	fmt.Println(l.Addr().(*net.TCPAddr).Port)
-	return nil
-}
-
-// clamdping sends zPING on a clamd Unix socket and wants PONG.
-func clamdping(args []string) error {
-	if len(args) != 1 {
-		return errors.New("clamdping: want the socket path")
-	}
-	c, err := net.DialTimeout("unix", args[0], time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := io.WriteString(c, "zPING\x00"); err != nil {
-		return err
-	}
-	buf := make([]byte, 16)
-	n, err := io.ReadAtLeast(c, buf, 5)
-	if string(buf[:n]) != "PONG\x00" {
-		return fmt.Errorf("clamdping: reply %q, %v", buf[:n], err)
-	}
-	return nil
-}
-
 type sendConfig struct {
 	addr     string
 	sessions int
@@ -126,7 +34,7 @@ type sendConfig struct {
 	duration time.Duration
 }
 
-func send(args []string) error {
+func lmtpSend(args []string) error {
 	var c sendConfig
 	fs := flag.NewFlagSet("send", flag.ExitOnError)
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:24", "LMTP server `host:port`")
@@ -178,7 +86,7 @@ func send(args []string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := session(&c, body, &next, &done, stop, &failed)
+			err := lmtpSession(&c, body, &next, &done, stop, &failed)
 			if err != nil {
 				failed.Store(true)
 				mu.Lock()
@@ -220,7 +128,7 @@ func makeBody(size int) []byte {
 	return []byte(b.String())
 }
 
-type conn struct {
+type lmtpConn struct {
 	c       net.Conn
 	r       *bufio.Reader
 	w       *bufio.Writer
@@ -229,7 +137,7 @@ type conn struct {
 
 // reply reads one (possibly multi-line) reply and fails unless it is 2xx
 // or 3xx, as want says.
-func (c *conn) reply(what string, want byte) error {
+func (c *lmtpConn) reply(what string, want byte) error {
 	c.c.SetReadDeadline(time.Now().Add(c.timeout))
 	for {
 		line, err := c.r.ReadString('\n')
@@ -249,19 +157,19 @@ func (c *conn) reply(what string, want byte) error {
 	}
 }
 
-func (c *conn) cmd(format string, a ...any) error {
+func (c *lmtpConn) cmd(format string, a ...any) error {
 	c.c.SetWriteDeadline(time.Now().Add(c.timeout))
 	fmt.Fprintf(c.w, format+"\r\n", a...)
 	return c.w.Flush()
 }
 
-func session(cfg *sendConfig, body []byte, next, done *atomic.Int64, stop time.Time, failed *atomic.Bool) (err error) {
+func lmtpSession(cfg *sendConfig, body []byte, next, done *atomic.Int64, stop time.Time, failed *atomic.Bool) (err error) {
 	nc, err := net.DialTimeout("tcp", cfg.addr, cfg.timeout)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	c := &conn{c: nc, r: bufio.NewReader(nc), w: bufio.NewWriterSize(nc, 64<<10), timeout: cfg.timeout}
+	c := &lmtpConn{c: nc, r: bufio.NewReader(nc), w: bufio.NewWriterSize(nc, 64<<10), timeout: cfg.timeout}
 	if err := c.reply("greeting", '2'); err != nil {
 		return err
 	}
@@ -323,7 +231,7 @@ func session(cfg *sendConfig, body []byte, next, done *atomic.Int64, stop time.T
 	return nil
 }
 
-func fill(args []string) error {
+func lmtpFill(args []string) error {
 	fs := flag.NewFlagSet("fill", flag.ExitOnError)
 	n := fs.Int("n", 100000, "messages to write")
 	size := fs.Int("size", 2048, "body bytes of each message")
