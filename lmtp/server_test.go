@@ -1174,7 +1174,7 @@ func TestResetDuringBDAT(t *testing.T) {
 			c.send("BDAT " + strconv.Itoa(len(big)) + "\r\n" + big)
 			c.expect("552 5.3.4 ")
 		}},
-		{"connection closed", func(c *client) { c.c.Close() }},
+		{"connection closed", func(c *client) { c.Close() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := newFakeBackend()
@@ -1212,7 +1212,7 @@ func TestResetDuringBDAT(t *testing.T) {
 			if snap := st.snapshot(); !snap.failed || len(snap.deliveries) != 0 {
 				t.Fatalf("aborted transfer: failed %v, deliveries %v; want failed, none", snap.failed, snap.deliveries)
 			}
-			line := waitLog(t, ts.log, "rcpt=alice@example.test")
+			line := ts.log.WaitFor(t, 10*time.Second, "rcpt=alice@example.test")
 			if !strings.Contains(line, "from=sender@x.test") || !strings.Contains(line, "code=451") {
 				t.Errorf("the aborted delivery's log line lost its envelope or answer: %s", line)
 			}
@@ -1228,20 +1228,4 @@ func TestResetDuringBDAT(t *testing.T) {
 			third.expect("451 4.3.0 ")
 		})
 	}
-}
-
-// waitLog waits for a log line containing want and returns it.
-func waitLog(t *testing.T, log *syncBuffer, want string) string {
-	t.Helper()
-	var found string
-	eventually(t, "log line with "+want, func() bool {
-		for _, l := range strings.Split(log.String(), "\n") {
-			if strings.Contains(l, want) {
-				found = l
-				return true
-			}
-		}
-		return false
-	})
-	return found
 }

@@ -195,13 +195,13 @@ func wantGone(t *testing.T, maildir, why string, ids ...string) {
 // dot-unstuffing, every line with its CRLF; a -ERR answer is returned as
 // an error (the session goes on).
 func (p *popClient) retr(n int) ([]byte, error) {
-	p.t.Helper()
+	p.T.Helper()
 	if r := p.cmd("RETR " + strconv.Itoa(n)); !strings.HasPrefix(r, "+OK") {
 		return nil, fmt.Errorf("RETR %d: %q", n, r)
 	}
 	var b []byte
 	for {
-		l := p.readLine()
+		l := p.Line()
 		if l == "." {
 			return b, nil
 		}
