@@ -169,9 +169,10 @@ type LDAP struct {
 
 	norm Normalizer
 	log  *slog.Logger
-	// paths builds Users: it is a PasswdFile used only for its mailbox
-	// path and confinement rules, so that both sources apply the same ones.
-	paths *PasswdFile
+	// mailboxRule builds Users, with the passwd-file's rules for mailbox
+	// paths and their confinement.
+	mailboxRule mailboxRule
+	defQuota    Quota
 
 	closed atomic.Bool
 }
@@ -315,16 +316,11 @@ func OpenLDAP(opts LDAPOptions) (*LDAP, error) {
 		}
 	}
 
-	// The mailbox rules are the passwd-file's (see LDAP.paths); so are the
-	// checks of the mail root, the Maildir name and the Normalizer.
-	paths, err := OpenPasswdFile(PasswdFileOptions{Path: os.DevNull, MailRoot: opts.MailRoot, MaildirName: opts.MaildirName,
-		Normalizer: opts.Normalizer, DefaultQuota: opts.DefaultQuota})
-	if err != nil {
+	if d.mailboxRule, err = newMailboxRule(op, opts.MailRoot, opts.MaildirName, opts.Normalizer); err != nil {
 		fe := failure.As(err)
 		return nil, failure.New(fe.Kind, op, fe.Reason, fe.Err)
 	}
-	paths.log = slog.New(ldapPathLog{d.log.Handler()})
-	d.paths = paths
+	d.defQuota = opts.DefaultQuota
 
 	d.search = &ldapPool{d: d, bind: true, slots: make(chan struct{}, pool)}
 	d.auth = &ldapPool{d: d, bind: false, slots: make(chan struct{}, pool)}
@@ -357,7 +353,7 @@ func (d *LDAP) Close() error {
 	}
 	d.search.close()
 	d.auth.close()
-	return d.paths.Close()
+	return nil
 }
 
 func (d *LDAP) usable(ctx context.Context, op string) error {
@@ -551,20 +547,20 @@ func (d *LDAP) user(op string, e *ldapEntry, addr Address) (*User, error) {
 		d.log.Error("ldap: "+reasonBadEntry, "dn", e.dn, "problem", e.problem)
 		return nil, failure.Perm(op, reasonBadEntry, nil)
 	}
-	if e.pe.disabled {
+	if e.disabled {
 		return nil, failure.New(failure.Disabled, op, reasonDisabled, nil)
 	}
-	return d.paths.user(op, &e.pe, addr)
+	return d.mailboxRule.user(op, &e.account, addr, d.log, "ldap", "dn", e.dn)
 }
 
 // ldapEntry is what nfsdrop keeps of a directory entry; it is never
 // modified once cached.
 type ldapEntry struct {
 	dn string
-	// pe carries the fields the passwd-file rules need: name (the
-	// normalised primary address), domain, uid, gid, mail (the mailbox
-	// attribute), quota and disabled.
-	pe passwdEntry
+	// account holds name (the normalised primary address), domain, uid,
+	// gid, mail (the mailbox attribute) and quota; home is always "".
+	account  account
+	disabled bool
 	// problem, when set, says why the entry cannot be used.
 	problem string
 	// passwords are the stored hashes (compare mode, Authenticate only).
@@ -573,7 +569,7 @@ type ldapEntry struct {
 
 // parseEntry reads the attributes of a search result.
 func (d *LDAP) parseEntry(en *ldap.Entry) *ldapEntry {
-	e := &ldapEntry{dn: en.DN, pe: passwdEntry{uid: -1, gid: -1, quota: d.paths.defQuota}}
+	e := &ldapEntry{dn: en.DN, account: account{uid: -1, gid: -1, quota: d.defQuota}}
 	e.problem = d.fillEntry(e, en)
 	if d.compare {
 		e.passwords = en.GetEqualFoldAttributeValues(d.attrs.Password)
@@ -603,7 +599,7 @@ func (d *LDAP) fillEntry(e *ldapEntry, en *ldap.Entry) string {
 	if err != nil {
 		return fmt.Sprintf("primary address %s refused: %s", showField(addrs[0]), failure.As(err).Reason)
 	}
-	e.pe.name, e.pe.domain = a.String(), a.Domain
+	e.account.name, e.account.domain = a.String(), a.Domain
 
 	mbox, problem := single(d.attrs.Mailbox)
 	if problem != "" {
@@ -618,12 +614,12 @@ func (d *LDAP) fillEntry(e *ldapEntry, en *ldap.Entry) string {
 				return "mailbox: " + err.Error()
 			}
 		}
-		e.pe.mail = mbox
+		e.account.mail = mbox
 	}
 	for _, id := range []struct {
 		attr string
 		dst  *int
-	}{{d.attrs.UID, &e.pe.uid}, {d.attrs.GID, &e.pe.gid}} {
+	}{{d.attrs.UID, &e.account.uid}, {d.attrs.GID, &e.account.gid}} {
 		v, problem := single(id.attr)
 		if problem != "" {
 			return problem
@@ -644,7 +640,7 @@ func (d *LDAP) fillEntry(e *ldapEntry, en *ldap.Entry) string {
 		if err != nil {
 			return fmt.Sprintf("attribute %s value %s is not a size", d.attrs.QuotaStorage, showField(v))
 		}
-		e.pe.quota.Bytes = n
+		e.account.quota.Bytes = n
 	}
 	if v, problem := single(d.attrs.QuotaMessages); problem != "" {
 		return problem
@@ -653,14 +649,14 @@ func (d *LDAP) fillEntry(e *ldapEntry, en *ldap.Entry) string {
 		if err != nil {
 			return fmt.Sprintf("attribute %s value %s is not a number", d.attrs.QuotaMessages, showField(v))
 		}
-		e.pe.quota.Messages = int64(n)
+		e.account.quota.Messages = int64(n)
 	}
 	if d.attrs.Enabled != "" {
 		if vals := en.GetEqualFoldAttributeValues(d.attrs.Enabled); len(vals) > 0 {
-			e.pe.disabled = true
+			e.disabled = true
 			for _, v := range vals {
 				if strings.EqualFold(v, d.enabledValue) {
-					e.pe.disabled = false
+					e.disabled = false
 				}
 			}
 		}
@@ -699,7 +695,7 @@ func (d *LDAP) find(ctx context.Context, op string, tmpl filterTemplate, local, 
 				}
 				aliases = append(aliases, v)
 			}
-			d.log.Debug("ldap: found", "address", joinAddr(local, domain), "dn", e.dn, "name", e.pe.name, "aliases", aliases)
+			d.log.Debug("ldap: found", "address", joinAddr(local, domain), "dn", e.dn, "name", e.account.name, "aliases", aliases)
 		}
 		return e, nil
 	}
@@ -876,29 +872,3 @@ func (d *LDAP) bindPassword() (string, error) {
 	}
 	return pw, nil
 }
-
-// ldapPathLog adapts the passwd-file's log lines about mailbox paths (see
-// LDAP.paths) to LDAP: "passwd-file: " becomes "ldap: ", and the file and
-// line attributes, which mean nothing here, are dropped. The user attribute
-// is the primary address.
-type ldapPathLog struct{ h slog.Handler }
-
-func (l ldapPathLog) Enabled(ctx context.Context, lv slog.Level) bool { return l.h.Enabled(ctx, lv) }
-
-func (l ldapPathLog) Handle(ctx context.Context, r slog.Record) error {
-	msg := r.Message
-	if rest, ok := strings.CutPrefix(msg, "passwd-file: "); ok {
-		msg = "ldap: " + rest
-	}
-	nr := slog.NewRecord(r.Time, r.Level, msg, r.PC)
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key != "file" && a.Key != "line" {
-			nr.AddAttrs(a)
-		}
-		return true
-	})
-	return l.h.Handle(ctx, nr)
-}
-
-func (l ldapPathLog) WithAttrs(as []slog.Attr) slog.Handler { return ldapPathLog{l.h.WithAttrs(as)} }
-func (l ldapPathLog) WithGroup(name string) slog.Handler    { return ldapPathLog{l.h.WithGroup(name)} }
