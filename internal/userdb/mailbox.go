@@ -146,7 +146,10 @@ func hasDotDot(path string) bool {
 // confine refuses a mailbox that is not strictly inside the mail root,
 // lexically or after resolving symlinks. It runs on every lookup, not at
 // load, because symlinks on the storage can change at any time. The peer
-// only ever sees reasonOutsideRoot; the path goes to the log.
+// only ever sees reasonOutsideRoot; the path goes to the log. This is the
+// early, permanent answer for a misconfigured entry; it cannot stop a link
+// swapped in after the lookup, which is why the store resolves the path
+// again at use and follows only root-owned in-root links (store/confine.go).
 func (r mailboxRule) confine(op string, mbox string, dotdot bool) *mailboxRefusal {
 	outside := func(why string) *mailboxRefusal {
 		return &mailboxRefusal{path: mbox, outside: true, why: why, failure: failure.Perm(op, reasonOutsideRoot, nil)}
