@@ -118,68 +118,20 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 	return e, nil
 }
 
+// openUserDB opens the source named by userdb.driver; config converts the
+// keys to its options (and validated them with userdb's own parsers).
 func openUserDB(cfg *config.Config, log *slog.Logger) (userdb.DB, error) {
 	switch cfg.UserDB.Driver {
 	case "passwd-file":
-		return userdb.OpenPasswdFile(userdb.PasswdFileOptions{
-			Path:        cfg.UserDB.PasswdFile,
-			MailRoot:    cfg.Store.MailRoot,
-			MaildirName: cfg.UserDB.Maildir,
-			Normalizer:  normalizer(cfg),
-			DefaultQuota: userdb.Quota{
-				Bytes:    int64(cfg.UserDB.QuotaStorage),
-				Messages: cfg.UserDB.QuotaMessages,
-			},
-			Logger: log,
-		})
+		o := cfg.PasswdFileOptions()
+		o.Logger = log
+		return userdb.OpenPasswdFile(o)
 	case "ldap":
-		l := &cfg.LDAP
-		return userdb.OpenLDAP(userdb.LDAPOptions{
-			URIs:             l.URIs,
-			StartTLS:         l.StartTLS,
-			CAFile:           l.CAFile,
-			BindDN:           l.BindDN,
-			BindPasswordFile: l.BindPasswordFile,
-			BaseDN:           l.BaseDN,
-			Scope:            l.Scope,
-			UserFilter:       l.UserFilter,
-			AuthFilter:       l.AuthFilter,
-			AuthMethod:       l.AuthMethod,
-			Attrs: userdb.LDAPAttributes{
-				Address:       l.AttrAddress,
-				Aliases:       l.AttrAliases,
-				Mailbox:       l.AttrMailbox,
-				QuotaStorage:  l.AttrQuotaStorage,
-				QuotaMessages: l.AttrQuotaMessages,
-				UID:           l.AttrUID,
-				GID:           l.AttrGID,
-				Enabled:       l.AttrEnabled,
-				Password:      l.AttrPassword,
-			},
-			EnabledValue:     l.EnabledValue,
-			Timeout:          time.Duration(l.Timeout),
-			PoolSize:         l.PoolSize,
-			RetryBackoff:     time.Duration(l.RetryBackoff),
-			CacheSize:        l.CacheSize,
-			CacheTTL:         time.Duration(l.CacheTTL),
-			NegativeCacheTTL: time.Duration(l.NegativeCacheTTL),
-			CacheMaxStale:    time.Duration(l.CacheMaxStale),
-			AuthCacheTTL:     time.Duration(l.AuthCacheTTL),
-			MailRoot:         cfg.Store.MailRoot,
-			MaildirName:      cfg.UserDB.Maildir,
-			Normalizer:       normalizer(cfg),
-			DefaultQuota: userdb.Quota{
-				Bytes:    int64(cfg.UserDB.QuotaStorage),
-				Messages: cfg.UserDB.QuotaMessages,
-			},
-			Logger: log,
-		})
+		o := cfg.LDAPOptions()
+		o.Logger = log
+		return userdb.OpenLDAP(o)
 	}
 	return nil, errors.New("userdb.driver " + cfg.UserDB.Driver + " is not supported")
-}
-
-func normalizer(cfg *config.Config) userdb.Normalizer {
-	return userdb.Normalizer{Delimiters: cfg.UserDB.RecipientDelimiter, DefaultDomain: cfg.UserDB.DefaultDomain}
 }
 
 func (e *env) agent() *delivery.Agent {

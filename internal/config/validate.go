@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"net/url"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/nfsdrop/nfsdrop/internal/userdb"
 )
 
 // Validate checks every value and returns all problems joined with
@@ -152,16 +153,17 @@ func (c *Config) Validate() error {
 }
 
 // ldap checks the [ldap] section; only done when userdb.driver is "ldap",
-// so that its required keys need not be set otherwise. The filters' full
-// syntax is checked when the user source opens.
+// so that its required keys need not be set otherwise. The grammar of the
+// values (URIs, DNs, scope, filters, auth method, attribute names) is
+// userdb's, checked by its own parsers: what passes here, the LDAP source
+// accepts. What is checked here is what involves the keys: which must be
+// set, and with which others.
 func (v *validator) ldap(l *LDAP) {
 	if len(l.URIs) == 0 {
 		v.fail("ldap.uris", "must list at least one server when userdb.driver is \"ldap\"")
 	}
 	for _, u := range l.URIs {
-		if err := checkLDAPURI(u); err != nil {
-			v.fail("ldap.uris", "%v", err)
-		}
+		v.check("ldap.uris", userdb.CheckLDAPURI(u))
 	}
 	for _, k := range []struct{ key, val string }{
 		{"ldap.ca_file", l.CAFile},
@@ -177,19 +179,22 @@ func (v *validator) ldap(l *LDAP) {
 	case l.BindDN == "" && l.BindPasswordFile != "":
 		v.fail("ldap.bind_dn", "must be set when ldap.bind_password_file is set")
 	}
+	if l.BindDN != "" {
+		v.check("ldap.bind_dn", userdb.CheckLDAPDN(l.BindDN))
+	}
 	if l.BaseDN == "" {
 		v.fail("ldap.base_dn", "must be set when userdb.driver is \"ldap\"")
+	} else {
+		v.check("ldap.base_dn", userdb.CheckLDAPDN(l.BaseDN))
 	}
-	v.oneOf("ldap.scope", l.Scope, "base", "one", "sub")
-	if err := checkLDAPFilter(l.UserFilter); err != nil {
-		v.fail("ldap.user_filter", "%v", err)
-	}
+	_, err := userdb.ParseLDAPScope(l.Scope)
+	v.check("ldap.scope", err)
+	v.check("ldap.user_filter", userdb.CheckLDAPFilter(l.UserFilter))
 	if l.AuthFilter != "" {
-		if err := checkLDAPFilter(l.AuthFilter); err != nil {
-			v.fail("ldap.auth_filter", "%v", err)
-		}
+		v.check("ldap.auth_filter", userdb.CheckLDAPFilter(l.AuthFilter))
 	}
-	v.oneOf("ldap.auth_method", l.AuthMethod, "bind", "compare")
+	_, err = userdb.ParseLDAPAuthMethod(l.AuthMethod)
+	v.check("ldap.auth_method", err)
 	if l.AuthMethod == "compare" && l.AttrPassword == "" {
 		v.fail("ldap.attr_password", "must be set when ldap.auth_method is \"compare\"")
 	}
@@ -205,8 +210,8 @@ func (v *validator) ldap(l *LDAP) {
 		{"ldap.attr_quota_messages", l.AttrQuotaMessages}, {"ldap.attr_uid", l.AttrUID},
 		{"ldap.attr_gid", l.AttrGID}, {"ldap.attr_enabled", l.AttrEnabled}, {"ldap.attr_password", l.AttrPassword},
 	} {
-		if k.val != "" && !validAttrName(k.val) {
-			v.fail(k.key, "%q is not an attribute name (letters, digits and '-', starting with a letter, or an OID)", k.val)
+		if k.val != "" {
+			v.check(k.key, userdb.CheckLDAPAttribute(k.val))
 		}
 	}
 	v.atLeast("ldap.timeout", l.Timeout, Duration(100*time.Millisecond))
@@ -218,86 +223,6 @@ func (v *validator) ldap(l *LDAP) {
 	}
 }
 
-// checkLDAPURI accepts "ldap://host[:port]" and "ldaps://host[:port]",
-// with an optional "/" and nothing else.
-func checkLDAPURI(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "ldap" && u.Scheme != "ldaps") {
-		return fmt.Errorf("%q is not \"ldap://host[:port]\" or \"ldaps://host[:port]\"", s)
-	}
-	if u.Hostname() == "" {
-		return fmt.Errorf("%q has no host", s)
-	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return fmt.Errorf("%q: give only the scheme, host and port (base_dn and user_filter are separate keys)", s)
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
-			return fmt.Errorf("%q: the port must be a number from 1 to 65535", s)
-		}
-	}
-	return nil
-}
-
-// checkLDAPFilter checks a filter template's placeholders and parentheses.
-func checkLDAPFilter(f string) error {
-	if !strings.HasPrefix(f, "(") || !strings.HasSuffix(f, ")") {
-		return fmt.Errorf("%q must be an LDAP filter in parentheses", f)
-	}
-	depth, user := 0, false
-	for i := 0; i < len(f); i++ {
-		switch f[i] {
-		case '(':
-			depth++
-		case ')':
-			if depth--; depth < 0 {
-				return fmt.Errorf("%q has unbalanced parentheses", f)
-			}
-		case '%':
-			if i+1 == len(f) {
-				return fmt.Errorf("%q ends with '%%' (write %%%% for a percent sign)", f)
-			}
-			i++
-			switch f[i] {
-			case 's', 'u':
-				user = true
-			case 'd', '%':
-			default:
-				return fmt.Errorf("%q: unknown placeholder %%%c (use %%s, %%u, %%d or %%%%)", f, f[i])
-			}
-		}
-	}
-	if depth != 0 {
-		return fmt.Errorf("%q has unbalanced parentheses", f)
-	}
-	if !user {
-		return fmt.Errorf("%q must contain %%s or %%u, or it matches every user", f)
-	}
-	return nil
-}
-
-// validAttrName reports whether s is an LDAP attribute description without
-// options: a name (letter, then letters, digits, '-') or a numeric OID.
-func validAttrName(s string) bool {
-	if s == "" {
-		return false
-	}
-	if s[0] >= '0' && s[0] <= '9' {
-		for _, part := range strings.Split(s, ".") {
-			if part == "" || strings.Trim(part, "0123456789") != "" {
-				return false
-			}
-		}
-		return true
-	}
-	for i, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || i > 0 && (r >= '0' && r <= '9' || r == '-')) {
-			return false
-		}
-	}
-	return true
-}
-
 type validator struct {
 	src  *source
 	errs []error
@@ -305,6 +230,13 @@ type validator struct {
 
 func (v *validator) fail(key, format string, args ...any) {
 	v.errs = append(v.errs, v.src.keyError(key, format, args...))
+}
+
+// check records err, if any, as the problem of key.
+func (v *validator) check(key string, err error) {
+	if err != nil {
+		v.fail(key, "%v", err)
+	}
 }
 
 func (v *validator) oneOf(key, val string, allowed ...string) {

@@ -61,6 +61,10 @@ func TestValidate(t *testing.T) {
 		{"ldap filter placeholder", ldapDoc(`user_filter = "(mail=%x)"`), []string{`unknown placeholder %x`}},
 		{"ldap filter parens", ldapDoc(`user_filter = "(mail=%s))(x=y)"`), []string{`unbalanced parentheses`}},
 		{"ldap filter percent", ldapDoc(`user_filter = "(|(mail=%s)(x=100%%))"`), nil},
+		{"ldap filter grammar", ldapDoc(`user_filter = "(mail=%s)(x=y)"`, `auth_filter = "(&(uid=%u)(!x))"`), []string{
+			`x.toml:5: key ldap.user_filter: "(mail=%s)(x=y)" is not a valid LDAP filter`, `x.toml:6: key ldap.auth_filter: "(&(uid=%u)(!x))" is not a valid LDAP filter`}},
+		{"ldap dns", doc("[userdb]", `driver = "ldap"`, "[ldap]", `base_dn = "example.org"`, `bind_dn = "cn"`, `bind_password_file = "/pw"`), []string{
+			`x.toml:4: key ldap.base_dn: "example.org" is not a DN`, `x.toml:5: key ldap.bind_dn: "cn" is not a DN`}},
 		{"ldap auth_method", ldapDoc(`auth_method = "sasl"`), []string{`key ldap.auth_method: must be "bind" or "compare", got "sasl"`}},
 		{"ldap compare without attr", ldapDoc(`auth_method = "compare"`, `attr_password = ""`), []string{`key ldap.attr_password: must be set when ldap.auth_method is "compare"`}},
 		{"ldap attributes", ldapDoc(`attr_address = ""`, `attr_uid = "uid number"`, `attr_enabled = "x"`, `enabled_value = ""`), []string{

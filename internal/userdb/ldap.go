@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -21,101 +19,6 @@ import (
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
 )
-
-// LDAPAttributes names the directory attributes nfsdrop reads. An empty name
-// means the directory has no such attribute (Address excepted: it is
-// required).
-type LDAPAttributes struct {
-	// Address holds the primary address; its first value becomes
-	// User.Name and, without a mailbox attribute, names the Maildir.
-	Address string
-	// Aliases holds further addresses. Matching them is the filter's job;
-	// the values are only reported in the debug log. An "smtp:" prefix (as
-	// in Active Directory's proxyAddresses) is removed.
-	Aliases string
-	// Mailbox holds the Maildir path, absolute or relative to the mail
-	// root, optionally written "maildir:PATH" as Dovecot does.
-	Mailbox string
-	// QuotaStorage (bytes, with an optional K/M/G/T suffix) and
-	// QuotaMessages override the default quota; 0 means unlimited.
-	QuotaStorage, QuotaMessages string
-	// UID and GID hold the numeric owner of the Maildir.
-	UID, GID string
-	// Enabled, when set, holds the flag that enables an account: an entry
-	// whose attribute has values none of which is LDAPOptions.EnabledValue
-	// is disabled. An entry without the attribute is enabled.
-	Enabled string
-	// Password holds the password hash for AuthMethod "compare".
-	Password string
-}
-
-// LDAPOptions configures an LDAP user source. Zero durations and sizes have
-// the meanings given with each field.
-type LDAPOptions struct {
-	// URIs are tried in order: ldap://host[:port] or ldaps://host[:port].
-	URIs []string
-	// StartTLS upgrades ldap:// connections with the StartTLS operation.
-	StartTLS bool
-	// CAFile is a PEM file of the CAs that sign the servers' certificates;
-	// "" means the system's roots.
-	CAFile string
-	// BindDN and BindPasswordFile are the service account used for
-	// searches; an empty BindDN means anonymous searches. The file is read
-	// at Open and again for every new connection (so a rotated password is
-	// picked up); one trailing newline is removed.
-	BindDN, BindPasswordFile string
-	// BaseDN and Scope ("base", "one" or "sub"; "" = "sub") bound searches.
-	BaseDN, Scope string
-	// UserFilter finds the user of a recipient address; AuthFilter (""
-	// means UserFilter) the user of a POP3 login name. In both, %s is the
-	// whole address, %u its local part, %d its domain and %% a percent
-	// sign; every substituted value is escaped (RFC 4515).
-	UserFilter, AuthFilter string
-	// AuthMethod is "bind" (bind as the user's DN with the password; the
-	// default) or "compare" (read Attrs.Password with the service account
-	// and verify it here, with the schemes of VerifyPassword).
-	AuthMethod string
-	Attrs      LDAPAttributes
-	// EnabledValue is the value of Attrs.Enabled that enables an account,
-	// compared without regard to case. Default "TRUE".
-	EnabledValue string
-
-	// Timeout bounds every network step: connecting (with TLS and the
-	// service bind), each search, each user bind. Default 5s.
-	Timeout time.Duration
-	// PoolSize is the largest number of connections for searches, and
-	// again for user binds. Default 4.
-	PoolSize int
-	// RetryBackoff is the longest a failed server is left alone before it
-	// is tried again; back-off starts at one second (or RetryBackoff if
-	// shorter) and doubles. Default 30s.
-	RetryBackoff time.Duration
-
-	// CacheSize is the largest number of cached lookups; 0 turns the
-	// cache (and the outage fallback) off.
-	CacheSize int
-	// CacheTTL is how long a found user is served from the cache;
-	// NegativeCacheTTL how long an unknown address is (0: not cached).
-	CacheTTL, NegativeCacheTTL time.Duration
-	// CacheMaxStale is how long after CacheTTL a cached user may still be
-	// used by Lookup while the directory is unavailable (0: never).
-	CacheMaxStale time.Duration
-	// AuthCacheTTL is how long a successful login is remembered, by a
-	// keyed hash of the password, never the password (0: not cached).
-	AuthCacheTTL time.Duration
-
-	// MailRoot is absolute; every mailbox must lie under it.
-	MailRoot string
-	// MaildirName is the Maildir below MAILROOT/domain/local for entries
-	// without a mailbox attribute ("" = that directory itself).
-	MaildirName string
-	// Normalizer normalises looked-up addresses and login names, and the
-	// primary addresses read from the directory.
-	Normalizer   Normalizer
-	DefaultQuota Quota
-	// Logger may be nil: nothing is logged then.
-	Logger *slog.Logger
-}
 
 // LDAP is a user source backed by an LDAP directory (OpenLDAP, Active
 // Directory, ...).
@@ -169,27 +72,15 @@ type LDAP struct {
 
 	norm Normalizer
 	log  *slog.Logger
-	// paths builds Users: it is a PasswdFile used only for its mailbox
-	// path and confinement rules, so that both sources apply the same ones.
-	paths *PasswdFile
+	// mailboxRule builds Users, with the passwd-file's rules for mailbox
+	// paths and their confinement.
+	mailboxRule mailboxRule
+	defQuota    Quota
 
 	closed atomic.Bool
 }
 
 var _ DB = (*LDAP)(nil)
-
-// Defaults of LDAPOptions.
-const (
-	ldapDefaultTimeout      = 5 * time.Second
-	ldapDefaultPoolSize     = 4
-	ldapDefaultRetryBackoff = 30 * time.Second
-	ldapDefaultEnabledValue = "TRUE"
-	ldapBackoffStart        = time.Second
-	// ldapMaxConnAge is when an idle connection is replaced: it returns
-	// traffic to the first URI after a failover and stays below the idle
-	// timeouts of servers (Active Directory's MaxConnIdleTime is 15 min).
-	ldapMaxConnAge = 5 * time.Minute
-)
 
 // Reasons given to the peer for directory trouble.
 const (
@@ -198,17 +89,24 @@ const (
 	reasonBadEntry      = "user entry unusable"
 )
 
+// Timings of the connection pools (not options).
+const (
+	ldapBackoffStart = time.Second
+	// ldapMaxConnAge is when an idle connection is replaced: it returns
+	// traffic to the first URI after a failover and stays below the idle
+	// timeouts of servers (Active Directory's MaxConnIdleTime is 15 min).
+	ldapMaxConnAge = 5 * time.Minute
+)
+
 // OpenLDAP checks the options and returns a source. It does not connect:
 // the directory may be down when nfsdrop starts, and the first lookup
 // connects.
 func OpenLDAP(opts LDAPOptions) (*LDAP, error) {
 	const op = "open ldap"
-	bad := func(format string, args ...any) (*LDAP, error) {
-		return nil, failure.Perm(op, fmt.Sprintf(format, args...), nil)
+	if opts.negative() {
+		return nil, failure.Perm(op, "durations and sizes must not be negative", nil)
 	}
-	if len(opts.URIs) == 0 {
-		return bad("no LDAP URI configured")
-	}
+	opts = opts.withDefaults()
 	d := &LDAP{
 		baseDN:       opts.BaseDN,
 		attrs:        opts.Attrs,
@@ -219,59 +117,80 @@ func OpenLDAP(opts LDAPOptions) (*LDAP, error) {
 		timeout:      opts.Timeout,
 		backoffMax:   opts.RetryBackoff,
 		norm:         opts.Normalizer,
+		defQuota:     opts.DefaultQuota,
 		log:          opts.Logger,
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
+	if err := d.parseDirectory(opts); err != nil {
+		return nil, failure.Perm(op, err.Error(), nil)
+	}
+	if err := d.readCredentials(op, opts.CAFile); err != nil {
+		return nil, err
+	}
+	var err error
+	if d.mailboxRule, err = newMailboxRule(op, opts.MailRoot, opts.MaildirName, opts.Normalizer); err != nil {
+		fe := failure.As(err)
+		return nil, failure.New(fe.Kind, op, fe.Reason, fe.Err)
+	}
+	d.startPools(opts)
+	method := "bind"
+	if d.compare {
+		method = "compare"
+	}
+	d.log.Info("ldap user source configured", "uris", strings.Join(opts.URIs, " "), "base", d.baseDN,
+		"auth", method, "cache", opts.CacheSize)
+	return d, nil
+}
+
+// parseDirectory parses what the searches are made of: the servers, the
+// base DN and scope, the filters, the auth method and the attributes. The
+// grammar is that of the exported parsers (ldap_options.go).
+func (d *LDAP) parseDirectory(opts LDAPOptions) error {
+	if len(opts.URIs) == 0 {
+		return errors.New("no LDAP URI configured")
+	}
 	for _, u := range opts.URIs {
 		s, err := parseLDAPURI(u)
 		if err != nil {
-			return bad("%v", err)
+			return err
 		}
 		d.servers = append(d.servers, s)
 	}
 	if opts.BaseDN == "" {
-		return bad("no base DN configured")
+		return errors.New("no base DN configured")
 	}
-	if _, err := ldap.ParseDN(opts.BaseDN); err != nil {
-		return bad("base DN %q does not parse: %v", opts.BaseDN, err)
+	if err := CheckLDAPDN(opts.BaseDN); err != nil {
+		return fmt.Errorf("base DN: %w", err)
 	}
-	switch opts.Scope {
-	case "", "sub":
-		d.scope = ldap.ScopeWholeSubtree
-	case "one":
-		d.scope = ldap.ScopeSingleLevel
-	case "base":
-		d.scope = ldap.ScopeBaseObject
-	default:
-		return bad("scope must be \"base\", \"one\" or \"sub\", not %q", opts.Scope)
+	scope, err := ParseLDAPScope(opts.Scope)
+	if err != nil {
+		return fmt.Errorf("scope %w", err)
 	}
-	var err error
+	d.scope = int(scope)
 	if d.userTmpl, err = parseFilterTemplate(opts.UserFilter); err != nil {
-		return bad("user filter: %v", err)
+		return fmt.Errorf("user filter: %w", err)
 	}
 	d.authTmpl = d.userTmpl
 	if opts.AuthFilter != "" {
 		if d.authTmpl, err = parseFilterTemplate(opts.AuthFilter); err != nil {
-			return bad("auth filter: %v", err)
+			return fmt.Errorf("auth filter: %w", err)
 		}
 	}
-	switch opts.AuthMethod {
-	case "", "bind":
-	case "compare":
-		d.compare = true
-		if opts.Attrs.Password == "" {
-			return bad("auth method \"compare\" needs a password attribute")
-		}
-	default:
-		return bad("auth method must be \"bind\" or \"compare\", not %q", opts.AuthMethod)
+	method, err := ParseLDAPAuthMethod(opts.AuthMethod)
+	if err != nil {
+		return fmt.Errorf("auth method %w", err)
+	}
+	d.compare = method == LDAPAuthCompare
+	if d.compare && opts.Attrs.Password == "" {
+		return errors.New("auth method \"compare\" needs a password attribute")
 	}
 	if opts.Attrs.Address == "" {
-		return bad("no address attribute configured")
+		return errors.New("no address attribute configured")
 	}
-	if d.enabledValue == "" {
-		d.enabledValue = ldapDefaultEnabledValue
+	if err := opts.Attrs.each(CheckLDAPAttribute); err != nil {
+		return err
 	}
 	d.userAttrs = attrList(opts.Attrs.Address, opts.Attrs.Aliases, opts.Attrs.Mailbox, opts.Attrs.QuotaStorage,
 		opts.Attrs.QuotaMessages, opts.Attrs.UID, opts.Attrs.GID, opts.Attrs.Enabled)
@@ -279,55 +198,43 @@ func OpenLDAP(opts LDAPOptions) (*LDAP, error) {
 	if d.compare {
 		d.authAttrs = attrList(append(append([]string(nil), d.userAttrs...), opts.Attrs.Password)...)
 	}
-	if opts.Timeout < 0 || opts.RetryBackoff < 0 || opts.PoolSize < 0 || opts.CacheSize < 0 ||
-		opts.CacheTTL < 0 || opts.NegativeCacheTTL < 0 || opts.CacheMaxStale < 0 || opts.AuthCacheTTL < 0 {
-		return bad("durations and sizes must not be negative")
-	}
-	if d.timeout == 0 {
-		d.timeout = ldapDefaultTimeout
-	}
-	if d.backoffMax == 0 {
-		d.backoffMax = ldapDefaultRetryBackoff
-	}
-	pool := opts.PoolSize
-	if pool == 0 {
-		pool = ldapDefaultPoolSize
-	}
-	if opts.CAFile != "" {
-		pem, err := os.ReadFile(opts.CAFile)
+	return nil
+}
+
+// readCredentials reads the CA file and checks the service account,
+// reading its password file once so that a missing file fails at start,
+// not at the first lookup.
+func (d *LDAP) readCredentials(op, caFile string) error {
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return nil, failure.Perm(op, "cannot read the CA file", err)
+			return failure.Perm(op, "cannot read the CA file", err)
 		}
 		d.roots = x509.NewCertPool()
 		if !d.roots.AppendCertsFromPEM(pem) {
-			return bad("CA file %s holds no PEM certificate", opts.CAFile)
+			return failure.Perm(op, fmt.Sprintf("CA file %s holds no PEM certificate", caFile), nil)
 		}
 	}
-	if d.bindDN != "" {
-		if _, err := ldap.ParseDN(d.bindDN); err != nil {
-			return bad("bind DN %q does not parse: %v", d.bindDN, err)
-		}
-		if d.bindPWFile == "" {
-			return bad("a bind DN needs a bind password file")
-		}
-		if _, err := d.bindPassword(); err != nil {
-			return nil, failure.Perm(op, "cannot read the bind password file", err)
-		}
+	if d.bindDN == "" {
+		return nil
 	}
+	if err := CheckLDAPDN(d.bindDN); err != nil {
+		return failure.Perm(op, "bind DN: "+err.Error(), nil)
+	}
+	if d.bindPWFile == "" {
+		return failure.Perm(op, "a bind DN needs a bind password file", nil)
+	}
+	if _, err := d.bindPassword(); err != nil {
+		return failure.Perm(op, "cannot read the bind password file", err)
+	}
+	return nil
+}
 
-	// The mailbox rules are the passwd-file's (see LDAP.paths); so are the
-	// checks of the mail root, the Maildir name and the Normalizer.
-	paths, err := OpenPasswdFile(PasswdFileOptions{Path: os.DevNull, MailRoot: opts.MailRoot, MaildirName: opts.MaildirName,
-		Normalizer: opts.Normalizer, DefaultQuota: opts.DefaultQuota})
-	if err != nil {
-		fe := failure.As(err)
-		return nil, failure.New(fe.Kind, op, fe.Reason, fe.Err)
-	}
-	paths.log = slog.New(ldapPathLog{d.log.Handler()})
-	d.paths = paths
-
-	d.search = &ldapPool{d: d, bind: true, slots: make(chan struct{}, pool)}
-	d.auth = &ldapPool{d: d, bind: false, slots: make(chan struct{}, pool)}
+// startPools makes the two connection pools (none is opened yet) and the
+// caches.
+func (d *LDAP) startPools(opts LDAPOptions) {
+	d.search = &ldapPool{d: d, bind: true, slots: make(chan struct{}, opts.PoolSize)}
+	d.auth = &ldapPool{d: d, bind: false, slots: make(chan struct{}, opts.PoolSize)}
 	if opts.CacheSize > 0 {
 		d.cache = &ldapCache{size: opts.CacheSize, ttl: opts.CacheTTL, negTTL: opts.NegativeCacheTTL,
 			maxStale: opts.CacheMaxStale, m: make(map[string]ldapCacheEntry)}
@@ -341,13 +248,6 @@ func OpenLDAP(opts LDAPOptions) (*LDAP, error) {
 		}
 		d.authCache = &ldapAuthCache{key: key, ttl: opts.AuthCacheTTL, size: size, m: make(map[string]ldapAuthEntry)}
 	}
-	method := "bind"
-	if d.compare {
-		method = "compare"
-	}
-	d.log.Info("ldap user source configured", "uris", strings.Join(opts.URIs, " "), "base", d.baseDN,
-		"auth", method, "cache", opts.CacheSize)
-	return d, nil
 }
 
 // Close closes the connections; later calls fail with a Temporary error.
@@ -357,7 +257,7 @@ func (d *LDAP) Close() error {
 	}
 	d.search.close()
 	d.auth.close()
-	return d.paths.Close()
+	return nil
 }
 
 func (d *LDAP) usable(ctx context.Context, op string) error {
@@ -551,20 +451,20 @@ func (d *LDAP) user(op string, e *ldapEntry, addr Address) (*User, error) {
 		d.log.Error("ldap: "+reasonBadEntry, "dn", e.dn, "problem", e.problem)
 		return nil, failure.Perm(op, reasonBadEntry, nil)
 	}
-	if e.pe.disabled {
+	if e.disabled {
 		return nil, failure.New(failure.Disabled, op, reasonDisabled, nil)
 	}
-	return d.paths.user(op, &e.pe, addr)
+	return d.mailboxRule.user(op, &e.account, addr, d.log, "ldap", "dn", e.dn)
 }
 
 // ldapEntry is what nfsdrop keeps of a directory entry; it is never
 // modified once cached.
 type ldapEntry struct {
 	dn string
-	// pe carries the fields the passwd-file rules need: name (the
-	// normalised primary address), domain, uid, gid, mail (the mailbox
-	// attribute), quota and disabled.
-	pe passwdEntry
+	// account holds name (the normalised primary address), domain, uid,
+	// gid, mail (the mailbox attribute) and quota; home is always "".
+	account  account
+	disabled bool
 	// problem, when set, says why the entry cannot be used.
 	problem string
 	// passwords are the stored hashes (compare mode, Authenticate only).
@@ -573,7 +473,7 @@ type ldapEntry struct {
 
 // parseEntry reads the attributes of a search result.
 func (d *LDAP) parseEntry(en *ldap.Entry) *ldapEntry {
-	e := &ldapEntry{dn: en.DN, pe: passwdEntry{uid: -1, gid: -1, quota: d.paths.defQuota}}
+	e := &ldapEntry{dn: en.DN, account: account{uid: -1, gid: -1, quota: d.defQuota}}
 	e.problem = d.fillEntry(e, en)
 	if d.compare {
 		e.passwords = en.GetEqualFoldAttributeValues(d.attrs.Password)
@@ -603,7 +503,7 @@ func (d *LDAP) fillEntry(e *ldapEntry, en *ldap.Entry) string {
 	if err != nil {
 		return fmt.Sprintf("primary address %s refused: %s", showField(addrs[0]), failure.As(err).Reason)
 	}
-	e.pe.name, e.pe.domain = a.String(), a.Domain
+	e.account.name, e.account.domain = a.String(), a.Domain
 
 	mbox, problem := single(d.attrs.Mailbox)
 	if problem != "" {
@@ -618,12 +518,12 @@ func (d *LDAP) fillEntry(e *ldapEntry, en *ldap.Entry) string {
 				return "mailbox: " + err.Error()
 			}
 		}
-		e.pe.mail = mbox
+		e.account.mail = mbox
 	}
 	for _, id := range []struct {
 		attr string
 		dst  *int
-	}{{d.attrs.UID, &e.pe.uid}, {d.attrs.GID, &e.pe.gid}} {
+	}{{d.attrs.UID, &e.account.uid}, {d.attrs.GID, &e.account.gid}} {
 		v, problem := single(id.attr)
 		if problem != "" {
 			return problem
@@ -644,7 +544,7 @@ func (d *LDAP) fillEntry(e *ldapEntry, en *ldap.Entry) string {
 		if err != nil {
 			return fmt.Sprintf("attribute %s value %s is not a size", d.attrs.QuotaStorage, showField(v))
 		}
-		e.pe.quota.Bytes = n
+		e.account.quota.Bytes = n
 	}
 	if v, problem := single(d.attrs.QuotaMessages); problem != "" {
 		return problem
@@ -653,14 +553,14 @@ func (d *LDAP) fillEntry(e *ldapEntry, en *ldap.Entry) string {
 		if err != nil {
 			return fmt.Sprintf("attribute %s value %s is not a number", d.attrs.QuotaMessages, showField(v))
 		}
-		e.pe.quota.Messages = int64(n)
+		e.account.quota.Messages = int64(n)
 	}
 	if d.attrs.Enabled != "" {
 		if vals := en.GetEqualFoldAttributeValues(d.attrs.Enabled); len(vals) > 0 {
-			e.pe.disabled = true
+			e.disabled = true
 			for _, v := range vals {
 				if strings.EqualFold(v, d.enabledValue) {
-					e.pe.disabled = false
+					e.disabled = false
 				}
 			}
 		}
@@ -699,7 +599,7 @@ func (d *LDAP) find(ctx context.Context, op string, tmpl filterTemplate, local, 
 				}
 				aliases = append(aliases, v)
 			}
-			d.log.Debug("ldap: found", "address", joinAddr(local, domain), "dn", e.dn, "name", e.pe.name, "aliases", aliases)
+			d.log.Debug("ldap: found", "address", joinAddr(local, domain), "dn", e.dn, "name", e.account.name, "aliases", aliases)
 		}
 		return e, nil
 	}
@@ -739,73 +639,6 @@ func isOutage(err error) bool {
 	return ok && le.outage
 }
 
-// filterTemplate is a parsed filter with %s, %u, %d and %%.
-type filterTemplate struct {
-	parts []string // literal text and the placeholders "%s", "%u", "%d"
-}
-
-func parseFilterTemplate(s string) (filterTemplate, error) {
-	var t filterTemplate
-	if s == "" {
-		return t, errors.New("empty filter")
-	}
-	var lit strings.Builder
-	placeholders := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
-			lit.WriteByte(s[i])
-			continue
-		}
-		if i+1 == len(s) {
-			return t, errors.New("a '%' at the end (write %% for a percent sign)")
-		}
-		i++
-		switch s[i] {
-		case '%':
-			lit.WriteByte('%')
-		case 's', 'u', 'd':
-			if lit.Len() > 0 {
-				t.parts = append(t.parts, lit.String())
-				lit.Reset()
-			}
-			t.parts = append(t.parts, "%"+string(s[i]))
-			if s[i] != 'd' {
-				placeholders++
-			}
-		default:
-			return t, fmt.Errorf("unknown placeholder %%%c (use %%s, %%u, %%d or %%%%)", s[i])
-		}
-	}
-	if lit.Len() > 0 {
-		t.parts = append(t.parts, lit.String())
-	}
-	if placeholders == 0 {
-		return t, errors.New("the filter must contain %s or %u, or every user would match")
-	}
-	if _, err := ldap.CompileFilter(t.expand("user@example.org", "user", "example.org")); err != nil {
-		return t, fmt.Errorf("%q is not a valid LDAP filter: %v", s, err)
-	}
-	return t, nil
-}
-
-// expand substitutes the values, each escaped with ldap.EscapeFilter.
-func (t filterTemplate) expand(address, local, domain string) string {
-	var b strings.Builder
-	for _, p := range t.parts {
-		switch p {
-		case "%s":
-			b.WriteString(ldap.EscapeFilter(address))
-		case "%u":
-			b.WriteString(ldap.EscapeFilter(local))
-		case "%d":
-			b.WriteString(ldap.EscapeFilter(domain))
-		default:
-			b.WriteString(p)
-		}
-	}
-	return b.String()
-}
-
 func attrList(names ...string) []string {
 	var out []string
 	seen := make(map[string]bool)
@@ -828,37 +661,6 @@ type ldapServer struct {
 	until  time.Time
 }
 
-func parseLDAPURI(s string) (*ldapServer, error) {
-	u, err := url.Parse(s)
-	if err != nil {
-		return nil, fmt.Errorf("URI %q does not parse", s)
-	}
-	srv := &ldapServer{uri: s}
-	port := "389"
-	switch strings.ToLower(u.Scheme) {
-	case "ldap":
-	case "ldaps":
-		srv.ldaps, port = true, "636"
-	default:
-		return nil, fmt.Errorf("URI %q: the scheme must be ldap:// or ldaps://", s)
-	}
-	if u.Hostname() == "" {
-		return nil, fmt.Errorf("URI %q has no host", s)
-	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil || u.Fragment != "" {
-		return nil, fmt.Errorf("URI %q: only ldap[s]://host[:port] is supported (set the base DN and filter separately)", s)
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
-			return nil, fmt.Errorf("URI %q: bad port", s)
-		}
-		port = p
-	}
-	srv.host = u.Hostname()
-	srv.addr = net.JoinHostPort(srv.host, port)
-	return srv, nil
-}
-
 func (d *LDAP) tlsConfig(host string) *tls.Config {
 	return &tls.Config{ServerName: host, RootCAs: d.roots, MinVersion: tls.VersionTLS12}
 }
@@ -876,29 +678,3 @@ func (d *LDAP) bindPassword() (string, error) {
 	}
 	return pw, nil
 }
-
-// ldapPathLog adapts the passwd-file's log lines about mailbox paths (see
-// LDAP.paths) to LDAP: "passwd-file: " becomes "ldap: ", and the file and
-// line attributes, which mean nothing here, are dropped. The user attribute
-// is the primary address.
-type ldapPathLog struct{ h slog.Handler }
-
-func (l ldapPathLog) Enabled(ctx context.Context, lv slog.Level) bool { return l.h.Enabled(ctx, lv) }
-
-func (l ldapPathLog) Handle(ctx context.Context, r slog.Record) error {
-	msg := r.Message
-	if rest, ok := strings.CutPrefix(msg, "passwd-file: "); ok {
-		msg = "ldap: " + rest
-	}
-	nr := slog.NewRecord(r.Time, r.Level, msg, r.PC)
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key != "file" && a.Key != "line" {
-			nr.AddAttrs(a)
-		}
-		return true
-	})
-	return l.h.Handle(ctx, nr)
-}
-
-func (l ldapPathLog) WithAttrs(as []slog.Attr) slog.Handler { return ldapPathLog{l.h.WithAttrs(as)} }
-func (l ldapPathLog) WithGroup(name string) slog.Handler    { return ldapPathLog{l.h.WithGroup(name)} }

@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,8 +72,7 @@ type PasswdFileOptions struct {
 // is safe for concurrent use and a reload never blocks a lookup.
 type PasswdFile struct {
 	path        string
-	mailRoot    string
-	maildirName string
+	mailboxRule mailboxRule // where Maildirs are, what confines them
 	norm        Normalizer
 	defDomain   string // norm.DefaultDomain, normalised
 	defQuota    Quota
@@ -155,19 +152,8 @@ func OpenPasswdFile(opts PasswdFileOptions) (*PasswdFile, error) {
 	if opts.Path == "" {
 		return nil, failure.Perm(op, "no passwd-file path configured", nil)
 	}
-	if opts.MailRoot == "" || !filepath.IsAbs(opts.MailRoot) {
-		return nil, failure.Perm(op, "mail root must be an absolute path", nil)
-	}
-	md := opts.MaildirName
-	if md != "" {
-		if filepath.IsAbs(md) || hasDotDot(md) {
-			return nil, failure.Perm(op, "maildir name must be a relative path without '..'", nil)
-		}
-		if md = filepath.Clean(md); md == "." {
-			md = ""
-		}
-	}
-	if err := opts.Normalizer.Validate(); err != nil {
+	rule, err := newMailboxRule(op, opts.MailRoot, opts.MaildirName, opts.Normalizer)
+	if err != nil {
 		return nil, err
 	}
 	if opts.ReloadCheckInterval < 0 {
@@ -175,8 +161,7 @@ func OpenPasswdFile(opts PasswdFileOptions) (*PasswdFile, error) {
 	}
 	p := &PasswdFile{
 		path:        opts.Path,
-		mailRoot:    filepath.Clean(opts.MailRoot),
-		maildirName: md,
+		mailboxRule: rule,
 		norm:        opts.Normalizer,
 		defQuota:    opts.DefaultQuota,
 		log:         opts.Logger,
@@ -333,141 +318,8 @@ func (t *passwdTable) match(a Address, full, defaultDomain string) (*passwdEntry
 
 // user builds the User for e, resolving and confining its mailbox.
 func (p *PasswdFile) user(op string, e *passwdEntry, addr Address) (*User, error) {
-	mbox, dotdot := p.mailboxPath(e)
-	if err := p.confine(op, e, mbox, dotdot); err != nil {
-		return nil, err
-	}
-	return &User{
-		Name:    e.name,
-		Address: addr.String(),
-		Mailbox: filepath.Clean(mbox),
-		UID:     e.uid,
-		GID:     e.gid,
-		Quota:   e.quota,
-		Enabled: true,
-	}, nil
-}
-
-// mailboxPath computes e's Maildir (not yet cleaned or checked). dotdot
-// reports whether a path taken from the file had a ".." element: such a
-// path is refused even when it would clean to somewhere inside the root,
-// because it says the writer was trying something.
-func (p *PasswdFile) mailboxPath(e *passwdEntry) (path string, dotdot bool) {
-	home := e.home
-	switch {
-	case home == "":
-		// A bare entry's mailbox must not depend on the domain the mail
-		// happened to be addressed to, so it uses the default domain.
-		dom := e.domain
-		if dom == "" {
-			dom = p.defDomain
-		}
-		local := e.name
-		if i := strings.LastIndexByte(local, '@'); i >= 0 {
-			local = local[:i]
-		}
-		home = filepath.Join(p.mailRoot, dom, local)
-	case filepath.IsAbs(home):
-		dotdot = hasDotDot(home)
-	default:
-		dotdot = hasDotDot(home)
-		home = filepath.Join(p.mailRoot, home)
-	}
-	if e.mail == "" {
-		return filepath.Join(home, p.maildirName), dotdot
-	}
-	dotdot = dotdot || hasDotDot(e.mail)
-	switch {
-	case e.mail == "~":
-		return home, dotdot
-	case strings.HasPrefix(e.mail, "~/"):
-		return filepath.Join(home, e.mail[2:]), dotdot
-	case filepath.IsAbs(e.mail):
-		return e.mail, dotdot
-	default:
-		return filepath.Join(p.mailRoot, e.mail), dotdot
-	}
-}
-
-// hasDotDot reports whether path has a ".." element.
-func hasDotDot(path string) bool {
-	for el := range strings.SplitSeq(path, "/") {
-		if el == ".." {
-			return true
-		}
-	}
-	return false
-}
-
-// confine refuses a mailbox that is not strictly inside the mail root,
-// lexically or after resolving symlinks. It runs on every lookup, not at
-// load, because symlinks on the storage can change at any time. The peer
-// only ever sees reasonOutsideRoot; the path goes to the log. This is the
-// early, permanent answer for a misconfigured entry; it cannot stop a link
-// swapped in after the lookup, which is why the store resolves the path
-// again at use and follows only root-owned in-root links (store/confine.go).
-func (p *PasswdFile) confine(op string, e *passwdEntry, mbox string, dotdot bool) error {
-	outside := func(why string) error {
-		p.log.Error("passwd-file: "+reasonOutsideRoot, "file", p.path, "line", e.line, "user", e.name, "path", mbox, "why", why)
-		return failure.Perm(op, reasonOutsideRoot, nil)
-	}
-	if dotdot {
-		return outside("path has a '..' element")
-	}
-	clean := filepath.Clean(mbox)
-	if !filepath.IsAbs(clean) || !strictlyUnder(p.mailRoot, clean) {
-		return outside("path is not below the mail root")
-	}
-
-	// Symlinks: resolve the deepest part of the path that exists (the
-	// Maildir itself may not have been created yet) and check the result
-	// against the resolved root. Failing to resolve is a storage problem
-	// (NFS not mounted, a link into a mount that is missing), so Postfix
-	// should retry, not bounce.
-	unavailable := func(what string, err error) error {
-		p.log.Error("passwd-file: cannot check mailbox path", "file", p.path, "line", e.line, "user", e.name, "path", mbox, "step", what, "error", err)
-		return failure.Temp(op, "mail storage unavailable", err)
-	}
-	realRoot, err := filepath.EvalSymlinks(p.mailRoot)
-	if err != nil {
-		return unavailable("resolve mail root", err)
-	}
-	existing := clean
-	for {
-		_, err := os.Lstat(existing)
-		if err == nil {
-			break
-		}
-		// ENOTDIR: some ancestor is a file; keep walking up to find it.
-		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
-			return unavailable("stat mailbox path", err)
-		}
-		if existing == p.mailRoot || existing == filepath.Dir(existing) {
-			return unavailable("stat mail root", err)
-		}
-		existing = filepath.Dir(existing)
-	}
-	real, err := filepath.EvalSymlinks(existing)
-	if err != nil {
-		return unavailable("resolve symlinks", err)
-	}
-	if existing == clean {
-		// The Maildir itself exists: it must resolve strictly below the
-		// root (a link to the root itself would hand out every mailbox).
-		if !strictlyUnder(realRoot, real) {
-			return outside("symlink leads outside the mail root")
-		}
-	} else if real != realRoot && !strictlyUnder(realRoot, real) {
-		return outside("symlink leads outside the mail root")
-	}
-	return nil
-}
-
-// strictlyUnder reports whether the clean absolute path p lies below root
-// (and is not root itself).
-func strictlyUnder(root, p string) bool {
-	rel, err := filepath.Rel(root, p)
-	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../") && !filepath.IsAbs(rel)
+	a := account{name: e.name, domain: e.domain, uid: e.uid, gid: e.gid, home: e.home, mail: e.mail, quota: e.quota}
+	return p.mailboxRule.user(op, &a, addr, p.log, "passwd-file", "file", p.path, "line", e.line)
 }
 
 // maybeReload stats the file at most once per interval, across all
