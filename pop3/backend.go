@@ -48,11 +48,14 @@ type Message struct {
 }
 
 // Mailbox is a locked, listed mailbox for one session. Message numbers in
-// the protocol are 1-based indexes into Messages().
+// the protocol are 1-based: message n is Message(n-1).
 type Mailbox interface {
-	// Messages is the listing made at login; it does not change during
-	// the session.
-	Messages() []Message
+	// Len and Message give the listing made at login, which does not
+	// change during the session. They are read by index, so that a
+	// backend can hand out the listing it already holds (the store's
+	// cached one) without copying it at every login.
+	Len() int
+	Message(i int) Message
 	// Open returns message i's content (0-based) as stored (bare LF or
 	// CRLF); the server converts line ends and byte-stuffs. The content
 	// must be the one the listing's Size counts. A message that another

@@ -55,21 +55,18 @@ func (b *Backend) Login(ctx context.Context, c pop3.Client, username, password s
 	return newMailbox(ss), nil
 }
 
-type mailbox struct {
-	ss   *store.Session
-	msgs []pop3.Message
-}
+// mailbox is a store.Session as a pop3.Mailbox. It reads the session's
+// listing by index: the store hands out its cached listing without a copy,
+// and so does the login.
+type mailbox struct{ ss *store.Session }
 
-func newMailbox(ss *store.Session) *mailbox {
-	es := ss.Entries()
-	msgs := make([]pop3.Message, len(es))
-	for i, e := range es {
-		msgs[i] = pop3.Message{Size: e.Size, UID: e.UIDL}
-	}
-	return &mailbox{ss: ss, msgs: msgs}
-}
+func newMailbox(ss *store.Session) mailbox { return mailbox{ss: ss} }
 
-func (m *mailbox) Messages() []pop3.Message              { return m.msgs }
-func (m *mailbox) Open(i int) (io.ReadCloser, error)     { return m.ss.Open(i) }
-func (m *mailbox) Commit(deleted, retrieved []int) error { return m.ss.Commit(deleted, retrieved) }
-func (m *mailbox) Close() error                          { return m.ss.Close() }
+func (m mailbox) Len() int { return len(m.ss.Entries()) }
+func (m mailbox) Message(i int) pop3.Message {
+	e := &m.ss.Entries()[i]
+	return pop3.Message{Size: e.Size, UID: e.UIDL}
+}
+func (m mailbox) Open(i int) (io.ReadCloser, error)     { return m.ss.Open(i) }
+func (m mailbox) Commit(deleted, retrieved []int) error { return m.ss.Commit(deleted, retrieved) }
+func (m mailbox) Close() error                          { return m.ss.Close() }
