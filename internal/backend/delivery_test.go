@@ -1,7 +1,7 @@
-package delivery
+package backend
 
 // Tests of the whole delivery path behind the LMTP server: a real
-// lmtp.Server on loopback, this package's Agent, a real store over the
+// lmtp.Server on loopback, this package's Backend, a real store over the
 // test's temporary directory (through a fault-injecting store.FS), a user
 // database in memory, and for scanning a stand-in clamd on loopback.
 
@@ -126,13 +126,13 @@ func (f *faultFile) Chown(uid, gid int) error {
 
 // world is a mail root, its store and users, and an LMTP server over them.
 type world struct {
-	t     *testing.T
-	root  string
-	fs    *faultFS
-	users memUsers
-	store *store.Store
-	agent *Agent
-	addr  string
+	t       *testing.T
+	root    string
+	fs      *faultFS
+	users   memUsers
+	store   *store.Store
+	backend *Backend
+	addr    string
 }
 
 type worldOpts struct {
@@ -140,6 +140,7 @@ type worldOpts struct {
 	uids  map[string]int    // per-user uid and gid (default -1)
 	scan  *ScanPolicy       // scanning, when not nil
 	alias map[string]string // extra local part -> the same Maildir as another user
+	lmtp  lmtp.Options      // LMTP options beyond the defaults
 }
 
 func newWorld(t *testing.T, o worldOpts, locals ...string) *world {
@@ -167,8 +168,11 @@ func newWorld(t *testing.T, o worldOpts, locals ...string) *world {
 		t.Fatal(err)
 	}
 	w.store = s
-	w.agent = &Agent{Users: w.users, Store: s, Scan: o.scan}
-	srv := lmtp.New(w.agent.LMTP(), lmtp.Options{Hostname: "mx.test", MaxMessageSize: 10 << 20, MaxRecipients: 50, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second})
+	w.backend = New(&Sources{Users: w.users, Store: s, Scan: o.scan, Hostname: "mx.test"}, Options{})
+	lo := o.lmtp
+	lo.Hostname, lo.MaxMessageSize, lo.MaxRecipients = "mx.test", 10<<20, 50
+	lo.ReadTimeout, lo.WriteTimeout = 10*time.Second, 10*time.Second
+	srv := lmtp.New(w.backend, lo)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
