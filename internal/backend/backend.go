@@ -22,7 +22,9 @@ import (
 )
 
 // Sources is what a transaction or a login uses; the daemon swaps it on
-// SIGHUP. A transaction or a POP3 session keeps the Sources it began with.
+// SIGHUP and then closes the user database it replaced. So each step of a
+// transaction (a recipient's lookup, the delivery) takes the Sources
+// current at that step; a POP3 session keeps the store it logged in with.
 type Sources struct {
 	Users userdb.DB
 	Store *store.Store
@@ -67,8 +69,7 @@ func New(src *Sources, opts Options) *Backend {
 	return b
 }
 
-// Swap replaces the sources (configuration reload); transactions and
-// sessions already begun keep the ones they began with.
+// Swap replaces the sources (configuration reload).
 func (b *Backend) Swap(src *Sources) { b.cur.Store(src) }
 
 // MailboxOf maps a user record to the store's view of its Maildir.

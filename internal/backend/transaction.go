@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/envelope"
 	"github.com/nfsdrop/nfsdrop/internal/failure"
@@ -18,9 +17,8 @@ import (
 // adds the trace headers, scans, writes the message once for the others
 // and publishes it to each, answering each on its own.
 type transaction struct {
-	src   *Sources
+	b     *Backend
 	env   lmtp.Envelope
-	now   func() time.Time
 	rcpts []recipient
 }
 
@@ -31,21 +29,22 @@ type recipient struct {
 	mailbox   store.Mailbox
 }
 
-// Begin starts a transaction over the current Sources.
+// Begin starts a transaction.
 func (b *Backend) Begin(env lmtp.Envelope) lmtp.Transaction {
-	return &transaction{src: b.cur.Load(), env: env, now: b.now}
+	return &transaction{b: b, env: env}
 }
 
 // AddRecipient looks address up and checks that the mailbox is not
 // already full (the size is not known yet). Errors are *failure.Error
 // values from the user database or the store.
 func (t *transaction) AddRecipient(ctx context.Context, address string, admit func(canonical string) error) error {
-	u, err := t.src.Users.Lookup(ctx, address)
+	src := t.b.cur.Load()
+	u, err := src.Users.Lookup(ctx, address)
 	if err != nil {
 		return err
 	}
 	mb := MailboxOf(u)
-	if err := t.src.Store.CheckQuota(mb, 0); err != nil {
+	if err := src.Store.CheckQuota(mb, 0); err != nil {
 		return err
 	}
 	if admit != nil {
@@ -67,6 +66,7 @@ func (t *transaction) Abort() { t.rcpts = nil }
 func (t *transaction) Deliver(ctx context.Context, msg io.Reader, status func(int, lmtp.Status)) int {
 	rcpts := t.rcpts
 	t.rcpts = nil
+	src := t.b.cur.Load()
 	in := &firstError{r: msg}
 	hdr, body, err := envelope.ReadHeader(in)
 	answer := func(i int, s lmtp.Status) {
@@ -95,7 +95,7 @@ func (t *transaction) Deliver(ctx context.Context, msg io.Reader, status func(in
 	for j, i := range live {
 		mailboxes[j] = rcpts[i].mailbox
 	}
-	m, err := stage(ctx, t.src, mailboxes, t.trace(rcpts, live), body)
+	m, err := stage(ctx, src, mailboxes, t.trace(src.Hostname, rcpts, live), body)
 	if err == nil && in.err != nil {
 		// The message was not read completely, yet the write succeeded:
 		// never publish a partial message, whatever the store did.
@@ -124,14 +124,14 @@ func (t *transaction) Deliver(ctx context.Context, msg io.Reader, status func(in
 // trace is the header lines added above the message: Return-Path, and for
 // a message written for one recipient its Delivered-To; then Received,
 // naming that one recipient.
-func (t *transaction) trace(rcpts []recipient, live []int) string {
+func (t *transaction) trace(hostname string, rcpts []recipient, live []int) string {
 	trace := envelope.ReturnPath(t.env.From)
 	only := ""
 	if len(live) == 1 {
 		only = rcpts[live[0]].addr
 		trace += envelope.DeliveredTo(only)
 	}
-	return trace + envelope.Received(t.env.Helo, t.env.Remote, t.src.Hostname, t.env.Protocol, t.env.ID, only, t.now())
+	return trace + envelope.Received(t.env.Helo, t.env.Remote, hostname, t.env.Protocol, t.env.ID, only, t.b.now())
 }
 
 // readFailure keeps the kind of a *failure.Error from the reader (a size

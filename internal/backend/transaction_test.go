@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 )
 
@@ -176,4 +177,27 @@ func TestPartialMessagePublishesNothing(t *testing.T) {
 			w.spoolEmpty()
 		})
 	}
+}
+
+// A reload (Swap) closes the user database it replaced, so a transaction
+// begun before it looks its next recipients up in the new one, as LMTP
+// did when the daemon swapped the whole backend.
+func TestSwapBetweenRecipients(t *testing.T) {
+	w := newWorld(t, worldOpts{}, "alice")
+	txn := w.backend.Begin(lmtp.Envelope{From: "sender@example.net", Protocol: "local"})
+	if err := txn.AddRecipient(context.Background(), "alice@"+testDomain, nil); err != nil {
+		t.Fatal(err)
+	}
+	users := memUsers{"zed": &userdb.User{Name: "zed", Address: "zed@" + testDomain, Mailbox: w.maildir("zed"), UID: -1, GID: -1, Enabled: true}}
+	w.backend.Swap(&Sources{Users: users, Store: w.store, Hostname: "mx.test"})
+	if err := txn.AddRecipient(context.Background(), "zed@"+testDomain, nil); err != nil {
+		t.Fatalf("a recipient added after the swap: %v", err)
+	}
+	var errs []error
+	txn.Deliver(context.Background(), strings.NewReader(testMsg), func(_ int, s lmtp.Status) { errs = append(errs, s.Err) })
+	if len(errs) != 2 || errs[0] != nil || errs[1] != nil {
+		t.Fatalf("answers %v, want two deliveries", errs)
+	}
+	w.onlyMessage("alice", "body line\r\n")
+	w.onlyMessage("zed", "body line\r\n")
 }
