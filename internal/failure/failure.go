@@ -133,3 +133,19 @@ func As(err error) *Error {
 
 // KindOf is As(err).Kind; an unknown error is Temporary.
 func KindOf(err error) Kind { return As(err).Kind }
+
+// UserFault reports whether err is the user's (or the client's) doing,
+// not the system's: no such user or wrong password (NotFound), a disabled
+// account, malformed input. The POP3 login answers all three alike
+// ([AUTH], so that a guesser learns nothing), deliver exits EX_NOUSER for
+// them, and the metrics do not count them as user database errors.
+func UserFault(err error) bool {
+	if err == nil {
+		return false
+	}
+	switch KindOf(err) {
+	case NotFound, Disabled, BadInput:
+		return true
+	}
+	return false
+}

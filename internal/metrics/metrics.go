@@ -275,12 +275,8 @@ type instrumentedDB struct {
 
 func (i instrumentedDB) observe(op string, start time.Time, err error) {
 	i.m.userdbDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
-	if err != nil {
-		switch failure.KindOf(err) {
-		case failure.NotFound, failure.Disabled, failure.BadInput:
-		default:
-			i.m.userdbErrors.WithLabelValues(op).Inc()
-		}
+	if err != nil && !failure.UserFault(err) {
+		i.m.userdbErrors.WithLabelValues(op).Inc()
 	}
 }
 
