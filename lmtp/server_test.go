@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // The tests drive a real Server over loopback TCP with raw protocol lines,

@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // fakeMsg is a message of the fake mailbox: data as stored (bare LF or

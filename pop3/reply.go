@@ -3,7 +3,7 @@ package pop3
 import (
 	"strings"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // Replies that tests and clients match on. Response codes are RFC 2449

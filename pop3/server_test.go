@@ -17,7 +17,7 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 var testMessages = []fakeMsg{

@@ -11,8 +11,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/nfsdrop/nfsdrop/internal/config"
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/lmtp"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 func deliverCommand() *cli.Command {

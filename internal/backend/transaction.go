@@ -6,9 +6,9 @@ import (
 	"io"
 
 	"github.com/nfsdrop/nfsdrop/internal/envelope"
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 	"github.com/nfsdrop/nfsdrop/store"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // transaction is one delivery (lmtp.Transaction), in the spirit of maddy's

@@ -9,9 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/lmtp"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // readMessage returns the only message in local's new/.
