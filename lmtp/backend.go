@@ -8,7 +8,8 @@
 // check for a mail loop, add the trace headers, scan, store once, publish
 // per recipient) is the Backend's Transaction, the one the deliver command
 // drives too; this package never touches a file path. Errors from the
-// Backend are *failure.Error values (anything else counts as temporary,
+// Backend are *failure.Error values (package store/failure, a leaf that
+// imports nothing of the store; anything else counts as temporary,
 // and an *smtp.SMTPError is passed on as it is); this package maps them to
 // SMTP replies in exactly one place (reply.go), so that no plain Go error
 // ever reaches go-smtp, which would turn it into a permanent 554 bounce.

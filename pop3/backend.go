@@ -6,10 +6,12 @@
 // Session apart: the server asks a Backend to log a user in, which returns
 // a Mailbox that is already locked and listed (a snapshot). The package
 // never touches a file path. Errors from the Backend are *failure.Error
-// values and are mapped to replies in one place (reply.go): InUse gives
+// values (package store/failure, a leaf that imports nothing of the
+// store) and are mapped to replies in one place (reply.go): InUse gives
 // [IN-USE], Temporary (and anything unknown) [SYS/TEMP], Permanent
-// [SYS/PERM], NotFound/Disabled at login [AUTH]; NotFound from
-// Mailbox.Open (a message removed after the listing) a plain -ERR.
+// [SYS/PERM], the user's fault at login (failure.UserFault: NotFound,
+// Disabled, BadInput) [AUTH]; NotFound from Mailbox.Open (a message
+// removed after the listing) a plain -ERR.
 package pop3
 
 import (
