@@ -17,8 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/nfsdrop/nfsdrop/internal/envelope"
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // Options configures the LMTP server.
@@ -39,11 +38,11 @@ type Options struct {
 	MaxLineLength int
 	// ReadTimeout and WriteTimeout are deadlines on every read and write.
 	ReadTimeout, WriteTimeout time.Duration
-	// DeliveredToAlways gives every recipient its own copy with its own
-	// Delivered-To header. Otherwise Delivered-To is added only when a
-	// transaction has one recipient, so a message for many recipients is
-	// written once and hard-linked (the default; Dovecot's LMTP does the
-	// same).
+	// DeliveredToAlways asks the Backend to give every recipient its own
+	// copy with its own Delivered-To header (Envelope.DeliveredToEach).
+	// Otherwise Delivered-To is added only when a transaction has one
+	// recipient, so a message for many recipients is written once and
+	// hard-linked (the default; Dovecot's LMTP does the same).
 	DeliveredToAlways bool
 	// Logger gets one line per recipient and per session problem.
 	Logger *slog.Logger
@@ -257,16 +256,17 @@ type session struct {
 	id     string
 	remote string
 
-	mu      sync.Mutex
-	txn     int
-	from    string
-	rcpts   []rcptEntry // each holds a delivery slot (Server.acquire)
-	queueID string      // from the message's top Received header, for the log
+	mu       sync.Mutex
+	txn      int
+	from     string
+	delivery Transaction // the Backend's, from MAIL until DATA or a reset
+	rcpts    []rcptEntry // each holds a delivery slot (Server.acquire)
+	queueID  string      // from the message's top Received header, for the log
 }
 
 type rcptEntry struct {
-	addr string // as given in RCPT TO
-	r    Recipient
+	addr      string // as given in RCPT TO
+	canonical string // as the Backend resolved it: the unit of the slots
 }
 
 func (ss *session) txnID() string { return ss.id + "." + strconv.Itoa(ss.txn) }
@@ -280,6 +280,10 @@ func (ss *session) Reset() {
 // resetLocked ends the transaction and releases the slots of the
 // recipients it still holds (not those a running LMTPData took over).
 func (ss *session) resetLocked() {
+	if ss.delivery != nil {
+		ss.delivery.Abort()
+		ss.delivery = nil
+	}
 	ss.releaseSlots()
 	ss.from = ""
 	ss.queueID = ""
@@ -289,7 +293,7 @@ func (ss *session) resetLocked() {
 // so that no slot is released twice.
 func (ss *session) releaseSlots() {
 	for _, e := range ss.rcpts {
-		ss.s.release(e.r.Address)
+		ss.s.release(e.canonical)
 	}
 	ss.rcpts = nil
 }
@@ -304,8 +308,8 @@ func (ss *session) takeTransaction() (tx *session, release func()) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	tx = &session{s: ss.s, conn: ss.conn, id: ss.id, remote: ss.remote,
-		txn: ss.txn, from: ss.from, rcpts: ss.rcpts}
-	ss.rcpts = nil
+		txn: ss.txn, from: ss.from, delivery: ss.delivery, rcpts: ss.rcpts}
+	ss.delivery, ss.rcpts = nil, nil
 	return tx, tx.releaseSlots
 }
 
@@ -320,26 +324,47 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	ss.resetLocked()
 	ss.txn++
 	ss.from = from
+	ss.delivery = ss.s.backend.Begin(Envelope{
+		From:            from,
+		Helo:            ss.conn.Hostname(),
+		Remote:          ss.remote,
+		Protocol:        "LMTP",
+		ID:              ss.txnID(),
+		DeliveredToEach: ss.s.opts.DeliveredToAlways,
+	})
 	return nil
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	ctx, cancel := ss.context()
 	defer cancel()
-	r, err := ss.s.backend.Resolve(ctx, to)
+	ss.mu.Lock()
+	delivery := ss.delivery
+	ss.mu.Unlock()
+	if delivery == nil {
+		// go-smtp asks for MAIL first; this is only a safety net.
+		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+	}
+	var busy *smtp.SMTPError
+	err := delivery.AddRecipient(ctx, to, func(canonical string) error {
+		if !ss.s.acquire(canonical) {
+			busy = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Too many concurrent deliveries for this user, try again later"}
+			return busy
+		}
+		ss.mu.Lock()
+		ss.rcpts = append(ss.rcpts, rcptEntry{addr: to, canonical: canonical})
+		ss.mu.Unlock()
+		return nil
+	})
+	if busy != nil {
+		ss.logRcpt(to, "", busy, nil, 0, 0)
+		return busy
+	}
 	if err != nil {
 		rep := reply(to, err)
 		ss.logRcpt(to, "", rep, err, 0, 0)
 		return rep
 	}
-	if !ss.s.acquire(r.Address) {
-		rep := &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Too many concurrent deliveries for this user, try again later"}
-		ss.logRcpt(to, "", rep, nil, 0, 0)
-		return rep
-	}
-	ss.mu.Lock()
-	ss.rcpts = append(ss.rcpts, rcptEntry{addr: to, r: r})
-	ss.mu.Unlock()
 	return nil
 }
 
@@ -366,17 +391,21 @@ type statusFunc func(string, error)
 
 func (f statusFunc) SetStatus(rcpt string, err error) { f(rcpt, err) }
 
-// LMTPData reads the message once, stages it once, and publishes it for
-// each recipient, answering each on its own (RFC 2033 section 4.2).
+// LMTPData hands the message to the Backend's transaction, which reads it
+// once, stores it once and publishes it for each recipient; each recipient
+// is answered on its own (RFC 2033 section 4.2).
 func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	// From here on ss is the transaction's own session (see
 	// takeTransaction), never the connection's.
 	ss, release := ss.takeTransaction()
 	defer release()
-	if len(ss.rcpts) == 0 {
+	if len(ss.rcpts) == 0 || ss.delivery == nil {
 		// The transaction was reset before LMTPData could take it
 		// (go-smtp started it for BDAT and went on): no recipient may be
 		// answered 250 for a message nobody stored.
+		if ss.delivery != nil {
+			ss.delivery.Abort()
+		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Transaction aborted, try again"}
 	}
 	if cc, ok := ss.conn.Conn().(*countedConn); ok {
@@ -388,91 +417,32 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	defer cancel()
 
 	dr := &dataReader{r: r}
-	hdr, msg, err := envelope.ReadHeader(dr)
-	ss.queueID = hdr.QueueID
-	if err != nil {
-		return ss.failAll(status, err, start)
-	}
-	// Loop refusal: a recipient already named in Delivered-To gets 554
-	// 5.4.6; the others are delivered.
-	var targets []rcptEntry
-	for _, e := range ss.rcpts {
-		if hdr.Looped(e.addr, e.r.Address) {
-			err := failure.New(failure.Loop, "loop check", "mail loop", nil)
-			rep := reply(e.addr, err)
-			ss.logRcpt(e.addr, "", rep, err, 0, time.Since(start))
-			status.SetStatus(e.addr, rep)
-			continue
+	written := ss.delivery.Deliver(ctx, dr, func(i int, st Status) {
+		e := ss.rcpts[i]
+		ss.mu.Lock()
+		ss.queueID = st.QueueID
+		ss.mu.Unlock()
+		err := st.Err
+		if err == nil && dr.err != nil {
+			// The message was not received completely (the client went
+			// away, a size limit), yet the Backend stored it: never
+			// acknowledge a partial message, whatever the Backend did.
+			err = dr.err
 		}
-		targets = append(targets, e)
-	}
-	if len(targets) == 0 {
-		io.Copy(io.Discard, msg)
-		return nil
-	}
-	ss.s.opts.Observer.Transaction(len(targets))
-
-	trace := envelope.ReturnPath(ss.from) + ss.received(targets)
-	perRecipient := ss.s.opts.DeliveredToAlways && len(targets) > 1
-	if len(targets) == 1 {
-		trace = envelope.ReturnPath(ss.from) + envelope.DeliveredTo(targets[0].addr) + ss.received(targets)
-	}
-	rcpts := make([]Recipient, len(targets))
-	for i, e := range targets {
-		rcpts[i] = e.r
-	}
-	staged, err := ss.s.backend.Stage(ctx, rcpts, trace, msg)
-	if err == nil && dr.err != nil {
-		// The message was not received completely (the client went
-		// away, a size limit), yet Stage succeeded: never publish or
-		// acknowledge a partial message, whatever the backend did.
-		staged.Discard()
-		err = dr.err
-	}
-	if err != nil {
-		io.Copy(io.Discard, msg)
-		for _, e := range targets {
-			rep := reply(e.addr, err)
-			ss.logRcpt(e.addr, "", rep, err, 0, time.Since(start))
-			status.SetStatus(e.addr, rep)
-		}
-		return nil
-	}
-	defer staged.Discard()
-	for _, e := range targets {
-		var prefix []byte
-		if perRecipient {
-			prefix = []byte(envelope.DeliveredTo(e.addr))
-		}
-		key, err := staged.Deliver(ctx, e.r, prefix)
 		var rep *smtp.SMTPError
 		if err != nil {
 			rep = reply(e.addr, err)
 		} else {
-			rep = saved(key)
+			rep = saved(st.Key)
 		}
-		ss.logRcpt(e.addr, key, rep, err, len(targets), time.Since(start))
+		ss.logRcpt(e.addr, st.Key, rep, err, st.Recipients, time.Since(start))
 		status.SetStatus(e.addr, rep)
+	})
+	if written > 0 {
+		ss.s.opts.Observer.Transaction(written)
 	}
+	io.Copy(io.Discard, dr)
 	return nil
-}
-
-// failAll answers every recipient with err (the message could not be read).
-func (ss *session) failAll(status smtp.StatusCollector, err error, start time.Time) error {
-	for _, e := range ss.rcpts {
-		rep := reply(e.addr, err)
-		ss.logRcpt(e.addr, "", rep, err, 0, time.Since(start))
-		status.SetStatus(e.addr, rep)
-	}
-	return nil
-}
-
-func (ss *session) received(targets []rcptEntry) string {
-	rcpt := ""
-	if len(targets) == 1 {
-		rcpt = targets[0].addr
-	}
-	return envelope.Received(ss.conn.Hostname(), ss.remote, ss.s.opts.Hostname, "LMTP", ss.txnID(), rcpt, ss.s.opts.Now())
 }
 
 func (ss *session) logRcpt(rcpt, key string, rep *smtp.SMTPError, err error, nrcpt int, d time.Duration) {

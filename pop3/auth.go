@@ -9,7 +9,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // plaintextAllowed reports whether a password may be sent on this
@@ -294,9 +294,10 @@ func loginResult(err error) string {
 	if err == nil {
 		return "ok"
 	}
-	switch failure.KindOf(err) {
-	case failure.NotFound, failure.Disabled, failure.BadInput:
+	if failure.UserFault(err) {
 		return "auth_failed"
+	}
+	switch failure.KindOf(err) {
 	case failure.InUse:
 		return "in_use"
 	case failure.Permanent:

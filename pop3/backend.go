@@ -6,10 +6,12 @@
 // Session apart: the server asks a Backend to log a user in, which returns
 // a Mailbox that is already locked and listed (a snapshot). The package
 // never touches a file path. Errors from the Backend are *failure.Error
-// values and are mapped to replies in one place (reply.go): InUse gives
+// values (package store/failure, a leaf that imports nothing of the
+// store) and are mapped to replies in one place (reply.go): InUse gives
 // [IN-USE], Temporary (and anything unknown) [SYS/TEMP], Permanent
-// [SYS/PERM], NotFound/Disabled at login [AUTH]; NotFound from
-// Mailbox.Open (a message removed after the listing) a plain -ERR.
+// [SYS/PERM], the user's fault at login (failure.UserFault: NotFound,
+// Disabled, BadInput) [AUTH]; NotFound from Mailbox.Open (a message
+// removed after the listing) a plain -ERR.
 package pop3
 
 import (
@@ -48,11 +50,14 @@ type Message struct {
 }
 
 // Mailbox is a locked, listed mailbox for one session. Message numbers in
-// the protocol are 1-based indexes into Messages().
+// the protocol are 1-based: message n is Message(n-1).
 type Mailbox interface {
-	// Messages is the listing made at login; it does not change during
-	// the session.
-	Messages() []Message
+	// Len and Message give the listing made at login, which does not
+	// change during the session. They are read by index, so that a
+	// backend can hand out the listing it already holds (the store's
+	// cached one) without copying it at every login.
+	Len() int
+	Message(i int) Message
 	// Open returns message i's content (0-based) as stored (bare LF or
 	// CRLF); the server converts line ends and byte-stuffs. The content
 	// must be the one the listing's Size counts. A message that another

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // fakeMsg is a message of the fake mailbox: data as stored (bare LF or
@@ -147,16 +147,15 @@ type fakeMailbox struct {
 	deleted, retrieved []int
 }
 
-func (m *fakeMailbox) Messages() []Message {
-	out := make([]Message, len(m.msgs))
-	for i, msg := range m.msgs {
-		uid := msg.uid
-		if uid == "" {
-			uid = "uid" + string(rune('a'+i))
-		}
-		out[i] = Message{Size: msg.size(), UID: uid}
+func (m *fakeMailbox) Len() int { return len(m.msgs) }
+
+func (m *fakeMailbox) Message(i int) Message {
+	msg := m.msgs[i]
+	uid := msg.uid
+	if uid == "" {
+		uid = "uid" + string(rune('a'+i))
 	}
-	return out
+	return Message{Size: msg.size(), UID: uid}
 }
 
 func (m *fakeMailbox) Open(i int) (io.ReadCloser, error) {

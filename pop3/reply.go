@@ -3,7 +3,7 @@ package pop3
 import (
 	"strings"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // Replies that tests and clients match on. Response codes are RFC 2449
@@ -25,9 +25,7 @@ const (
 // user and a disabled account get the same reply, so the reply does not
 // tell a guesser which user names exist.
 func loginReply(err error) (reply string, badCredentials bool) {
-	fe := failure.As(err)
-	switch fe.Kind {
-	case failure.NotFound, failure.Disabled, failure.BadInput:
+	if failure.UserFault(err) {
 		return replyAuthFailed, true
 	}
 	return errReply(err), false

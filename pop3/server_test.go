@@ -17,8 +17,8 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 var testMessages = []fakeMsg{

@@ -82,7 +82,6 @@ type session struct {
 	user        string // logged in as
 
 	mbox      Mailbox
-	msgs      []Message
 	flags     []uint8
 	count     int   // messages not deleted
 	size      int64 // their octets
@@ -409,15 +408,20 @@ func (ss *session) quit(cmd command) error {
 	return errQuit
 }
 
+// countAll sets the maildrop's count and size to the whole listing (at
+// login, and when RSET undeletes everything).
+func (ss *session) countAll() {
+	ss.count, ss.size = ss.mbox.Len(), 0
+	for i := range ss.count {
+		ss.size += ss.mbox.Message(i).Size
+	}
+}
+
 // enterTransaction takes the listing made at login (RFC 1939 section 5).
 func (ss *session) enterTransaction(mb Mailbox) {
 	ss.mbox = mb
-	ss.msgs = mb.Messages()
-	ss.flags = make([]uint8, len(ss.msgs))
-	ss.count, ss.size = len(ss.msgs), 0
-	for _, m := range ss.msgs {
-		ss.size += m.Size
-	}
+	ss.flags = make([]uint8, mb.Len())
+	ss.countAll()
 	ss.state = stateTransaction
 	ss.s.loggedIn(ss.slot)
 	ss.user = ss.tryUser
@@ -427,7 +431,7 @@ func (ss *session) enterTransaction(mb Mailbox) {
 // msgArg parses a message number argument: a message that exists and is
 // not marked deleted (RFC 1939 section 5).
 func (ss *session) msgArg(s string) (int, bool) {
-	i, ok := parseMsgNum(s, len(ss.msgs))
+	i, ok := parseMsgNum(s, ss.mbox.Len())
 	if !ok || ss.flags[i]&flagDeleted != 0 {
 		return 0, false
 	}
@@ -445,12 +449,12 @@ func (ss *session) stat(cmd command) error {
 // list is LIST (RFC 1939 section 5): message sizes.
 func (ss *session) list(cmd command) error {
 	header := "+OK " + strconv.Itoa(ss.count) + " messages (" + strconv.FormatInt(ss.size, 10) + " octets)"
-	return ss.scanListing(cmd, header, func(prefix string, i int) { ss.numLine(prefix, i+1, ss.msgs[i].Size) })
+	return ss.scanListing(cmd, header, func(prefix string, i int) { ss.numLine(prefix, i+1, ss.mbox.Message(i).Size) })
 }
 
 // uidl is UIDL (RFC 1939 section 7): unique-id listings.
 func (ss *session) uidl(cmd command) error {
-	return ss.scanListing(cmd, "+OK unique-id listing follows", func(prefix string, i int) { ss.uidLine(prefix, i+1, ss.msgs[i].UID) })
+	return ss.scanListing(cmd, "+OK unique-id listing follows", func(prefix string, i int) { ss.uidLine(prefix, i+1, ss.mbox.Message(i).UID) })
 }
 
 // scanListing answers LIST or UIDL: with no argument, a multi-line answer
@@ -460,7 +464,7 @@ func (ss *session) scanListing(cmd command, header string, entry func(prefix str
 	switch len(cmd.args) {
 	case 0:
 		ss.line(header)
-		for i := range ss.msgs {
+		for i := range ss.mbox.Len() {
 			if ss.flags[i]&flagDeleted == 0 {
 				entry("", i)
 			}
@@ -488,7 +492,7 @@ func (ss *session) dele(cmd command) error {
 	}
 	ss.flags[i] |= flagDeleted
 	ss.count--
-	ss.size -= ss.msgs[i].Size
+	ss.size -= ss.mbox.Message(i).Size
 	ss.line("+OK message " + strconv.Itoa(i+1) + " deleted")
 	return nil
 }
@@ -500,10 +504,7 @@ func (ss *session) rset(cmd command) error {
 	for i := range ss.flags {
 		ss.flags[i] &^= flagDeleted
 	}
-	ss.count, ss.size = len(ss.msgs), 0
-	for _, m := range ss.msgs {
-		ss.size += m.Size
-	}
+	ss.countAll()
 	ss.line("+OK maildrop has " + strconv.Itoa(ss.count) + " messages (" + strconv.FormatInt(ss.size, 10) + " octets)")
 	return nil
 }
@@ -516,7 +517,7 @@ func (ss *session) retr(cmd command) error {
 	if !ok {
 		return ss.fail(replyNoSuchMsg)
 	}
-	return ss.send(i, "+OK "+strconv.FormatInt(ss.msgs[i].Size, 10)+" octets", -1)
+	return ss.send(i, "+OK "+strconv.FormatInt(ss.mbox.Message(i).Size, 10)+" octets", -1)
 }
 
 // top is TOP n m (RFC 1939 section 7, RFC 2449 section 6.1).

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"syscall"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // classify turns a filesystem error into a *failure.Error, keeping the

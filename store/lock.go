@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // LockName is the session lock's file name in a Maildir.

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // The link-count fallback of verifyPublished (dst cannot be stat'ed) must

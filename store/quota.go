@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // Maildir++ quota (Courier's maildirsize, also read and written by

@@ -33,7 +33,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // Options configures a Store.

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 const testMarker = ".nfsdrop-mounted"

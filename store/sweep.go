@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // TmpMaxAge is the Maildir rule: a file in tmp/ untouched for 36 hours is

@@ -15,7 +15,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // UIDL formats (pop3.uidl_format).

@@ -10,10 +10,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/nfsdrop/nfsdrop/internal/delivery"
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/internal/backend"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/store"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 func checkCommand() *cli.Command {
@@ -80,7 +80,7 @@ func userCommand() *cli.Command {
 					w := c.App.Writer
 					fmt.Fprintf(w, "name:     %s\naddress:  %s\nmailbox:  %s\nuid:gid:  %d:%d\nquota:    %s\nenabled:  %v\n",
 						u.Name, u.Address, u.Mailbox, u.UID, u.GID, quotaString(u.Quota), u.Enabled)
-					mb := delivery.MailboxOf(u)
+					mb := backend.MailboxOf(u)
 					if usage, _, err := e.store.QuotaUsage(mb); err == nil && (mb.Quota.Bytes > 0 || mb.Quota.Messages > 0) {
 						fmt.Fprintf(w, "usage:    %d bytes, %d messages\n", usage.Bytes, usage.Messages)
 					}

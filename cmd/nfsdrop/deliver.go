@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,10 +11,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/nfsdrop/nfsdrop/internal/config"
-	"github.com/nfsdrop/nfsdrop/internal/delivery"
-	"github.com/nfsdrop/nfsdrop/internal/envelope"
-	"github.com/nfsdrop/nfsdrop/internal/failure"
-	"github.com/nfsdrop/nfsdrop/store"
+	"github.com/nfsdrop/nfsdrop/lmtp"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 func deliverCommand() *cli.Command {
@@ -120,45 +117,14 @@ func runDeliver(c *cli.Context) error {
 	}
 	defer e.Close()
 	log := e.log.With("from", from)
-	agent := e.agent()
-	ctx := context.Background()
-
-	results := make([]error, len(rcpts))
-	var targets []rcptTarget
-	for i, r := range rcpts {
-		t, err := agent.Resolve(ctx, r)
-		if err != nil {
-			results[i] = err
-			continue
-		}
-		targets = append(targets, rcptTarget{addr: r, t: t, index: i})
-	}
-
-	if len(targets) > 0 {
-		limit := int64(cfg.LMTP.MaxMessageSize)
-		hdr, msg, err := envelope.ReadHeader(&limitReader{r: c.App.Reader, left: limit, limit: limit})
-		if err != nil {
-			// A *failure.Error (the size limit hit inside the header
-			// section) keeps its kind: 69, not 75. Anything else is
-			// temporary.
-			var fe *failure.Error
-			if !errors.As(err, &fe) {
-				err = failure.Temp("read message", "message not read", err)
-			}
-			for _, tg := range targets {
-				results[tg.index] = err
-			}
-		} else {
-			deliverAll(e, hdr, msg, from, targets, results)
-		}
-	}
+	results := deliver(e, from, rcpts, c.App.Reader, int64(cfg.LMTP.MaxMessageSize))
 
 	worst := exOK
 	for i, r := range rcpts {
 		err := results[i]
 		code := exitCode(err)
 		if err == nil {
-			continue // logged with the key by deliverAll
+			continue // logged with the key by deliver
 		}
 		fe := failure.As(err)
 		log.Warn("not delivered", "rcpt", r, "exit", code, "kind", fe.Kind.String(), "reason", reason(fe), "err", err.Error(), "duration", time.Since(start).Round(time.Microsecond))
@@ -170,58 +136,39 @@ func runDeliver(c *cli.Context) error {
 	return nil
 }
 
-// rcptTarget is a recipient that resolved, with its index in the
-// command line's recipient list.
-type rcptTarget struct {
-	addr  string
-	t     delivery.Target
-	index int
-}
-
-// deliverAll stages the message once and publishes it to each target,
-// storing each outcome in results at the target's index.
-func deliverAll(e *env, hdr envelope.Header, msg io.Reader, from string, targets []rcptTarget, results []error) {
-	start := time.Now()
-	var live []rcptTarget
-	for _, tg := range targets {
-		if hdr.Looped(tg.addr, tg.t.User.Address) {
-			results[tg.index] = failure.New(failure.Loop, "loop check", "mail loop", nil)
+// deliver drives one delivery transaction (the one lmtpd drives too) for
+// rcpts, reading the message from in only when some recipient resolved,
+// and returns each recipient's outcome at its index.
+func deliver(e *env, from string, rcpts []string, in io.Reader, limit int64) []error {
+	ctx := context.Background()
+	results := make([]error, len(rcpts))
+	txn := e.backend().Begin(lmtp.Envelope{From: from, Protocol: "local"})
+	var added []int // index in rcpts of each recipient added
+	for i, r := range rcpts {
+		if err := txn.AddRecipient(ctx, r, nil); err != nil {
+			results[i] = err
 			continue
 		}
-		live = append(live, tg)
+		added = append(added, i)
 	}
-	if len(live) == 0 {
-		return
+	if len(added) == 0 {
+		txn.Abort()
+		return results
 	}
-	trace := envelope.ReturnPath(from)
-	if len(live) == 1 {
-		trace += envelope.DeliveredTo(live[0].addr) + envelope.Received("", "", e.hostname, "local", "", live[0].addr, time.Now())
-	} else {
-		trace += envelope.Received("", "", e.hostname, "local", "", "", time.Now())
-	}
-	mbs := make([]store.Mailbox, len(live))
-	for i, tg := range live {
-		mbs[i] = tg.t.Mailbox
-	}
-	m, err := e.agent().StageMessage(context.Background(), mbs, trace, msg)
-	if err != nil {
-		for _, tg := range live {
-			results[tg.index] = err
+	start := time.Now()
+	txn.Deliver(ctx, &limitReader{r: in, left: limit, limit: limit}, func(j int, s lmtp.Status) {
+		i := added[j]
+		results[i] = s.Err
+		if s.Err != nil {
+			return
 		}
-		return
-	}
-	defer m.Discard()
-	for _, tg := range live {
-		d, err := m.Deliver(tg.t.Mailbox, nil)
-		results[tg.index] = err
-		if err == nil {
-			attrs := []any{"from", from, "rcpt", tg.addr, "key", d.Key, "size", d.Size, "duration", time.Since(start).Round(time.Microsecond)}
-			if m.Quarantined() {
-				attrs = append(attrs, "quarantined", true)
-			}
-			e.log.Info("delivered", attrs...)
+		attrs := []any{"from", from, "rcpt", rcpts[i], "key", s.Key, "size", s.Size, "duration", time.Since(start).Round(time.Microsecond)}
+		if s.Quarantined {
+			attrs = append(attrs, "quarantined", true)
 		}
-	}
+		e.log.Info("delivered", attrs...)
+	})
+	return results
 }
 
 func reason(fe *failure.Error) string {

@@ -28,9 +28,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
 	"github.com/nfsdrop/nfsdrop/store"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 const e2eSender = "sender@example.net"

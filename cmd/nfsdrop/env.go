@@ -10,8 +10,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/nfsdrop/nfsdrop/internal/backend"
 	"github.com/nfsdrop/nfsdrop/internal/config"
-	"github.com/nfsdrop/nfsdrop/internal/delivery"
 	"github.com/nfsdrop/nfsdrop/internal/metrics"
 	"github.com/nfsdrop/nfsdrop/internal/scan"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
@@ -26,7 +26,7 @@ type env struct {
 	users    userdb.DB
 	store    *store.Store
 	metrics  *metrics.Metrics // nil for commands that export none
-	scan     *delivery.ScanPolicy
+	scan     *backend.ScanPolicy
 
 	sweepStop chan struct{} // closed by Close when a daemon started the sweeper
 }
@@ -134,12 +134,18 @@ func openUserDB(cfg *config.Config, log *slog.Logger) (userdb.DB, error) {
 	return nil, errors.New("userdb.driver " + cfg.UserDB.Driver + " is not supported")
 }
 
-func (e *env) agent() *delivery.Agent {
-	return &delivery.Agent{Users: e.users, Store: e.store, Scan: e.scan}
+// sources is what the backend (deliveries and POP3 logins) uses.
+func (e *env) sources() *backend.Sources {
+	return &backend.Sources{Users: e.users, Store: e.store, Scan: e.scan, Session: sessionOptions(e.cfg), Hostname: e.hostname}
+}
+
+// backend makes a backend over e's sources.
+func (e *env) backend() *backend.Backend {
+	return backend.New(e.sources(), backend.Options{Logger: e.log})
 }
 
 // openScanner builds the virus scanning policy from [scan] (nil when off).
-func openScanner(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*delivery.ScanPolicy, error) {
+func openScanner(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*backend.ScanPolicy, error) {
 	if !cfg.Scan.Enabled {
 		return nil, nil
 	}
@@ -157,7 +163,7 @@ func openScanner(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*del
 	if err != nil {
 		return nil, fmt.Errorf("[scan]: %w", err)
 	}
-	return &delivery.ScanPolicy{
+	return &backend.ScanPolicy{
 		Scanner:    sc,
 		Action:     cfg.Scan.Action,
 		Quarantine: store.Mailbox{Path: cfg.Scan.QuarantineMaildir, UID: -1, GID: -1},

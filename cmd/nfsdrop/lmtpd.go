@@ -1,19 +1,15 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
-	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/daemon"
-	"github.com/nfsdrop/nfsdrop/internal/delivery"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 )
 
@@ -60,20 +56,6 @@ func lmtpListeners(cfg *config.Config) ([]net.Listener, error) {
 		return nil, errors.New("lmtp.listen is empty and no sockets were passed by systemd")
 	}
 	return ls, nil
-}
-
-// agentSwitch lets SIGHUP swap the user database and store under a
-// running server: each recipient resolves through the current agent.
-type agentSwitch struct {
-	p atomic.Pointer[delivery.Agent]
-}
-
-func (s *agentSwitch) Resolve(ctx context.Context, addr string) (lmtp.Recipient, error) {
-	return s.p.Load().LMTP().Resolve(ctx, addr)
-}
-
-func (s *agentSwitch) Stage(ctx context.Context, rcpts []lmtp.Recipient, trace string, msg io.Reader) (lmtp.Staged, error) {
-	return s.p.Load().LMTP().Stage(ctx, rcpts, trace, msg)
 }
 
 func lmtpOptions(cfg *config.Config, hostname string, log *slog.Logger) lmtp.Options {

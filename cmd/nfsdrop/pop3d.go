@@ -11,7 +11,6 @@ import (
 
 	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/daemon"
-	"github.com/nfsdrop/nfsdrop/internal/pop3backend"
 	"github.com/nfsdrop/nfsdrop/pop3"
 	"github.com/nfsdrop/nfsdrop/store"
 )
@@ -137,11 +136,10 @@ func (d *daemonRun) addPOP3(extra []string) error {
 	if err != nil {
 		return err
 	}
-	be := pop3backend.New(&pop3backend.Sources{Users: d.env.users, Store: d.env.store, Session: sessionOptions(cfg)}, d.env.log)
 	if d.env.metrics != nil {
 		opts.Observer = d.env.metrics
 	}
-	srv := pop3.New(be, opts)
+	srv := pop3.New(d.sharedBackend(), opts)
 	for _, l := range plain {
 		d.listeners = append(d.listeners, boundListener{l: l, proto: "pop3", serve: srv.Serve})
 	}
@@ -149,15 +147,9 @@ func (d *daemonRun) addPOP3(extra []string) error {
 		d.listeners = append(d.listeners, boundListener{l: l, proto: "pop3s", serve: srv.ServeTLS})
 	}
 	d.shutdowns = append(d.shutdowns, srv.Shutdown)
-	d.reloaders = append(d.reloaders, func(_, ne *env) error {
-		if certs != nil {
-			if err := certs.Reload(); err != nil {
-				return err
-			}
-		}
-		be.Swap(&pop3backend.Sources{Users: ne.users, Store: ne.store, Session: sessionOptions(ne.cfg)})
-		return nil
-	})
+	if certs != nil {
+		d.reloaders = append(d.reloaders, func(_, _ *env) error { return certs.Reload() })
+	}
 	d.statuses = append(d.statuses, func() string { return fmt.Sprintf("POP3 %d sessions", srv.Sessions()) })
 	return nil
 }

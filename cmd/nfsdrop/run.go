@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/nfsdrop/nfsdrop/internal/backend"
 	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/daemon"
 	"github.com/nfsdrop/nfsdrop/internal/metrics"
@@ -35,6 +36,9 @@ type daemonRun struct {
 	metricsListener net.Listener
 
 	current atomic.Pointer[env]
+
+	// backend serves every protocol of the process; one reload swaps it.
+	backend *backend.Backend
 }
 
 type boundListener struct {
@@ -60,20 +64,27 @@ func (d *daemonRun) addLMTP() error {
 	if err != nil {
 		return err
 	}
-	sw := &agentSwitch{}
-	sw.p.Store(d.env.agent())
 	opts := lmtpOptions(d.env.cfg, d.env.hostname, d.env.log)
 	if d.env.metrics != nil {
 		opts.Observer = d.env.metrics
 	}
-	srv := lmtp.New(sw, opts)
+	srv := lmtp.New(d.sharedBackend(), opts)
 	for _, l := range ls {
 		d.listeners = append(d.listeners, boundListener{l: l, proto: "lmtp", serve: srv.Serve})
 	}
 	d.shutdowns = append(d.shutdowns, srv.Shutdown)
-	d.reloaders = append(d.reloaders, func(_, ne *env) error { sw.p.Store(ne.agent()); return nil })
 	d.statuses = append(d.statuses, func() string { return fmt.Sprintf("LMTP %d connections", srv.Connections()) })
 	return nil
+}
+
+// sharedBackend is the backend of every server of the process (LMTP
+// and POP3 share it); a reload swaps it once, after every reloader
+// succeeded.
+func (d *daemonRun) sharedBackend() *backend.Backend {
+	if d.backend == nil {
+		d.backend = d.env.backend()
+	}
+	return d.backend
 }
 
 // run serves until SIGTERM/SIGINT (or ctx ends), reloading on SIGHUP, and
@@ -157,6 +168,9 @@ func (d *daemonRun) run(ctx context.Context) error {
 				ne.Close()
 				return err
 			}
+		}
+		if d.backend != nil {
+			d.backend.Swap(ne.sources())
 		}
 		d.current.Store(ne)
 		old.Close()

@@ -3,7 +3,7 @@ package main
 import (
 	"github.com/urfave/cli/v2"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // sysexits(3) codes, as Postfix's pipe and local delivery read them: 75 is
@@ -21,15 +21,16 @@ const (
 )
 
 // exitCode maps a delivery failure to its sysexits code (the deliver
-// command's one error mapping; see DESIGN's failure table).
+// command's one error mapping).
 func exitCode(err error) int {
 	if err == nil {
 		return exOK
 	}
+	if failure.UserFault(err) {
+		return exNoUser
+	}
 	fe := failure.As(err)
 	switch fe.Kind {
-	case failure.NotFound, failure.Disabled, failure.BadInput:
-		return exNoUser
 	case failure.OverQuota:
 		if fe.Defer {
 			return exTempFail

@@ -21,8 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // Metrics is one process's set of metrics, registered in its own registry
@@ -275,12 +275,8 @@ type instrumentedDB struct {
 
 func (i instrumentedDB) observe(op string, start time.Time, err error) {
 	i.m.userdbDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
-	if err != nil {
-		switch failure.KindOf(err) {
-		case failure.NotFound, failure.Disabled, failure.BadInput:
-		default:
-			i.m.userdbErrors.WithLabelValues(op).Inc()
-		}
+	if err != nil && !failure.UserFault(err) {
+		i.m.userdbErrors.WithLabelValues(op).Inc()
 	}
 }
 

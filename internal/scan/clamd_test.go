@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testenv/clamd"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // cleanMail is a plain message of about size bytes.

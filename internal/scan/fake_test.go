@@ -16,8 +16,8 @@ import (
 	"testing/iotest"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // fakeClamd is a clamd stand-in on loopback that records what it received

@@ -42,7 +42,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/envelope"
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // Defaults for the zero values of Options.

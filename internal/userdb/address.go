@@ -6,7 +6,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // Limits from RFC 5321 section 4.5.3.1. An address longer than this cannot

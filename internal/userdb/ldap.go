@@ -17,7 +17,7 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // LDAP is a user source backed by an LDAP directory (OpenLDAP, Active

@@ -22,9 +22,9 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testenv/slapd"
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // The directory of these tests: contrib/ldap's schema and example users,

@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // PasswdFileOptions configures a passwd-file user source.

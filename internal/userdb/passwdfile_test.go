@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // fixture is a passwd-file and a mail root in a temporary directory.

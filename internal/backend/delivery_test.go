@@ -1,7 +1,7 @@
-package delivery
+package backend
 
 // Tests of the whole delivery path behind the LMTP server: a real
-// lmtp.Server on loopback, this package's Agent, a real store over the
+// lmtp.Server on loopback, this package's Backend, a real store over the
 // test's temporary directory (through a fault-injecting store.FS), a user
 // database in memory, and for scanning a stand-in clamd on loopback.
 
@@ -14,7 +14,6 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"net/textproto"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,12 +22,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/scan"
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 	"github.com/nfsdrop/nfsdrop/store"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 const testDomain = "example.org"
@@ -128,13 +128,13 @@ func (f *faultFile) Chown(uid, gid int) error {
 
 // world is a mail root, its store and users, and an LMTP server over them.
 type world struct {
-	t     *testing.T
-	root  string
-	fs    *faultFS
-	users memUsers
-	store *store.Store
-	agent *Agent
-	addr  string
+	t       *testing.T
+	root    string
+	fs      *faultFS
+	users   memUsers
+	store   *store.Store
+	backend *Backend
+	addr    string
 }
 
 type worldOpts struct {
@@ -142,6 +142,7 @@ type worldOpts struct {
 	uids  map[string]int    // per-user uid and gid (default -1)
 	scan  *ScanPolicy       // scanning, when not nil
 	alias map[string]string // extra local part -> the same Maildir as another user
+	lmtp  lmtp.Options      // LMTP options beyond the defaults
 }
 
 func newWorld(t *testing.T, o worldOpts, locals ...string) *world {
@@ -169,8 +170,11 @@ func newWorld(t *testing.T, o worldOpts, locals ...string) *world {
 		t.Fatal(err)
 	}
 	w.store = s
-	w.agent = &Agent{Users: w.users, Store: s, Scan: o.scan}
-	srv := lmtp.New(w.agent.LMTP(), lmtp.Options{Hostname: "mx.test", MaxMessageSize: 10 << 20, MaxRecipients: 50, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second})
+	w.backend = New(&Sources{Users: w.users, Store: s, Scan: o.scan, Hostname: "mx.test"}, Options{})
+	lo := o.lmtp
+	lo.Hostname, lo.MaxMessageSize, lo.MaxRecipients = "mx.test", 10<<20, 50
+	lo.ReadTimeout, lo.WriteTimeout = 10*time.Second, 10*time.Second
+	srv := lmtp.New(w.backend, lo)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -194,44 +198,42 @@ func (w *world) setHook(h func(op, path string) (error, bool)) {
 // send runs one LMTP transaction and returns each recipient's reply line.
 func (w *world) send(msg string, rcpts ...string) map[string]string {
 	w.t.Helper()
-	c, err := textproto.Dial("tcp", w.addr)
-	if err != nil {
-		w.t.Fatal(err)
-	}
+	c := testkit.Dial(w.t, "tcp", w.addr)
 	defer c.Close()
-	step := func(cmd string, want int) {
-		w.t.Helper()
-		if cmd != "" {
-			if err := c.PrintfLine("%s", cmd); err != nil {
-				w.t.Fatal(err)
-			}
-		}
-		if _, _, err := c.ReadResponse(want); err != nil {
-			w.t.Fatalf("%q: %v", cmd, err)
-		}
-	}
-	step("", 220)
-	step("LHLO client.test", 250)
-	step("MAIL FROM:<sender@example.net>", 250)
+	c.ExpectReply("220 ")
+	c.Send("LHLO client.test")
+	c.ExpectReply("250 ")
+	c.Send("MAIL FROM:<sender@example.net>")
+	c.ExpectReply("250 ")
 	for _, r := range rcpts {
-		step("RCPT TO:<"+r+">", 250)
+		c.Send("RCPT TO:<" + r + ">")
+		c.ExpectReply("250 ")
 	}
-	step("DATA", 354)
-	dw := c.DotWriter()
-	io.WriteString(dw, msg)
-	dw.Close()
+	c.Send("DATA")
+	c.ExpectReply("354 ")
+	c.Raw(dotStuffed(msg) + ".\r\n")
 	out := make(map[string]string)
 	for _, r := range rcpts {
-		line, err := c.ReadLine()
-		if err != nil {
-			w.t.Fatalf("reply for %s: %v", r, err)
-		}
-		out[r] = line
+		out[r] = c.Reply()
 	}
 	// The staged copy is discarded after the last reply: the answer to
 	// the next command says that LMTPData has returned.
-	step("QUIT", 221)
+	c.Send("QUIT")
+	c.ExpectReply("221 ")
 	return out
+}
+
+// dotStuffed is msg as DATA carries it: lines that start with "." get
+// another, and the last line ends with CRLF.
+func dotStuffed(msg string) string {
+	if strings.HasPrefix(msg, ".") {
+		msg = "." + msg
+	}
+	msg = strings.ReplaceAll(msg, "\r\n.", "\r\n..")
+	if !strings.HasSuffix(msg, "\r\n") {
+		msg += "\r\n"
+	}
+	return msg
 }
 
 // files returns the files in local's Maildir subdirectory sub.

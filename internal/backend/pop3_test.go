@@ -1,4 +1,4 @@
-package pop3backend
+package backend
 
 // Tests of the POP3 server over the real store, on loopback connections,
 // where the reply a client gets depends on what the store found on disk
@@ -18,11 +18,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/pop3"
 	"github.com/nfsdrop/nfsdrop/store"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // oneUser is a userdb with alice, password "pw".
@@ -77,7 +77,7 @@ func start(t *testing.T, uidlFormat string) *env {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	b := New(&Sources{Users: oneUser{e.maildir}, Store: st, Session: store.SessionOptions{LockStale: time.Minute, UIDLFormat: uidlFormat}}, log)
+	b := New(&Sources{Users: oneUser{e.maildir}, Store: st, Session: store.SessionOptions{LockStale: time.Minute, UIDLFormat: uidlFormat}}, Options{Logger: log})
 	srv := pop3.New(b, pop3.Options{Hostname: "pop.test", AllowPlaintext: true, IdleTimeout: 10 * time.Second, Logger: log})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

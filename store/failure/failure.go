@@ -2,9 +2,24 @@
 //
 // The store, the user database and the virus scanner return *Error values;
 // each protocol (LMTP, POP3, the deliver command) maps the Kind to its own
-// reply exactly once, with errors.As. Anything that is not a *Error is
-// treated as Temporary: an error we did not foresee must make Postfix retry,
-// never bounce the message.
+// reply exactly once, with errors.As, and UserFault says in one place which
+// kinds are the user's doing. Anything that is not a *Error is treated as
+// Temporary: an error we did not foresee must make Postfix retry, never
+// bounce the message.
+//
+// Why one public leaf package, and why here. lmtp, pop3 and store are
+// public: code outside this module must be able to build the errors their
+// interfaces ask for (a Backend refusing a recipient, a Mailbox whose
+// message is gone), as go-smtp's callers build *smtp.SMTPError. Each
+// public package could export an error type of its own, but the kinds are
+// produced by three packages (store, userdb, scan) and read by three
+// boundaries (LMTP replies, POP3 replies, deliver's exit status): one type
+// per package would add a conversion per protocol in internal/backend and
+// a second table of kinds to keep in step, where one shared leaf needs
+// none. The repository's top level is fixed, so the leaf lives under the
+// lowest public package, store, whose errno table produces most kinds. It
+// imports nothing of nfsdrop: lmtp and pop3 import it and still know
+// nothing of the store.
 package failure
 
 import (
@@ -133,3 +148,19 @@ func As(err error) *Error {
 
 // KindOf is As(err).Kind; an unknown error is Temporary.
 func KindOf(err error) Kind { return As(err).Kind }
+
+// UserFault reports whether err is the user's (or the client's) doing,
+// not the system's: no such user or wrong password (NotFound), a disabled
+// account, malformed input. The POP3 login answers all three alike
+// ([AUTH], so that a guesser learns nothing), deliver exits EX_NOUSER for
+// them, and the metrics do not count them as user database errors.
+func UserFault(err error) bool {
+	if err == nil {
+		return false
+	}
+	switch KindOf(err) {
+	case NotFound, Disabled, BadInput:
+		return true
+	}
+	return false
+}

@@ -1,4 +1,4 @@
-package delivery
+package backend
 
 import (
 	"context"
@@ -9,9 +9,9 @@ import (
 	"sync"
 
 	"github.com/nfsdrop/nfsdrop/internal/envelope"
-	"github.com/nfsdrop/nfsdrop/internal/failure"
 	"github.com/nfsdrop/nfsdrop/internal/scan"
 	"github.com/nfsdrop/nfsdrop/store"
+	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 // Scan actions ([scan] action).
@@ -40,9 +40,9 @@ func (p *ScanPolicy) logger() *slog.Logger {
 	return p.Log
 }
 
-// Message is a message staged once, scanned once while it was written,
+// message is a message staged once, scanned once while it was written,
 // and ready to be published per recipient according to the verdict.
-type Message struct {
+type message struct {
 	st     *store.Staged
 	policy *ScanPolicy
 	// refuse is returned for every recipient (a virus under "reject", or
@@ -64,18 +64,18 @@ type Message struct {
 	taggedErr error
 }
 
-// StageMessage writes trace+msg once for recipients (see
-// store.Store.StageFor: in the only recipient's tmp/, or in the spool, so
-// that no recipient's Maildir answers for the others), scanning msg on the
-// way when a scanner is configured. Nothing is published yet.
-func (a *Agent) StageMessage(ctx context.Context, recipients []store.Mailbox, trace string, msg io.Reader) (*Message, error) {
-	p := a.Scan
+// stage writes trace+msg once for recipients (see store.Store.StageFor:
+// in the only recipient's tmp/, or in the spool, so that no recipient's
+// Maildir answers for the others), scanning msg on the way when a scanner
+// is configured. Nothing is published yet.
+func stage(ctx context.Context, src *Sources, recipients []store.Mailbox, trace string, msg io.Reader) (*message, error) {
+	p := src.Scan
 	if p == nil || p.Scanner == nil {
-		st, err := a.Store.StageFor(recipients, io.MultiReader(strings.NewReader(trace), msg))
+		st, err := src.Store.StageFor(recipients, io.MultiReader(strings.NewReader(trace), msg))
 		if err != nil {
 			return nil, err
 		}
-		return &Message{st: st}, nil
+		return &message{st: st}, nil
 	}
 	// X-Virus-Status is ours to write: one that came with the message
 	// (a sender's forged "Clean") must not reach the mailbox, whatever the
@@ -84,12 +84,12 @@ func (a *Agent) StageMessage(ctx context.Context, recipients []store.Mailbox, tr
 	// Only the message as received goes to clamd, not our trace headers,
 	// so clamd's StreamMaxLength compares with lmtp.max_message_size.
 	tee, verdict := p.Scanner.Tee(ctx, msg)
-	st, err := a.Store.StageFor(recipients, io.MultiReader(strings.NewReader(trace), tee))
+	st, err := src.Store.StageFor(recipients, io.MultiReader(strings.NewReader(trace), tee))
 	res, scanErr := verdict()
 	if err != nil {
 		return nil, err
 	}
-	m := &Message{st: st, policy: p}
+	m := &message{st: st, policy: p}
 	log := p.logger()
 	switch {
 	case scanErr != nil && errors.Is(scanErr, scan.ErrUnavailable) && p.FailOpen:
@@ -128,7 +128,7 @@ func (a *Agent) StageMessage(ctx context.Context, recipients []store.Mailbox, tr
 
 // Deliver publishes the message for mb (with prefix, per-recipient header
 // lines, when not nil) according to the scan verdict.
-func (m *Message) Deliver(mb store.Mailbox, prefix []byte) (store.Delivery, error) {
+func (m *message) Deliver(mb store.Mailbox, prefix []byte) (store.Delivery, error) {
 	if m.refuse != nil {
 		return store.Delivery{}, m.refuse
 	}
@@ -162,10 +162,10 @@ func (m *Message) Deliver(mb store.Mailbox, prefix []byte) (store.Delivery, erro
 }
 
 // Quarantined reports whether the message went to quarantine.
-func (m *Message) Quarantined() bool { return m.quarantine }
+func (m *message) Quarantined() bool { return m.quarantine }
 
 // Discard releases the staged copy.
-func (m *Message) Discard() {
+func (m *message) Discard() {
 	if m.refuse == nil {
 		m.st.Discard()
 	}
