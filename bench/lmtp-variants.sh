@@ -538,7 +538,7 @@ fi
 PERF_OUT=()
 # perf_summary ID: lmtpd's top self-time symbols, and the inclusive share of
 # the functions that differ between the configurations.
-PERF_PARTS='^(os\.\(\*File\)\.Sync|lmtp\.\(\*session\)\.logRcpt|log/slog\.\(\*Logger\)\.log|internal/metrics\.\(\*Metrics\)\.Recipient|internal/metrics\.instrumentedDB\.Lookup|internal/scan\.\(\*Scanner\)\.scan|internal/backend\.\(\*transaction\)\.AddRecipient|internal/userdb\.\(\*(LDAP|PasswdFile)\)\.(Lookup|confine)|github\.com/go-ldap/ldap/v3\.\(\*Conn\)\.Search|runtime\.gcBgMarkWorker)$'
+PERF_PARTS='^(os\.\(\*File\)\.Sync|lmtp\.\(\*session\)\.logRcpt|log/slog\.\(\*Logger\)\.log|internal/metrics\.\(\*Metrics\)\.Recipient|internal/metrics\.instrumentedDB\.Lookup|internal/scan\.\(\*Scanner\)\.scan|internal/backend\.\(\*transaction\)\.AddRecipient|internal/userdb\.\(\*(LDAP|PasswdFile)\)\.Lookup|internal/userdb\.mailboxRule\.confine|github\.com/go-ldap/ldap/v3\.\(\*Conn\)\.Search|runtime\.gcBgMarkWorker)$'
 perf_summary() {
   echo "    top self time:"
   grep -E '^ +[0-9.]+%' "$T/perf-$1-self.txt" | awk '{ print "     ", $1, $3 }' | head -6 || true
