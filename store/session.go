@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/emersion/go-maildir"
+
 	"github.com/nfsdrop/nfsdrop/internal/failure"
 )
 
@@ -344,17 +346,17 @@ func (ss *Session) markSeen(e Entry, known *dirNames) error {
 // "2,<flags>", flags in ASCII order); ok is false when e is already in
 // cur/ with it.
 func seenName(e Entry) (name string, ok bool) {
-	base, info, hasInfo := strings.Cut(e.Name, ":")
-	if e.Dir == "new" || !hasInfo || !strings.HasPrefix(info, "2,") {
-		return base + ":2,S", true
+	base, _, _ := strings.Cut(e.Name, ":")
+	flags, hasInfo := InfoFlags(e.Name)
+	if e.Dir == "new" || !hasInfo {
+		return base + formatInfo([]maildir.Flag{maildir.FlagSeen}), true
 	}
-	flags := []byte(info[2:])
-	if slices.Contains(flags, 'S') {
+	if slices.Contains(flags, maildir.FlagSeen) {
 		return "", false
 	}
-	flags = append(flags, 'S')
+	flags = append(flags, maildir.FlagSeen)
 	slices.Sort(flags)
-	return base + ":2," + string(flags), true
+	return base + formatInfo(flags), true
 }
 
 // Close releases the lock without changing the Maildir.
