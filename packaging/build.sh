@@ -56,8 +56,11 @@ case "$version" in
 *) echo "build.sh: version \"$version\" must start with a digit" >&2; exit 64 ;;
 esac
 export NFSDROP_VERSION="$version"
-export NFSDROP_MAINTAINER="${NFSDROP_MAINTAINER:-nfsdrop maintainers <maintainers@nfsdrop.example.org>}"
-export NFSDROP_LICENSE="${NFSDROP_LICENSE:-LicenseRef-nfsdrop}"
+# The project has published no mail contact yet: the default maintainer
+# is under the reserved .example domain (RFC 2606), so that nobody's
+# address is invented; set NFSDROP_MAINTAINER when building for release.
+export NFSDROP_MAINTAINER="${NFSDROP_MAINTAINER:-nfsdrop maintainers <maintainers@nfsdrop.example>}"
+export NFSDROP_LICENSE="${NFSDROP_LICENSE:-Apache-2.0}"
 
 stage="$(mktemp -d "${TMPDIR:-/tmp}/nfsdrop-pkg.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT

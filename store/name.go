@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/emersion/go-maildir"
 )
 
 // MaxUIDLLen is RFC 1939's limit on a unique-id listing (section 7: 1 to 70
@@ -96,6 +98,36 @@ func BaseName(name string) string {
 		return name[:i]
 	}
 	return name
+}
+
+// InfoFlags returns the flags of a Maildir file name's info section
+// (":2,<flags>", as Dovecot and Courier write it after the ,S= and ,W=
+// fields): ok is false when the name has no info section or one that is not
+// version 2. These are go-maildir's rules (its parser is not exported:
+// docs/store.md says why the store does not use its Dir) with its Flag type;
+// the flags are taken byte by byte, as they stand in the name, so that a
+// name is rebuilt from them unchanged (formatInfo).
+func InfoFlags(name string) (flags []maildir.Flag, ok bool) {
+	_, info, found := strings.Cut(name, ":")
+	if !found || !strings.HasPrefix(info, "2,") {
+		return nil, false
+	}
+	flags = make([]maildir.Flag, 0, len(info)-2)
+	for i := 2; i < len(info); i++ {
+		flags = append(flags, maildir.Flag(info[i]))
+	}
+	return flags, true
+}
+
+// formatInfo is the info section ":2,<flags>" for flags taken by
+// InfoFlags.
+func formatInfo(flags []maildir.Flag) string {
+	b := make([]byte, 0, 3+len(flags))
+	b = append(b, ":2,"...)
+	for _, f := range flags {
+		b = append(b, byte(f))
+	}
+	return string(b)
 }
 
 // SizesFromName reads ,S= and ,W= from a Maildir file name; ok is false

@@ -3,8 +3,11 @@ package store
 import (
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
+
+	"github.com/emersion/go-maildir"
 
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
@@ -115,6 +118,25 @@ func (s *Store) isMaildir(p string) bool {
 type CheckReport struct {
 	New, Cur, Tmp, OldTmp int
 	Bytes                 int64
+	// Seen and Trashed count messages in cur/ with the S and T flags;
+	// NoInfo those in cur/ whose name has no version 2 info section
+	// (":2,"), which IMAP servers and POP3's move to cur/ always add.
+	Seen, Trashed, NoInfo int
+}
+
+// countFlags counts the flags of a message name in cur/.
+func (r *CheckReport) countFlags(name string) {
+	flags, ok := InfoFlags(name)
+	if !ok {
+		r.NoInfo++
+		return
+	}
+	if slices.Contains(flags, maildir.FlagSeen) {
+		r.Seen++
+	}
+	if slices.Contains(flags, maildir.FlagTrashed) {
+		r.Trashed++
+	}
 }
 
 // Check verifies that path is a Maildir (cur/, new/, tmp/ directories)
@@ -143,6 +165,7 @@ func (s *Store) Check(path string) (CheckReport, error) {
 				r.New++
 			default:
 				r.Cur++
+				r.countFlags(n)
 			}
 			size, ok, _, _ := SizesFromName(n)
 			if !ok {

@@ -101,7 +101,7 @@ const maxLegacyListSize = 64 << 20
 // frozenLegacyUIDLs returns the legacy UIDLs that listings of mb with
 // format use: nil for the "maildir" format.
 //
-// A UIDL once shown never changes (DESIGN.md, "Reading (POP3)"), but the
+// A UIDL once shown never changes (docs/store.md, "POP3 sessions"), but the
 // old server's list keeps changing when that server stays on the Maildirs:
 // Dovecot IMAP appends every message it sees to dovecot-uidlist, nfsdrop's
 // deliveries included, and rebuilds the list with a new UIDVALIDITY when

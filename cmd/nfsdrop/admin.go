@@ -157,6 +157,8 @@ func maildirCommand() *cli.Command {
 					}
 					fmt.Fprintf(c.App.Writer, "%s: ok\nnew: %d messages\ncur: %d messages\ntmp: %d files (%d older than %s)\nsize: %d bytes\n",
 						p, rep.New, rep.Cur, rep.Tmp, rep.OldTmp, store.TmpMaxAge, rep.Bytes)
+					fmt.Fprintf(c.App.Writer, "cur flags: %d seen, %d trashed, %d without an info section (:2,)\n",
+						rep.Seen, rep.Trashed, rep.NoInfo)
 					return nil
 				},
 			},

@@ -3,9 +3,10 @@ package main
 // End-to-end tests of `nfsdrop deliver`: the built binary, run as Postfix's
 // pipe(8) or local(8) mailbox_command runs it, against real directories
 // (and, as root, a real full tmpfs and a real unprivileged user). They check
-// DESIGN's failure table (exit codes) and the Maildir rules of "store: the
-// NFS rules": nothing partial is ever visible in new/, a delivery that
-// answered 0 is complete, refused deliveries leave nothing behind.
+// the exit codes (exitCode in sysexits.go, documented in docs/postfix.md)
+// and the Maildir rules of docs/store.md: nothing partial is ever visible in
+// new/, a delivery that answered 0 is complete, refused deliveries leave
+// nothing behind.
 
 import (
 	"bytes"
@@ -946,7 +947,7 @@ func TestDeliverE2EMessageSize(t *testing.T) {
 // ---------------------------------------------------------------------------
 // 10. Exit codes and the envelope.
 
-// TestDeliverE2EStatus covers DESIGN's failure table as exit codes (unknown
+// TestDeliverE2EStatus covers the exit codes of exitCode (sysexits.go; unknown
 // user, loop, quota bounce and defer) and the envelope: -f/-a or $SENDER and
 // $RECIPIENT, and the trace headers.
 func TestDeliverE2EStatus(t *testing.T) {

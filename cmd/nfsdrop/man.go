@@ -1,19 +1,31 @@
 package main
 
 // The hidden "man" command writes the manual pages the packages install:
-// nfsdrop(8) from the command definitions below (so that a command or a
-// flag added to the CLI cannot be missing from the manual; man_test.go
-// checks both ways against --help), and nfsdrop.toml(5) from the
-// configuration reference docs/config.md, which is itself generated from
-// internal/config. packaging/build.sh runs it.
+// nfsdrop(8) from the command definitions (so that a command or a flag
+// added to the CLI cannot be missing from the manual; man_test.go checks
+// both ways against --help) around the hand-written sections of
+// nfsdrop.8.md, and nfsdrop.toml(5) from the configuration reference
+// docs/config.md, which is itself generated from internal/config
+// (man_config.go). packaging/build.sh runs it.
+//
+// urfave/cli's own (*cli.App).ToMan does not fit nfsdrop(8): it titles a
+// subcommand by its own name only ("check", not "nfsdrop maildir check"),
+// prints flags as paragraphs ("**--config, -c**=\"\"", placeholder lost)
+// rather than a definition list, leaves out each command's Description,
+// ArgsUsage, environment variables and required flags, does not escape
+// Markdown in usage texts (mailbox_command turns italic), writes no version
+// in the title, and has no place for EXIT STATUS, SIGNALS, ENVIRONMENT,
+// FILES or SEE ALSO. What is kept here is the part it lacks: one
+// definition list entry per flag, and the commands in a page template.
 
 import (
 	"bytes"
+	_ "embed"
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
+	"text/template"
 
 	"github.com/cpuguy83/go-md2man/v2/md2man"
 	"github.com/urfave/cli/v2"
@@ -67,27 +79,30 @@ func manPage(app *cli.App) ([]byte, error) {
 	return md2man.Render(md), nil
 }
 
-// manMarkdown is nfsdrop(8) in the Markdown dialect of go-md2man.
+// manPageTemplate is nfsdrop(8) without its commands, in the Markdown
+// dialect of go-md2man, for text/template: {{.Version}}, {{.Usage}} (the
+// app's, escaped) and {{.Commands}}.
+//
+//go:embed nfsdrop.8.md
+var manPageTemplate string
+
+// manMarkdown is nfsdrop(8) in the Markdown dialect of go-md2man: the
+// hand-written sections of nfsdrop.8.md around the commands and their
+// flags, made from the command definitions.
 func manMarkdown(app *cli.App) ([]byte, error) {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "%% NFSDROP 8 \"\" \"nfsdrop %s\" \"System Manager's Manual\"\n\n", manEscape(version))
-	fmt.Fprintf(&b, "# NAME\n\nnfsdrop - %s\n\n", manEscape(app.Usage))
-	b.WriteString("# SYNOPSIS\n\n**nfsdrop** *command* [*options*] [*arguments*]\n\n")
-	b.WriteString("**nfsdrop** **--help** | **--version**\n\n")
-	b.WriteString(manDescription)
-
-	b.WriteString("# COMMANDS\n\n")
-	b.WriteString("Options come before arguments. Every command accepts **--help** (**-h**), " +
-		"which prints its options.\n\n")
+	var cmds bytes.Buffer
 	for _, cmd := range app.Commands {
-		writeManCommand(&b, []string{"nfsdrop"}, cmd)
+		writeManCommand(&cmds, []string{"nfsdrop"}, cmd)
 	}
-
-	b.WriteString("# GLOBAL OPTIONS\n\n")
-	b.WriteString("**--help**, **-h**\n: show the commands, or with a command its options\n\n")
-	b.WriteString("**--version**, **-v**\n: print the version\n\n")
-	b.WriteString(manTrailer)
-	return b.Bytes(), nil
+	tmpl, err := template.New("nfsdrop.8").Parse(manPageTemplate)
+	if err != nil {
+		return nil, fmt.Errorf("nfsdrop.8.md: %w", err)
+	}
+	var b bytes.Buffer
+	err = tmpl.Execute(&b, struct{ Version, Usage, Commands string }{
+		Version: manEscape(version), Usage: manEscape(app.Usage), Commands: cmds.String(),
+	})
+	return b.Bytes(), err
 }
 
 func writeManCommand(b *bytes.Buffer, parents []string, cmd *cli.Command) {
@@ -207,148 +222,3 @@ func manParagraphs(desc string) string {
 	}
 	return b.String()
 }
-
-const manDescription = `# DESCRIPTION
-
-nfsdrop owns the mailbox on shared NFS storage, for sites that run Postfix
-in front of Maildirs on NFS. Any number of identical machines may deliver to
-and serve any user at any time. One binary holds the LMTP delivery agent
-(**nfsdrop lmtpd**) that Postfix's *mailbox_transport* or
-*virtual_transport* hands mail to, the **nfsdrop deliver** command for
-*mailbox_command* or a **pipe**(8) transport, the POP3 server
-(**nfsdrop pop3d**), and the administrator's tools.
-
-The servers are meant to run under systemd with socket activation: the
-packages install *nfsdrop-lmtp.socket* (descriptor name "lmtp"),
-*nfsdrop-pop3.socket* ("pop3") and *nfsdrop-pop3s.socket* ("pop3s") with
-their services, which use *Type=notify* (READY=1, STATUS=, WATCHDOG=1 when
-*WatchdogSec=* is set, RELOADING=1 on SIGHUP), and *nfsdrop-clean.timer*,
-which runs **nfsdrop maildir clean** daily. Without socket activation the
-servers listen on the addresses of *lmtp.listen*, *pop3.listen* and
-*pop3.listen\_tls*.
-
-The configuration file is described in **nfsdrop.toml**(5).
-
-`
-
-const manTrailer = `# EXIT STATUS
-
-Exit codes follow **sysexits**(3), as Postfix reads them from
-**nfsdrop deliver**. **nfsdrop deliver** exits only 0, 67, 69, 75 or 77:
-Postfix bounces on every other non-zero status, so a configuration error,
-a bad command line (unknown flag, no recipient, **--help**) or an internal
-error (a panic) is 75 there. 64 and 78 come from the other commands.
-
-**0**
-: success (the message is stored)
-
-**64**
-: usage error
-
-**67**
-: unknown user
-
-**69**
-: refused for good (message too big, mail loop)
-
-**75**
-: temporary failure, try again later (store not mounted, user database or
-NFS trouble; over quota when *store.quota\_action* is "defer")
-
-**77**
-: over quota
-
-**78**
-: configuration error (not from **nfsdrop deliver**, which answers 75)
-
-# SIGNALS
-
-**SIGTERM**, **SIGINT**
-: the servers stop accepting connections and let sessions and deliveries in
-progress finish (LMTP: up to *lmtp.shutdown\_timeout*).
-
-**SIGHUP**
-: reload the configuration, the user database and the TLS certificate.
-Listen addresses and limits need a restart. A configuration that does not
-load is logged and the running one is kept.
-
-# ENVIRONMENT
-
-**NFSDROP\_CONFIG**
-: configuration file, when **--config** is not given.
-
-**LISTEN\_FDS**, **LISTEN\_FDNAMES**, **NOTIFY\_SOCKET**, **WATCHDOG\_USEC**
-: set by systemd for socket activation and readiness notification.
-
-**RECIPIENT**, **SENDER**
-: set by Postfix's **local**(8) for *mailbox\_command*; **nfsdrop deliver**
-uses them when **-a** and **-f** are not given.
-
-# FILES
-
-*/etc/nfsdrop/nfsdrop.toml*
-: the configuration, see **nfsdrop.toml**(5).
-
-*/etc/nfsdrop/users*
-: the default passwd-file user database.
-
-*/run/nfsdrop/lmtp*
-: the LMTP socket of the packaged *nfsdrop-lmtp.socket*.
-
-*/var/mail/nfsdrop*
-: the default mail root, normally an NFS mount; its mount marker
-*.nfsdrop-mounted* must exist on the export.
-
-*/usr/share/doc/nfsdrop/*
-: installation, Postfix, NFS, HAProxy, migration and troubleshooting guides.
-
-# SEE ALSO
-
-**nfsdrop.toml**(5), **postfix**(1), **lmtp**(8), **pipe**(8),
-**local**(8), **systemd.socket**(5), **systemd-analyze**(1), **nfs**(5)
-`
-
-// configManPage turns the configuration reference (docs/config.md) into
-// nfsdrop.toml(5).
-func configManPage(md []byte, version string) ([]byte, error) {
-	text := string(md)
-	// The generator's "DO NOT EDIT" comment.
-	if strings.HasPrefix(text, "<!--") {
-		if i := strings.Index(text, "-->"); i >= 0 {
-			text = strings.TrimLeft(text[i+3:], "\n")
-		}
-	}
-	title, rest, ok := strings.Cut(text, "\n")
-	if !ok || !strings.HasPrefix(title, "# ") {
-		return nil, fmt.Errorf("configuration reference does not start with a title")
-	}
-	// Relative links point into the source tree; the packages install the
-	// example configuration with the documentation.
-	rest = relLink.ReplaceAllStringFunc(rest, func(m string) string {
-		sub := relLink.FindStringSubmatch(m)
-		target := sub[2]
-		if strings.HasSuffix(target, "contrib/nfsdrop.toml") {
-			target = "/usr/share/doc/nfsdrop/examples/nfsdrop.toml"
-		}
-		return sub[1] + " (" + target + ")"
-	})
-	// The summary table of each section repeats what each key's own
-	// subsection says, and is too wide for a terminal.
-	var kept []string
-	for _, line := range strings.Split(rest, "\n") {
-		if !strings.HasPrefix(line, "|") {
-			kept = append(kept, line)
-		}
-	}
-	rest = strings.Join(kept, "\n")
-	var b strings.Builder
-	fmt.Fprintf(&b, "%% NFSDROP.TOML 5 \"\" \"nfsdrop %s\" \"File Formats Manual\"\n\n", manEscape(version))
-	b.WriteString("# NAME\n\nnfsdrop.toml - configuration file of nfsdrop\n\n")
-	b.WriteString("# SYNOPSIS\n\n*/etc/nfsdrop/nfsdrop.toml*\n\n")
-	b.WriteString("# DESCRIPTION\n")
-	b.WriteString(rest)
-	b.WriteString("\n# SEE ALSO\n\n**nfsdrop**(8)\n")
-	return md2man.Render([]byte(b.String())), nil
-}
-
-var relLink = regexp.MustCompile(`\[([^\]]+)\]\(([^)]+)\)`)

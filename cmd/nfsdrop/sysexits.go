@@ -20,8 +20,10 @@ const (
 	exConfig      = 78
 )
 
-// exitCode maps a delivery failure to its sysexits code (the deliver
-// command's one error mapping).
+// exitCode maps a delivery failure to its sysexits code: the deliver
+// command's one error mapping. The codes are documented for operators in
+// docs/postfix.md ("nfsdrop deliver as a command") and in nfsdrop(8)'s
+// EXIT STATUS (man.go); keep the three in step.
 func exitCode(err error) int {
 	if err == nil {
 		return exOK

@@ -250,8 +250,9 @@ func onlyMessage(t testing.TB, maildir string) (string, []byte) {
 	return p, readFile(t, p)
 }
 
-// maildirName is a delivered file's name: DESIGN's unique name with the
-// configured host part, then the size fields.
+// maildirName is a delivered file's name: the store's unique name
+// (uniqueBase in store/name.go) with the configured host part, then the
+// size fields.
 var maildirName = regexp.MustCompile(`^([0-9]+)\.M([0-9]{6})P([0-9]+)Q([0-9]+)R([0-9a-f]{8})\.` +
 	regexp.QuoteMeta(e2eHost) + `,S=([0-9]+),W=([0-9]+)$`)
 

@@ -442,97 +442,131 @@ func (s *Scanner) dial(ctx context.Context) (net.Conn, *address, error) {
 // and for the reply after EOF) over Scan's (one for the whole exchange).
 func (s *Scanner) scan(ctx context.Context, r io.Reader, tee bool) (res Result, err error) {
 	start := time.Now()
-	var sent int64
-	outcome := OutcomeUnavailable
+	x := &exchange{s: s, tee: tee, outcome: OutcomeUnavailable}
 	defer func() {
-		s.report(ctx, outcome, res, err, sent, time.Since(start))
+		s.report(ctx, x.outcome, res, err, x.sent, time.Since(start))
 	}()
-
-	var whole time.Time // Scan's deadline for everything
 	if !tee {
-		whole = start.Add(s.timeout)
-		if dl, ok := ctx.Deadline(); !ok || whole.Before(dl) {
+		x.whole = start.Add(s.timeout)
+		if dl, ok := ctx.Deadline(); !ok || x.whole.Before(dl) {
 			var c context.CancelFunc
-			ctx, c = context.WithDeadline(ctx, whole)
+			ctx, c = context.WithDeadline(ctx, x.whole)
 			defer c()
 		}
 	}
-	deadline := func() time.Time {
-		if !tee {
-			return whole
-		}
-		return time.Now().Add(s.timeout)
-	}
-
-	dctx := ctx
-	if tee { // the connection is made at once: bound it like a write
-		var c context.CancelFunc
-		dctx, c = context.WithTimeout(ctx, s.timeout)
-		defer c()
-	}
-	conn, a, err := s.dial(dctx)
+	x.ctx = ctx
+	conn, a, err := s.dialForScan(ctx, tee)
 	if err != nil {
 		return Result{}, err
 	}
 	defer conn.Close()
-	res.Server = a.name
+	x.conn, x.a = conn, a
+	x.res.Server = a.name
 	// A cancelled context unblocks every read and write at once.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-
-	// clamd may answer before the end of the stream (size limit exceeded,
-	// then it closes the connection): the reply is read concurrently, so
-	// that it is not lost when a write then fails.
-	replies := make(chan reply, 1)
-	go func() {
-		rep, err := readReply(conn)
-		replies <- reply{rep, err}
-	}()
-	early := func() (reply, bool) {
-		select {
-		case rp := <-replies:
-			return rp, true
-		default:
-			return reply{}, false
-		}
-	}
-	// afterWriteError waits for what clamd said before it stopped reading.
-	afterWriteError := func(werr error) (Result, error) {
-		if ctx.Err() == nil {
-			dl := time.Now().Add(time.Second)
-			if d := deadline(); d.Before(dl) {
-				dl = d
-			}
-			conn.SetReadDeadline(dl)
-		}
-		rp := <-replies
-		if rp.err == nil {
-			return s.verdict(a, rp.text, &res, &outcome)
-		}
-		if ctx.Err() != nil {
-			werr = fmt.Errorf("%w (%w)", werr, context.Cause(ctx))
-		}
-		return res, unavailable(a, "send", werr)
-	}
-
-	// buf is the command, a chunk's length, the chunk and room for the
-	// terminating zero length: the command goes out with the first chunk
-	// and the terminator with the last, in as few writes as possible
-	// (which matters for small messages). With Tee the command goes out at
-	// once, so that clamd does not wait for it while the caller's first
-	// chunk comes in.
+	x.readReplyConcurrently()
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
-	buf := *bp
+	return x.stream(r, *bp)
+}
+
+// dialForScan connects for a scan. With Tee the connection is made at
+// once, before the caller's first chunk: it is bounded like a write.
+func (s *Scanner) dialForScan(ctx context.Context, tee bool) (net.Conn, *address, error) {
+	if tee {
+		var c context.CancelFunc
+		ctx, c = context.WithTimeout(ctx, s.timeout)
+		defer c()
+	}
+	return s.dial(ctx)
+}
+
+// exchange is the state of one INSTREAM exchange, from the connection to
+// the verdict.
+type exchange struct {
+	s    *Scanner
+	ctx  context.Context
+	conn net.Conn
+	a    *address
+	tee  bool
+	// whole is Scan's deadline for everything (zero with Tee).
+	whole time.Time
+	// replies receives clamd's one reply, read concurrently.
+	replies chan reply
+	res     Result
+	outcome string // for report
+	sent    int64  // bytes of the message sent
+}
+
+// deadline is the deadline of the next write or read.
+func (x *exchange) deadline() time.Time {
+	if !x.tee {
+		return x.whole
+	}
+	return time.Now().Add(x.s.timeout)
+}
+
+// readReplyConcurrently starts reading the reply. clamd may answer before
+// the end of the stream (size limit exceeded, then it closes the
+// connection): the reply is read concurrently, so that it is not lost when
+// a write then fails.
+func (x *exchange) readReplyConcurrently() {
+	x.replies = make(chan reply, 1)
+	go func() {
+		rep, err := readReply(x.conn)
+		x.replies <- reply{rep, err}
+	}()
+}
+
+// early returns the reply if clamd has already answered.
+func (x *exchange) early() (reply, bool) {
+	select {
+	case rp := <-x.replies:
+		return rp, true
+	default:
+		return reply{}, false
+	}
+}
+
+// afterWriteError waits for what clamd said before it stopped reading.
+func (x *exchange) afterWriteError(werr error) (Result, error) {
+	if x.ctx.Err() == nil {
+		dl := time.Now().Add(time.Second)
+		if d := x.deadline(); d.Before(dl) {
+			dl = d
+		}
+		x.conn.SetReadDeadline(dl)
+	}
+	rp := <-x.replies
+	if rp.err == nil {
+		return x.s.verdict(x.a, rp.text, &x.res, &x.outcome)
+	}
+	if x.ctx.Err() != nil {
+		werr = fmt.Errorf("%w (%w)", werr, context.Cause(x.ctx))
+	}
+	return x.res, unavailable(x.a, "send", werr)
+}
+
+// stream sends r in chunks and returns the verdict.
+//
+// buf is the command, a chunk's length, the chunk and room for the
+// terminating zero length: the command goes out with the first chunk
+// and the terminator with the last, in as few writes as possible
+// (which matters for small messages). With Tee the command goes out at
+// once, so that clamd does not wait for it while the caller's first
+// chunk comes in.
+func (x *exchange) stream(r io.Reader, buf []byte) (Result, error) {
+	s, conn := x.s, x.conn
 	const hdr = len(cmdInstream)
 	copy(buf, cmdInstream)
 	body := buf[hdr+4 : hdr+4+s.chunk]
 	from := 0 // where the next write starts: 0 while the command is unsent
 
-	conn.SetWriteDeadline(deadline())
-	if tee {
+	conn.SetWriteDeadline(x.deadline())
+	if x.tee {
 		if _, err := conn.Write(buf[:hdr]); err != nil {
-			return afterWriteError(err)
+			return x.afterWriteError(err)
 		}
 		from = hdr
 	}
@@ -542,17 +576,17 @@ func (s *Scanner) scan(ctx context.Context, r io.Reader, tee bool) (res Result, 
 			rerr = io.EOF
 		}
 		if rerr != nil && rerr != io.EOF {
-			outcome = OutcomeAborted
+			x.outcome = OutcomeAborted
 			return Result{}, rerr
 		}
-		if rp, ok := early(); ok {
+		if rp, ok := x.early(); ok {
 			if rp.err != nil {
-				return res, unavailable(a, "scan", fmt.Errorf("connection closed during the stream: %w", rp.err))
+				return x.res, unavailable(x.a, "scan", fmt.Errorf("connection closed during the stream: %w", rp.err))
 			}
-			return s.verdict(a, rp.text, &res, &outcome)
+			return s.verdict(x.a, rp.text, &x.res, &x.outcome)
 		}
-		if s.max > 0 && sent+int64(n) > s.max {
-			return s.tooLarge(a, &res, &outcome, fmt.Errorf("more than %d bytes", s.max))
+		if s.max > 0 && x.sent+int64(n) > s.max {
+			return s.tooLarge(x.a, &x.res, &x.outcome, fmt.Errorf("more than %d bytes", s.max))
 		}
 		end := hdr
 		if n > 0 {
@@ -563,27 +597,31 @@ func (s *Scanner) scan(ctx context.Context, r io.Reader, tee bool) (res Result, 
 			binary.BigEndian.PutUint32(buf[end:], 0)
 			end += 4
 		}
-		if tee {
-			conn.SetWriteDeadline(deadline())
+		if x.tee {
+			conn.SetWriteDeadline(x.deadline())
 		}
 		if _, err := conn.Write(buf[from:end]); err != nil {
-			return afterWriteError(err)
+			return x.afterWriteError(err)
 		}
 		from = hdr
-		sent += int64(n)
+		x.sent += int64(n)
 		if rerr == io.EOF {
-			break
+			return x.finalReply()
 		}
 	}
-	conn.SetReadDeadline(deadline())
-	rp := <-replies
+}
+
+// finalReply waits for the reply after the whole message was sent.
+func (x *exchange) finalReply() (Result, error) {
+	x.conn.SetReadDeadline(x.deadline())
+	rp := <-x.replies
 	if rp.err != nil {
-		if ctx.Err() != nil && errors.Is(rp.err, os.ErrDeadlineExceeded) {
-			rp.err = fmt.Errorf("%w (%w)", rp.err, context.Cause(ctx))
+		if x.ctx.Err() != nil && errors.Is(rp.err, os.ErrDeadlineExceeded) {
+			rp.err = fmt.Errorf("%w (%w)", rp.err, context.Cause(x.ctx))
 		}
-		return res, unavailable(a, "reply", rp.err)
+		return x.res, unavailable(x.a, "reply", rp.err)
 	}
-	return s.verdict(a, rp.text, &res, &outcome)
+	return x.s.verdict(x.a, rp.text, &x.res, &x.outcome)
 }
 
 type reply struct {

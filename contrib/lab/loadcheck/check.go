@@ -145,130 +145,220 @@ func copyKey(token, cp string) string { return token + " " + cp }
 // load delivered over LMTP), drain (the final sessions, one per user) and
 // files (the store as read at the end).
 func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o CheckOptions) *Report {
-	r := &Report{DeliveredBy: map[string]int{}, SessionsBy: map[string]int{}, LockLimit: o.LockStale + o.LockMargin,
-		DeferReasons: map[string]int{}, LoginErrors: map[string]int{}}
+	c := newChecker(log, o)
 	if log != nil {
 		log.Poll()
-		r.DeferReasons = log.DeferReasons()
+		c.r.DeferReasons = log.DeferReasons()
 	}
-	maildirUIDLs := o.UIDLFormat == "" || o.UIDLFormat == store.UIDLMaildir
 	subs := rec.Submissions()
 	sessions := rec.Sessions()
 	if !rec.LoadEnd.IsZero() {
-		r.Duration = rec.LoadEnd.Sub(rec.Start)
+		c.r.Duration = rec.LoadEnd.Sub(rec.Start)
 	}
+	c.messages(subs)
+	c.imapPasses(rec.IMAPPasses())
+	sort.Slice(sessions, func(i, j int) bool { return sessions[i].Start.Before(sessions[j].Start) })
+	for _, s := range sessions {
+		c.session(s)
+	}
+	c.deletedTwice()
+	c.failedRetrievals()
+	c.resurrections(sessions)
+	c.locks(sessions)
+	inDrain := c.drainState(drain)
+	inStore := c.storeState(files)
+	c.compareDrainStore(inDrain, inStore)
+	c.uidlsNameOneCopy()
+	c.lostAndDoubled()
+	return c.r
+}
 
-	// Messages: token -> queue ID (from the log, which also knows messages
-	// whose SMTP reply got lost), and what Postfix says became of them.
-	type msg struct {
-		token, user, qid string
-		acked            bool
-		keys             []string
-		maybeTwice       bool
-		bounced          bool
+// checker holds what Check has learnt so far, phase by phase.
+type checker struct {
+	r            *Report
+	log          *Maillog
+	maildirUIDLs bool // UIDLs are the stored files' base names
+
+	// Messages: token -> queue ID (from the log, which also knows
+	// messages whose SMTP reply got lost), and what Postfix says became
+	// of them.
+	msgs   map[string]*checkedMsg
+	tokens []string
+
+	// Every stored copy we know of, by its identity (token, host and
+	// LMTP id of its Received header): the UIDLs (per user) it was seen
+	// under.
+	copyUIDLs   map[string]map[string]bool // copy -> UIDL keys
+	uidlCopy    map[string]map[string]bool // UIDL key -> copies
+	tokenCopies map[string]map[string]bool
+	uidlToken   map[string]string // UIDL key -> token retrieved under it
+
+	// IMAP: expunged copies, and when.
+	expunged        map[string]Expunge // copy -> the first expunge
+	expungedDovecot map[string]time.Time
+	expungedToken   map[string]bool
+
+	// Committed deletions: UIDL key -> when the QUIT that removed it was
+	// answered +OK, and the same by copy. Taken: tokens a deleting client
+	// retrieved intact and asked to delete, with QUIT sent (whatever the
+	// answer).
+	committed     map[string]time.Time
+	committedCopy map[string]time.Time
+	committedBy   map[string]int
+	taken         map[string]bool
+	failed        []failedRetr
+
+	// presentToken: tokens the final drain or the store still holds.
+	presentToken map[string]bool
+}
+
+// checkedMsg is a submitted message as the checks see it.
+type checkedMsg struct {
+	token, user, qid string
+	acked            bool
+	keys             []string
+	maybeTwice       bool
+	bounced          bool
+}
+
+// failedRetr is a RETR that failed without a sign of corruption.
+type failedRetr struct {
+	s  *Session
+	rt Retr
+	cp string // the copy the listing named, "" if unknown
+}
+
+func newChecker(log *Maillog, o CheckOptions) *checker {
+	return &checker{
+		r: &Report{DeliveredBy: map[string]int{}, SessionsBy: map[string]int{}, LockLimit: o.LockStale + o.LockMargin,
+			DeferReasons: map[string]int{}, LoginErrors: map[string]int{}},
+		log:             log,
+		maildirUIDLs:    o.UIDLFormat == "" || o.UIDLFormat == store.UIDLMaildir,
+		msgs:            map[string]*checkedMsg{},
+		copyUIDLs:       map[string]map[string]bool{},
+		uidlCopy:        map[string]map[string]bool{},
+		tokenCopies:     map[string]map[string]bool{},
+		uidlToken:       map[string]string{},
+		expunged:        map[string]Expunge{},
+		expungedDovecot: map[string]time.Time{},
+		expungedToken:   map[string]bool{},
+		committed:       map[string]time.Time{},
+		committedCopy:   map[string]time.Time{},
+		committedBy:     map[string]int{},
+		taken:           map[string]bool{},
+		presentToken:    map[string]bool{},
 	}
-	msgs := map[string]*msg{}
-	var tokens []string
+}
+
+// see records that the copy cp of token was seen under the UIDL key uk.
+func (c *checker) see(token, cp, uk string) {
+	if token == "" || cp == "" {
+		return
+	}
+	cp = copyKey(token, cp)
+	if c.copyUIDLs[cp] == nil {
+		c.copyUIDLs[cp] = map[string]bool{}
+	}
+	c.copyUIDLs[cp][uk] = true
+	if c.uidlCopy[uk] == nil {
+		c.uidlCopy[uk] = map[string]bool{}
+	}
+	c.uidlCopy[uk][cp] = true
+	if c.tokenCopies[token] == nil {
+		c.tokenCopies[token] = map[string]bool{}
+	}
+	c.tokenCopies[token][cp] = true
+}
+
+// messages finds out what became of each submission.
+func (c *checker) messages(subs []*Submission) {
+	r := c.r
 	for _, s := range subs {
 		r.Submitted++
 		if s.Err != "" {
 			r.SubmitErrors++
 		}
-		if log == nil {
-			// Over LMTP the reply is the final status; a delivery
-			// without one may or may not be stored.
-			m := &msg{token: s.Token, user: s.User, acked: s.Acked, maybeTwice: !s.Acked}
-			msgs[s.Token] = m
-			tokens = append(tokens, s.Token)
-			r.Accepted++
-			if s.Acked {
-				r.Acknowledged++
-				m.keys = []string{s.Key}
-				if h := hostOfKey(s.Key); h != "" {
-					r.DeliveredBy[h]++
-				}
-			}
-			continue
+		if c.log == nil {
+			c.lmtpSubmission(s)
+		} else {
+			c.loggedSubmission(s)
 		}
-		qid := s.QueueID
-		if qid == "" {
-			qid = log.QueueID(s.Token)
+	}
+	sort.Strings(c.tokens)
+}
+
+// lmtpSubmission: over LMTP the reply is the final status; a delivery
+// without one may or may not be stored.
+func (c *checker) lmtpSubmission(s *Submission) {
+	r := c.r
+	m := &checkedMsg{token: s.Token, user: s.User, acked: s.Acked, maybeTwice: !s.Acked}
+	c.msgs[s.Token] = m
+	c.tokens = append(c.tokens, s.Token)
+	r.Accepted++
+	if s.Acked {
+		r.Acknowledged++
+		m.keys = []string{s.Key}
+		if h := hostOfKey(s.Key); h != "" {
+			r.DeliveredBy[h]++
 		}
-		if qid == "" {
-			if s.Err == "" {
-				r.problem("message %s: accepted over SMTP but not in the mail log", s.Token)
-				r.Undelivered++
-			}
-			continue
-		}
-		m := &msg{token: s.Token, user: s.User, qid: qid}
-		msgs[s.Token] = m
-		tokens = append(tokens, s.Token)
-		r.Accepted++
-		for _, d := range log.Sent(qid) {
-			m.acked = true
-			m.keys = append(m.keys, d.Key)
-			if h := hostOfKey(d.Key); h != "" {
-				r.DeliveredBy[h]++
-			}
-		}
-		deferred := false
-		for _, a := range log.Attempts(qid) {
-			m.maybeTwice = m.maybeTwice || a.MaybeTwice
-			deferred = deferred || a.Status == "deferred"
-			if a.Status == "bounced" {
-				m.bounced = true
-			}
-		}
-		if deferred {
-			r.Deferred++
-		}
-		switch {
-		case m.acked:
-			r.Acknowledged++
-			if len(m.keys) > 1 {
-				m.maybeTwice = true // Postfix itself says it sent twice
-			}
-		case m.bounced:
-			r.Bounced++
-			r.problem("message %s (%s): bounced: %v", s.Token, qid, log.Attempts(qid))
-		default:
+	}
+}
+
+// loggedSubmission reads a submission's fate from Postfix's mail log.
+func (c *checker) loggedSubmission(s *Submission) {
+	r, log := c.r, c.log
+	qid := s.QueueID
+	if qid == "" {
+		qid = log.QueueID(s.Token)
+	}
+	if qid == "" {
+		if s.Err == "" {
+			r.problem("message %s: accepted over SMTP but not in the mail log", s.Token)
 			r.Undelivered++
-			r.problem("message %s (%s): no final status in the mail log (attempts %v)", s.Token, qid, log.Attempts(qid))
+		}
+		return
+	}
+	m := &checkedMsg{token: s.Token, user: s.User, qid: qid}
+	c.msgs[s.Token] = m
+	c.tokens = append(c.tokens, s.Token)
+	r.Accepted++
+	for _, d := range log.Sent(qid) {
+		m.acked = true
+		m.keys = append(m.keys, d.Key)
+		if h := hostOfKey(d.Key); h != "" {
+			r.DeliveredBy[h]++
 		}
 	}
-	sort.Strings(tokens)
-
-	// Every stored copy we know of, by its identity (token, host and LMTP
-	// id of its Received header): the UIDLs (per user) it was seen under.
-	copyUIDLs := map[string]map[string]bool{} // copy -> UIDL keys
-	uidlCopy := map[string]map[string]bool{}  // UIDL key -> copies
-	tokenCopies := map[string]map[string]bool{}
-	see := func(token, cp, uk string) {
-		if token == "" || cp == "" {
-			return
+	deferred := false
+	for _, a := range log.Attempts(qid) {
+		m.maybeTwice = m.maybeTwice || a.MaybeTwice
+		deferred = deferred || a.Status == "deferred"
+		if a.Status == "bounced" {
+			m.bounced = true
 		}
-		cp = copyKey(token, cp)
-		if copyUIDLs[cp] == nil {
-			copyUIDLs[cp] = map[string]bool{}
-		}
-		copyUIDLs[cp][uk] = true
-		if uidlCopy[uk] == nil {
-			uidlCopy[uk] = map[string]bool{}
-		}
-		uidlCopy[uk][cp] = true
-		if tokenCopies[token] == nil {
-			tokenCopies[token] = map[string]bool{}
-		}
-		tokenCopies[token][cp] = true
 	}
-	uidlToken := map[string]string{} // UIDL key -> token retrieved under it
+	if deferred {
+		r.Deferred++
+	}
+	switch {
+	case m.acked:
+		r.Acknowledged++
+		if len(m.keys) > 1 {
+			m.maybeTwice = true // Postfix itself says it sent twice
+		}
+	case m.bounced:
+		r.Bounced++
+		r.problem("message %s (%s): bounced: %v", s.Token, qid, log.Attempts(qid))
+	default:
+		r.Undelivered++
+		r.problem("message %s (%s): no final status in the mail log (attempts %v)", s.Token, qid, log.Attempts(qid))
+	}
+}
 
-	// IMAP: expunged copies, and when.
-	expunged := map[string]Expunge{} // copy -> the first expunge
-	expungedDovecot := map[string]time.Time{}
-	expungedToken := map[string]bool{}
-	for _, p := range rec.IMAPPasses() {
+// imapPasses counts the IMAP passes and records what they expunged.
+func (c *checker) imapPasses(passes []*IMAPPass) {
+	r := c.r
+	for _, p := range passes {
 		r.IMAPPasses++
 		r.IMAPFlagChanges += p.FlagChanges
 		r.IMAPStoreErrors += p.StoreErrors
@@ -283,149 +373,168 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 			if x.Token == "" {
 				continue
 			}
-			expungedToken[x.Token] = true
+			c.expungedToken[x.Token] = true
 			k := copyKey(x.Token, x.Copy)
-			if prev, ok := expunged[k]; !ok || x.At.Before(prev.At) {
-				expunged[k] = x
+			if prev, ok := c.expunged[k]; !ok || x.At.Before(prev.At) {
+				c.expunged[k] = x
 			}
-			if !maildirUIDLs {
+			if !c.maildirUIDLs {
 				// With uidl_format "dovecot", nfsdrop may list it
 				// under the UIDL Dovecot gives it (not a second name
 				// of the copy: nfsdrop may never have listed it so).
-				expungedDovecot[uidlKey(p.User, x.DovecotUIDL)] = x.At
+				c.expungedDovecot[uidlKey(p.User, x.DovecotUIDL)] = x.At
 			}
 		}
 	}
+}
 
-	// Committed deletions: UIDL key -> when the QUIT that removed it was
-	// answered +OK, and the same by copy. Taken: tokens a deleting client
-	// retrieved intact and asked to delete, with QUIT sent (whatever the
-	// answer).
-	committed := map[string]time.Time{}
-	committedCopy := map[string]time.Time{}
-	committedBy := map[string]int{}
-	taken := map[string]bool{}
-	inUseStart := map[string]time.Time{}
-	type failedRetr struct {
-		s  *Session
-		rt Retr
-		cp string // the copy the listing named, "" if unknown
+// session checks one POP3 session of the load.
+func (c *checker) session(s *Session) {
+	c.countSession(s)
+	listedCopy := c.listed(s)
+	c.retrievals(s, listedCopy)
+	if s.Mode == "delete" && s.Quit != "" && len(s.Deleted) > 0 {
+		c.deletions(s)
 	}
-	var failed []failedRetr
-	sort.Slice(sessions, func(i, j int) bool { return sessions[i].Start.Before(sessions[j].Start) })
-	for _, s := range sessions {
-		r.Sessions++
-		if s.Host != "" {
-			r.SessionsBy[s.Host]++
+}
+
+func (c *checker) countSession(s *Session) {
+	r := c.r
+	r.Sessions++
+	if s.Host != "" {
+		r.SessionsBy[s.Host]++
+	}
+	if s.InUse {
+		r.InUseReplies++
+	} else if s.LoginReply != "" {
+		r.LoginErrors[s.LoginReply]++
+	}
+	if s.Err != "" {
+		r.SessionErrors++
+	}
+	if !s.LoginAt.IsZero() {
+		r.Logins++
+	}
+	r.UIDLSightings += len(s.UIDLs)
+}
+
+// listed records the copies s's listing named; it returns the copy of
+// each message number.
+func (c *checker) listed(s *Session) map[int]string {
+	r := c.r
+	listedCopy := map[int]string{}
+	for _, l := range s.Listed {
+		if l.Token == "" {
+			continue
 		}
-		if s.InUse {
-			r.InUseReplies++
-		} else if s.LoginReply != "" {
-			r.LoginErrors[s.LoginReply]++
+		c.see(l.Token, l.Copy, uidlKey(s.User, l.UIDL))
+		listedCopy[l.N] = copyKey(l.Token, l.Copy)
+		if t, ok := c.uidlToken[uidlKey(s.User, l.UIDL)]; ok && t != l.Token {
+			r.UIDLChanged++
+			r.problem("%s: UIDL %s named %s and %s", s.User, l.UIDL, t, l.Token)
 		}
-		if s.Err != "" {
-			r.SessionErrors++
-		}
-		if !s.LoginAt.IsZero() {
-			r.Logins++
-		}
-		r.UIDLSightings += len(s.UIDLs)
-		listedCopy := map[int]string{}
-		for _, l := range s.Listed {
-			if l.Token == "" {
-				continue
-			}
-			see(l.Token, l.Copy, uidlKey(s.User, l.UIDL))
-			listedCopy[l.N] = copyKey(l.Token, l.Copy)
-			if t, ok := uidlToken[uidlKey(s.User, l.UIDL)]; ok && t != l.Token {
-				r.UIDLChanged++
-				r.problem("%s: UIDL %s named %s and %s", s.User, l.UIDL, t, l.Token)
-			}
-			uidlToken[uidlKey(s.User, l.UIDL)] = l.Token
-		}
-		for _, rt := range s.Retrs {
-			if rt.Problem != "" && !rt.Intact {
-				if rt.Token != "" || strings.Contains(rt.Problem, "sha256") || strings.Contains(rt.Problem, "separator") {
-					r.Corrupt++
-					r.problem("session %d (%s on %s): RETR %d (UIDL %s): %s", s.ID, s.User, s.Host, rt.N, rt.UIDL, rt.Problem)
-				} else {
-					failed = append(failed, failedRetr{s: s, rt: rt, cp: listedCopy[rt.N]})
-				}
-				continue
-			}
-			r.Retrievals++
-			if rt.Got != rt.Size {
-				r.SizeMismatches++
-				r.problem("session %d (%s on %s): message %d (UIDL %s, %s): LIST said %d octets, RETR sent %d",
-					s.ID, s.User, s.Host, rt.N, rt.UIDL, rt.Token, rt.Size, rt.Got)
-			}
-			uk := uidlKey(s.User, rt.UIDL)
-			see(rt.Token, rt.Copy, uk)
-			if t, ok := uidlToken[uk]; ok && t != rt.Token {
-				r.UIDLChanged++
-				r.problem("%s: UIDL %s named %s and %s", s.User, rt.UIDL, t, rt.Token)
-			}
-			uidlToken[uk] = rt.Token
-		}
-		if s.Mode == "delete" && s.Quit != "" && len(s.Deleted) > 0 {
-			del := map[string]bool{}
-			for _, u := range s.Deleted {
-				del[u] = true
-			}
-			var copies []string
-			for _, rt := range s.Retrs {
-				if rt.Intact && del[rt.UIDL] {
-					taken[rt.Token] = true
-					r.DeletedRetrievals++
-					copies = append(copies, copyKey(rt.Token, rt.Copy))
-				}
-			}
-			if s.Quit == "ok" {
-				r.Commits++
-				for u := range del {
-					uk := uidlKey(s.User, u)
-					committedBy[uk]++
-					if _, ok := committed[uk]; !ok {
-						committed[uk] = s.QuitAt
-					}
-				}
-				for _, cp := range copies {
-					if _, ok := committedCopy[cp]; !ok {
-						committedCopy[cp] = s.QuitAt
-					}
-				}
+		c.uidlToken[uidlKey(s.User, l.UIDL)] = l.Token
+	}
+	return listedCopy
+}
+
+// retrievals checks s's RETRs: corruption, sizes, UIDLs.
+func (c *checker) retrievals(s *Session, listedCopy map[int]string) {
+	r := c.r
+	for _, rt := range s.Retrs {
+		if rt.Problem != "" && !rt.Intact {
+			if rt.Token != "" || strings.Contains(rt.Problem, "sha256") || strings.Contains(rt.Problem, "separator") {
+				r.Corrupt++
+				r.problem("session %d (%s on %s): RETR %d (UIDL %s): %s", s.ID, s.User, s.Host, rt.N, rt.UIDL, rt.Problem)
 			} else {
-				r.AmbiguousCommits++
+				c.failed = append(c.failed, failedRetr{s: s, rt: rt, cp: listedCopy[rt.N]})
 			}
+			continue
+		}
+		r.Retrievals++
+		if rt.Got != rt.Size {
+			r.SizeMismatches++
+			r.problem("session %d (%s on %s): message %d (UIDL %s, %s): LIST said %d octets, RETR sent %d",
+				s.ID, s.User, s.Host, rt.N, rt.UIDL, rt.Token, rt.Size, rt.Got)
+		}
+		uk := uidlKey(s.User, rt.UIDL)
+		c.see(rt.Token, rt.Copy, uk)
+		if t, ok := c.uidlToken[uk]; ok && t != rt.Token {
+			r.UIDLChanged++
+			r.problem("%s: UIDL %s named %s and %s", s.User, rt.UIDL, t, rt.Token)
+		}
+		c.uidlToken[uk] = rt.Token
+	}
+}
+
+// deletions records what a deleting session that sent QUIT took away.
+func (c *checker) deletions(s *Session) {
+	r := c.r
+	del := map[string]bool{}
+	for _, u := range s.Deleted {
+		del[u] = true
+	}
+	var copies []string
+	for _, rt := range s.Retrs {
+		if rt.Intact && del[rt.UIDL] {
+			c.taken[rt.Token] = true
+			r.DeletedRetrievals++
+			copies = append(copies, copyKey(rt.Token, rt.Copy))
 		}
 	}
-	for uk, n := range committedBy {
+	if s.Quit != "ok" {
+		r.AmbiguousCommits++
+		return
+	}
+	r.Commits++
+	for u := range del {
+		uk := uidlKey(s.User, u)
+		c.committedBy[uk]++
+		if _, ok := c.committed[uk]; !ok {
+			c.committed[uk] = s.QuitAt
+		}
+	}
+	for _, cp := range copies {
+		if _, ok := c.committedCopy[cp]; !ok {
+			c.committedCopy[cp] = s.QuitAt
+		}
+	}
+}
+
+func (c *checker) deletedTwice() {
+	for uk, n := range c.committedBy {
 		if n > 1 {
-			r.DeletedTwice++
-			r.problem("UIDL %s (%s) retrieved and deleted by %d sessions whose QUIT succeeded", uk, uidlToken[uk], n)
+			c.r.DeletedTwice++
+			c.r.problem("UIDL %s (%s) retrieved and deleted by %d sessions whose QUIT succeeded", uk, c.uidlToken[uk], n)
 		}
 	}
-	// A RETR that failed although the message was still there (IMAP
-	// never expunged the copy the listing named): a stale listing.
-	for _, f := range failed {
+}
+
+// failedRetrievals: a RETR that failed although the message was still
+// there (IMAP never expunged the copy the listing named): a stale listing.
+func (c *checker) failedRetrievals() {
+	for _, f := range c.failed {
 		if f.cp == "" {
 			continue // not identified: cannot tell
 		}
-		if _, ok := expunged[f.cp]; ok {
+		if _, ok := c.expunged[f.cp]; ok {
 			continue
 		}
-		r.RetrFailed++
-		r.problem("session %d (%s on %s): RETR %d (UIDL %s, %s) failed, and IMAP never expunged it: %s",
+		c.r.RetrFailed++
+		c.r.problem("session %d (%s on %s): RETR %d (UIDL %s, %s) failed, and IMAP never expunged it: %s",
 			f.s.ID, f.s.User, f.s.Host, f.rt.N, f.rt.UIDL, f.cp, f.rt.Problem)
 	}
+}
 
-	// Resurrection: a UIDL listed by a session that logged in after the
-	// QUIT that deleted it was answered, or whose PASS was sent after IMAP
-	// expunged the copy (no lock orders IMAP and POP3: a listing made
-	// while PASS was in flight may still show it).
-	expungedAt := expungedDovecot // UIDL key -> expunge time
-	for cp, x := range expunged {
-		for uk := range copyUIDLs[cp] {
+// resurrections: a UIDL listed by a session that logged in after the
+// QUIT that deleted it was answered, or whose PASS was sent after IMAP
+// expunged the copy (no lock orders IMAP and POP3: a listing made while
+// PASS was in flight may still show it).
+func (c *checker) resurrections(sessions []*Session) {
+	r := c.r
+	expungedAt := c.expungedDovecot // UIDL key -> expunge time
+	for cp, x := range c.expunged {
+		for uk := range c.copyUIDLs[cp] {
 			expungedAt[uk] = x.At
 		}
 	}
@@ -435,22 +544,26 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 		}
 		for _, u := range s.UIDLs {
 			uk := uidlKey(s.User, u)
-			if c, ok := committed[uk]; ok && s.LoginAt.After(c) {
+			if t, ok := c.committed[uk]; ok && s.LoginAt.After(t) {
 				r.Resurrected++
 				r.problem("UIDL %s (%s) deleted by a QUIT answered at %s, listed again by session %d (%s on %s) logged in at %s",
-					u, uidlToken[uk], c.Format("15:04:05.000"), s.ID, s.User, s.Host, s.LoginAt.Format("15:04:05.000"))
+					u, c.uidlToken[uk], t.Format("15:04:05.000"), s.ID, s.User, s.Host, s.LoginAt.Format("15:04:05.000"))
 			}
 			if x, ok := expungedAt[uk]; ok && !s.PassSent.IsZero() && s.PassSent.After(x) {
 				r.Resurrected++
 				r.problem("UIDL %s (%s) expunged by IMAP at %s, listed again by session %d (%s on %s), PASS sent at %s",
-					u, uidlToken[uk], x.Format("15:04:05.000"), s.ID, s.User, s.Host, s.PassSent.Format("15:04:05.000"))
+					u, c.uidlToken[uk], x.Format("15:04:05.000"), s.ID, s.User, s.Host, s.PassSent.Format("15:04:05.000"))
 			}
 		}
 	}
+}
 
-	// Locks: the longest stretch of consecutive [IN-USE] answers for a
-	// user (from the first refused session's start to the last one's
-	// end), closed by the next successful login.
+// locks finds the longest stretch of consecutive [IN-USE] answers for a
+// user (from the first refused session's start to the last one's end),
+// closed by the next successful login.
+func (c *checker) locks(sessions []*Session) {
+	r := c.r
+	inUseStart := map[string]time.Time{}
 	lastInUse := map[string]time.Time{}
 	for _, s := range sessions {
 		if s.InUse {
@@ -477,12 +590,15 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 		r.LocksNotRecovered++
 		r.problem("%s: [IN-USE] for %v at a stretch, more than lock_stale + margin = %v", r.MaxInUseUser, r.MaxInUse.Round(time.Second), r.LockLimit)
 	}
+}
 
-	// The final state: the drain's listing and the store's files, compared
-	// by copy (with a UIDL format other than "maildir" a UIDL is not the
-	// file's base name).
+// drainState returns the copies each user's final drain retrieved. The
+// final state, the drain's listing and the store's files, is compared by
+// copy (with a UIDL format other than "maildir" a UIDL is not the file's
+// base name).
+func (c *checker) drainState(drain []*Session) map[string]map[string]bool {
+	r := c.r
 	inDrain := map[string]map[string]bool{} // user -> copies
-	presentToken := map[string]bool{}
 	for _, s := range drain {
 		if s.LoginAt.IsZero() || s.Quit != "ok" {
 			r.LocksNotRecovered++
@@ -492,7 +608,7 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 		inDrain[s.User] = map[string]bool{}
 		for _, rt := range s.Retrs {
 			if rt.Intact {
-				presentToken[rt.Token] = true
+				c.presentToken[rt.Token] = true
 				inDrain[s.User][copyKey(rt.Token, rt.Copy)] = true
 			} else if rt.Token == "" {
 				r.DrainStoreMismatch++
@@ -501,6 +617,12 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 		}
 		r.FinalInDrain += len(s.UIDLs)
 	}
+	return inDrain
+}
+
+// storeState checks the store's files and returns them by user and copy.
+func (c *checker) storeState(files []StoredFile) map[string]map[string]string {
+	r := c.r
 	inStore := map[string]map[string]string{} // user -> copy -> file
 	for _, f := range files {
 		r.FinalInStore++
@@ -514,19 +636,19 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 			inStore[f.User] = map[string]string{}
 		}
 		inStore[f.User][cp] = f.Dir + "/" + f.Name
-		presentToken[f.Token] = true
-		if maildirUIDLs {
-			see(f.Token, f.Copy, uidlKey(f.User, f.UIDL))
+		c.presentToken[f.Token] = true
+		if c.maildirUIDLs {
+			c.see(f.Token, f.Copy, uidlKey(f.User, f.UIDL))
 		}
-		if c, ok := committedCopy[cp]; ok {
+		if t, ok := c.committedCopy[cp]; ok {
 			r.Resurrected++
-			r.problem("store: %s/%s/%s (%s) is still there after a QUIT answered at %s deleted it", f.User, f.Dir, f.Name, f.Token, c.Format("15:04:05.000"))
+			r.problem("store: %s/%s/%s (%s) is still there after a QUIT answered at %s deleted it", f.User, f.Dir, f.Name, f.Token, t.Format("15:04:05.000"))
 		}
-		if x, ok := expunged[cp]; ok {
+		if x, ok := c.expunged[cp]; ok {
 			r.Resurrected++
 			r.problem("store: %s/%s/%s (%s) is still there after IMAP expunged it at %s", f.User, f.Dir, f.Name, f.Token, x.At.Format("15:04:05.000"))
 		}
-		if m, ok := msgs[f.Token]; !ok {
+		if m, ok := c.msgs[f.Token]; !ok {
 			r.problem("store: %s/%s/%s: token %q was never submitted", f.User, f.Dir, f.Name, f.Token)
 			r.Corrupt++
 		} else if m.user != f.User {
@@ -534,6 +656,11 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 			r.problem("store: %s/%s/%s: %s was sent to %s", f.User, f.Dir, f.Name, f.Token, m.user)
 		}
 	}
+	return inStore
+}
+
+func (c *checker) compareDrainStore(inDrain map[string]map[string]bool, inStore map[string]map[string]string) {
+	r := c.r
 	for u, set := range inDrain {
 		for cp := range set {
 			if _, ok := inStore[u][cp]; !ok {
@@ -548,67 +675,72 @@ func Check(rec *Recorder, log *Maillog, drain []*Session, files []StoredFile, o 
 			}
 		}
 	}
+}
 
-	// UIDLs: each stored copy keeps one UIDL across sessions and machines,
-	// and a UIDL names one copy.
-	for cp, us := range copyUIDLs {
+// uidlsNameOneCopy: each stored copy keeps one UIDL across sessions and
+// machines, and a UIDL names one copy.
+func (c *checker) uidlsNameOneCopy() {
+	r := c.r
+	for cp, us := range c.copyUIDLs {
 		if len(us) > 1 {
 			r.UIDLChanged++
 			r.problem("copy %s seen under %d UIDLs: %v", cp, len(us), keys(us))
 		}
 	}
-	for u, cps := range uidlCopy {
+	for u, cps := range c.uidlCopy {
 		if len(cps) > 1 {
 			r.UIDLChanged++
 			r.problem("UIDL %s names %d copies: %v", u, len(cps), keys(cps))
 		}
 	}
+	if !c.maildirUIDLs {
+		return
+	}
 	// The acknowledged copy's UIDL is the base of the key nfsdrop answered.
-	for _, t := range tokens {
-		m := msgs[t]
-		if !maildirUIDLs {
-			break
-		}
+	for _, t := range c.tokens {
+		m := c.msgs[t]
 		for _, k := range m.keys {
 			base := store.BaseName(k)
-			if other, ok := uidlToken[uidlKey(m.user, base)]; ok && other != t {
+			if other, ok := c.uidlToken[uidlKey(m.user, base)]; ok && other != t {
 				r.UIDLChanged++
 				r.problem("message %s: key %s, but UIDL %s was %s", t, k, base, other)
 			}
 		}
 	}
+}
 
-	// Lost and doubled. A copy IMAP expunged is neither lost nor back.
-	for _, t := range tokens {
-		m := msgs[t]
+// lostAndDoubled: a copy IMAP expunged is neither lost nor back.
+func (c *checker) lostAndDoubled() {
+	r := c.r
+	for _, t := range c.tokens {
+		m := c.msgs[t]
 		if !m.acked {
 			continue
 		}
-		if !presentToken[t] && !taken[t] && !expungedToken[t] {
+		if !c.presentToken[t] && !c.taken[t] && !c.expungedToken[t] {
 			r.Lost++
 			r.problem("message %s for %s (%s, key %v): acknowledged, not retrieved by a deleting client, not expunged over IMAP, not in the mailbox", t, m.user, m.qid, m.keys)
 		}
-		if n := len(tokenCopies[t]); n > 1 {
+		if n := len(c.tokenCopies[t]); n > 1 {
 			if m.maybeTwice {
 				r.RedeliveredExplained++
 				why := "a delivery without a clear reply"
-				if log != nil {
-					why = fmt.Sprint(reasons(log.Attempts(m.qid)))
+				if c.log != nil {
+					why = fmt.Sprint(reasons(c.log.Attempts(m.qid)))
 				}
 				r.Notes = append(r.Notes, fmt.Sprintf("message %s (%s) stored %d times: resent after %s", t, m.qid, n, why))
 			} else {
 				r.Doubled++
-				r.problem("message %s (%s) stored %d times (%v) but sent once", t, m.qid, n, keys(tokenCopies[t]))
+				r.problem("message %s (%s) stored %d times (%v) but sent once", t, m.qid, n, keys(c.tokenCopies[t]))
 			}
 		}
 	}
-	for t := range tokenCopies {
-		if _, ok := msgs[t]; !ok {
+	for t := range c.tokenCopies {
+		if _, ok := c.msgs[t]; !ok {
 			r.Corrupt++
 			r.problem("token %s retrieved but never submitted", t)
 		}
 	}
-	return r
 }
 
 func reasons(as []Attempt) []string {

@@ -1,0 +1,270 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/store/failure"
+)
+
+// Staged is a message written durably once into a tmp/ directory, ready to
+// be published into one or more Maildirs. Discard must be called when done.
+// A Staged is used by one goroutine at a time.
+type Staged struct {
+	s *Store
+	// place is where the staged file was written (a recipient's tmp/ or
+	// the spool) and who was meant to own it; Restage writes there too.
+	place tmpPlace
+	// src is the file recipients are linked from: the tmp/ file, or, after
+	// a rename fallback consumed it, the published file in new/.
+	src     string
+	srcInfo Info
+	inTmp   bool // src is still in tmp/ and must be removed by Discard
+	// noLinks is set once the filesystem refused a hard link (EPERM), so
+	// later recipients get copies without trying again.
+	noLinks        bool
+	base           string
+	size, crlfSize int64
+	// uid and gid own the file when owned is true. A spool file whose
+	// chown failed is owned by nobody in particular: with chowning on,
+	// every recipient then gets its own copy.
+	uid, gid int
+	owned    bool
+	// links is how many links to src this Staged has made (and not taken
+	// back): src's link count is srcInfo.Nlink + links, since nobody else
+	// knows the file's name. ackedLinks is how many of them were answered
+	// as delivered.
+	links, ackedLinks uint64
+	// published maps a cleaned Maildir path to the delivery already made
+	// there from this message without a prefix: a second recipient with the
+	// same Maildir (user+a and user+b, aliases) gets the same answer instead
+	// of a second link, a second quota charge, or a withdrawal of a file the
+	// first was answered for.
+	published map[string]Delivery
+	// extra are recipients' pins src came to depend on (the rename
+	// fallback publishes the staged file itself through one). Discard
+	// releases them with place.pin.
+	extra []*maildirPin
+}
+
+// Size is the staged message's size in bytes.
+func (st *Staged) Size() int64 { return st.size }
+
+// Stage writes r durably into mb's tmp/ (creating the Maildir if needed).
+// The returned Staged holds the file; nothing is visible in new/ yet. An
+// error from r (a client gone mid-DATA, a size limit) fails the stage and
+// removes the file; a *failure.Error from r is passed through as it is.
+func (s *Store) Stage(mb Mailbox, r io.Reader) (*Staged, error) {
+	if err := s.CheckMount(); err != nil {
+		return nil, err
+	}
+	pinned, err := s.pinMaildir(mb, "tmp", "new")
+	if err != nil {
+		return nil, err
+	}
+	defer pinned.release()
+	return s.writeTmp(mailboxTmp(pinned), r)
+}
+
+// StageFor writes r durably once for recipients (at least one), where no
+// single recipient's trouble can fail the others: with one recipient in
+// its own tmp/ (as Stage; its trouble is its own), with several in the
+// spool under the mail root, which belongs to none of them (a Maildir path
+// that is a file, a filer quota for one user, an I/O error in one
+// directory then answer only for that recipient, at Deliver). With
+// chowning on, the spool file is given to the first recipient's owner
+// after it is written, so that recipients with that owner get hard links;
+// when that chown fails (the filer's quota for that owner), the file stays
+// unowned and every recipient gets a copy in its own tmp/.
+func (s *Store) StageFor(recipients []Mailbox, r io.Reader) (*Staged, error) {
+	switch len(recipients) {
+	case 0:
+		return nil, errors.New("store: StageFor without recipients")
+	case 1:
+		return s.Stage(recipients[0], r)
+	}
+	if err := s.CheckMount(); err != nil {
+		return nil, err
+	}
+	first := recipients[0]
+	spool, err := s.pinSpool()
+	if err != nil {
+		return nil, err
+	}
+	defer spool.release()
+	st, err := s.writeTmp(tmpPlace{
+		pin: spool, dir: spool.subs["tmp"].Path(), name: filepath.Join(s.spoolDir(), "tmp"),
+		uid: first.UID, gid: first.GID, spool: true,
+	}, r)
+	if err != nil {
+		return nil, err
+	}
+	s.SweepInPassing(s.spoolDir())
+	return st, nil
+}
+
+func (s *Store) newBase() string {
+	return uniqueBase(s.now(), s.pid, s.counter.Add(1), s.host)
+}
+
+// tmpPlace is where writeTmp makes its file and who is to own it.
+type tmpPlace struct {
+	// pin holds the tmp/ directory open (pin.go); each Staged written
+	// there holds a reference to it until Discard.
+	pin *maildirPin
+	// dir names the tmp/ directory through pin, for the FS methods; name
+	// is its path, for messages.
+	dir, name string
+	// maildir is the cleaned path of the Maildir this tmp/ belongs to;
+	// "" for the spool.
+	maildir  string
+	uid, gid int // owner when chowning; -1 leaves it
+	// spool marks the shared spool: its owner is a preference (for hard
+	// links), not a requirement.
+	spool bool
+}
+
+// mailboxTmp is the tmp/ of mb (pinned with tmp), owned by mb's owner.
+func mailboxTmp(mb Mailbox) tmpPlace {
+	return tmpPlace{
+		pin: mb.pin, dir: mb.at("tmp"), name: filepath.Join(mb.Path, "tmp"),
+		maildir: filepath.Clean(mb.Path), uid: mb.UID, gid: mb.GID,
+	}
+}
+
+// writeTmp is step 2 of the algorithm: O_EXCL create in place's tmp/,
+// write, fsync, checked close. On any error the tmp file is removed.
+func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
+	f, base, tmpPath, err := s.createTmp(place)
+	if err != nil {
+		return nil, s.classify("create tmp file", err)
+	}
+	closed := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		if !closed {
+			f.Close()
+		}
+		if rerr := s.fs.Remove(tmpPath); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
+			s.log.Warn("could not remove tmp file after a failed delivery", "path", filepath.Join(place.name, base), "err", rerr)
+		}
+	}()
+	wantOwner := s.chown && (place.uid >= 0 || place.gid >= 0)
+	if wantOwner && !place.spool {
+		if err = f.Chown(place.uid, place.gid); err != nil {
+			return nil, s.classify("chown tmp file", err)
+		}
+	}
+	var cnt crlfCounter
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			cnt.add(buf[:n])
+			if _, werr := f.Write(buf[:n]); werr != nil {
+				return nil, s.classify("write", werr)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			var fe *failure.Error
+			if errors.As(rerr, &fe) {
+				return nil, rerr
+			}
+			return nil, failure.Temp("read message", "message not received completely", rerr)
+		}
+	}
+	owned := true
+	if wantOwner && place.spool {
+		// Chown only now that the data is written: a filer quota counts
+		// the file against its owner, and a write charged to the first
+		// recipient would let that recipient's quota fail everyone. The
+		// fsync below makes the new owner durable with the data.
+		if cerr := f.Chown(place.uid, place.gid); cerr != nil {
+			owned = false
+			s.log.Warn("could not give the spooled message to the first recipient's owner; every recipient gets a copy",
+				"path", filepath.Join(place.name, base), "uid", place.uid, "gid", place.gid, "err", cerr)
+		}
+	}
+	info, err := f.Stat()
+	if err != nil {
+		return nil, s.classify("fstat", err)
+	}
+	syncStart := time.Now()
+	err = f.Sync()
+	s.obs.Fsync("file", time.Since(syncStart))
+	if err != nil {
+		return nil, s.classify("fsync", err)
+	}
+	closed = true
+	if err = f.Close(); err != nil {
+		return nil, s.classify("close", err)
+	}
+	place.pin.retain()
+	return &Staged{
+		s: s, place: place, src: tmpPath, srcInfo: info, inTmp: true,
+		base: base, size: cnt.size, crlfSize: cnt.pop3Size(),
+		uid: place.uid, gid: place.gid, owned: owned,
+	}, nil
+}
+
+// createTmp creates a fresh file in place.dir with O_EXCL.
+func (s *Store) createTmp(place tmpPlace) (f File, base, tmpPath string, err error) {
+	for attempt := 0; ; attempt++ {
+		base = s.newBase()
+		tmpPath = filepath.Join(place.dir, base)
+		err = s.retryStale(func() error {
+			var oerr error
+			f, oerr = s.fs.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			return oerr
+		})
+		// EEXIST: another process holds this name (clock stepped back
+		// and pid reused); take a fresh name.
+		if isErrno(err, syscall.EEXIST) && attempt < 3 {
+			continue
+		}
+		return f, base, tmpPath, err
+	}
+}
+
+// Restage writes, once, a new staged copy of the message with prefix
+// before it, where the message itself was staged (the only recipient's
+// tmp/, or the spool, with the same owner rule): for a header every
+// recipient shares (a virus scan verdict), so that the copy is written
+// once and hard-linked to each recipient like the original. The caller
+// discards both.
+func (st *Staged) Restage(prefix []byte) (*Staged, error) {
+	s := st.s
+	f, err := s.fs.OpenFile(st.src, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, s.classify("open staged message", err)
+	}
+	defer f.Close()
+	return s.writeTmp(st.place, io.MultiReader(bytes.NewReader(prefix), f))
+}
+
+// Discard removes the staged tmp/ file. Call it once every recipient has
+// been delivered (or has failed). An error is logged, not returned: the
+// message is already safe in new/ and the sweeper removes leftovers.
+func (st *Staged) Discard() {
+	defer st.releasePins()
+	if !st.inTmp {
+		return
+	}
+	st.inTmp = false
+	err := st.s.retryStale(func() error { return st.s.fs.Remove(st.src) })
+	if err != nil && !isErrno(err, syscall.ENOENT) {
+		st.s.log.Warn("could not remove staged tmp file; the sweeper will", "path", filepath.Join(st.place.name, st.base), "err", err)
+	}
+}
