@@ -33,6 +33,11 @@ declare -A NEED=(
   [haproxy]=haproxy
   [debootstrap]=debootstrap
   [systemd-analyze]=systemd
+  [gpg]=gpg
+  [gpgv]=gpgv
+  [dpkg-scanpackages]=dpkg-dev
+  [createrepo_c]=createrepo-c
+  [mkfs.ext4]=e2fsprogs
 )
 
 # Packages that provide no program of their own to look for.
