@@ -3,6 +3,8 @@ package lab
 import (
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -24,6 +26,9 @@ import (
 var SystemdPackages = []string{
 	"systemd", "systemd-sysv", "udev", "kmod", "dbus", "procps", "iproute2",
 	"postfix", "nfs-common", "ca-certificates", "curl", "openssl", "gpgv",
+	// For the step that turns scanning on; it stays off (and clamd
+	// stopped) until then, as on a machine without it.
+	"clamav-daemon",
 }
 
 // bootModules find and mount the root disk; the rest comes from the image.
@@ -71,7 +76,9 @@ func (l *Lab) PrepareSystemdImage(ctx context.Context) (*SystemdImage, error) {
 		return nil, err
 	}
 	suite, mirror := debianSuiteMirror()
-	root := filepath.Join(l.opts.CacheDir, "systemd-root-"+suite+"-"+boot.KernelVersion)
+	// The cache is keyed by what goes in: suite, kernel, packages.
+	key := sha256.Sum256([]byte(strings.Join(SystemdPackages, ",")))
+	root := filepath.Join(l.opts.CacheDir, "systemd-root-"+suite+"-"+boot.KernelVersion+"-"+hex.EncodeToString(key[:4]))
 	img := &SystemdImage{Root: root, Initramfs: filepath.Join(l.Dir, "boot-initramfs.gz")}
 	if !fileExists(filepath.Join(root, ".complete")) {
 		unlock, err := lockFile(root + ".lock")
@@ -239,6 +246,16 @@ func writeLabUnits(root string) error {
 		if err := os.Symlink(target, p); err != nil {
 			return err
 		}
+	}
+	// clamd is off until the scanning step starts it, freshclam never
+	// runs (no network: the step brings its own one-signature database).
+	for _, unit := range []string{"clamav-daemon.service", "clamav-daemon.socket", "clamav-freshclam.service"} {
+		for _, wants := range []string{"multi-user.target.wants", "sockets.target.wants"} {
+			os.Remove(filepath.Join(root, "etc/systemd/system", wants, unit))
+		}
+	}
+	if err := os.Symlink("/dev/null", filepath.Join(root, "etc/systemd/system/clamav-freshclam.service")); err != nil && !os.IsExist(err) {
+		return err
 	}
 	// No Debian mirror is reachable from the lab network: the only
 	// source is the nfsdrop repository the test adds.

@@ -153,10 +153,14 @@ func (v *VM) Start(ctx context.Context) error {
 	if v.proc != nil && !v.proc.Exited() {
 		return fmt.Errorf("lab: %s already running", v.Host)
 	}
-	for _, s := range []string{v.Host, v.Config.MountOpts, v.Config.Script, v.Config.Append} {
+	for _, s := range []string{v.Host, v.Config.MountOpts, v.Config.Script} {
 		if strings.ContainsAny(s, " \t\n\"") {
 			return fmt.Errorf("lab: %s: %q: no spaces or quotes on the kernel command line", v.Host, s)
 		}
+	}
+	// Append may hold several parameters, separated by spaces.
+	if strings.ContainsAny(v.Config.Append, "\t\n\"") {
+		return fmt.Errorf("lab: %s: %q: no quotes on the kernel command line", v.Host, v.Config.Append)
 	}
 	l := v.lab
 	if err := l.Net.AddTap(ctx, v.Tap); err != nil {
