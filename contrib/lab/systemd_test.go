@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
 )
 
 // TestSystemdVM is the short run of RunSystemd (what CI runs): a Debian
@@ -18,6 +20,14 @@ import (
 func TestSystemdVM(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
+	for _, prog := range []string{"debootstrap", "mkfs.ext4"} {
+		if _, err := lookPath(prog); err != nil {
+			if testenv.CI() {
+				t.Fatalf("%s missing (./test.sh installs it)", prog)
+			}
+			t.Skipf("%s missing", prog)
+		}
+	}
 	l := newTestLab(t, ctx)
 	rep, err := RunSystemd(ctx, l, SystemdOptions{})
 	if rep != nil {

@@ -41,11 +41,15 @@ func (r *systemdRun) steps(ctx context.Context) {
 		}
 		return f[0] + " " + f[1], nil
 	})
-	r.step("apt-get install nfsdrop (previous version) from the signed repository", func() (string, error) {
+	install := "nfsdrop"
+	if r.o.Long {
+		install += "=" + r.o.PreviousVersion + "-1"
+	}
+	r.step("apt-get install "+install+" from the signed repository", func() (string, error) {
 		repo := "http://" + ClientAddr + sdRepo
 		cmd := "curl -fsS " + repo + "/apt/nfsdrop-archive-keyring.gpg -o /etc/apt/keyrings/nfsdrop.gpg && " +
 			"echo 'deb [signed-by=/etc/apt/keyrings/nfsdrop.gpg] " + repo + "/apt stable main' >/etc/apt/sources.list.d/nfsdrop.list && " +
-			"apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q -y install nfsdrop=" + r.o.PreviousVersion + "-1"
+			"apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q -y install " + install
 		_, err := r.sh(ctx, "mkdir -p /etc/apt/keyrings && "+cmd)
 		if err != nil {
 			return "", err
@@ -98,9 +102,16 @@ func (r *systemdRun) steps(ctx context.Context) {
 		}
 		return r.sh(ctx, "systemctl is-active nfsdrop-lmtp.service")
 	})
-	r.step("systemctl status shows the daemon's STATUS=", func() (string, error) {
+	r.step("systemctl status shows the daemon's STATUS=; metrics answer", func() (string, error) {
 		out, err := r.sh(ctx, "systemctl status --no-pager nfsdrop-lmtp.service | grep 'Status:'")
-		return out, err
+		if err != nil {
+			return out, err
+		}
+		// The daemon's own listener, inside IPAddressAllow=localhost.
+		if m, err := r.sh(ctx, "curl -fsS --max-time 30 http://127.0.0.1:9325/metrics | grep -c '^nfsdrop_'"); err != nil {
+			return m, fmt.Errorf("metrics: %w", err)
+		}
+		return out, nil
 	})
 	r.step("POP3 (110) and POP3S (995) through their sockets, with curl", func() (string, error) {
 		cmds := []string{

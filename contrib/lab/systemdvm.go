@@ -167,7 +167,11 @@ func (r *systemdRun) prepare(ctx context.Context) error {
 	l := r.l
 	if r.o.Dist == "" {
 		r.o.Dist = filepath.Join(l.Dir, "dist")
-		if err := BuildPackages(ctx, r.o.Dist, r.o.PreviousVersion, l.logf); err != nil {
+		previous := r.o.PreviousVersion
+		if !r.o.Long {
+			previous = "" // nothing to upgrade from in the short run
+		}
+		if err := BuildPackages(ctx, r.o.Dist, previous, l.logf); err != nil {
 			return err
 		}
 	}
@@ -243,13 +247,17 @@ func (r *systemdRun) boot(ctx context.Context, took *time.Duration) error {
 	return nil
 }
 
-// BuildPackages runs packaging/build.sh into dist twice: this version
-// (the file VERSION) and previous (the same code, an older version
-// number), so that the repositories offer an upgrade.
+// BuildPackages runs packaging/build.sh into dist: previous (the same
+// code, an older version number, unless ""), so that the repositories
+// offer an upgrade, then this version (the file VERSION).
 func BuildPackages(ctx context.Context, dist, previous string, logf func(string, ...any)) error {
 	build := filepath.Join(RepoRoot(), "packaging", "build.sh")
-	logf("building the packages (%s and this version) into %s", previous, dist)
-	for _, env := range [][]string{{"NFSDROP_VERSION=" + previous}, nil} {
+	logf("building the packages (%q and this version) into %s", previous, dist)
+	builds := [][]string{nil}
+	if previous != "" {
+		builds = [][]string{{"NFSDROP_VERSION=" + previous}, nil}
+	}
+	for _, env := range builds {
 		cmd := exec.CommandContext(ctx, "bash", build, "-o", dist)
 		cmd.Env = append(os.Environ(), env...)
 		if out, err := cmd.CombinedOutput(); err != nil {
