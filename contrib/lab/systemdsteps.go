@@ -156,7 +156,7 @@ func (r *systemdRun) steps(ctx context.Context) {
 			// clamav-daemon.service wants main.cvd, hence the drop-in.
 			"printf '%s' '" + eicar + "' >/tmp/eicar.txt && echo \"Test.EICAR:0:*:$(od -An -tx1 -v /tmp/eicar.txt | tr -d ' \\n')\" >/var/lib/clamav/test.ndb",
 			"mkdir -p /etc/systemd/system/clamav-daemon.service.d && printf '[Unit]\\nConditionPathExistsGlob=\\n' >/etc/systemd/system/clamav-daemon.service.d/lab.conf",
-			"systemctl daemon-reload && systemctl start clamav-daemon.service",
+			"systemctl daemon-reload && systemctl enable --now clamav-daemon.service",
 			"for i in $(seq 1 120); do test -S /run/clamav/clamd.ctl && break; sleep 1; done; test -S /run/clamav/clamd.ctl",
 			"sed -i '/^\\[scan\\]/,/^\\[/ s/^enabled = false/enabled = true/' /etc/nfsdrop/nfsdrop.toml && nfsdrop check && systemctl reload nfsdrop-lmtp.service",
 		}
