@@ -34,6 +34,11 @@ declare -A NEED=(
   [debootstrap]=debootstrap
   [systemd-analyze]=systemd
   [dovecot]=dovecot-imapd
+  [gpg]=gpg
+  [gpgv]=gpgv
+  [dpkg-scanpackages]=dpkg-dev
+  [createrepo_c]=createrepo-c
+  [mkfs.ext4]=e2fsprogs
 )
 
 # Packages that provide no program of their own to look for.

@@ -6,13 +6,26 @@
 # writes DIR/nfsdrop_VERSION_amd64.deb and DIR/nfsdrop-VERSION-1.x86_64.rpm
 # (DIR defaults to dist/ at the top of the repository) and prints their
 # paths. VERSION is $NFSDROP_VERSION when set, the tag vX.Y.Z when HEAD is
-# tagged, and otherwise 0.0.0~gitYYYYMMDD.COMMIT. Needs Go and the Go module
-# proxy (nfpm runs with `go run` at a pinned version); nothing is installed.
+# tagged, and otherwise the file VERSION at the top of the repository. The
+# packages' changelog is packaging/changelog.yaml (one entry per release),
+# with an entry for this build on top when its version has none there.
+#
+# It then makes two package repositories of every package in DIR (so a
+# DIR that holds several versions gives repositories to upgrade from):
+# DIR/apt (dists/stable/main, Release signed as Release.gpg and InRelease,
+# the public key as nfsdrop-archive-keyring.gpg) and DIR/yum (createrepo_c,
+# repodata/repomd.xml.asc, the public key as RPM-GPG-KEY-nfsdrop). They are
+# signed with the key NFSDROP_SIGNING_KEY names in the caller's gpg keyring;
+# without it, with a throwaway test key generated once into
+# DIR/test-signing-key.asc (never publish that one). Needs Go and the Go
+# module proxy (nfpm is installed at a pinned version), gpg, dpkg-dev
+# (dpkg-scanpackages) and createrepo-c; NFSDROP_REPOS=no skips the
+# repositories.
 #
 # Environment: NFSDROP_VERSION, NFSDROP_COMMIT (default: git), NFSDROP_MAINTAINER,
 # NFSDROP_LICENSE, NFSDROP_BINARY (package this prebuilt binary instead
-# of building one; tests use it), SOURCE_DATE_EPOCH (default: the commit's
-# time, for reproducible packages).
+# of building one; tests use it), NFSDROP_SIGNING_KEY, NFSDROP_REPOS,
+# SOURCE_DATE_EPOCH (default: the commit's time, for reproducible packages).
 set -euo pipefail
 
 NFPM_MODULE=github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
@@ -48,7 +61,7 @@ if [ -z "$version" ]; then
 	if tag="$(git describe --tags --exact-match --match 'v[0-9]*' 2>/dev/null)"; then
 		version="${tag#v}"
 	else
-		version="0.0.0~git$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d).${commit%%-*}"
+		version="$(tr -d ' \t\n' <VERSION)"
 	fi
 fi
 case "$version" in
@@ -96,7 +109,9 @@ install -m 0644 contrib/postfix/* "$stage/doc/examples/postfix/"
 install -m 0644 contrib/haproxy/* "$stage/doc/examples/haproxy/"
 # Debian wants documentation larger than 4 kB compressed.
 find "$stage/doc" -type f -name '*.md' -size +4k -exec gzip -9n {} +
-cat >"$stage/changelog.yaml" <<CHANGELOG
+# The releases' entries, after one for this build unless it is a release.
+if ! grep -qxF -- "- semver: $version" packaging/changelog.yaml; then
+	cat >"$stage/changelog.yaml" <<CHANGELOG
 - semver: $version
   date: $(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
   packager: $NFSDROP_MAINTAINER
@@ -107,6 +122,8 @@ cat >"$stage/changelog.yaml" <<CHANGELOG
     - commit: $commit
       note: Package built from commit $commit.
 CHANGELOG
+fi
+grep -v '^#' packaging/changelog.yaml >>"$stage/changelog.yaml"
 
 # 4. The packages.
 deb="$out/nfsdrop_${version}_amd64.deb"
@@ -124,3 +141,7 @@ nfpm package --config "$here/nfpm.yaml" --packager deb --target "$deb" >&2
 nfpm package --config "$here/nfpm.yaml" --packager rpm --target "$rpm" >&2
 echo "$deb"
 echo "$rpm"
+cd "$repo"
+if [ "${NFSDROP_REPOS:-yes}" != no ]; then
+	bash "$here/repos.sh" "$out" >&2
+fi

@@ -23,8 +23,20 @@ import (
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
+// testVersion is the version build.sh gives the packages when neither
+// NFSDROP_VERSION nor a tag on HEAD says otherwise: the file VERSION.
+var testVersion = releaseVersion()
+
+// releaseVersion reads the file VERSION at the top of the repository.
+func releaseVersion() string {
+	data, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "VERSION"))
+	if err != nil {
+		panic(err)
+	}
+	return strings.TrimSpace(string(data))
+}
+
 const (
-	testVersion = "1.2.3~test"
 	testCommit  = "0123456789ab"
 	mailDomain  = "example.org"
 	mailUser    = "alice@example.org"
@@ -71,7 +83,9 @@ func packages(t testing.TB) *built {
 	buildOnce.Do(func() {
 		out := filepath.Join(scratch, "dist")
 		cmd := exec.Command("bash", filepath.Join(testenv.RepoRoot(), "packaging", "build.sh"), "-o", out)
-		cmd.Env = append(os.Environ(), "NFSDROP_VERSION="+testVersion, "NFSDROP_COMMIT="+testCommit)
+		// No NFSDROP_VERSION: the version comes from the file VERSION,
+		// as in a release build.
+		cmd.Env = append(os.Environ(), "NFSDROP_COMMIT="+testCommit)
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		stdout, err := cmd.Output()

@@ -34,6 +34,18 @@
 //
 //	go run ./cmd/nfsdrop-lab -scaling -vms 3
 //
+// With -systemd it boots one Debian machine the way a server boots
+// (contrib/lab RunSystemd): a debootstrap root with systemd as PID 1,
+// Postfix and the NFS client on an ext4 image (cached in -cache), its mail
+// root an NFS mount in /etc/fstab; it installs nfsdrop with apt-get from
+// the repository packaging/build.sh makes, and checks socket activation,
+// STATUS=, POP3/POP3S, reload, the watchdog, restart and stop/start and an
+// upgrade under a stream of Postfix mail, the sweeper, a reboot, purge,
+// systemd-analyze security and the journal. -systemd-short leaves out the
+// slow steps (what CI runs); -dist uses packages already built.
+//
+//	go run ./cmd/nfsdrop-lab -systemd
+//
 // It needs root; missing Debian packages (qemu-system-x86, nfs-ganesha,
 // nfs-ganesha-vfs, rpcbind, iproute2) are installed unless -install=false.
 // The kernel and busybox are downloaded (not installed) into -cache.
@@ -72,6 +84,9 @@ func run() int {
 	scaling := flag.Bool("scaling", false, "measure rates and NFS calls per delivery and per login with 1..-vms VMs, and mount option variants")
 	variants := flag.String("variants", "", "with -scaling: mount option sets to compare, separated by ';' (default: "+lab.DefaultMountOpts+" plain, with actimeo=0, lookupcache=positive, nocto); \"none\" for none")
 	binary := flag.String("nfsdrop", "", "static nfsdrop binary to run in the VMs (default: build ./cmd/nfsdrop with CGO_ENABLED=0)")
+	systemdRun := flag.Bool("systemd", false, "boot a Debian machine with systemd as PID 1, install nfsdrop from the APT repository and check it end to end")
+	systemdShort := flag.Bool("systemd-short", false, "with -systemd: only the quick steps (no watchdog, restarts, upgrade, reboot, purge)")
+	dist := flag.String("dist", "", "with -systemd: directory with packages and repositories from packaging/build.sh (default: build them)")
 	flag.Parse()
 	given := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -120,6 +135,18 @@ func run() int {
 		}
 	}()
 	logf("lab %s: namespaces %s %s %s", l.ID, l.Net.Switch, l.Net.Server, l.Net.Client)
+
+	if *systemdRun {
+		r, err := lab.RunSystemd(ctx, l, lab.SystemdOptions{Dist: *dist, Long: !*systemdShort})
+		if err != nil {
+			return fail(ctx, err)
+		}
+		fmt.Print(r)
+		if r.Failed() {
+			return 1
+		}
+		return 0
+	}
 
 	if *scaleout || *scaling {
 		var rep interface{ String() string }

@@ -42,6 +42,10 @@ type VMConfig struct {
 	Append string
 	// QemuArgs are added to qemu's arguments.
 	QemuArgs []string
+	// Initramfs replaces the lab's initramfs (a systemd VM's boot one).
+	Initramfs string
+	// Disk is a raw disk image attached as /dev/vda (virtio).
+	Disk string
 }
 
 // DefaultMountOpts mounts NFSv3 over TCP without NLM locks.
@@ -149,10 +153,14 @@ func (v *VM) Start(ctx context.Context) error {
 	if v.proc != nil && !v.proc.Exited() {
 		return fmt.Errorf("lab: %s already running", v.Host)
 	}
-	for _, s := range []string{v.Host, v.Config.MountOpts, v.Config.Script, v.Config.Append} {
+	for _, s := range []string{v.Host, v.Config.MountOpts, v.Config.Script} {
 		if strings.ContainsAny(s, " \t\n\"") {
 			return fmt.Errorf("lab: %s: %q: no spaces or quotes on the kernel command line", v.Host, s)
 		}
+	}
+	// Append may hold several parameters, separated by spaces.
+	if strings.ContainsAny(v.Config.Append, "\t\n\"") {
+		return fmt.Errorf("lab: %s: %q: no quotes on the kernel command line", v.Host, v.Config.Append)
 	}
 	l := v.lab
 	if err := l.Net.AddTap(ctx, v.Tap); err != nil {
@@ -162,6 +170,10 @@ func (v *VM) Start(ctx context.Context) error {
 		v.logOffset = fi.Size()
 	}
 	a := l.Assets
+	initrd := l.Initramfs
+	if v.Config.Initramfs != "" {
+		initrd = v.Config.Initramfs
+	}
 	argv := []string{
 		"ip", "netns", "exec", l.Net.Switch,
 		"qemu-system-x86_64",
@@ -170,11 +182,16 @@ func (v *VM) Start(ctx context.Context) error {
 		"-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "1",
 		"-m", strconv.Itoa(v.Config.MemMB),
 		"-nographic", "-no-reboot",
-		"-kernel", a.Kernel, "-initrd", l.Initramfs,
+		"-kernel", a.Kernel, "-initrd", initrd,
 		"-netdev", "tap,id=n0,ifname=" + v.Tap + ",script=no,downscript=no",
 		"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=52:54:00:77:00:%02x,romfile=", 10+v.Config.N),
 		"-device", "virtio-rng-pci",
 		"-append", v.cmdline(),
+	}
+	if v.Config.Disk != "" {
+		// cache=unsafe: the image is thrown away after the run, and
+		// what the guest wrote is in the file once qemu exits.
+		argv = append(argv, "-drive", "file="+v.Config.Disk+",if=virtio,format=raw,cache=unsafe")
 	}
 	argv = append(argv, v.Config.QemuArgs...)
 	p, err := l.start("qemu-"+v.Host, v.Log, argv...)

@@ -49,3 +49,18 @@ func TestContribExample(t *testing.T) {
 		}
 	}
 }
+
+// TestContribExampleNeedsNoClamd: the example is the file the packages
+// install as /etc/nfsdrop/nfsdrop.toml, and the packages neither depend on
+// nor recommend clamd. With scanning on, a fresh install answered every
+// delivery with 451 4.7.1 until someone installed clamd; scanning stays off
+// until the administrator turns it on.
+func TestContribExampleNeedsNoClamd(t *testing.T) {
+	c, err := Load(contribPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Scan.Enabled {
+		t.Errorf("%s: scan.enabled = true, but the packages do not install clamd", contribPath)
+	}
+}
