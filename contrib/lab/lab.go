@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
 )
 
 // Options configures a lab.
@@ -219,7 +221,7 @@ type Proc struct {
 
 	process *os.Process
 	done    <-chan struct{}
-	err     error
+	exit    *testenv.Exit // nil for an adopted process
 	started time.Time
 	// target, when not 0, is the process that signals go to: the child
 	// that nsenter or unshare --fork started (see followChild).
@@ -240,27 +242,12 @@ func (l *Lab) start(name, logPath string, argv ...string) (*Proc, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout = lf
 	cmd.Stderr = lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	done := make(chan struct{})
-	p := &Proc{Name: name, Cmd: cmd, Log: logPath, done: done}
-	// Pdeathsig fires when the thread that forked exits: fork from a
-	// locked thread that lives as long as the goroutine waiting below.
-	started := make(chan error)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		p.process, p.started = cmd.Process, time.Now()
-		started <- nil
-		p.err = cmd.Wait()
-		close(done)
-	}()
-	if err := <-started; err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	exit, err := testenv.StartTied(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("lab: start %s: %w", name, err)
 	}
+	p := &Proc{Name: name, Cmd: cmd, Log: logPath, process: cmd.Process, done: exit.Done(), exit: exit, started: time.Now()}
 	l.track(p)
 	return p, nil
 }
@@ -339,7 +326,10 @@ func (p *Proc) Done() <-chan struct{} { return p.done }
 func (p *Proc) Wait(ctx context.Context) error {
 	select {
 	case <-p.done:
-		return p.err
+		if p.exit == nil {
+			return nil
+		}
+		return p.exit.Err()
 	case <-ctx.Done():
 		return ctx.Err()
 	}

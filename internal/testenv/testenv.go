@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -157,4 +158,48 @@ func Contains(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// Exit reports the end of a process started by StartTied.
+type Exit struct {
+	done chan struct{}
+	err  error
+}
+
+// Done is closed when the process has ended.
+func (e *Exit) Done() <-chan struct{} { return e.done }
+
+// Err is cmd.Wait's error; valid once Done is closed.
+func (e *Exit) Err() error { return e.err }
+
+// StartTied starts cmd tied to this process: the kernel kills it
+// (SIGKILL) when this process dies, so that a killed test, benchmark or
+// lab leaves no daemon holding its ports. A goroutine waits for it.
+//
+// The parent-death signal fires when the thread that forked exits, not
+// the process: the fork happens on a locked OS thread that lives as long
+// as the goroutine waiting for the child. (It does not survive a change
+// of user: a program started through setpriv needs its --pdeathsig.)
+func StartTied(cmd *exec.Cmd) (*Exit, error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	e := &Exit{done: make(chan struct{})}
+	started := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		e.err = cmd.Wait()
+		close(e.done)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return e, nil
 }

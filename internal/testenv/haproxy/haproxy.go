@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -68,7 +67,7 @@ type Instance struct {
 
 	ownDir  bool // Close removes Dir
 	process *os.Process
-	exited  chan struct{}
+	exited  <-chan struct{} // closed when HAProxy has ended; nil before start
 	mu      sync.Mutex
 	stopped bool
 }
@@ -119,7 +118,7 @@ func StartT(t testing.TB, opts Options) *Instance {
 
 // newInstance makes the directory and writes the configuration.
 func newInstance(opts Options) (*Instance, error) {
-	in := &Instance{Dir: opts.Dir, LogFile: opts.LogFile, exited: make(chan struct{})}
+	in := &Instance{Dir: opts.Dir, LogFile: opts.LogFile}
 	if in.Dir == "" {
 		dir, err := os.MkdirTemp("/tmp", "haproxy")
 		if err != nil {
@@ -156,8 +155,7 @@ func (in *Instance) run(ctx context.Context, opts Options, haproxy string) error
 
 // start runs argv with its output appended to LogFile. HAProxy gets its
 // own process group (a terminal's Ctrl-C reaches only the caller, which
-// stops it in order) and SIGKILL when the caller dies (Pdeathsig), so a
-// killed test or lab leaves no HAProxy holding its ports.
+// stops it in order) and SIGKILL when the caller dies (testenv.StartTied).
 func (in *Instance) start(argv []string) error {
 	logf, err := os.OpenFile(in.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -166,25 +164,12 @@ func (in *Instance) start(argv []string) error {
 	defer logf.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	// Pdeathsig fires when the thread that forked exits: fork from a
-	// locked thread that lives as long as the goroutine waiting below.
-	started := make(chan error)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-		close(in.exited)
-	}()
-	if err := <-started; err != nil {
-		close(in.exited)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	exit, err := testenv.StartTied(cmd)
+	if err != nil {
 		return fmt.Errorf("starting %s: %w", strings.Join(argv, " "), err)
 	}
+	in.exited = exit.Done()
 	in.mu.Lock()
 	in.process = cmd.Process
 	in.mu.Unlock()
