@@ -8,6 +8,7 @@
 package testenv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // CI reports whether the tests run under CI (CI=true).
@@ -202,4 +204,20 @@ func StartTied(cmd *exec.Cmd) (*Exit, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// StartPeerT is the body of each peer's StartT: start (a peer's plain-Go
+// Start) under a deadline of timeout, an error fails the test, and the
+// test's clean-up runs stop. Each StartT checks Require (and RequireRoot)
+// first, so that a missing program skips rather than fails outside CI.
+func StartPeerT[P any](t testing.TB, timeout time.Duration, start func(context.Context) (P, error), stop func(P)) P {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	peer, err := start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stop(peer) })
+	return peer
 }

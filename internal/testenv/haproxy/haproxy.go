@@ -106,14 +106,8 @@ func Start(ctx context.Context, opts Options) (*Instance, error) {
 func StartT(t testing.TB, opts Options) *Instance {
 	t.Helper()
 	testenv.Require(t, Package, "haproxy")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	in, err := Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(in.Close)
-	return in
+	start := func(ctx context.Context) (*Instance, error) { return Start(ctx, opts) }
+	return testenv.StartPeerT(t, time.Minute, start, (*Instance).Close)
 }
 
 // newInstance makes the directory and writes the configuration.
