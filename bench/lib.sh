@@ -1,10 +1,10 @@
 # shellcheck shell=bash
 # Shared by bench/lmtp.sh, bench/pop3.sh and bench/lmtp-variants.sh: the
 # start (root, packages, mail user), the work directory and its cleanup, the
-# build of nfsdrop and a load driver, waiting for a listener, counting the
-# delivered files, a private Dovecot's common configuration and the
-# machine lines of the report. Source it after `set -euo pipefail` and
-# `cd` to the repository:
+# build of nfsdrop and a load driver, waiting for a listener, private slapd
+# and clamd peers (bench_peer), counting the delivered files, a private
+# Dovecot's common configuration and the machine lines of the report.
+# Source it after `set -euo pipefail` and `cd` to the repository:
 #
 #   . bench/lib.sh
 #   bench_init lmtp.sh
@@ -142,6 +142,32 @@ bench_wait_port() {
     sleep 0.1
   done
   die "$name does not listen on port $port"
+}
+
+# bench_peer NAME [FLAGS]: starts a private slapd or clamd through
+# `$LOAD peer NAME FLAGS` (internal/testenv's Start: the integration
+# tests' set-up) and evaluates the assignments it prints (SLAPD_PID,
+# LDAP_URI, ... or CLAMD_PID, CLAMD_SOCK, ...; see bench/load). Its
+# standard input is a FIFO this shell holds open, so that it stops its
+# peer when the script ends even without the cleanup (which sends it
+# SIGTERM through PIDS); either way the peer is killed by its PID.
+bench_peer() {
+  local name=$1 fifo=$T/peer-$1.in env=$T/peer-$1.env err=$T/peer-$1.err pid fd
+  shift
+  mkfifo "$fifo"
+  "$LOAD" peer "$name" "$@" <"$fifo" >"$env" 2>"$err" &
+  pid=$!
+  PIDS+=("$pid")
+  exec {fd}>"$fifo" # unblocks the peer's open of its standard input
+  for _ in $(seq 1 1200); do
+    if grep -qx 'PEER_READY=1' "$env"; then
+      . "$env"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || die "load peer $name failed: $(tail -5 "$err")"
+    sleep 0.1
+  done
+  die "load peer $name not ready after 120 s: $(tail -5 "$err")"
 }
 
 # bench_count_mail DIR BODYSIZE: "files small tmp" below DIR = files in

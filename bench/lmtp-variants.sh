@@ -82,12 +82,13 @@
 #                       temporary directory with BENCH_KEEP=1
 #   BENCH_DIR, BENCH_KEEP, BENCH_USER, BENCH_REV: as for bench/lmtp.sh
 #
-# Must run as root: slapd runs as openldap and clamd as clamav (setpriv,
-# as internal/testenv/slapd and internal/testenv/clamd do), and lmtpd
-# chowns the mail to BENCH_USER. Needs slapd, ldap-utils, clamav-daemon
-# (installed with apt-get when missing) and Go. Never touches the system's
-# slapd, clamd or their configuration: each runs with its own files in the
-# temporary directory, and only the processes started here are killed, by
+# Must run as root: slapd runs as openldap and clamd as clamav (setpriv:
+# bench/load peer starts them through internal/testenv/slapd and
+# internal/testenv/clamd, as the integration tests do), and lmtpd chowns
+# the mail to BENCH_USER. Needs slapd, ldap-utils, clamav-daemon (installed
+# with apt-get when missing) and Go. Never touches the system's slapd, clamd
+# or their configuration: each runs with its own files in a directory of
+# its own under /tmp, and only the processes started here are killed, by
 # PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -203,43 +204,16 @@ port() {
 chmod 644 "$T/users"
 
 # --- slapd ----------------------------------------------------------------
-# As internal/testenv/slapd.Start does: its own slapd.conf (core, cosine,
-# nis, inetorgperson and nfsdrop's schema; MDB; the default ACL of the test
-# helper), the directory loaded with slapadd before slapd starts, slapd in
-# the foreground (-d 0) as openldap through setpriv, on a loopback port.
+# internal/testenv/slapd.Start, through load peer slapd (bench_peer): its own
+# slapd.conf (core, cosine, nis, inetorgperson and nfsdrop's schema; MDB;
+# the default ACL of the test helper), the directory loaded with slapadd
+# before slapd starts, slapd in the foreground as openldap (setpriv), on a
+# loopback port. The script writes the data and checks it was loaded.
 LDAP_SUFFIX="dc=example,dc=org"
 LDAP_BIND_DN="cn=nfsdrop,ou=services,$LDAP_SUFFIX"
 LDAP_BIND_PW=bench-service-secret
 SLAPD_PID=
 start_slapd() {
-  local dir=$T/slapd schema_dir=/etc/ldap/schema module_dir=/usr/lib/ldap p
-  mkdir -p "$dir/db"
-  while read -r p; do
-    case $p in
-      */core.schema) schema_dir=$(dirname "$p") ;;
-      */back_mdb.so) module_dir=$(dirname "$p") ;;
-    esac
-  done < <(dpkg -L slapd 2>/dev/null || true)
-  cp "$REPO/contrib/ldap/nfsdrop.schema" "$dir/nfsdrop.schema"
-  {
-    for s in core cosine nis inetorgperson; do echo "include $schema_dir/$s.schema"; done
-    echo "include $dir/nfsdrop.schema"
-    echo "pidfile $dir/slapd.pid"
-    echo "argsfile $dir/slapd.args"
-    echo "modulepath $module_dir"
-    echo "moduleload back_mdb"
-    echo "database mdb"
-    echo "maxsize 67108864"
-    echo "suffix \"$LDAP_SUFFIX\""
-    echo "rootdn \"cn=admin,$LDAP_SUFFIX\""
-    echo "rootpw $(slappasswd -s admin-secret)"
-    echo "directory $dir/db"
-    echo "index objectClass eq"
-    echo "index uid,mail eq"
-    echo "index nfsdropAlias eq"
-    echo "access to attrs=userPassword by self write by anonymous auth by * none"
-    echo "access to * by * read"
-  } >"$dir/slapd.conf"
   {
     printf 'dn: %s\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n' "$LDAP_SUFFIX"
     printf 'dn: ou=people,%s\nobjectClass: organizationalUnit\nou: people\n\n' "$LDAP_SUFFIX"
@@ -253,71 +227,26 @@ start_slapd() {
         printf 'uidNumber: %s\ngidNumber: %s\nhomeDirectory: /nonexistent\n\n' "$MUID" "$MGID"
       done
     done
-  } >"$dir/data.ldif"
-  slapadd -f "$dir/slapd.conf" -b "$LDAP_SUFFIX" -l "$dir/data.ldif" >"$dir/slapadd.log" 2>&1 ||
-    die "slapadd failed: $(tail -5 "$dir/slapadd.log")"
-  chown -R openldap:openldap "$dir"
-  LDAP_PORT=$(port)
-  LDAP_URI="ldap://127.0.0.1:$LDAP_PORT"
-  setpriv --reuid openldap --regid openldap --clear-groups --pdeathsig KILL -- \
-    slapd -h "$LDAP_URI/" -f "$dir/slapd.conf" -d 0 >"$dir/slapd.log" 2>&1 &
-  SLAPD_PID=$!
-  PIDS+=("$SLAPD_PID")
-  for _ in $(seq 1 150); do
-    kill -0 "$SLAPD_PID" 2>/dev/null || die "slapd exited at start: $(tail -5 "$dir/slapd.log")"
-    if ldapsearch -x -LLL -o nettimeout=1 -H "$LDAP_URI" -b "" -s base namingContexts >/dev/null 2>&1; then
-      printf '%s\n' "$LDAP_BIND_PW" >"$T/ldap.password"
-      chmod 600 "$T/ldap.password"
-      local n
-      n=$(ldapsearch -x -LLL -H "$LDAP_URI" -D "$LDAP_BIND_DN" -w "$LDAP_BIND_PW" -b "ou=people,$LDAP_SUFFIX" \
-        '(objectClass=inetOrgPerson)' mail | grep -c '^mail: ' || true)
-      [ "$n" = $((2 * NUSERS)) ] || die "slapd holds $n users, want $((2 * NUSERS))"
-      return 0
-    fi
-    sleep 0.1
-  done
-  die "slapd does not answer on $LDAP_URI"
+  } >"$T/data.ldif"
+  bench_peer slapd -suffix "$LDAP_SUFFIX" -schema "$REPO/contrib/ldap/nfsdrop.schema" -ldif "$T/data.ldif" \
+    -extra "index nfsdropAlias eq"
+  printf '%s\n' "$LDAP_BIND_PW" >"$T/ldap.password"
+  chmod 600 "$T/ldap.password"
+  local n
+  n=$(ldapsearch -x -LLL -H "$LDAP_URI" -D "$LDAP_BIND_DN" -w "$LDAP_BIND_PW" -b "ou=people,$LDAP_SUFFIX" \
+    '(objectClass=inetOrgPerson)' mail | grep -c '^mail: ' || true)
+  [ "$n" = $((2 * NUSERS)) ] || die "slapd holds $n users, want $((2 * NUSERS))"
 }
 
 # --- clamd ----------------------------------------------------------------
-# As internal/testenv/clamd.StartWith does: a database with one signature
-# made from the EICAR string, its own clamd.conf, in the foreground as
-# clamav through setpriv; nfsdrop uses the Unix socket.
+# internal/testenv/clamd.Start, through load peer clamd (bench_peer): a
+# database with one signature made from the EICAR string, its own
+# clamd.conf, in the foreground as clamav (setpriv); nfsdrop uses the Unix
+# socket (CLAMD_SOCK).
 EICAR='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR'
 EICAR+='-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*' # in two pieces, so that this file is no test virus itself
 CLAMD_PID=
-start_clamd() {
-  local dir=$T/clamd
-  mkdir -p "$dir/db" "$dir/tmp"
-  printf 'Test.EICAR:0:*:%s\n' "$(printf '%s' "$EICAR" | od -An -tx1 -v | tr -d ' \n')" >"$dir/db/test.ndb"
-  CLAMD_SOCK=$dir/clamd.sock
-  cat >"$dir/clamd.conf" <<EOF
-LocalSocket $CLAMD_SOCK
-LocalSocketMode 666
-TCPSocket $(port)
-TCPAddr 127.0.0.1
-DatabaseDirectory $dir/db
-Foreground yes
-StreamMaxLength $MAXMSG
-ScanMail yes
-LogFile $dir/clamd.log
-LogTime yes
-PidFile $dir/clamd.pid
-TemporaryDirectory $dir/tmp
-SelfCheck 0
-EOF
-  chown -R clamav:clamav "$dir"
-  setpriv --reuid clamav --regid clamav --clear-groups --pdeathsig KILL -- \
-    clamd --config-file="$dir/clamd.conf" >"$dir/clamd.out" 2>&1 &
-  CLAMD_PID=$!
-  PIDS+=("$CLAMD_PID")
-  for _ in $(seq 1 300); do
-    kill -0 "$CLAMD_PID" 2>/dev/null || die "clamd exited at start: $(tail -5 "$dir/clamd.out" "$dir/clamd.log" 2>/dev/null)"
-    "$LOAD" clamdping "$CLAMD_SOCK" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "clamd does not answer PING on $CLAMD_SOCK"
-}
+start_clamd() { bench_peer clamd -stream-max-length "$MAXMSG"; }
 
 [ "$NEED_LDAP" = 1 ] && { log "starting slapd"; start_slapd; }
 [ "$NEED_CLAMD" = 1 ] && { log "starting clamd"; start_clamd; }

@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
+	"github.com/nfsdrop/nfsdrop/internal/testenv/haproxy"
 )
 
 // TestHAProxy: contrib/haproxy/haproxy.cfg, with its addresses moved to
@@ -22,7 +22,7 @@ import (
 // without nfsdrop refusing their PROXY headers.
 func TestHAProxy(t *testing.T) {
 	t.Parallel()
-	hp := testenv.Require(t, "haproxy", "haproxy")[0]
+	testenv.Require(t, haproxy.Package, "haproxy")
 	b := packages(t)
 	w := newWorld(t, conf{})
 	cert, key := makeCert(t, w.dir)
@@ -67,12 +67,9 @@ func TestHAProxy(t *testing.T) {
 	if m := regexp.MustCompile(`\w+\.example\.org|192\.0\.2\.`).FindString(cfgText); m != "" {
 		t.Fatalf("haproxy.cfg: %s left after substitution:\n%s", m, cfgText)
 	}
-	cfg := filepath.Join(w.dir, "haproxy.cfg")
-	writeFile(t, cfg, cfgText, 0o644)
-	if out, err := exec.Command(hp, "-c", "-f", cfg).CombinedOutput(); err != nil {
-		t.Fatalf("haproxy -c: %v\n%s", err, out)
-	}
-	h := start(t, filepath.Join(w.dir, "haproxy.log"), nil, hp, "-db", "-f", cfg)
+	// Ready on the LMTP frontend: its probe connection reaches lmtpd as
+	// an empty session, which no check below counts.
+	h := haproxy.StartT(t, haproxy.Options{Config: cfgText, Dir: w.dir, Ready: []string{fe["lmtp"]}})
 
 	// POP3 from 127.0.0.2.
 	c := dialFrom(t, "127.0.0.2", fe["pop3"])

@@ -10,7 +10,8 @@
 //	load pop3 session -addr 127.0.0.1:110 -user u@d -pass x -expect 100000 [-repeat 5] [-retr [-pipeline 32]]
 //	load pop3 idle -addr 127.0.0.1:110 -n 5000 [-login -user 'i%d@idle.test' -pass x]
 //	load freeport
-//	load clamdping /path/to/clamd.sock
+//	load peer slapd [-suffix S] [-schema FILE]... [-ldif FILE]... [-extra LINE]...
+//	load peer clamd [-stream-max-length 25M]
 //
 // lmtp send works like Postfix's smtp-source -L -d: each session keeps one
 // LMTP connection open for all its messages and waits for every reply
@@ -58,17 +59,25 @@
 //
 // freeport prints a TCP port on 127.0.0.1 that was free a moment ago.
 //
-// clamdping sends zPING to a clamd Unix socket and exits 0 when clamd
-// answers PONG (bench/lmtp-variants.sh waits for its private clamd so).
+// peer starts a private slapd or clamd through internal/testenv (the same
+// set-up as the integration tests: its own configuration and files in a
+// new directory under /tmp, as the openldap or clamav user when root),
+// waits until it answers, and prints shell assignments for a script to
+// evaluate, the line PEER_READY=1 last:
+//
+//	slapd: SLAPD_PID SLAPD_DIR SLAPD_LOG LDAP_URI LDAP_SUFFIX
+//	clamd: CLAMD_PID CLAMD_DIR CLAMD_LOG CLAMD_SOCK CLAMD_TCP
+//
+// (clamd's database holds one signature, for the EICAR test string). It
+// then holds the peer until SIGTERM, SIGINT or the end of its standard
+// input, and kills it by its PID and removes its directory. bench/lib.sh's
+// bench_peer runs it with standard input from a FIFO the script holds.
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"time"
 )
 
 // commands maps "protocol verb" (or a lone verb) to its function.
@@ -79,13 +88,13 @@ var commands = map[string]func(args []string) error{
 	"pop3 session": pop3Sessions,
 	"pop3 idle":    pop3Idle,
 	"freeport":     func([]string) error { return freeport() },
-	"clamdping":    clamdping,
+	"peer":         peer,
 }
 
 func main() {
 	run, args := lookup(os.Args[1:])
 	if run == nil {
-		fmt.Fprintln(os.Stderr, "usage: load lmtp send|fill, load pop3 fill|session|idle, load freeport, load clamdping SOCKET [flags]")
+		fmt.Fprintln(os.Stderr, "usage: load lmtp send|fill, load pop3 fill|session|idle, load freeport, load peer slapd|clamd [flags]")
 		os.Exit(2)
 	}
 	if err := run(args); err != nil {
@@ -116,27 +125,5 @@ func freeport() error {
 	}
 	defer l.Close()
 	fmt.Println(l.Addr().(*net.TCPAddr).Port)
-	return nil
-}
-
-// clamdping sends zPING on a clamd Unix socket and wants PONG.
-func clamdping(args []string) error {
-	if len(args) != 1 {
-		return errors.New("clamdping: want the socket path")
-	}
-	c, err := net.DialTimeout("unix", args[0], time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := io.WriteString(c, "zPING\x00"); err != nil {
-		return err
-	}
-	buf := make([]byte, 16)
-	n, err := io.ReadAtLeast(c, buf, 5)
-	if string(buf[:n]) != "PONG\x00" {
-		return fmt.Errorf("clamdping: reply %q, %v", buf[:n], err)
-	}
 	return nil
 }

@@ -3,12 +3,15 @@ package lab
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
+	"github.com/nfsdrop/nfsdrop/internal/testenv/haproxy"
 )
 
 // HAProxy is a load balancer in the client namespace (ClientAddr) in mode
@@ -22,6 +25,7 @@ type HAProxy struct {
 	LMTPAddr    string
 
 	lab  *Lab
+	in   *haproxy.Instance
 	proc *Proc
 }
 
@@ -75,52 +79,44 @@ backend pop3
 }
 
 // StartHAProxy writes the configuration, checks it (haproxy -c) and runs
-// HAProxy in the foreground (-db) in the client namespace.
+// HAProxy in the foreground (-db) in the client namespace, through
+// internal/testenv/haproxy with "ip netns exec" as the command prefix and
+// the readiness probe dialled from inside the namespace. The lab adopts
+// the process, so that Close and CleanStale end it like its own.
 func (l *Lab) StartHAProxy(ctx context.Context, o HAProxyOptions) (*HAProxy, error) {
-	path, err := lookPath("haproxy")
-	if err != nil {
-		return nil, &MissingError{Packages: []string{"haproxy"}}
-	}
 	dir := filepath.Join(l.Dir, "haproxy")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
 	h := &HAProxy{
 		Conf: filepath.Join(dir, "haproxy.cfg"), Stats: filepath.Join(dir, "stats.sock"),
 		POP3Addr: ClientAddr + ":110", LMTPAddr: ClientAddr + ":24", lab: l,
 	}
-	if err := os.WriteFile(h.Conf, []byte(haproxyConfig(l, o, h.Stats)), 0o644); err != nil {
-		return nil, err
+	in, err := haproxy.Start(ctx, haproxy.Options{
+		Config:  haproxyConfig(l, o, h.Stats),
+		Ready:   []string{h.LMTPAddr},
+		Dir:     dir,
+		LogFile: filepath.Join(l.LogDir(), "haproxy.log"),
+		Prefix:  []string{"ip", "netns", "exec", l.Net.Client},
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return l.Net.Dial(ctx, l.Net.Client, network, addr)
+		},
+	})
+	if errors.Is(err, testenv.ErrNotInstalled) {
+		return nil, &MissingError{Packages: []string{haproxy.Package}}
 	}
-	if out, err := l.Net.Command(ctx, l.Net.Client, path, "-c", "-f", h.Conf).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("lab: haproxy -c: %v\n%s", err, out)
-	}
-	p, err := l.start("haproxy", filepath.Join(l.LogDir(), "haproxy.log"),
-		"ip", "netns", "exec", l.Net.Client, path, "-db", "-f", h.Conf)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("lab: %w", err)
 	}
-	h.proc = p
-	if err := waitFor(ctx, 20*time.Second, func() bool {
-		c, err := l.Net.Dial(ctx, l.Net.Client, "tcp", h.LMTPAddr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, p.Exited); err != nil {
-		b, _ := os.ReadFile(p.Log)
-		return nil, fmt.Errorf("lab: haproxy not listening: %v\n%s", err, tail(b, 2000))
-	}
-	l.logf("haproxy: pid %d, POP3 %s and LMTP %s over %d VMs", p.Pid(), h.POP3Addr, h.LMTPAddr, len(o.VMs))
+	h.in = in
+	h.proc = l.adopt("haproxy", in.LogFile, in.Process(), in.Exited())
+	l.logf("haproxy: pid %d, POP3 %s and LMTP %s over %d VMs", in.PID(), h.POP3Addr, h.LMTPAddr, len(o.VMs))
 	return h, nil
 }
 
 // Stop stops HAProxy.
 func (h *HAProxy) Stop() error {
-	if h.proc == nil {
-		return nil
+	if h.in != nil {
+		h.in.Stop()
 	}
-	return h.proc.Stop(5 * time.Second)
+	return nil
 }
 
 // ServerStates asks the stats socket for each server's state: "UP",

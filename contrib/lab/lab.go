@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
 )
 
 // Options configures a lab.
@@ -213,11 +215,13 @@ func newID() string {
 // terminal's Ctrl-C reaches only the lab, which then stops it in order.
 type Proc struct {
 	Name string
-	Cmd  *exec.Cmd
-	Log  string
+	// Cmd is the command the lab started; nil for an adopted process.
+	Cmd *exec.Cmd
+	Log string
 
-	done    chan struct{}
-	err     error
+	process *os.Process
+	done    <-chan struct{}
+	exit    *testenv.Exit // nil for an adopted process
 	started time.Time
 	// target, when not 0, is the process that signals go to: the child
 	// that nsenter or unshare --fork started (see followChild).
@@ -238,33 +242,33 @@ func (l *Lab) start(name, logPath string, argv ...string) (*Proc, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout = lf
 	cmd.Stderr = lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	p := &Proc{Name: name, Cmd: cmd, Log: logPath, done: make(chan struct{})}
-	// Pdeathsig fires when the thread that forked exits: fork from a
-	// locked thread that lives as long as the goroutine waiting below.
-	started := make(chan error)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		p.started = time.Now()
-		started <- nil
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	if err := <-started; err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	exit, err := testenv.StartTied(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("lab: start %s: %w", name, err)
 	}
+	p := &Proc{Name: name, Cmd: cmd, Log: logPath, process: cmd.Process, done: exit.Done(), exit: exit, started: time.Now()}
+	l.track(p)
+	return p, nil
+}
+
+// adopt records a process that a shared starter (internal/testenv) ran
+// and waits for, so that Close and CleanStale end it like the lab's own;
+// done is closed when it has ended.
+func (l *Lab) adopt(name, logPath string, process *os.Process, done <-chan struct{}) *Proc {
+	p := &Proc{Name: name, Log: logPath, process: process, done: done, started: time.Now()}
+	l.track(p)
+	return p
+}
+
+// track records p for Close and, by PID, for CleanStale.
+func (l *Lab) track(p *Proc) {
 	l.mu.Lock()
 	l.procs = append(l.procs, p)
 	l.mu.Unlock()
 	if l.state != nil {
-		l.state.addPID(name, cmd.Process.Pid)
+		l.state.addPID(p.Name, p.process.Pid)
 	}
-	return p, nil
 }
 
 // Pid is the process id: the real program's, past a forking nsenter.
@@ -272,14 +276,14 @@ func (p *Proc) Pid() int {
 	if p.target != 0 {
 		return p.target
 	}
-	return p.Cmd.Process.Pid
+	return p.process.Pid
 }
 
 // followChild waits until the process (nsenter or unshare --fork, which
 // fork the real program and wait for it) has its one child and makes that
 // child the target of signals. The lab's state file records it too.
 func (l *Lab) followChild(p *Proc, timeout time.Duration) error {
-	pid := p.Cmd.Process.Pid
+	pid := p.process.Pid
 	path := fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)
 	deadline := time.Now().Add(timeout)
 	for {
@@ -322,7 +326,10 @@ func (p *Proc) Done() <-chan struct{} { return p.done }
 func (p *Proc) Wait(ctx context.Context) error {
 	select {
 	case <-p.done:
-		return p.err
+		if p.exit == nil {
+			return nil
+		}
+		return p.exit.Err()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -337,14 +344,14 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 	if p.target != 0 {
 		return syscall.Kill(p.target, sig)
 	}
-	return p.Cmd.Process.Signal(sig)
+	return p.process.Signal(sig)
 }
 
 // Kill sends SIGKILL (to the process group too when the process leads one
 // that must not outlive it).
 func (p *Proc) Kill() {
-	if p.group && p.Cmd.Process != nil && !p.Exited() {
-		syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+	if p.group && !p.Exited() {
+		syscall.Kill(-p.process.Pid, syscall.SIGKILL)
 	}
 	p.Signal(syscall.SIGKILL)
 }

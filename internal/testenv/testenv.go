@@ -8,6 +8,7 @@
 package testenv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -17,7 +18,9 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // CI reports whether the tests run under CI (CI=true).
@@ -157,4 +160,64 @@ func Contains(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// Exit reports the end of a process started by StartTied.
+type Exit struct {
+	done chan struct{}
+	err  error
+}
+
+// Done is closed when the process has ended.
+func (e *Exit) Done() <-chan struct{} { return e.done }
+
+// Err is cmd.Wait's error; valid once Done is closed.
+func (e *Exit) Err() error { return e.err }
+
+// StartTied starts cmd tied to this process: the kernel kills it
+// (SIGKILL) when this process dies, so that a killed test, benchmark or
+// lab leaves no daemon holding its ports. A goroutine waits for it.
+//
+// The parent-death signal fires when the thread that forked exits, not
+// the process: the fork happens on a locked OS thread that lives as long
+// as the goroutine waiting for the child. (It does not survive a change
+// of user: a program started through setpriv needs its --pdeathsig.)
+func StartTied(cmd *exec.Cmd) (*Exit, error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	e := &Exit{done: make(chan struct{})}
+	started := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		e.err = cmd.Wait()
+		close(e.done)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// StartPeerT is the body of each peer's StartT: start (a peer's plain-Go
+// Start) under a deadline of timeout, an error fails the test, and the
+// test's clean-up runs stop. Each StartT checks Require (and RequireRoot)
+// first, so that a missing program skips rather than fails outside CI.
+func StartPeerT[P any](t testing.TB, timeout time.Duration, start func(context.Context) (P, error), stop func(P)) P {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	peer, err := start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stop(peer) })
+	return peer
 }

@@ -172,19 +172,8 @@ func popLogin(ctx context.Context, dial DialFunc, addr, user, password string) e
 }
 
 func submitLMTP(c *smtp.Client, from, to string, msg []byte) error {
-	if err := c.Mail(from, nil); err != nil {
-		c.Reset()
-		return err
-	}
-	if err := c.Rcpt(to, nil); err != nil {
-		c.Reset()
-		return err
-	}
-	w, err := c.Data()
+	w, err := sendData(c, from, to, msg)
 	if err != nil {
-		return err
-	}
-	if _, err := w.Write(msg); err != nil {
 		return err
 	}
 	_, err = w.CloseWithLMTPResponse()

@@ -412,20 +412,33 @@ func (ld *Load) sender(ctx context.Context, tick <-chan time.Time) {
 	}
 }
 
-func submit(c *smtp.Client, from, to string, msg []byte) (string, error) {
+// sendData sends MAIL, RCPT (a refusal resets the transaction, so the
+// connection serves the next message) and DATA with msg, and returns the
+// DATA command for the caller to close and read the reply it needs (SMTP:
+// one reply with the queue ID; LMTP: one per recipient).
+func sendData(c *smtp.Client, from, to string, msg []byte) (*smtp.DataCommand, error) {
 	if err := c.Mail(from, nil); err != nil {
 		c.Reset()
-		return "", err
+		return nil, err
 	}
 	if err := c.Rcpt(to, nil); err != nil {
 		c.Reset()
-		return "", err
+		return nil, err
 	}
 	w, err := c.Data()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if _, err := w.Write(msg); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// submit sends one message over SMTP and returns the queue ID of the reply.
+func submit(c *smtp.Client, from, to string, msg []byte) (string, error) {
+	w, err := sendData(c, from, to, msg)
+	if err != nil {
 		return "", err
 	}
 	resp, err := w.CloseWithResponse()
@@ -443,19 +456,8 @@ var savedKeyRE = regexp.MustCompile(`<([^<>]+)> Saved`)
 // deliverLMTP sends one message to one recipient over LMTP and returns the
 // Maildir key of the 250 reply.
 func deliverLMTP(c *smtp.Client, from, to string, msg []byte) (string, error) {
-	if err := c.Mail(from, nil); err != nil {
-		c.Reset()
-		return "", err
-	}
-	if err := c.Rcpt(to, nil); err != nil {
-		c.Reset()
-		return "", err
-	}
-	w, err := c.Data()
+	w, err := sendData(c, from, to, msg)
 	if err != nil {
-		return "", err
-	}
-	if _, err := w.Write(msg); err != nil {
 		return "", err
 	}
 	resp, err := w.CloseWithLMTPResponse()

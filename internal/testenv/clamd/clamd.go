@@ -110,14 +110,8 @@ func Start(ctx context.Context, opts Options) (*Instance, error) {
 func StartT(t testing.TB, opts Options) *Instance {
 	t.Helper()
 	testenv.Require(t, Package, "clamd")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	in, err := Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(in.Close)
-	return in
+	start := func(ctx context.Context) (*Instance, error) { return Start(ctx, opts) }
+	return testenv.StartPeerT(t, time.Minute, start, (*Instance).Close)
 }
 
 // Close kills clamd and removes its directory.
@@ -195,7 +189,9 @@ func (in *Instance) asClamav(args []string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append([]string{setpriv, "--reuid", u.Uid, "--regid", u.Gid, "--clear-groups", "--"}, args...), nil
+	// --pdeathsig: changing user clears a parent-death signal set before
+	// (start's), so setpriv sets it again after.
+	return append([]string{setpriv, "--reuid", u.Uid, "--regid", u.Gid, "--clear-groups", "--pdeathsig", "KILL", "--"}, args...), nil
 }
 
 // start runs clamd and waits for its first PONG.
@@ -208,6 +204,9 @@ func (in *Instance) start(ctx context.Context, args []string) error {
 	defer out.Close()
 	in.cmd = exec.Command(args[0], args[1:]...)
 	in.cmd.Stdout, in.cmd.Stderr = out, out
+	// If the caller dies without Close (a test binary's timeout panic, a
+	// killed bench/load peer), clamd dies with it rather than linger.
+	in.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := in.cmd.Start(); err != nil {
 		in.cmd = nil
 		return fmt.Errorf("starting clamd: %w", err)

@@ -153,19 +153,13 @@ func StartT(t testing.TB, opts Options) *Instance {
 	t.Helper()
 	testenv.Require(t, Package, "dovecot")
 	testenv.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	in, err := Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
+	start := func(ctx context.Context) (*Instance, error) { return Start(ctx, opts) }
+	return testenv.StartPeerT(t, time.Minute, start, func(in *Instance) {
 		if t.Failed() {
 			t.Logf("dovecot log:\n%s", tail(in.Log(), 8000))
 		}
 		in.Stop()
 	})
-	return in
 }
 
 // prepare makes the directories and writes dovecot.conf.

@@ -125,14 +125,8 @@ func StartT(t testing.TB, opts Options) *Instance {
 	t.Helper()
 	testenv.Require(t, Package, programs...)
 	testenv.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	in, err := Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(in.Stop)
-	return in
+	start := func(ctx context.Context) (*Instance, error) { return Start(ctx, opts) }
+	return testenv.StartPeerT(t, time.Minute, start, (*Instance).Stop)
 }
 
 // start writes the configuration, makes the queue and starts the master.

@@ -165,13 +165,8 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 func StartT(t testing.TB, opts Options) *Server {
 	t.Helper()
 	testenv.Require(t, Package, programNames(opts)...)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	s, err := Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
+	start := func(ctx context.Context) (*Server, error) { return Start(ctx, opts) }
+	return testenv.StartPeerT(t, 2*time.Minute, start, func(s *Server) {
 		if t.Failed() {
 			s.Kill()
 			t.Logf("slapd directory kept: %s", s.Dir)
@@ -179,7 +174,6 @@ func StartT(t testing.TB, opts Options) *Server {
 		}
 		s.Close()
 	})
-	return s
 }
 
 // Close kills the server and removes its directory.
