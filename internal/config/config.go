@@ -582,8 +582,11 @@ type POP3 struct {
 	// holds on its Maildir (RFC 1939 requires exclusive access), counts as
 	// left behind by a crashed server or a host that lost the NFS mount,
 	// and is broken. A live session keeps its lock fresh, so this bounds
-	// how long a crash keeps a user out. Default "5m"; at least "30s",
-	// because NFS attribute caching delays the lock's time stamp.
+	// how long a crash keeps a user out. The age is judged on the file
+	// server's clock, so clock skew between machines does not matter.
+	// Default "5m"; at least "30s": the lock is refreshed every third of
+	// this, and a file server that stalls for a few seconds must not make
+	// a live lock look left behind.
 	LockStale Duration `toml:"lock_stale"`
 
 	// MoveToCur moves messages from new/ to cur/ when a POP3 session first
