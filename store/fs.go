@@ -149,7 +149,7 @@ func (OSFS) TouchNow(name string) error {
 	return nil
 }
 
-func (OSFS) Symlink(target, name string) error { return os.Symlink(target, name) }
+func (OSFS) Symlink(target, name string) error    { return os.Symlink(target, name) }
 func (OSFS) Readlink(name string) (string, error) { return os.Readlink(name) }
 
 func (OSFS) LstatFresh(name string) (Info, error) {
