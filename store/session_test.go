@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
@@ -60,7 +62,7 @@ func TestSessionLockAcrossMachines(t *testing.T) {
 		t.Errorf("listing has %d entries, want 4", len(s2.Entries()))
 	}
 	s2.Close()
-	if _, err := os.Stat(filepath.Join(mb.Path, LockName)); !os.IsNotExist(err) {
+	if _, err := os.Lstat(filepath.Join(mb.Path, LockName)); !os.IsNotExist(err) {
 		t.Errorf("lock file left behind: %v", err)
 	}
 }
@@ -76,8 +78,10 @@ func TestStaleLockTakeover(t *testing.T) {
 	// The holder "dies": its refresher stops and the lock ages.
 	close(dead.lock.stop)
 	<-dead.lock.done
-	old := time.Now().Add(-2 * time.Minute)
-	os.Chtimes(filepath.Join(mb.Path, LockName), old, old)
+	old := unix.NsecToTimespec(time.Now().Add(-2 * time.Minute).UnixNano())
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(mb.Path, LockName), []unix.Timespec{old, old}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		t.Fatal(err)
+	}
 	s2, err := b.OpenSession(mb, sessOpts)
 	if err != nil {
 		t.Fatalf("stale lock not taken over: %v", err)
