@@ -42,7 +42,6 @@ type indexCache struct {
 }
 
 type cachedListing struct {
-	gen    string
 	format string
 	// legacy is the frozen record of legacy UIDLs the listing was made
 	// with (nil for the "maildir" format); listings made without one are

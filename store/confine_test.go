@@ -259,7 +259,7 @@ func TestOpenSessionSwapAfterResolutionDeletesNothingElsewhere(t *testing.T) {
 	}
 	var once sync.Once
 	ffs.hook = func(op, path string, real func() error) error {
-		if op == "open" && strings.HasSuffix(path, ".lock") {
+		if op == "symlink" && strings.HasSuffix(path, LockName) {
 			once.Do(func() { userSymlink(t, alice.Path, "../bob/Maildir") })
 		}
 		return real()
@@ -487,7 +487,7 @@ func TestOpenSessionSwapAfterResolutionRecordsUIDLsInPinnedMaildir(t *testing.T)
 	deliverN(t, s, bob, 1)
 	var once sync.Once
 	ffs.hook = func(op, path string, real func() error) error {
-		if op == "open" && strings.HasSuffix(path, ".lock") {
+		if op == "symlink" && strings.HasSuffix(path, LockName) {
 			once.Do(func() { userSymlink(t, alice.Path, "../bob/Maildir") })
 		}
 		return real()

@@ -70,6 +70,31 @@ func (f *faultFS) Lstat(n string) (Info, error) {
 	return info, err
 }
 
+// LstatFresh is "lstat" to hooks, like Lstat.
+func (f *faultFS) LstatFresh(n string) (Info, error) {
+	var info Info
+	err := f.do("lstat", n, func() error {
+		var err error
+		info, err = f.OSFS.LstatFresh(n)
+		return err
+	})
+	return info, err
+}
+
+func (f *faultFS) Symlink(target, n string) error {
+	return f.do("symlink", n, func() error { return f.OSFS.Symlink(target, n) })
+}
+
+func (f *faultFS) Readlink(n string) (string, error) {
+	var target string
+	err := f.do("readlink", n, func() error {
+		var err error
+		target, err = f.OSFS.Readlink(n)
+		return err
+	})
+	return target, err
+}
+
 func (f *faultFS) Link(o, n string) error {
 	return f.do("link", n, func() error { return f.OSFS.Link(o, n) })
 }

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeFiler is a file server with a clock of its own, which the test sets:
@@ -44,11 +46,12 @@ func (f *fakeFiler) Advance(d time.Duration) {
 	f.mu.Unlock()
 }
 
-// stamp sets paths' times to the filer's "now", in whole seconds.
+// stamp sets paths' times (a symlink's own) to the filer's "now", in
+// whole seconds.
 func (f *fakeFiler) stamp(paths ...string) {
-	t := f.Now().Truncate(time.Second)
+	ts := unix.NsecToTimespec(f.Now().Truncate(time.Second).UnixNano())
 	for _, p := range paths {
-		os.Chtimes(p, t, t)
+		unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
 	}
 }
 
@@ -65,7 +68,7 @@ func (f *fakeFiler) report(name string, info Info) Info {
 
 func isLockFile(name string) bool {
 	base := filepath.Base(name)
-	return base == LockName || strings.HasSuffix(base, ".lock") || strings.Contains(base, "stale")
+	return base == LockName || strings.HasSuffix(base, ".lock") || strings.HasSuffix(base, ClockProbeSuffix) || strings.Contains(base, "stale")
 }
 
 func (f *fakeFiler) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
@@ -97,6 +100,14 @@ func (f *fakeFiler) Remove(n string) error {
 	return err
 }
 
+func (f *fakeFiler) Symlink(target, n string) error {
+	err := f.FS.Symlink(target, n)
+	if err == nil {
+		f.stamp(n, filepath.Dir(n))
+	}
+	return err
+}
+
 func (f *fakeFiler) Mkdir(n string, p fs.FileMode) error {
 	err := f.FS.Mkdir(n, p)
 	if err == nil {
@@ -116,6 +127,14 @@ func (f *fakeFiler) TouchNow(n string) error {
 
 func (f *fakeFiler) Lstat(n string) (Info, error) {
 	info, err := f.FS.Lstat(n)
+	if err != nil {
+		return info, err
+	}
+	return f.report(n, info), nil
+}
+
+func (f *fakeFiler) LstatFresh(n string) (Info, error) {
+	info, err := f.FS.LstatFresh(n)
 	if err != nil {
 		return info, err
 	}

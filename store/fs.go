@@ -38,8 +38,20 @@ type FS interface {
 	ReadDirNames(name string) ([]string, error)
 	// TouchNow sets a file's times to "now" as the file server sees it
 	// (utimensat with UTIME_NOW, which an NFS client sends as
-	// SET_TO_SERVER_TIME), so that staleness is judged on one clock.
+	// SET_TO_SERVER_TIME), so that staleness is judged on one clock. A
+	// symlink's own times are set, never its target's (the session lock
+	// is a symlink).
 	TouchNow(name string) error
+	// Symlink is symlink(2): one atomic call on every NFS version (it
+	// makes the name or fails with EEXIST), not idempotent over NFS.
+	Symlink(target, name string) error
+	// Readlink is readlink(2).
+	Readlink(name string) (string, error)
+	// LstatFresh is lstat(2) answered by the file server, not by the NFS
+	// client's attribute cache (statx with AT_STATX_FORCE_SYNC: one
+	// GETATTR; a name whose file was removed on the server is looked up
+	// again). For what another machine may have just changed.
+	LstatFresh(name string) (Info, error)
 	// OpenDir opens a directory as a Dir (O_PATH), from which mailbox
 	// paths are resolved with the symlink rule and then used (confine.go).
 	OpenDir(name string) (Dir, error)
@@ -131,10 +143,48 @@ func (OSFS) ReadDirNames(name string) ([]string, error) {
 
 func (OSFS) TouchNow(name string) error {
 	now := unix.Timespec{Nsec: unix.UTIME_NOW}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, name, []unix.Timespec{now, now}, 0); err != nil {
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, name, []unix.Timespec{now, now}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return &os.PathError{Op: "utimensat", Path: name, Err: err}
 	}
 	return nil
+}
+
+func (OSFS) Symlink(target, name string) error    { return os.Symlink(target, name) }
+func (OSFS) Readlink(name string) (string, error) { return os.Readlink(name) }
+
+func (OSFS) LstatFresh(name string) (Info, error) {
+	var stx unix.Statx_t
+	const mask = unix.STATX_TYPE | unix.STATX_MODE | unix.STATX_NLINK | unix.STATX_UID | unix.STATX_GID |
+		unix.STATX_MTIME | unix.STATX_CTIME | unix.STATX_INO | unix.STATX_SIZE
+	if err := unix.Statx(unix.AT_FDCWD, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_FORCE_SYNC, mask, &stx); err != nil {
+		return Info{}, &os.PathError{Op: "statx", Path: name, Err: err}
+	}
+	return infoOfStatx(&stx), nil
+}
+
+// infoOfStatx is infoOf for statx(2), with the same fields filled.
+func infoOfStatx(stx *unix.Statx_t) Info {
+	mode := fs.FileMode(stx.Mode & 0o777)
+	switch stx.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		mode |= fs.ModeDir
+	case unix.S_IFLNK:
+		mode |= fs.ModeSymlink
+	case unix.S_IFREG:
+	default:
+		mode |= fs.ModeIrregular
+	}
+	return Info{
+		Dev:      unix.Mkdev(stx.Dev_major, stx.Dev_minor),
+		Ino:      stx.Ino,
+		Nlink:    uint64(stx.Nlink),
+		Size:     int64(stx.Size),
+		Mode:     mode,
+		ModTime:  time.Unix(stx.Mtime.Sec, int64(stx.Mtime.Nsec)),
+		ChangeAt: time.Unix(stx.Ctime.Sec, int64(stx.Ctime.Nsec)),
+		UID:      int(stx.Uid),
+		GID:      int(stx.Gid),
+	}
 }
 
 type osFile struct{ f *os.File }

@@ -25,27 +25,7 @@ type Entry struct {
 	sec, usec int64
 }
 
-func (s *Store) readGeneration(maildir string) (string, error) {
-	var data []byte
-	err := s.retryStale(func() error {
-		var e error
-		data, _, e = s.readSmall(filepath.Join(maildir, GenerationName))
-		return e
-	})
-	if err != nil {
-		if isErrno(err, syscall.ENOENT) {
-			return "", nil
-		}
-		return "", s.classify("read generation", err)
-	}
-	return strings.TrimSpace(string(data)), nil
-}
-
 func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry, string, error) {
-	gen, err := s.readGeneration(mb.at())
-	if err != nil {
-		return nil, "", err
-	}
 	newStamp, err := s.stampOf(mb.at("new"), filerNow)
 	if err != nil {
 		return nil, "", s.classify("list new", err)
@@ -73,11 +53,11 @@ func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry,
 	}
 	var newEntries, curEntries []Entry
 	switch {
-	case cached != nil && cached.gen == gen && cached.format == format && cached.cur.same(curStamp) && cached.new.same(newStamp):
+	case cached != nil && cached.format == format && cached.cur.same(curStamp) && cached.new.same(newStamp):
 		s.obs.IndexLookup("hit")
 		s.stats.add(func(c *CacheStats) { c.Hits++ })
 		return cached.all, "hit", nil
-	case cached != nil && cached.gen == gen && cached.format == format && cached.cur.same(curStamp):
+	case cached != nil && cached.format == format && cached.cur.same(curStamp):
 		how = "partial"
 		s.stats.add(func(c *CacheStats) { c.Invalidations++ })
 		curEntries = cached.curEntries
@@ -128,7 +108,7 @@ func (s *Store) listing(mb Mailbox, format string, filerNow time.Time) ([]Entry,
 		s.index.drop(mb.Path)
 		return all, how, nil
 	}
-	s.index.put(mb.Path, &cachedListing{gen: gen, format: format, legacy: legacy, new: newStamp, cur: curStamp, newEntries: newEntries, curEntries: curEntries, all: all})
+	s.index.put(mb.Path, &cachedListing{format: format, legacy: legacy, new: newStamp, cur: curStamp, newEntries: newEntries, curEntries: curEntries, all: all})
 	return all, how, nil
 }
 

@@ -1,11 +1,12 @@
 package store
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -15,6 +16,15 @@ import (
 
 // LockName is the session lock's file name in a Maildir.
 const LockName = "nfsdrop-pop3.lock"
+
+// ClockProbeSuffix ends the name of the symlink a contender makes in tmp/
+// to read the file server's clock; StaleLockSuffix that of a lock renamed
+// aside during a takeover. Both are symlinks the tmp/ sweeper removes when
+// a crash left them.
+const (
+	ClockProbeSuffix = ".clock"
+	StaleLockSuffix  = ".stale-lock"
+)
 
 // MinLockStale is the shortest staleness accepted: a lock is refreshed
 // every third of the stale time, and an NFS server that stalls for a few
@@ -26,41 +36,57 @@ const MinLockStale = 30 * time.Second
 var errLockLost = errors.New("session lock taken over by another session")
 
 // dotlock is a Maildir session lock that works across NFS clients, where
-// flock/fcntl locks may not (NLM off, or broken): a lock file is written
-// under a unique name in tmp/ and hard-linked to LockName. link() either
-// makes the name or fails with EEXIST, on every NFS version.
+// flock/fcntl locks may not (NLM off, or broken): the lock is a symlink
+// named LockName whose target is a token unique to this session.
+// symlink() either makes the name or fails with EEXIST, in one call, on
+// every NFS version (a SYMLINK, or a CREATE of a link on NFSv4); the token
+// costs no WRITE since it is the link's target, and releasing is one
+// REMOVE. (Emacs lock files and Mozilla's profile lock are symlinks for the
+// same reason.) Taking the lock costs one mutating call, where the NFSv2
+// way (write a file in tmp/, link() it to the lock name, unlink the tmp/
+// name) costs five on NFSv3, and an O_EXCL lock file three (CREATE,
+// SETATTR, WRITE).
 //
-// Identity: the file's first line is a token unique to this session (its
-// tmp/ name, unique across machines by construction). Whether the lock
-// name still holds this session's lock is decided by that token, never by
-// the inode number alone, which NFS servers reuse: a lock removed and
-// another created may get the same number.
+// Identity: the target's first word is the token (the session's unique
+// name, unique across machines by construction). Whether the lock name
+// still holds this session's lock is decided by that token, never by the
+// inode number alone, which NFS servers reuse: a lock removed and another
+// created may get the same number. A symlink never changes once made, so
+// reading it (a GETATTR that asks the server, then READLINK, which the
+// client answers from its cache for an inode it has read before) shows
+// whatever the name holds now.
 //
 // Time: every age is judged on the file server's clock, never on this
-// machine's. The holder refreshes the lock with utimensat(UTIME_NOW),
-// which sets it to the server's "now"; a contender compares the lock's
-// mtime with the mtime of the lock file it has just written itself (the
-// server's "now" at that moment, for free, since it writes that file
-// anyway). Clock skew between machines and the server therefore does not
-// matter to the lock.
+// machine's. The holder refreshes the lock's own times (not its target's)
+// with utimensat(UTIME_NOW, AT_SYMLINK_NOFOLLOW), which sets them to the
+// server's "now"; a contender that finds the name taken compares the
+// lock's mtime with the mtime of a symlink it makes in tmp/ for that
+// purpose (the server's "now" at that moment). Clock skew between
+// machines and the server therefore does not matter to the lock. The
+// holder's own "now" is the mtime of the lock it has just made.
 //
 // Taking over a stale lock renames it aside (only one contender can rename
 // a given name), then reads what was renamed: the token and mtime that
 // were judged stale, or else a lock that a faster contender had just made
 // (or the old holder refreshed meanwhile) was renamed by mistake and is
-// put back with link(), which fails with EEXIST where rename() would
-// overwrite a lock a third session made while the name was free.
+// put back with link() (of the symlink itself, not its target), which
+// fails with EEXIST where rename() would overwrite a lock a third session
+// made while the name was free, and keeps the lock's inode and mtime.
 //
 // Before it deletes anything, the holder checks that the lock name holds
 // its token (Held), so a session whose lock was taken over deletes nothing.
+//
+// A lock file left by an older nfsdrop (a regular file, the token on its
+// first line) is read as well: both kinds hold the same name, so old and
+// new machines exclude each other during an upgrade.
 type dotlock struct {
 	s *Store
 	// path names the lock through the pinned Maildir (for the FS
 	// methods); name is its path, for messages.
 	path, name string
 	token      string
-	// filerNow is the server's clock when this session's lock file was
-	// written (its mtime), before the session listed the Maildir.
+	// filerNow is the server's clock when this session's lock was made
+	// (its mtime), before the session listed the Maildir.
 	filerNow time.Time
 
 	stop     chan struct{}
@@ -78,21 +104,33 @@ type lockFile struct {
 
 func (a lockFile) same(b lockFile) bool { return a.token == b.token && a.mtime.Equal(b.mtime) }
 
-// readLock reads a lock file through open() (close-to-open consistency
-// makes an NFS client revalidate it) and fstat(): one OPEN and one READ.
+// readLock reads the lock at path: its attributes as the server has them
+// now (LstatFresh: one GETATTR, and a name whose file was removed on the
+// server is looked up again), then its token.
 func (s *Store) readLock(path string) (lockFile, error) {
-	var data []byte
-	var info Info
+	var lf lockFile
 	err := s.retryStale(func() error {
-		var e error
-		data, info, e = s.readSmall(path)
-		return e
+		info, err := s.fs.LstatFresh(path)
+		if err != nil {
+			return err
+		}
+		var token string
+		if info.Mode&fs.ModeSymlink != 0 {
+			token, err = s.fs.Readlink(path)
+		} else {
+			// An older nfsdrop's lock file: the token is its first line.
+			var data []byte
+			data, _, err = s.readSmall(path)
+			token, _, _ = strings.Cut(string(data), "\n")
+		}
+		if err != nil {
+			return err
+		}
+		word, _, _ := strings.Cut(strings.TrimSpace(token), " ")
+		lf = lockFile{token: word, mtime: info.ModTime}
+		return nil
 	})
-	if err != nil {
-		return lockFile{}, err
-	}
-	token, _, _ := bytes.Cut(data, []byte("\n"))
-	return lockFile{token: string(bytes.TrimSpace(token)), mtime: info.ModTime}, nil
+	return lf, err
 }
 
 func inUse() error {
@@ -105,66 +143,79 @@ func inUse() error {
 func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dotlock, error) {
 	stale = max(stale, MinLockStale)
 	token := s.newBase()
-	tmp := mb.at("tmp", token+".lock")
-	content := fmt.Sprintf("%s\n%s %s pid %d since %s\n", token, owner, s.host, s.pid, s.now().UTC().Format(time.RFC3339))
-	written, err := s.writeLockFile(tmp, content)
-	defer s.fs.Remove(tmp)
-	if err != nil {
-		return nil, s.classify("write lock file", err)
-	}
-	l := &dotlock{s: s, path: mb.at(LockName), name: filepath.Join(mb.Path, LockName), token: token, filerNow: written.ModTime,
+	// The target says who holds the lock to whoever looks (ls -l); only
+	// its first word, the token, is the lock's identity.
+	target := fmt.Sprintf("%s %s %s pid %d since %s", token, owner, s.host, s.pid, s.now().UTC().Format(time.RFC3339))
+	l := &dotlock{s: s, path: mb.at(LockName), name: filepath.Join(mb.Path, LockName), token: token,
 		stop: make(chan struct{}), done: make(chan struct{})}
-	for attempt := 0; attempt < 3; attempt++ {
-		err := s.retryStale(func() error { return s.fs.Link(tmp, l.path) })
-		if err != nil && !isErrno(err, syscall.EEXIST) && !isErrno(err, syscall.ENOENT) {
+	var filerNow time.Time // read once, only when another session's lock is met
+	for attempt := 0; attempt < 3 && l.filerNow.IsZero(); attempt++ {
+		err := s.retryStale(func() error { return s.fs.Symlink(target, l.path) })
+		if err != nil && !isErrno(err, syscall.EEXIST) {
 			return nil, s.classify("take session lock", err)
 		}
-		if err != nil {
-			// EEXIST: another lock, or ours after a lost LINK reply
-			// (the retransmission answers EEXIST).
-			current, rerr := s.readLock(l.path)
-			switch {
-			case isErrno(rerr, syscall.ENOENT):
-				continue // released meanwhile: link again
-			case rerr != nil:
-				return nil, s.classify("read session lock", rerr)
-			case current.token != token:
-				// Both times are the server's: the lock's age is
-				// independent of this machine's clock. written is
-				// older than now, so the age is never overestimated
-				// by more than the server's timestamp granularity.
-				age := l.filerNow.Sub(current.mtime)
-				if age < stale {
-					return nil, inUse()
-				}
-				if err := s.takeOverStale(mb, l, current, age); err != nil {
-					return nil, err
-				}
-				continue
+		if err == nil {
+			// Its attributes came with the SYMLINK reply: the mtime is
+			// the server's clock now.
+			info, err := s.fs.Lstat(l.path)
+			if err != nil {
+				// Made a moment ago and not stale for lock_stale: ours
+				// to remove.
+				s.fs.Remove(l.path)
+				return nil, s.classify("read session lock", err)
+			}
+			l.filerNow = info.ModTime
+			continue
+		}
+		// EEXIST: another lock, or ours after a lost SYMLINK reply (the
+		// retransmission answers EEXIST).
+		current, rerr := s.readLock(l.path)
+		switch {
+		case isErrno(rerr, syscall.ENOENT):
+			continue // released meanwhile: try again
+		case rerr != nil:
+			return nil, s.classify("read session lock", rerr)
+		case current.token == token:
+			l.filerNow = current.mtime
+			continue
+		}
+		if filerNow.IsZero() {
+			if filerNow, err = s.filerClock(mb, token); err != nil {
+				return nil, s.classify("read the file server's clock", err)
 			}
 		}
-		go l.refresh(stale / 3)
-		return l, nil
+		// Both times are the server's: the lock's age is independent of
+		// this machine's clock. filerNow is older than now, so the age is
+		// never overestimated by more than the server's timestamp
+		// granularity.
+		age := filerNow.Sub(current.mtime)
+		if age < stale {
+			return nil, inUse()
+		}
+		if err := s.takeOverStale(mb, l, current, age); err != nil {
+			return nil, err
+		}
 	}
-	return nil, inUse()
+	if l.filerNow.IsZero() {
+		return nil, inUse()
+	}
+	go l.refresh(stale / 3)
+	return l, nil
 }
 
-// writeLockFile creates path with content and returns its attributes as
-// the server reports them after the write: its mtime is the server's now.
-func (s *Store) writeLockFile(path, content string) (Info, error) {
-	f, err := s.fs.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+// filerClock reads the file server's clock: the mtime of a symlink made
+// in mb's tmp/ for the purpose, then removed (a leftover is swept).
+func (s *Store) filerClock(mb Mailbox, token string) (time.Time, error) {
+	probe := mb.at("tmp", s.newBase()+ClockProbeSuffix)
+	if err := s.retryStale(func() error { return s.fs.Symlink(token, probe) }); err != nil && !isErrno(err, syscall.EEXIST) {
+		return time.Time{}, err
+	}
+	defer s.fs.Remove(probe)
+	info, err := s.fs.Lstat(probe)
 	if err != nil {
-		return Info{}, err
+		return time.Time{}, err
 	}
-	_, werr := f.Write([]byte(content))
-	info, serr := f.Stat()
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = serr
-	}
-	return info, werr
+	return info.ModTime, nil
 }
 
 // takeOverStale removes the lock seen (judged stale: age on the server's
@@ -173,7 +224,7 @@ func (s *Store) writeLockFile(path, content string) (Info, error) {
 func (s *Store) takeOverStale(mb Mailbox, l *dotlock, seen lockFile, age time.Duration) error {
 	lockPath := l.path
 	// Aside in tmp/: whatever is left there after a crash is swept.
-	asideBase := s.newBase() + ".stale-lock"
+	asideBase := s.newBase() + StaleLockSuffix
 	aside, asideName := mb.at("tmp", asideBase), filepath.Join(mb.Path, "tmp", asideBase)
 	if err := s.retryStale(func() error { return s.fs.Rename(lockPath, aside) }); err != nil {
 		if !isErrno(err, syscall.ENOENT) {
@@ -204,8 +255,8 @@ func (s *Store) takeOverStale(mb Mailbox, l *dotlock, seen lockFile, age time.Du
 }
 
 // putBackLock returns a lock renamed aside by mistake to lockPath. It uses
-// link(), which fails with EEXIST instead of overwriting a lock that a
-// third session created while the name was free (that session holds the
+// link() (of the symlink itself), which fails with EEXIST instead of
+// overwriting a lock that a third session created while the name was free (that session holds the
 // mailbox then; the lock's owner finds another token and deletes nothing).
 // known says whether want (what aside holds) could be read.
 func (s *Store) putBackLock(aside, asideName string, l *dotlock, want lockFile, known bool) {

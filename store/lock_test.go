@@ -1,6 +1,7 @@
 package store
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -55,10 +56,10 @@ func TestLockRefreshSurvivesTransientErrors(t *testing.T) {
 		times int
 		errno syscall.Errno
 	}{
-		{"open EIO", "open", 1, syscall.EIO},
-		{"open ETIMEDOUT", "open", 1, syscall.ETIMEDOUT},
-		{"open ESTALE beyond the retries", "open", 6, syscall.ESTALE},
-		{"read EAGAIN", "read", 1, syscall.EAGAIN},
+		{"lstat EIO", "lstat", 1, syscall.EIO},
+		{"lstat ETIMEDOUT", "lstat", 1, syscall.ETIMEDOUT},
+		{"lstat ESTALE beyond the retries", "lstat", 6, syscall.ESTALE},
+		{"readlink EAGAIN", "readlink", 1, syscall.EAGAIN},
 		{"touch EIO", "touch", 1, syscall.EIO},
 		{"touch ESTALE twice", "touch", 2, syscall.ESTALE},
 	} {
@@ -446,7 +447,7 @@ func TestLockFaults(t *testing.T) {
 
 	t.Run("contender cannot read the lock", func(t *testing.T) {
 		e, sess := setup(t, true)
-		failTimes(e.fault, "open", e.lockPath, 10, syscall.EIO)
+		failTimes(e.fault, "lstat", e.lockPath, 10, syscall.EIO)
 		_, err := e.b.OpenSession(e.mb, stale30)
 		setHook(e.fault, nil)
 		if err == nil || isInUse(err) || failure.KindOf(err) != failure.Temporary {
@@ -500,7 +501,7 @@ func TestLockFaults(t *testing.T) {
 	t.Run("renamed lock unreadable", func(t *testing.T) {
 		e, sess := setup(t, true)
 		setHook(e.fault, func(op, path string, real func() error) error {
-			if op == "open" && isAside(op, path) {
+			if op == "readlink" && isAside(op, path) {
 				return syscall.EIO
 			}
 			return real()
@@ -521,7 +522,7 @@ func TestLockFaults(t *testing.T) {
 			switch {
 			case op == "rename" && isAside(op, path):
 				renamed = true
-			case op == "open" && isAside(op, path):
+			case op == "readlink" && isAside(op, path):
 				return syscall.EIO
 			case op == "link" && path == e.lockPath && renamed:
 				return syscall.EIO
@@ -541,11 +542,11 @@ func TestLockFaults(t *testing.T) {
 			t.Fatalf("%d messages left", n)
 		}
 	})
-	t.Run("lock LINK reply lost", func(t *testing.T) {
+	t.Run("lock SYMLINK reply lost", func(t *testing.T) {
 		e, sess := setup(t, false)
 		sess.Close()
 		setHook(e.fault, func(op, path string, real func() error) error {
-			if op == "link" && path == e.lockPath {
+			if op == "symlink" && path == e.lockPath {
 				if err := real(); err != nil {
 					return err
 				}
@@ -556,7 +557,7 @@ func TestLockFaults(t *testing.T) {
 		s2, err := e.b.OpenSession(e.mb, stale30)
 		setHook(e.fault, nil)
 		if err != nil {
-			t.Fatalf("a lost LINK reply made the session fail: %v", err)
+			t.Fatalf("a lost SYMLINK reply made the session fail: %v", err)
 		}
 		if !s2.lock.Held() {
 			t.Fatal("not held")
@@ -565,7 +566,7 @@ func TestLockFaults(t *testing.T) {
 	})
 	t.Run("commit cannot read the lock", func(t *testing.T) {
 		e, sess := setup(t, false)
-		failTimes(e.fault, "read", e.lockPath, 1, syscall.EIO)
+		failTimes(e.fault, "readlink", e.lockPath, 1, syscall.EIO)
 		if err := sess.Commit([]int{0, 1}, nil); err == nil {
 			t.Fatal("committed without knowing it holds the lock")
 		}
@@ -575,7 +576,7 @@ func TestLockFaults(t *testing.T) {
 	})
 	t.Run("release cannot read the lock", func(t *testing.T) {
 		e, sess := setup(t, false)
-		failTimes(e.fault, "open", e.lockPath, 10, syscall.EIO)
+		failTimes(e.fault, "lstat", e.lockPath, 10, syscall.EIO)
 		sess.Close()
 		setHook(e.fault, nil)
 		if lockToken(t, e) != sess.lock.token {
@@ -595,4 +596,34 @@ func TestLockFaults(t *testing.T) {
 		}
 		s2.Close()
 	})
+}
+
+// A lock file made by an older nfsdrop (a regular file, the token on its
+// first line) holds the mailbox as before during an upgrade, and is taken
+// over once stale on the filer's clock.
+func TestLockOlderLockFileRespected(t *testing.T) {
+	filer, _, st, root := filerMachines(t, 0)
+	a := st[0]
+	mb := mailbox(root, "upgrade")
+	deliverN(t, a, mb, 1)
+	lockPath := filepath.Join(mb.Path, LockName)
+	if err := os.WriteFile(lockPath, []byte("1700000000.M1P1Q1R0.old\ntest old pid 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	filer.stamp(lockPath)
+	if _, err := a.OpenSession(mb, stale30); !isInUse(err) {
+		t.Fatalf("an older nfsdrop's live lock file was not respected: %v", err)
+	}
+	filer.Advance(31 * time.Second)
+	sess, err := a.OpenSession(mb, stale30)
+	if err != nil {
+		t.Fatalf("a stale lock file of an older nfsdrop was not taken over: %v", err)
+	}
+	if !sess.lock.Held() {
+		t.Fatal("not held")
+	}
+	sess.Close()
+	if n := listDir(t, filepath.Join(mb.Path, "tmp")); len(n) != 0 {
+		t.Fatalf("left in tmp/: %v", n)
+	}
 }

@@ -41,6 +41,11 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		// answered for this very file: it is already durable there.
 		return d, nil
 	}
+	// Whatever happens now, this recipient does not need the staged file
+	// again; the last one may take it.
+	_, expected := st.waiting[maildir]
+	delete(st.waiting, maildir)
+	last := expected && len(st.waiting) == 0
 	mb, err := st.pinRecipient(mb)
 	if err != nil {
 		return Delivery{}, err
@@ -60,30 +65,41 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		mayWithdraw = true
 		// ourLink is true when dst is a link of src counted in st.links.
 		ourLink bool
+		// sameFile is true when dst is the staged file itself (linked or
+		// renamed), false for a copy.
+		sameFile bool
 	)
 	sameOwner := !s.chown || (st.owned && st.uid == mb.UID && st.gid == mb.GID)
-	if prefix == nil && sameOwner && !st.noLinks {
+	if prefix == nil && sameOwner && (st.noLinks || last) && st.inTmp {
+		// The only or last recipient (or a filesystem without hard
+		// links): rename the staged file into place, one call where a
+		// link and the unlink of the tmp/ name are two. Later recipients,
+		// if any come unannounced, are served from there.
+		d = Delivery{Key: fullName(st.base, st.size, st.crlfSize), Size: st.size, CRLFSize: st.crlfSize}
+		dst = filepath.Join(newDir, d.Key)
+		if err := st.moveStaged(mb, dst); err != nil {
+			return Delivery{}, err
+		}
+		d.Linked, sameFile = true, true
+	} else if prefix == nil && sameOwner && !st.noLinks {
 		d = Delivery{Key: fullName(st.base, st.size, st.crlfSize), Size: st.size, CRLFSize: st.crlfSize}
 		dst = filepath.Join(newDir, d.Key)
 		existed, err := s.publishLink(st.src, st.srcInfo, st.srcInfo.Nlink+st.links, dst)
 		switch {
 		case err == nil:
-			d.Linked, ourLink = true, true
+			d.Linked, ourLink, sameFile = true, true, true
 			st.links++
-			mayWithdraw = !existed || st.ackedLinks == 0
+			mayWithdraw = !existed || st.acked == 0
 		case isErrno(err, syscall.EXDEV):
 			// Another filesystem: copy below.
 		case isErrno(err, syscall.EPERM) && st.inTmp:
 			// A filesystem without hard links: rename the staged file
 			// into place; later recipients copy from there.
 			st.noLinks = true
-			if err := s.publishRename(st.src, st.srcInfo, dst); err != nil {
-				return Delivery{}, s.classify("rename into new", err)
+			if err := st.moveStaged(mb, dst); err != nil {
+				return Delivery{}, err
 			}
-			// src now names a file through mb's pin: keep it open.
-			st.src, st.inTmp = dst, false
-			st.extra = append(st.extra, mb.pin.retain())
-			d.Linked = true
+			d.Linked, sameFile = true, true
 		default:
 			return Delivery{}, s.classify("link into new", err)
 		}
@@ -102,8 +118,8 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), mayWithdraw, ourLink)
 		return Delivery{}, s.classify("fsync new", err)
 	}
-	if ourLink {
-		st.ackedLinks++
+	if sameFile {
+		st.acked++
 	}
 	if prefix == nil {
 		if st.published == nil {
@@ -115,6 +131,17 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	s.obs.Stored(d.Size)
 	s.SweepInPassing(mb.Path)
 	return d, nil
+}
+
+// moveStaged renames the staged file to dst in mb's new/. src then names
+// it there, through mb's pin, which st keeps open.
+func (st *Staged) moveStaged(mb Mailbox, dst string) error {
+	if err := st.s.publishRename(st.src, st.srcInfo, dst); err != nil {
+		return st.s.classify("rename into new", err)
+	}
+	st.src, st.inTmp = dst, false
+	st.extra = append(st.extra, mb.pin.retain())
+	return nil
 }
 
 // withdraw removes dst (named for messages dstName) after its directory
@@ -162,25 +189,24 @@ func (st *Staged) publishCopy(mb Mailbox, prefix []byte) (Delivery, error) {
 	defer cp.Discard()
 	d := Delivery{Key: fullName(cp.base, cp.size, cp.crlfSize), Size: cp.size, CRLFSize: cp.crlfSize}
 	dst := mb.at("new", d.Key)
-	_, err = s.publishLink(cp.src, cp.srcInfo, cp.srcInfo.Nlink, dst)
-	if isErrno(err, syscall.EPERM) {
-		if err = s.publishRename(cp.src, cp.srcInfo, dst); err == nil {
-			cp.inTmp = false
-		}
+	// The copy is this recipient's alone: rename it into place.
+	if err = s.publishRename(cp.src, cp.srcInfo, dst); err == nil {
+		cp.inTmp = false
 	}
 	return d, s.classify("publish copy", err)
 }
 
 // publishLink links src to dst. Over NFS a LINK whose reply was lost is
 // retransmitted and the retransmission answers EEXIST (or ENOENT) although
-// the first one worked, so on those errors dst is checked: if it is our
-// inode, the link succeeded (existed reports that it answered so).
-// Anything else at dst is a name collision, reported as a temporary
-// failure (Postfix retries under a new name). nlink is src's link count
-// before this link, as the caller knows it.
+// the first one worked, and a LINK that answers EIO may have been carried
+// out, so on an error dst is checked: if it is our inode, the link
+// succeeded (existed reports that it answered so). Anything else at dst is
+// a name collision, reported as a temporary failure (Postfix retries under
+// a new name). nlink is src's link count before this link, as the caller
+// knows it.
 func (s *Store) publishLink(src string, srcInfo Info, nlink uint64, dst string) (existed bool, err error) {
 	err = s.retryStale(func() error { return s.fs.Link(src, dst) })
-	if err == nil || !(isErrno(err, syscall.EEXIST) || isErrno(err, syscall.ENOENT)) {
+	if err == nil || !mayHaveHappened(err) {
 		return false, err
 	}
 	if s.verifyPublished(src, srcInfo, nlink, dst, true) {
@@ -191,10 +217,13 @@ func (s *Store) publishLink(src string, srcInfo Info, nlink uint64, dst string) 
 }
 
 // publishRename renames src to dst, with the same verification: a
-// retransmitted RENAME answers ENOENT because src is already gone.
+// retransmitted RENAME answers ENOENT because src is already gone (or,
+// from some servers, EEXIST), and one that answers EIO may have been
+// carried out. rename() replaces whatever dst held: dst must be a name
+// unique by construction (uniqueBase), as every name in new/ is.
 func (s *Store) publishRename(src string, srcInfo Info, dst string) error {
 	err := s.retryStale(func() error { return s.fs.Rename(src, dst) })
-	if err == nil || !(isErrno(err, syscall.ENOENT) || isErrno(err, syscall.EEXIST)) {
+	if err == nil || !mayHaveHappened(err) {
 		return err
 	}
 	if s.verifyPublished(src, srcInfo, 0, dst, false) {
@@ -202,6 +231,14 @@ func (s *Store) publishRename(src string, srcInfo Info, dst string) error {
 		return nil
 	}
 	return err
+}
+
+// mayHaveHappened reports whether a LINK or RENAME that answered err may
+// nevertheless have been carried out by the server: any error but the
+// ones that say the operation is not supported there (the caller falls
+// back to another way) or that the name could not be reached at all.
+func mayHaveHappened(err error) bool {
+	return !isErrno(err, syscall.EXDEV) && !isErrno(err, syscall.EPERM) && !isErrno(err, syscall.ESTALE)
 }
 
 // verifyPublished decides whether dst holds our inode: same dev/ino, or —

@@ -345,10 +345,6 @@ func (s *Store) readDirNames(dir string) (names []string, err error) {
 	return names, err
 }
 
-func (s *Store) writeFile(path string, data []byte, mb Mailbox) error {
-	return s.writeNewFile(path, data, mb, false)
-}
-
 // writeNewFile creates path (O_EXCL), writes data, fsyncs it when durable,
 // and closes it, checking each step; on failure the file is removed.
 func (s *Store) writeNewFile(path string, data []byte, mb Mailbox, durable bool) error {

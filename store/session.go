@@ -14,11 +14,6 @@ import (
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
-// GenerationName is the file every session that removes or moves messages
-// rewrites, so that other machines' cached listings of the Maildir are
-// known to be out of date even where directory times are coarse.
-const GenerationName = "nfsdrop-pop3.gen"
-
 // SessionOptions configures a POP3 session on a Maildir.
 type SessionOptions struct {
 	// LockStale is how long a session lock may go unrefreshed before
@@ -54,17 +49,19 @@ type Session struct {
 // holds it) and lists the Maildir, revalidating this machine's cached
 // listing first:
 //
-//  1. the generation file is read through open() (which makes an NFS
-//     client revalidate it: close-to-open consistency);
-//  2. new/ and cur/ are opened and fstat'ed, again forcing fresh
-//     attributes instead of the attribute cache;
-//  3. if the generation and both directories' inode, mtime, ctime and size
-//     are as cached, the cached listing is used; if only new/ changed
-//     (a delivery), only new/ is listed again; otherwise both are.
+//  1. new/ and cur/ are opened and fstat'ed, which makes an NFS client
+//     ask the server for fresh attributes (close-to-open consistency)
+//     instead of its attribute cache;
+//  2. if both directories' inode, mtime, ctime and size are as cached,
+//     the cached listing is used; if only new/ changed (a delivery), only
+//     new/ is listed again; otherwise both are.
 //
 // A directory changed in the two seconds before the session's lock was
-// written, on the file server's clock, is never cached: two changes within
-// one timestamp tick must not look like none.
+// made, on the file server's clock, is never cached: two changes within
+// one timestamp tick must not look like none. Every later change (a
+// delivery, a deletion, a rename by this or another machine or an IMAP
+// server) then stamps the directory with a later time. No generation file
+// is needed (TestListingCacheNeedsNoGenerationFile).
 func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err error) {
 	// The Maildir is opened under the symlink rule and held for the whole
 	// session (pin.go): the lock, the listing, RETR and DELE all name
@@ -105,24 +102,6 @@ func (ss *Session) Entries() []Entry { return ss.entries }
 
 // CacheResult says how the listing was made: "hit", "partial" or "miss".
 func (ss *Session) CacheResult() string { return ss.cache }
-
-// bumpGeneration writes a new generation (unique name of this change)
-// atomically: write in tmp/, rename over.
-func (s *Store) bumpGeneration(mb Mailbox) error {
-	tmp := mb.at("tmp", s.newBase()+".gen")
-	if err := s.writeFile(tmp, []byte(s.newBase()+"\n"), mb); err != nil {
-		return s.classify("write generation", err)
-	}
-	info, err := s.fs.Lstat(tmp)
-	if err == nil {
-		err = s.publishRename(tmp, info, mb.at(GenerationName))
-	}
-	if err != nil {
-		s.fs.Remove(tmp)
-		return s.classify("write generation", err)
-	}
-	return nil
-}
 
 // Open returns the content of entry i. An IMAP server on the same Maildir
 // may have renamed the message since the listing (new/ to cur/, a flag
@@ -229,9 +208,8 @@ func (s *Store) relocate(mb Mailbox, e Entry, known *dirNames) (Entry, bool, err
 
 // Commit is POP3's UPDATE state: it checks the lock is still this
 // session's, removes the deleted entries, moves retrieved ones to cur/
-// when configured, records the removal in maildirsize, writes a new
-// generation so that other machines drop their cached listing, and
-// releases the lock. It removes nothing when the lock was taken over.
+// when configured, records the removal in maildirsize, and releases the
+// lock. It removes nothing when the lock was taken over.
 //
 // A message renamed meanwhile (ENOENT) is looked up again by its base name
 // and removed (or flagged) under its new name; one in neither new/ nor
@@ -281,9 +259,9 @@ func (ss *Session) Commit(deleted, retrieved []int) error {
 	if count > 0 {
 		s.RecordRemoval(ss.mb, bytes, count)
 	}
-	if err := s.bumpGeneration(ss.mb); err != nil && firstErr == nil {
-		firstErr = err
-	}
+	// Every removal or rename changed new/ or cur/, and with it the
+	// directory's mtime and ctime on the filer: other machines' cached
+	// listings are revalidated by those (listing.go).
 	s.index.drop(ss.mb.Path)
 	if firstErr != nil {
 		return fmt.Errorf("commit: %w", firstErr)

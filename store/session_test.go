@@ -2,12 +2,16 @@ package store
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
@@ -60,7 +64,7 @@ func TestSessionLockAcrossMachines(t *testing.T) {
 		t.Errorf("listing has %d entries, want 4", len(s2.Entries()))
 	}
 	s2.Close()
-	if _, err := os.Stat(filepath.Join(mb.Path, LockName)); !os.IsNotExist(err) {
+	if _, err := os.Lstat(filepath.Join(mb.Path, LockName)); !os.IsNotExist(err) {
 		t.Errorf("lock file left behind: %v", err)
 	}
 }
@@ -76,8 +80,10 @@ func TestStaleLockTakeover(t *testing.T) {
 	// The holder "dies": its refresher stops and the lock ages.
 	close(dead.lock.stop)
 	<-dead.lock.done
-	old := time.Now().Add(-2 * time.Minute)
-	os.Chtimes(filepath.Join(mb.Path, LockName), old, old)
+	old := unix.NsecToTimespec(time.Now().Add(-2 * time.Minute).UnixNano())
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(mb.Path, LockName), []unix.Timespec{old, old}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		t.Fatal(err)
+	}
 	s2, err := b.OpenSession(mb, sessOpts)
 	if err != nil {
 		t.Fatalf("stale lock not taken over: %v", err)
@@ -126,8 +132,8 @@ func TestDeletionVisibleOnOtherMachine(t *testing.T) {
 	if err := sa.Commit([]int{0, 2}, nil); err != nil {
 		t.Fatal(err)
 	}
-	// Make the directory look untouched to a time-based check: only the
-	// generation file can reveal the change now.
+	// Set the directories' mtimes back: their ctimes, which no one can
+	// set, still reveal the change.
 	for _, d := range []string{"new", "cur"} {
 		os.Chtimes(filepath.Join(mb.Path, d), old, old)
 	}
@@ -259,4 +265,146 @@ func TestLegacyUIDLs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestListingCacheNeedsNoGenerationFile shows why sessions keep no
+// generation file: on a filer that stamps times in whole seconds, reports
+// ctime equal to mtime and directories with size 0 (fakeFiler: two changes
+// within one second look alike there), another machine's cached listing is
+// never served after a deletion, a move to cur/, or a rename by another
+// program in cur/ — in the same filer second as that listing or later.
+// Such a change stamps new/ or cur/ with a time no earlier than the
+// caching session's lock, and a listing is cached only for directories
+// unchanged for two seconds before that lock (listing.go), so the stamp
+// differs.
+func TestListingCacheNeedsNoGenerationFile(t *testing.T) {
+	changes := map[string]func(t *testing.T, a *Store, filer *fakeFiler, mb Mailbox, entries []Entry){
+		"deletion by another machine": func(t *testing.T, a *Store, _ *fakeFiler, mb Mailbox, entries []Entry) {
+			sa, err := a.OpenSession(mb, sessOpts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sa.Commit([]int{indexIn(t, sa, "new")}, nil); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"move to cur/ by another machine": func(t *testing.T, a *Store, _ *fakeFiler, mb Mailbox, entries []Entry) {
+			opts := sessOpts
+			opts.MoveToCur = true
+			sa, err := a.OpenSession(mb, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sa.Commit(nil, []int{indexIn(t, sa, "new")}); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"flag added in cur/ by an IMAP server": func(t *testing.T, _ *Store, filer *fakeFiler, mb Mailbox, _ []Entry) {
+			flagOneInCur(t, filer, mb, "T")
+		},
+	}
+	for name, change := range changes {
+		for _, delay := range []time.Duration{0, 400 * time.Millisecond, time.Second, 3 * time.Second} {
+			t.Run(fmt.Sprintf("%s after %v", name, delay), func(t *testing.T) {
+				filer, _, st, root := filerMachines(t, 0, 0)
+				a, b := st[0], st[1]
+				mb := mailbox(root, "gen")
+				deliverN(t, a, mb, 4)
+				opts := sessOpts
+				opts.MoveToCur = true
+				seen, err := a.OpenSession(mb, opts) // two messages to cur/
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := seen.Commit(nil, []int{0, 1}); err != nil {
+					t.Fatal(err)
+				}
+				filer.Advance(5 * time.Second)
+				for i := range 2 {
+					sb, err := b.OpenSession(mb, sessOpts)
+					if err != nil {
+						t.Fatal(err)
+					}
+					sb.Close()
+					if i == 1 && sb.CacheResult() != "hit" {
+						t.Fatalf("repeat login on an unchanged mailbox: %s, want hit", sb.CacheResult())
+					}
+				}
+				// new/ and cur/ change, then B lists them within the same
+				// filer second: a second change in that second leaves the
+				// same stamps, which only the two-second rule catches.
+				deliverN(t, a, mb, 1)
+				flagOneInCur(t, filer, mb, "F")
+				filer.Advance(300 * time.Millisecond)
+				sb, err := b.OpenSession(mb, sessOpts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				before := sb.Entries()
+				sb.Close()
+				filer.Advance(delay)
+				change(t, a, filer, mb, before)
+				sb, err = b.OpenSession(mb, sessOpts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer sb.Close()
+				if sb.CacheResult() == "hit" {
+					t.Fatal("machine B served its cached listing after the mailbox changed")
+				}
+				if got, want := namesOf(sb.Entries()), namesOnDisk(t, mb); got != want {
+					t.Fatalf("B lists %s, the Maildir holds %s", got, want)
+				}
+			})
+		}
+	}
+}
+
+// flagOneInCur adds flag to the first message in cur/ without it, as an
+// IMAP server would (a rename on the filer).
+func flagOneInCur(t *testing.T, filer *fakeFiler, mb Mailbox, flag string) {
+	t.Helper()
+	cur := filepath.Join(mb.Path, "cur")
+	for _, n := range listDir(t, cur) {
+		if !strings.HasSuffix(n, flag) {
+			if err := filer.Rename(filepath.Join(cur, n), filepath.Join(cur, n+flag)); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatal("no message in cur/ to flag")
+}
+
+// indexIn is the index of a session's first entry in dir.
+func indexIn(t *testing.T, s *Session, dir string) int {
+	t.Helper()
+	for i, e := range s.Entries() {
+		if e.Dir == dir {
+			return i
+		}
+	}
+	t.Fatalf("no message in %s/", dir)
+	return -1
+}
+
+func namesOf(entries []Entry) string {
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Dir+"/"+e.Name)
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
+
+func namesOnDisk(t *testing.T, mb Mailbox) string {
+	t.Helper()
+	var out []string
+	for _, dir := range []string{"new", "cur"} {
+		for _, n := range listDir(t, filepath.Join(mb.Path, dir)) {
+			out = append(out, dir+"/"+n)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
 }

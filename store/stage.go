@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -37,15 +38,22 @@ type Staged struct {
 	owned    bool
 	// links is how many links to src this Staged has made (and not taken
 	// back): src's link count is srcInfo.Nlink + links, since nobody else
-	// knows the file's name. ackedLinks is how many of them were answered
-	// as delivered.
-	links, ackedLinks uint64
+	// knows the file's name. acked is how many recipients were answered
+	// as delivered with this very file (linked, or renamed into place).
+	links, acked uint64
 	// published maps a cleaned Maildir path to the delivery already made
 	// there from this message without a prefix: a second recipient with the
 	// same Maildir (user+a and user+b, aliases) gets the same answer instead
 	// of a second link, a second quota charge, or a withdrawal of a file the
 	// first was answered for.
 	published map[string]Delivery
+	// waiting holds the cleaned Maildir paths of the recipients this
+	// message was staged for that have not been delivered (or failed)
+	// yet. The last of them takes the staged file itself with one rename
+	// instead of a link and a later unlink of the tmp/ name; until then
+	// the file stays where it was staged, so that no recipient's trouble
+	// reaches the others.
+	waiting map[string]struct{}
 	// extra are recipients' pins src came to depend on (the rename
 	// fallback publishes the staged file itself through one). Discard
 	// releases them with place.pin.
@@ -68,7 +76,21 @@ func (s *Store) Stage(mb Mailbox, r io.Reader) (*Staged, error) {
 		return nil, err
 	}
 	defer pinned.release()
-	return s.writeTmp(mailboxTmp(pinned), r)
+	st, err := s.writeTmp(mailboxTmp(pinned), r)
+	if err != nil {
+		return nil, err
+	}
+	st.waiting = waitingFor([]Mailbox{mb})
+	return st, nil
+}
+
+// waitingFor is the set of Maildirs recipients will be delivered to.
+func waitingFor(recipients []Mailbox) map[string]struct{} {
+	w := make(map[string]struct{}, len(recipients))
+	for _, mb := range recipients {
+		w[filepath.Clean(mb.Path)] = struct{}{}
+	}
+	return w
 }
 
 // StageFor writes r durably once for recipients (at least one), where no
@@ -104,6 +126,7 @@ func (s *Store) StageFor(recipients []Mailbox, r io.Reader) (*Staged, error) {
 	if err != nil {
 		return nil, err
 	}
+	st.waiting = waitingFor(recipients)
 	s.SweepInPassing(s.spoolDir())
 	return st, nil
 }
@@ -137,10 +160,10 @@ func mailboxTmp(mb Mailbox) tmpPlace {
 	}
 }
 
-// writeTmp is step 2 of the algorithm: O_EXCL create in place's tmp/,
-// write, fsync, checked close. On any error the tmp file is removed.
+// writeTmp is step 2 of the algorithm: create in place's tmp/, write,
+// fsync, checked close. On any error the tmp file is removed.
 func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
-	f, base, tmpPath, err := s.createTmp(place)
+	f, base, tmpPath, info, err := s.createTmp(place)
 	if err != nil {
 		return nil, s.classify("create tmp file", err)
 	}
@@ -156,8 +179,10 @@ func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
 			s.log.Warn("could not remove tmp file after a failed delivery", "path", filepath.Join(place.name, base), "err", rerr)
 		}
 	}()
-	wantOwner := s.chown && (place.uid >= 0 || place.gid >= 0)
+	wantOwner := s.chown && !ownedBy(info, place.uid, place.gid)
 	if wantOwner && !place.spool {
+		// A SETATTR on NFS: only when the file is not born with the
+		// right owner (a process running as root delivering for a user).
 		if err = f.Chown(place.uid, place.gid); err != nil {
 			return nil, s.classify("chown tmp file", err)
 		}
@@ -197,10 +222,6 @@ func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
 				"path", filepath.Join(place.name, base), "uid", place.uid, "gid", place.gid, "err", cerr)
 		}
 	}
-	info, err := f.Stat()
-	if err != nil {
-		return nil, s.classify("fstat", err)
-	}
 	syncStart := time.Now()
 	err = f.Sync()
 	s.obs.Fsync("file", time.Since(syncStart))
@@ -219,23 +240,74 @@ func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
 	}, nil
 }
 
-// createTmp creates a fresh file in place.dir with O_EXCL.
-func (s *Store) createTmp(place tmpPlace) (f File, base, tmpPath string, err error) {
+// ownedBy reports whether info's owner is already uid and gid (-1: any).
+func ownedBy(info Info, uid, gid int) bool {
+	return (uid < 0 || info.UID == uid) && (gid < 0 || info.GID == gid)
+}
+
+// createTmp creates a fresh file in place.dir and returns it with its
+// attributes (identity and link count for publishing, owner for chown).
+//
+// The name is unique by construction (uniqueBase: time to the
+// microsecond, pid, a per-process counter, 32 random bits, the host), so
+// the create needs no O_EXCL: without it an NFSv3 client sends one
+// UNCHECKED CREATE where O_EXCL costs an EXCLUSIVE CREATE and a SETATTR
+// (two mutating calls), and a CREATE retransmitted after a lost reply
+// simply opens the same empty file. What O_EXCL guarded against, another
+// process holding the same name (a clock stepped back and a pid reused),
+// would also need the same microsecond, counter and random part; it is
+// still checked, for free: the file just made must be an empty regular
+// file with one link (its attributes come with the CREATE reply), else it
+// is someone else's, left alone, and a fresh name is taken. O_NOFOLLOW:
+// a symlink planted under the name is never written through.
+func (s *Store) createTmp(place tmpPlace) (f File, base, tmpPath string, info Info, err error) {
 	for attempt := 0; ; attempt++ {
 		base = s.newBase()
 		tmpPath = filepath.Join(place.dir, base)
-		err = s.retryStale(func() error {
-			var oerr error
-			f, oerr = s.fs.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-			return oerr
-		})
-		// EEXIST: another process holds this name (clock stepped back
-		// and pid reused); take a fresh name.
-		if isErrno(err, syscall.EEXIST) && attempt < 3 {
+		f, info, err = s.createFresh(tmpPath)
+		if errors.Is(err, errNotFresh) && attempt < 3 {
+			s.log.Warn("a new tmp/ name was taken; trying another", "path", filepath.Join(place.name, base))
 			continue
 		}
-		return f, base, tmpPath, err
+		return f, base, tmpPath, info, err
 	}
+}
+
+// errNotFresh says that a name unique by construction held a file that is
+// not the one just created.
+var errNotFresh = errors.New("tmp file name already in use")
+
+// createFresh creates path (see createTmp). When the create fails, the
+// name is removed: a CREATE that worked but whose reply was lost may
+// answer an error (EEXIST, EIO...) and leave an empty file that nobody
+// else knows the name of.
+func (s *Store) createFresh(path string) (File, Info, error) {
+	var f File
+	err := s.retryStale(func() error {
+		var oerr error
+		f, oerr = s.fs.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+		return oerr
+	})
+	if err != nil {
+		if isErrno(err, syscall.ELOOP) {
+			return nil, Info{}, fmt.Errorf("%w: a symlink", errNotFresh)
+		}
+		if rerr := s.fs.Remove(path); rerr != nil && !isErrno(rerr, syscall.ENOENT) {
+			s.log.Warn("could not remove a tmp file whose create failed", "path", ResolvedPath(path), "err", rerr)
+		}
+		return nil, Info{}, err
+	}
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		s.fs.Remove(path) // made by us a moment ago, or by nobody
+		return nil, Info{}, s.classify("fstat", err)
+	}
+	if !info.Mode.IsRegular() || info.Size != 0 || info.Nlink != 1 {
+		f.Close()
+		return nil, Info{}, fmt.Errorf("%w: size %d, %d links", errNotFresh, info.Size, info.Nlink)
+	}
+	return f, info, nil
 }
 
 // Restage writes, once, a new staged copy of the message with prefix
@@ -251,7 +323,16 @@ func (st *Staged) Restage(prefix []byte) (*Staged, error) {
 		return nil, s.classify("open staged message", err)
 	}
 	defer f.Close()
-	return s.writeTmp(st.place, io.MultiReader(bytes.NewReader(prefix), f))
+	cp, err := s.writeTmp(st.place, io.MultiReader(bytes.NewReader(prefix), f))
+	if err != nil {
+		return nil, err
+	}
+	// The copy goes to the recipients the original was still waiting for.
+	cp.waiting = make(map[string]struct{}, len(st.waiting))
+	for k := range st.waiting {
+		cp.waiting[k] = struct{}{}
+	}
+	return cp, nil
 }
 
 // Discard removes the staged tmp/ file. Call it once every recipient has

@@ -105,21 +105,84 @@ func TestDeliverFaults(t *testing.T) {
 		kind     failure.Kind
 		errno    syscall.Errno
 		deferred bool // QuotaDefer set
+		// two delivers the message for alice and then bob, staged once
+		// in the spool: alice's copy is a link (the hook acts then), bob's
+		// the staged file renamed, with no hook. The outcome is checked
+		// for alice; bob must be acknowledged whatever happened to alice.
+		two bool
+		// tmpLeft is how many files not of this delivery the test put in
+		// tmp/ (they must still be there, untouched).
+		tmpLeft int
 		// setup prepares the Maildir (quota, maildirsize, old messages)
 		// before the hook is installed.
 		setup func(t *testing.T, mb *Mailbox)
 	}{
 		{name: "clean", hook: nil, acked: true},
-		{name: "link succeeded but reply lost (EEXIST on retransmit)", hook: onceErr("link", syscall.EEXIST, true), acked: true},
-		{name: "link succeeded but answers ENOENT", hook: onceErr("link", syscall.ENOENT, true), acked: true},
-		{name: "link EEXIST for another file (collision)", hook: onceErr("link", syscall.EEXIST, false), acked: false, kind: failure.Temporary, errno: syscall.EEXIST},
-		{name: "link ESTALE once then works", hook: onceErr("link", syscall.ESTALE, false), acked: true},
-		{name: "link ESTALE forever", hook: func(op, path string, real func() error) error {
+		{name: "link succeeded but reply lost (EEXIST on retransmit)", two: true, hook: onceErr("link", syscall.EEXIST, true), acked: true},
+		{name: "link succeeded but answers ENOENT", two: true, hook: onceErr("link", syscall.ENOENT, true), acked: true},
+		{name: "link succeeded but answers EIO", two: true, hook: onceErr("link", syscall.EIO, true), acked: true},
+		{name: "link EEXIST for another file (collision)", two: true, hook: onceErr("link", syscall.EEXIST, false), acked: false, kind: failure.Temporary, errno: syscall.EEXIST},
+		{name: "link EIO, not made", two: true, hook: onceErr("link", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+		{name: "link ENOSPC", two: true, hook: onceErr("link", syscall.ENOSPC, false), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
+		{name: "link EDQUOT", two: true, hook: onceErr("link", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
+		{name: "link ESTALE once then works", two: true, hook: onceErr("link", syscall.ESTALE, false), acked: true},
+		{name: "link ESTALE forever", two: true, hook: func(op, path string, real func() error) error {
 			if op == "link" {
 				return &os.LinkError{Op: "link", New: path, Err: syscall.ESTALE}
 			}
 			return real()
 		}, acked: false, kind: failure.Temporary, errno: syscall.ESTALE},
+		{name: "cross-device link: copy", two: true, hook: onceErr("link", syscall.EXDEV, false), acked: true},
+		// The only (or last) recipient takes the staged file with one
+		// rename: a lost reply is detected as for a link.
+		{name: "rename succeeded but reply lost (ENOENT on retransmit)", hook: onceErr("rename", syscall.ENOENT, true), acked: true},
+		{name: "rename succeeded but answers EEXIST", hook: onceErr("rename", syscall.EEXIST, true), acked: true},
+		{name: "rename succeeded but answers EIO", hook: onceErr("rename", syscall.EIO, true), acked: true},
+		{name: "rename succeeded but answers ESTALE", hook: onceErr("rename", syscall.ESTALE, true), acked: true},
+		{name: "rename EIO, not made", hook: onceErr("rename", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+		{name: "rename ENOENT, not made", hook: onceErr("rename", syscall.ENOENT, false), acked: false, kind: failure.Temporary, errno: syscall.ENOENT},
+		{name: "rename ESTALE once then works", hook: onceErr("rename", syscall.ESTALE, false), acked: true},
+		{name: "rename ESTALE forever", hook: func(op, path string, real func() error) error {
+			if op == "rename" {
+				return &os.LinkError{Op: "rename", New: path, Err: syscall.ESTALE}
+			}
+			return real()
+		}, acked: false, kind: failure.Temporary, errno: syscall.ESTALE},
+		{name: "rename ENOSPC", hook: onceErr("rename", syscall.ENOSPC, false), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
+		{name: "rename EDQUOT", hook: onceErr("rename", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
+		{name: "rename EDQUOT, defer", hook: onceErr("rename", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT, deferred: true},
+		// The tmp/ file is created without O_EXCL (its name is unique by
+		// construction): a CREATE that worked but answers an error leaves
+		// no file behind.
+		{name: "create succeeded but answers EEXIST", hook: onceErr("open", syscall.EEXIST, true), acked: false, kind: failure.Temporary, errno: syscall.EEXIST},
+		{name: "create succeeded but answers EIO", hook: onceErr("open", syscall.EIO, true), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+		{name: "create succeeded but answers ENOENT", hook: onceErr("open", syscall.ENOENT, true), acked: false, kind: failure.Temporary, errno: syscall.ENOENT},
+		{name: "create succeeded but answers ESTALE: retransmitted, opens the same file", hook: onceErr("open", syscall.ESTALE, true), acked: true},
+		{name: "create ENOSPC", hook: onceErr("open", syscall.ENOSPC, false), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
+		{name: "create EDQUOT", hook: onceErr("open", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
+		{name: "create finds another process's file under the name: fresh name", hook: func() hook {
+			var done atomic.Bool
+			return func(op, path string, real func() error) error {
+				if op == "open" && strings.Contains(path, "/tmp/") && done.CompareAndSwap(false, true) {
+					// Another writer made this very name a moment ago.
+					if err := os.WriteFile(path, []byte("someone else's"), 0o600); err != nil {
+						return err
+					}
+				}
+				return real()
+			}
+		}(), acked: true, tmpLeft: 1},
+		{name: "create finds a symlink under the name: fresh name, nothing written through it", hook: func() hook {
+			var done atomic.Bool
+			return func(op, path string, real func() error) error {
+				if op == "open" && strings.Contains(path, "/tmp/") && done.CompareAndSwap(false, true) {
+					if err := os.Symlink("/nonexistent-target", path); err != nil {
+						return err
+					}
+				}
+				return real()
+			}
+		}(), acked: true, tmpLeft: 1},
 		{name: "no hard links: rename fallback", hook: func(op, path string, real func() error) error {
 			if op == "link" {
 				return &os.LinkError{Op: "link", New: path, Err: syscall.EPERM}
@@ -207,20 +270,35 @@ func TestDeliverFaults(t *testing.T) {
 			ffs := &faultFS{}
 			s, root := newTestStore(t, ffs, func(o *Options) { o.QuotaDefer = tc.deferred })
 			mb := mailbox(root, "alice")
-			if err := s.EnsureMaildir(mb); err != nil {
+			err := s.EnsureMaildir(mb)
+			if err != nil {
 				t.Fatal(err)
 			}
 			if tc.setup != nil {
 				tc.setup(t, &mb)
 			}
 			ffs.hook = tc.hook
-			d, err := s.Deliver(mb, bytes.NewReader(testMessage))
+			var d Delivery
+			if tc.two {
+				d, err = deliverTwo(t, s, ffs, mb, mailbox(root, "bob"), tc.hook)
+			} else {
+				d, err = s.Deliver(mb, bytes.NewReader(testMessage))
+			}
 			acked := err == nil
 			if acked != tc.acked {
 				t.Fatalf("acknowledged=%v, want %v (err %v)", acked, tc.acked, err)
 			}
 			ffs.hook = nil
+			if tc.tmpLeft > 0 {
+				removeForeign(t, mb, tc.tmpLeft)
+			}
 			checkOutcome(t, mb, acked, testMessage)
+			if tc.two {
+				checkOutcome(t, mailbox(root, "bob"), true, testMessage)
+				if left := listDir(t, filepath.Join(root, SpoolName, "tmp")); len(left) != 0 {
+					t.Errorf("spool tmp/ not empty: %v", left)
+				}
+			}
 			if acked {
 				if _, err := os.Stat(filepath.Join(mb.Path, "new", d.Key)); err != nil {
 					t.Errorf("key %q not in new/: %v", d.Key, err)
@@ -238,6 +316,46 @@ func TestDeliverFaults(t *testing.T) {
 				t.Errorf("Temporary() = %v for %v", fe.Temporary(), err)
 			}
 		})
+	}
+}
+
+// deliverTwo stages the message once for alice and bob (in the spool),
+// delivers it to alice with hook on (a link: bob is still to come) and to
+// bob without (the staged file renamed), and returns alice's outcome.
+func deliverTwo(t *testing.T, s *Store, ffs *faultFS, alice, bob Mailbox, hook func(op, path string, real func() error) error) (Delivery, error) {
+	t.Helper()
+	ffs.hook = nil
+	st, err := s.StageFor([]Mailbox{alice, bob}, bytes.NewReader(testMessage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Discard()
+	ffs.hook = hook
+	d, aliceErr := st.Deliver(alice)
+	ffs.hook = nil
+	if _, err := st.Deliver(bob); err != nil {
+		t.Errorf("bob was not delivered after alice's trouble: %v", err)
+	}
+	return d, aliceErr
+}
+
+// removeForeign checks that the n files another process had under our
+// tmp/ names are still there, as that process left them, and removes them.
+func removeForeign(t *testing.T, mb Mailbox, n int) {
+	t.Helper()
+	dir := filepath.Join(mb.Path, "tmp")
+	names := listDir(t, dir)
+	if len(names) != n {
+		t.Fatalf("tmp/ holds %v, want the %d files of another process", names, n)
+	}
+	for _, name := range names {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() {
+			if b, _ := os.ReadFile(p); string(b) != "someone else's" {
+				t.Errorf("another process's tmp/ file was written to: %q", b)
+			}
+		}
+		os.Remove(p)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,7 +17,13 @@ import (
 // abandoned (a delivery that died) and may be removed.
 const TmpMaxAge = 36 * time.Hour
 
-// SweepTmp removes regular files in maildir/tmp/ whose modification and
+// isLockLeftover reports whether a tmp/ entry is a symlink the session
+// lock made there (a clock probe, a lock renamed aside) and a crash left.
+func isLockLeftover(name string, info Info) bool {
+	return info.Mode&fs.ModeSymlink != 0 && (strings.HasSuffix(name, ClockProbeSuffix) || strings.HasSuffix(name, StaleLockSuffix))
+}
+
+// SweepTmp removes regular files (and the session lock's symlinks) in maildir/tmp/ whose modification and
 // change times are both older than maxAge, and returns how many it removed
 // (or would remove, with dryRun). It never looks at new/ or cur/. It is not
 // on the delivery path: daemons call it on a timer, administrators through
@@ -35,7 +42,7 @@ func (s *Store) SweepTmp(maildir string, maxAge time.Duration, dryRun bool) (int
 	for _, n := range names {
 		p := filepath.Join(dir, n)
 		info, err := s.fs.Lstat(p)
-		if err != nil || !info.Mode.IsRegular() {
+		if err != nil || !(info.Mode.IsRegular() || isLockLeftover(n, info)) {
 			continue
 		}
 		if info.ModTime.After(cutoff) || info.ChangeAt.After(cutoff) {
