@@ -48,7 +48,8 @@ func ScanMaildirs(users []string, maildirOf func(user string) string) ([]StoredF
 		if ents, err := os.ReadDir(filepath.Join(md, "tmp")); err == nil && len(ents) > 0 {
 			notes = append(notes, fmt.Sprintf("%s: %d files left in tmp/ (interrupted deliveries or sessions; the sweeper removes them after store.tmp_max_age)", u, len(ents)))
 		}
-		if _, err := os.Stat(filepath.Join(md, store.LockName)); err == nil {
+		// Lstat: the lock is a symlink whose target names no file.
+		if _, err := os.Lstat(filepath.Join(md, store.LockName)); err == nil {
 			notes = append(notes, fmt.Sprintf("%s: session lock file left behind", u))
 		}
 	}
