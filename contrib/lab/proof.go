@@ -133,7 +133,10 @@ read -r t1 _ </proc/uptime
 cat /proc/self/mountstats >/tmp/ms-deliver-1
 echo "t0=$t0 t1=$t1 n=$i" >/tmp/deliver.time
 echo "proof: $H $i deliveries in $t0..$t1"
-cp /tmp/bare.txt /tmp/ms-bare-0 /tmp/ms-bare-1 /tmp/ms-deliver-0 /tmp/ms-deliver-1 /tmp/deliver.log /tmp/deliver.err /tmp/deliver.time "$O/"
+# After the counts: the doctor's probes of the real NFS mount (the POP3
+# lock's symlink times among them).
+/tmp/nfsdrop doctor -c /tmp/nfsdrop.toml >/tmp/doctor.txt 2>&1
+cp /tmp/doctor.txt /tmp/bare.txt /tmp/ms-bare-0 /tmp/ms-bare-1 /tmp/ms-deliver-0 /tmp/ms-deliver-1 /tmp/deliver.log /tmp/deliver.err /tmp/deliver.time "$O/"
 echo done >"$O/done"
 sync
 `
@@ -277,6 +280,9 @@ func readVMResults(ex string, r *VMReport, msgs map[string]int) error {
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "deliver.err")); err == nil {
 		r.DeliverErrors = string(b)
+	}
+	if err := checkDoctor(dir); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %v", r.Host, err))
 	}
 	f, err := os.Open(filepath.Join(dir, "deliver.log"))
 	if err != nil {
@@ -423,4 +429,21 @@ func (r *ProofReport) String() string {
 		}
 	}
 	return b.String()
+}
+
+// checkDoctor reads what nfsdrop doctor said on the VM's real NFS mount:
+// the probes the store relies on must pass there (the POP3 lock is a
+// symlink whose own times the file server must let it set).
+func checkDoctor(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "doctor.txt"))
+	if err != nil {
+		return fmt.Errorf("doctor: %w", err)
+	}
+	for _, probe := range []string{"link-rename", "symlink-lock"} {
+		m := regexp.MustCompile(`(?m)^` + probe + `\s+(\S+)`).FindSubmatch(b)
+		if m == nil || string(m[1]) != "OK" {
+			return fmt.Errorf("doctor's %s probe on the NFS mount did not pass:\n%s", probe, b)
+		}
+	}
+	return nil
 }

@@ -215,7 +215,21 @@ func TestHostClaimUnwritable(t *testing.T) {
 // failFS is the real filesystem with some calls failing.
 type failFS struct {
 	store.OSFS
-	link, mkdir, sync error
+	link, mkdir, sync, touch, symlink error
+}
+
+func (f failFS) TouchNow(name string) error {
+	if f.touch != nil {
+		return &os.PathError{Op: "utimensat", Path: name, Err: f.touch}
+	}
+	return f.OSFS.TouchNow(name)
+}
+
+func (f failFS) Symlink(target, name string) error {
+	if f.symlink != nil {
+		return &os.LinkError{Op: "symlink", Old: target, New: name, Err: f.symlink}
+	}
+	return f.OSFS.Symlink(target, name)
 }
 
 func (f failFS) Link(a, b string) error {
@@ -237,6 +251,29 @@ func (f failFS) SyncDir(name string) error {
 		return &os.PathError{Op: "fsync", Path: name, Err: f.sync}
 	}
 	return f.OSFS.SyncDir(name)
+}
+
+func TestCheckSymlinkLock(t *testing.T) {
+	dir := t.TempDir()
+	if r := CheckSymlinkLock(store.OSFS{}, dir); r.Status != OK {
+		t.Fatalf("%+v", r)
+	}
+	for _, tc := range []struct {
+		name string
+		fs   failFS
+		want string
+	}{
+		{"filer refuses a symlink's times", failFS{touch: syscall.EPERM}, "setting the symlink's times"},
+		{"no symlinks", failFS{symlink: syscall.EPERM}, "symlink: "},
+	} {
+		r := CheckSymlinkLock(tc.fs, dir)
+		if r.Status != FAIL || !strings.Contains(r.Detail, tc.want) {
+			t.Errorf("%s: %+v", tc.name, r)
+		}
+	}
+	if names, _ := os.ReadDir(dir); len(names) != 0 {
+		t.Errorf("left %d files", len(names))
+	}
 }
 
 func TestCheckLinkRename(t *testing.T) {

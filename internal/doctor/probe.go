@@ -56,7 +56,7 @@ func CheckLinkRename(fsys store.FS, dir string) Result {
 	if err := fsys.Link(a, b); err != nil {
 		if linkUnsupported(err) {
 			return fail(name, "hard links are not supported (link: "+errText(err)+"): deliveries fall back to rename() (one copy per recipient instead of one inode), "+
-				"but the POP3 session lock is made with link(), so POP3 cannot lock mailboxes",
+				"and a POP3 session lock renamed aside by mistake during a takeover cannot be put back (link())",
 				"put the mail root on a filesystem with hard links (an NFS export of a POSIX filesystem)")
 		}
 		return fail(name, "link: "+errText(err), fix)
@@ -136,6 +136,45 @@ func createFile(fsys store.FS, path string, data []byte) (store.Info, error) {
 
 // SlowFsync is the p99 above which the fsync check warns.
 const SlowFsync = 100 * time.Millisecond
+
+// CheckSymlinkLock checks, in dir, what the POP3 session lock relies on:
+// the lock is a symlink whose target is the session's token (one SYMLINK
+// call), made atomically or refused with EEXIST, read with readlink, and
+// kept fresh by setting the symlink's own times to the file server's "now"
+// (utimensat with AT_SYMLINK_NOFOLLOW, sent as a SETATTR of the link).
+// A file server that refuses the last one would let every live POP3
+// session's lock look stale after pop3.lock_stale and be taken over.
+func CheckSymlinkLock(fsys store.FS, dir string) Result {
+	const name = "symlink-lock"
+	const fix = "the POP3 session lock needs symlinks whose own times can be set on the mail root: use an NFS export of a POSIX filesystem (Linux nfsd, nfs-ganesha with FSAL_VFS, a NAS with UNIX semantics)"
+	const token = "nfsdrop-doctor-token"
+	p := filepath.Join(dir, "lock")
+	defer fsys.Remove(p)
+	if err := fsys.Symlink(token, p); err != nil {
+		return fail(name, "symlink: "+errText(err), fix)
+	}
+	if err := fsys.Symlink(token, p); !errors.Is(err, syscall.EEXIST) {
+		return fail(name, fmt.Sprintf("a second symlink of the same name gave %s, expected EEXIST", errText(err)), fix)
+	}
+	if got, err := fsys.Readlink(p); err != nil || got != token {
+		return fail(name, fmt.Sprintf("readlink gave %q, %s", got, errText(err)), fix)
+	}
+	before, err := fsys.LstatFresh(p)
+	if err != nil {
+		return fail(name, "statx of the symlink: "+errText(err), fix)
+	}
+	if err := fsys.TouchNow(p); err != nil {
+		return fail(name, "setting the symlink's times (utimensat, AT_SYMLINK_NOFOLLOW): "+errText(err), fix)
+	}
+	after, err := fsys.LstatFresh(p)
+	if err != nil {
+		return fail(name, "statx of the symlink after setting its times: "+errText(err), fix)
+	}
+	if after.ModTime.Before(before.ModTime) {
+		return fail(name, fmt.Sprintf("the symlink's time went back from %s to %s when set to the server's now", before.ModTime, after.ModTime), fix)
+	}
+	return ok(name, "symlink made atomically (EEXIST on a second), read back, its own times set to the server's now")
+}
 
 // CheckFsync times n delivery-like cycles in dir: create, write 2 KB,
 // fsync, close, link, fsync the directory, unlink both names.

@@ -134,15 +134,18 @@ func Run(o Options) *Report {
 	// 5–7. The probes.
 	if scratch != "" {
 		r.add(CheckLinkRename(o.FS, scratch))
+		r.add(CheckSymlinkLock(o.FS, scratch))
 		r.add(CheckFsync(o.FS, scratch, o.FsyncSamples))
 		r.add(CheckClock(o.FS, scratch, o.Now, nfs))
 	} else {
 		writeFix := "the mail root must be mounted read-write and writable by nfsdrop's user"
 		if skipped {
 			r.add(warn("link-rename", why, "fix the mount marker first"))
+			r.add(warn("symlink-lock", why, "fix the mount marker first"))
 			r.add(warn("fsync", why, "fix the mount marker first"))
 		} else {
 			r.add(fail("link-rename", why, writeFix))
+			r.add(fail("symlink-lock", why, writeFix))
 			r.add(fail("fsync", why, writeFix))
 		}
 		r.add(warn("clock", "not measured: "+strings.TrimPrefix(why, "not run: "), writeFix))
