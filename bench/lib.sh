@@ -120,6 +120,58 @@ bench_build() {
   LOAD=$T/bin/$driver
 }
 
+# bench_mail_roots: NROOT and DROOT, the servers' mail roots under $T
+# (nfsdrop's with its mount marker), and Dovecot's run and state
+# directories.
+bench_mail_roots() {
+  NROOT=$T/nfsdrop-mail
+  DROOT=$T/dovecot-mail
+  mkdir -p "$NROOT" "$DROOT" "$T/dovecot/run" "$T/dovecot/state"
+  touch "$NROOT/.nfsdrop-mounted"
+}
+
+# bench_two_ports: NPORT (nfsdrop) and DPORT (Dovecot), two free loopback
+# ports that differ.
+bench_two_ports() {
+  NPORT=$("$LOAD" freeport)
+  DPORT=$("$LOAD" freeport)
+  [ "$NPORT" != "$DPORT" ] || DPORT=$("$LOAD" freeport)
+}
+
+# bench_nfsdrop_conf MAIL_ROOT USERS_FILE: the sections every benchmark's
+# nfsdrop.toml starts with (log, store, passwd-file userdb); the caller
+# adds its protocol's section.
+bench_nfsdrop_conf() {
+  cat <<EOF
+[log]
+level = "warn"
+[store]
+mail_root = "$1"
+mount_marker = ".nfsdrop-mounted"
+[userdb]
+driver = "passwd-file"
+passwd_file = "$2"
+default_domain = "bench.test"
+EOF
+}
+
+# bench_count_errors: nerr_n and nerr_d, the error lines in nfsdrop's log
+# ($T/nfsdrop.log) and Dovecot's ($T/dovecot/dovecot.log).
+bench_count_errors() {
+  nerr_n=$(grep -ciE "$BENCH_NFSDROP_ERRORS" "$T/nfsdrop.log" || true)
+  nerr_d=$(grep -ciE "$BENCH_DOVECOT_ERRORS" "$T/dovecot/dovecot.log" || true)
+}
+BENCH_NFSDROP_ERRORS='level=error|"level":"ERROR"'
+BENCH_DOVECOT_ERRORS='error|panic|fatal'
+
+# bench_show_errors: the first error lines of each log, if
+# bench_count_errors counted any.
+bench_show_errors() {
+  [ "$nerr_n$nerr_d" != 00 ] || return 0
+  grep -iE "$BENCH_NFSDROP_ERRORS" "$T/nfsdrop.log" | head -3 || true
+  grep -iE "$BENCH_DOVECOT_ERRORS" "$T/dovecot/dovecot.log" | head -3 || true
+}
+
 # bench_nfsdrop_check TOML: die unless `nfsdrop check` accepts it.
 bench_nfsdrop_check() {
   "$NFSDROP" check -c "$1" >"${1%.toml}-check.txt" 2>&1 ||

@@ -65,10 +65,7 @@ bench_require_users dovecot-core dovecot dovenull
 bench_workdir nfsdrop-bench
 bench_build load
 
-NROOT=$T/nfsdrop-mail
-DROOT=$T/dovecot-mail
-mkdir -p "$NROOT" "$DROOT" "$T/dovecot/run" "$T/dovecot/state"
-touch "$NROOT/.nfsdrop-mounted"
+bench_mail_roots
 chown "$MUID:$MGID" "$DROOT"
 
 # --- scenarios --------------------------------------------------------------
@@ -118,26 +115,18 @@ scaled() { awk -v n="$1" -v s="$SCALE" 'BEGIN { m = int(n * s + 0.5); if (m < 1)
 chmod 644 "$T/users"
 
 # --- servers ----------------------------------------------------------------
-NPORT=$("$LOAD" freeport)
-DPORT=$("$LOAD" freeport)
-[ "$NPORT" != "$DPORT" ] || DPORT=$("$LOAD" freeport)
+bench_two_ports
 
-cat >"$T/nfsdrop.toml" <<EOF
-[log]
-level = "warn"
-[store]
-mail_root = "$NROOT"
-mount_marker = ".nfsdrop-mounted"
-[userdb]
-driver = "passwd-file"
-passwd_file = "$T/users"
-default_domain = "bench.test"
+{
+  bench_nfsdrop_conf "$NROOT" "$T/users"
+  cat <<EOF
 [lmtp]
 listen = ["tcp:127.0.0.1:$NPORT"]
 max_recipients = 100
 max_user_concurrency = 0
 max_connections = 1000
 EOF
+} >"$T/nfsdrop.toml"
 bench_nfsdrop_check "$T/nfsdrop.toml"
 
 {
@@ -310,8 +299,7 @@ for s in "${SCENARIOS[@]}"; do
 done
 
 # --- report -------------------------------------------------------------------
-nerr_n=$(grep -ciE 'level=error|"level":"ERROR"' "$T/nfsdrop.log" || true)
-nerr_d=$(grep -ciE 'error|panic|fatal' "$T/dovecot/dovecot.log" || true)
+bench_count_errors
 d4=$(root_of dovecot)/s4b.test/u1/Maildir
 echo
 echo "nfsdrop $VERSION vs $(dovecot --version | awk '{print "Dovecot", $1}'), $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -344,10 +332,7 @@ printf '%-3s %-36s %7s %9s %9s %6s %7s %7s  %s\n' id scenario dlv nfsdrop/s dove
 printf '%s\n' "${RESULTS[@]}"
 echo
 echo "error lines in logs: nfsdrop $nerr_n, dovecot $nerr_d"
-if [ "$nerr_n$nerr_d" != 00 ]; then
-  grep -iE 'level=error|"level":"ERROR"' "$T/nfsdrop.log" | head -3 || true
-  grep -iE 'error|panic|fatal' "$T/dovecot/dovecot.log" | head -3 || true
-fi
+bench_show_errors
 if [ "$FAIL" != 0 ]; then
   echo "FAIL: a delivered file count is wrong (see 'files checked')" >&2
   exit 1

@@ -104,10 +104,7 @@ bench_stop() {
 bench_workdir nfsdrop-pop3bench
 bench_build load
 
-NROOT=$T/nfsdrop-mail
-DROOT=$T/dovecot-mail
-mkdir -p "$NROOT" "$DROOT" "$T/dovecot/run" "$T/dovecot/state"
-touch "$NROOT/.nfsdrop-mounted"
+bench_mail_roots
 
 # --- users and mail ----------------------------------------------------------
 # u1@big.test: scenario 1; u1@mid.test: 2 and 3; w1@warm.test: warm-up;
@@ -136,21 +133,12 @@ log "waiting ${rest}s so the Maildirs are more than 2 s old (nfsdrop caches no y
 sleep "$rest"
 
 # --- servers ----------------------------------------------------------------
-NPORT=$("$LOAD" freeport)
-DPORT=$("$LOAD" freeport)
-[ "$NPORT" != "$DPORT" ] || DPORT=$("$LOAD" freeport)
+bench_two_ports
 LIMIT=$((IDLE + 1000))
 
-cat >"$T/nfsdrop.toml" <<EOF
-[log]
-level = "warn"
-[store]
-mail_root = "$NROOT"
-mount_marker = ".nfsdrop-mounted"
-[userdb]
-driver = "passwd-file"
-passwd_file = "$T/users"
-default_domain = "bench.test"
+{
+  bench_nfsdrop_conf "$NROOT" "$T/users"
+  cat <<EOF
 [pop3]
 listen = ["tcp:127.0.0.1:$NPORT"]
 allow_plaintext = true
@@ -159,6 +147,7 @@ idle_timeout = "10m"
 max_sessions = $LIMIT
 max_per_ip = $LIMIT
 EOF
+} >"$T/nfsdrop.toml"
 bench_nfsdrop_check "$T/nfsdrop.toml"
 
 {
@@ -443,8 +432,7 @@ if [ -n "$RMPID" ]; then
   wait "$RMPID" || true
   RMPID=
 fi
-nerr_n=$(grep -ciE 'level=error|"level":"ERROR"' "$T/nfsdrop.log" || true)
-nerr_d=$(grep -ciE 'error|panic|fatal' "$T/dovecot/dovecot.log" || true)
+bench_count_errors
 nwarn_d=$(grep -iE 'warning' "$T/dovecot/dovecot.log" | grep -vc 'Killed with signal 15' || true)
 echo
 echo "nfsdrop $VERSION vs $(dovecot --version | awk '{print "Dovecot", $1}') POP3, $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -467,10 +455,7 @@ echo
 echo "details (load pop3 output):"
 for l in "${NOTES[@]}"; do echo "  $l"; done
 echo "error lines in logs: nfsdrop $nerr_n, dovecot $nerr_d (dovecot warnings other than its restarts: $nwarn_d)"
-if [ "$nerr_n$nerr_d" != 00 ]; then
-  grep -iE 'level=error|"level":"ERROR"' "$T/nfsdrop.log" | head -3 || true
-  grep -iE 'error|panic|fatal' "$T/dovecot/dovecot.log" | head -3 || true
-fi
+bench_show_errors
 if [ "$FAIL" != 0 ]; then
   echo "FAIL: a check failed (see 'check')" >&2
   exit 1

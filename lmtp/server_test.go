@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -350,21 +351,83 @@ func (c *client) hello() {
 	c.expect("250 ")
 }
 
+// session dials and says LHLO.
+func (ts *testServer) session(t *testing.T) *client {
+	t.Helper()
+	c := ts.dial(t)
+	c.hello()
+	return c
+}
+
+// exchange sends cmds in one write (pipelined) and reads one reply per
+// entry of want, each of which must start with it, in order.
+func (c *client) exchange(cmds string, want ...string) {
+	c.T.Helper()
+	c.send(cmds)
+	for _, w := range want {
+		c.expect(w)
+	}
+}
+
+// envelope is MAIL FROM:<from> and one RCPT TO per recipient.
+func envelope(from string, rcpts ...string) string {
+	var b strings.Builder
+	b.WriteString("MAIL FROM:<" + from + ">\r\n")
+	for _, r := range rcpts {
+		b.WriteString("RCPT TO:<" + r + ">\r\n")
+	}
+	return b.String()
+}
+
+// startData opens a transaction from sender@x.test to rcpts, all of which
+// must be accepted, and sends DATA up to its 354.
+func (c *client) startData(rcpts ...string) {
+	c.T.Helper()
+	c.exchange(envelope("sender@x.test", rcpts...)+"DATA\r\n", accepted(len(rcpts)+1, "354 ")...)
+}
+
+// accepted is n "250 " replies followed by then.
+func accepted(n int, then ...string) []string {
+	return append(slices.Repeat([]string{"250 "}, n), then...)
+}
+
 // deliverOK runs one whole transaction for rcpts that must all succeed.
 func (c *client) deliverOK(from string, msg string, rcpts ...string) {
 	c.T.Helper()
-	c.send("MAIL FROM:<" + from + ">\r\n")
-	c.expect("250 ")
-	for _, r := range rcpts {
-		c.send("RCPT TO:<" + r + ">\r\n")
-		c.expect("250 ")
-	}
-	c.send("DATA\r\n")
-	c.expect("354 ")
+	c.exchange(envelope(from, rcpts...), accepted(len(rcpts)+1)...)
+	c.exchange("DATA\r\n", "354 ")
 	c.send(msg + ".\r\n")
 	for _, r := range rcpts {
 		c.expect("250 2.0.0 <" + r + "> <key-")
 	}
+}
+
+// startWith serves a new fake backend with the default options as set
+// changes them.
+func startWith(t *testing.T, set func(*Options)) *testServer {
+	t.Helper()
+	opts := defaultOptions()
+	set(&opts)
+	return startServer(t, newFakeBackend(), opts)
+}
+
+// retryRcpt repeats RCPT TO:<alice@example.test> on c, inside a
+// transaction, until it is accepted: alice's delivery slot, held by
+// another session, has been released.
+func retryRcpt(t *testing.T, c *client, what string) {
+	t.Helper()
+	eventually(t, what, func() bool {
+		c.send("RCPT TO:<alice@example.test>\r\n")
+		return strings.HasPrefix(c.reply(), "250 ")
+	})
+}
+
+// waitRcptAccepted opens a transaction on c and retries alice there
+// (retryRcpt).
+func waitRcptAccepted(t *testing.T, c *client, what string) {
+	t.Helper()
+	c.exchange(envelope("sender@x.test"), "250 ")
+	retryRcpt(t, c, what)
 }
 
 const simpleMsg = "From: sender@x.test\r\nSubject: test\r\n\r\nHello.\r\n"
@@ -427,26 +490,16 @@ func TestLHLOAdvertises(t *testing.T) {
 }
 
 func TestRSET(t *testing.T) {
-	b := newFakeBackend()
-	opts := defaultOptions()
-	opts.MaxUserConcurrency = 1
-	ts := startServer(t, b, opts)
-	c := ts.dial(t)
-	c.hello()
-	c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRSET\r\nDATA\r\n")
-	c.expect("250 ")
-	c.expect("250 ")
-	c.expect("250 2.0.0 ")
-	c.expect("502 5.5.1 ") // RSET dropped the transaction: no recipients
-	c.send("RCPT TO:<alice@example.test>\r\n")
-	c.expect("502 5.5.1 ") // and no sender
+	ts := startWith(t, func(o *Options) { o.MaxUserConcurrency = 1 })
+	c := ts.session(t)
+	// RSET drops the transaction: DATA has no recipients, RCPT no sender.
+	c.exchange(envelope("sender@x.test", "alice@example.test")+"RSET\r\nDATA\r\n", accepted(2, "250 2.0.0 ", "502 5.5.1 ")...)
+	c.exchange("RCPT TO:<alice@example.test>\r\n", "502 5.5.1 ")
 	// RSET released alice's delivery slot: another session may take it.
-	c2 := ts.dial(t)
-	c2.hello()
-	c2.deliverOK("sender@x.test", simpleMsg, "alice@example.test")
+	ts.session(t).deliverOK("sender@x.test", simpleMsg, "alice@example.test")
 	// A new transaction after RSET works.
 	c.deliverOK("sender@x.test", simpleMsg, "bob@example.test")
-	if n := b.stageCount(); n != 2 {
+	if n := ts.b.stageCount(); n != 2 {
 		t.Errorf("%d messages staged, want 2", n)
 	}
 }
@@ -454,14 +507,9 @@ func TestRSET(t *testing.T) {
 func TestPerRecipientReplies(t *testing.T) {
 	b := newFakeBackend()
 	ts := startServer(t, b, defaultOptions())
-	c := ts.dial(t)
-	c.hello()
-	c.send("MAIL FROM:<sender@x.test>\r\n")
-	c.expect("250 ")
-	rcpt := func(addr, want string) {
-		c.send("RCPT TO:<" + addr + ">\r\n")
-		c.expect(want)
-	}
+	c := ts.session(t)
+	c.exchange(envelope("sender@x.test"), "250 ")
+	rcpt := func(addr, want string) { c.exchange("RCPT TO:<"+addr+">\r\n", want) }
 	rcpt("alice@example.test", "250 2.0.0 ")
 	rcpt("unknown@example.test", "550 5.1.1 ")
 	// A plain Go error from the backend is temporary, never go-smtp's
@@ -470,16 +518,14 @@ func TestPerRecipientReplies(t *testing.T) {
 	rcpt("full@example.test", "250 2.0.0 ")
 	rcpt("deliverplain@example.test", "250 2.0.0 ")
 	rcpt("bob@example.test", "250 2.0.0 ")
-	c.send("DATA\r\n")
-	c.expect("354 ")
-	c.send(simpleMsg + ".\r\n")
+	c.exchange("DATA\r\n", "354 ")
 	// One reply per accepted recipient, in RCPT order (RFC 2033 4.2).
-	c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
-	c.expect("552 5.2.2 <full@example.test> ")
-	c.expect("451 4.3.0 <deliverplain@example.test> ")
-	c.expect("250 2.0.0 <bob@example.test> <key-bob> Saved")
-	c.send("NOOP\r\n")
-	c.expect("250 ") // and nothing else was answered in between
+	c.exchange(simpleMsg+".\r\n",
+		"250 2.0.0 <alice@example.test> <key-alice> Saved",
+		"552 5.2.2 <full@example.test> ",
+		"451 4.3.0 <deliverplain@example.test> ",
+		"250 2.0.0 <bob@example.test> <key-bob> Saved")
+	c.exchange("NOOP\r\n", "250 ") // and nothing else was answered in between
 
 	st := b.nextStage(t)
 	eventually(t, "Discard", func() bool { return st.snapshot().discards == 1 })
@@ -496,14 +542,8 @@ func TestPerRecipientReplies(t *testing.T) {
 	}
 
 	// A plain Go error from Stage: every recipient 451 4.3.0.
-	c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<stageplain@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
-	c.expect("250 ")
-	c.expect("250 ")
-	c.expect("250 ")
-	c.expect("354 ")
-	c.send(simpleMsg + ".\r\n")
-	c.expect("451 4.3.0 <stageplain@example.test> ")
-	c.expect("451 4.3.0 <bob@example.test> ")
+	c.startData("stageplain@example.test", "bob@example.test")
+	c.exchange(simpleMsg+".\r\n", "451 4.3.0 <stageplain@example.test> ", "451 4.3.0 <bob@example.test> ")
 	if s := b.nextStage(t).snapshot(); len(s.deliveries) != 0 {
 		t.Errorf("Deliver called after Stage failed: %+v", s.deliveries)
 	}
@@ -513,16 +553,9 @@ func TestPerRecipientReplies(t *testing.T) {
 }
 
 func TestMaxRecipients(t *testing.T) {
-	opts := defaultOptions()
-	opts.MaxRecipients = 2
-	ts := startServer(t, newFakeBackend(), opts)
-	c := ts.dial(t)
-	c.hello()
-	c.send("MAIL FROM:<s@x.test>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\n")
-	c.expect("250 ")
-	c.expect("250 ")
-	c.expect("250 ")
-	c.expect("452 4.5.3 ")
+	ts := startWith(t, func(o *Options) { o.MaxRecipients = 2 })
+	c := ts.session(t)
+	c.exchange(envelope("s@x.test", "a@example.test", "b@example.test", "c@example.test"), accepted(3, "452 4.5.3 ")...)
 }
 
 // TestDisconnectMidDATA: a client that goes away in the middle of a
@@ -547,12 +580,8 @@ func TestDisconnectMidDATA(t *testing.T) {
 			opts := defaultOptions()
 			opts.MaxUserConcurrency = 1
 			ts := startServer(t, b, opts)
-			c := ts.dial(t)
-			c.hello()
-			c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-			c.expect("250 ")
-			c.expect("250 ")
-			c.expect("354 ")
+			c := ts.session(t)
+			c.startData("alice@example.test")
 			c.send(tc.partial)
 			// Make sure the server has read the partial message before
 			// the connection drops.
@@ -578,14 +607,7 @@ func TestDisconnectMidDATA(t *testing.T) {
 			}
 
 			// alice's slot is free again once the session is gone.
-			c2 := ts.dial(t)
-			c2.hello()
-			c2.send("MAIL FROM:<sender@x.test>\r\n")
-			c2.expect("250 ")
-			eventually(t, "alice's delivery slot released", func() bool {
-				c2.send("RCPT TO:<alice@example.test>\r\n")
-				return strings.HasPrefix(c2.reply(), "250 ")
-			})
+			waitRcptAccepted(t, ts.session(t), "alice's delivery slot released")
 			if strings.Contains(ts.log.String(), "code=250") {
 				t.Errorf("something was logged as delivered:\n%s", ts.log)
 			}
@@ -594,34 +616,21 @@ func TestDisconnectMidDATA(t *testing.T) {
 }
 
 func TestOversize(t *testing.T) {
-	b := newFakeBackend()
-	opts := defaultOptions()
-	opts.MaxMessageSize = 2000
-	ts := startServer(t, b, opts)
-	c := ts.dial(t)
-	c.hello()
+	ts := startWith(t, func(o *Options) { o.MaxMessageSize = 2000 })
+	b := ts.b
+	c := ts.session(t)
 
 	// SIZE= above the limit is refused at MAIL FROM (RFC 1870).
-	c.send("MAIL FROM:<sender@x.test> SIZE=2001\r\n")
-	c.expect("552 5.3.4 ")
-	c.send("MAIL FROM:<sender@x.test> SIZE=2000\r\n")
-	c.expect("250 ")
-	c.send("RSET\r\n")
-	c.expect("250 ")
+	c.exchange("MAIL FROM:<sender@x.test> SIZE=2001\r\n", "552 5.3.4 ")
+	c.exchange("MAIL FROM:<sender@x.test> SIZE=2000\r\nRSET\r\n", "250 ", "250 ")
 
 	// A body above the limit (announced or not): 552 5.3.4 per recipient.
 	for _, msg := range []string{
 		"Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 80),
 		"Subject: big header\r\nX-Big: " + strings.Repeat("x", 3000) + "\r\n\r\nbody\r\n",
 	} {
-		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.expect("354 ")
-		c.send(msg + ".\r\n")
-		c.expect("552 5.3.4 <alice@example.test> ")
-		c.expect("552 5.3.4 <bob@example.test> ")
+		c.startData("alice@example.test", "bob@example.test")
+		c.exchange(msg+".\r\n", "552 5.3.4 <alice@example.test> ", "552 5.3.4 <bob@example.test> ")
 	}
 	// The connection is still in step.
 	c.deliverOK("sender@x.test", simpleMsg, "alice@example.test")
@@ -649,20 +658,15 @@ func allBytes() string {
 func TestBodyBytesExact(t *testing.T) {
 	b := newFakeBackend()
 	ts := startServer(t, b, defaultOptions())
-	c := ts.dial(t)
-	c.hello()
+	c := ts.session(t)
 
 	t.Run("DATA BODY=8BITMIME", func(t *testing.T) {
 		// NUL bytes, 8-bit bytes, a bare CR and a leading dot: stored
 		// exactly (the dot unstuffed, RFC 5321 4.5.2).
 		msg := "Subject: nul\r\nContent-Transfer-Encoding: 8bit\r\n\r\nNUL\x00here \x00\x00 and \xff\xfe\xc3\xa9 bare\rCR\r\n.leading dot\r\n\x00\r\n"
 		wire := strings.ReplaceAll(msg, "\r\n.", "\r\n..")
-		c.send("MAIL FROM:<sender@x.test> BODY=8BITMIME\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.expect("354 ")
-		c.send(wire + ".\r\n")
-		c.expect("250 2.0.0 <alice@example.test> ")
+		c.exchange("MAIL FROM:<sender@x.test> BODY=8BITMIME\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n", accepted(2, "354 ")...)
+		c.exchange(wire+".\r\n", "250 2.0.0 <alice@example.test> ")
 		st := b.nextStage(t).snapshot()
 		sameMessage(t, st.data, msg)
 	})
@@ -672,61 +676,40 @@ func TestBodyBytesExact(t *testing.T) {
 		// byte value and a CRLF.CRLF that is not an end of data.
 		msg := "Subject: binary\r\nContent-Type: application/octet-stream\r\n\r\n" + allBytes() + "\r\n.\r\nbare\nLF\x00" + allBytes()
 		first, second := msg[:100], msg[100:]
-		c.send("MAIL FROM:<sender@x.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.send("BDAT " + strconv.Itoa(len(first)) + "\r\n" + first)
-		c.expect("250 2.0.0 ")
-		c.send("BDAT " + strconv.Itoa(len(second)) + " LAST\r\n" + second)
-		c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
-		c.expect("250 2.0.0 <bob@example.test> <key-bob> Saved")
+		c.exchange("MAIL FROM:<sender@x.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n", accepted(3)...)
+		c.exchange("BDAT "+strconv.Itoa(len(first))+"\r\n"+first, "250 2.0.0 ")
+		c.exchange("BDAT "+strconv.Itoa(len(second))+" LAST\r\n"+second,
+			"250 2.0.0 <alice@example.test> <key-alice> Saved", "250 2.0.0 <bob@example.test> <key-bob> Saved")
 		st := b.nextStage(t).snapshot()
 		sameMessage(t, st.data, msg)
 	})
 
 	t.Run("BINARYMIME refuses DATA", func(t *testing.T) {
-		c.send("MAIL FROM:<sender@x.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.expect("502 5.5.1 ")
-		c.send("RSET\r\n")
-		c.expect("250 ")
+		c.exchange("MAIL FROM:<sender@x.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nRSET\r\n", accepted(2, "502 5.5.1 ", "250 ")...)
 	})
 
 	t.Run("BDAT with BODY=8BITMIME", func(t *testing.T) {
 		msg := "Subject: chunk\r\n\r\n8bit \xe2\x82\xac\r\n"
-		c.send("MAIL FROM:<sender@x.test> BODY=8BITMIME\r\nRCPT TO:<carol@example.test>\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.send("BDAT " + strconv.Itoa(len(msg)) + " LAST\r\n" + msg)
-		c.expect("250 2.0.0 <carol@example.test> <key-carol> Saved")
+		c.exchange("MAIL FROM:<sender@x.test> BODY=8BITMIME\r\nRCPT TO:<carol@example.test>\r\n", accepted(2)...)
+		c.exchange("BDAT "+strconv.Itoa(len(msg))+" LAST\r\n"+msg, "250 2.0.0 <carol@example.test> <key-carol> Saved")
 		st := b.nextStage(t).snapshot()
 		sameMessage(t, st.data, msg)
 	})
 }
 
 func TestLineTooLong(t *testing.T) {
-	b := newFakeBackend()
-	opts := defaultOptions()
-	opts.MaxLineLength = 1000
-	ts := startServer(t, b, opts)
+	ts := startWith(t, func(o *Options) { o.MaxLineLength = 1000 })
+	b := ts.b
 
 	t.Run("command", func(t *testing.T) {
-		c := ts.dial(t)
-		c.hello()
-		c.send("NOOP " + strings.Repeat("x", 1500) + "\r\n")
-		c.expect("500 5.4.0 ")
+		c := ts.session(t)
+		c.exchange("NOOP "+strings.Repeat("x", 1500)+"\r\n", "500 5.4.0 ")
 		c.expectEOF()
 	})
 
 	t.Run("DATA", func(t *testing.T) {
-		c := ts.dial(t)
-		c.hello()
-		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.expect("354 ")
+		c := ts.session(t)
+		c.startData("alice@example.test")
 		c.send("Subject: long\r\n\r\n" + strings.Repeat("y", 1500) + "\r\n.\r\n")
 		line := c.reply()
 		if !regexp.MustCompile(`^[45]\d\d [45]\.\d+\.\d+ <alice@example.test> `).MatchString(line) || strings.HasPrefix(line, "554 5.0.0") {
@@ -744,12 +727,9 @@ func TestLineTooLong(t *testing.T) {
 	})
 
 	t.Run("BDAT has no line limit", func(t *testing.T) {
-		c := ts.dial(t)
-		c.hello()
+		c := ts.session(t)
 		msg := "Subject: long\r\n\r\n" + strings.Repeat("z", 1500) + "\r\n"
-		c.send("MAIL FROM:<sender@x.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
+		c.exchange("MAIL FROM:<sender@x.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\n", accepted(2)...)
 		// The chunk goes in a write of its own. go-smtp v0.25.1 lifts the
 		// line limit only once it has read the BDAT command, so a chunk
 		// that arrives in the same read as its command is still checked
@@ -757,14 +737,11 @@ func TestLineTooLong(t *testing.T) {
 		// 500 5.4.0). Postfix never sends BDAT over LMTP.
 		c.send("BDAT " + strconv.Itoa(len(msg)) + " LAST\r\n")
 		time.Sleep(50 * time.Millisecond)
-		c.send(msg)
-		c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
+		c.exchange(msg, "250 2.0.0 <alice@example.test> <key-alice> Saved")
 	})
 
 	// The server is still up.
-	c := ts.dial(t)
-	c.hello()
-	c.deliverOK("sender@x.test", simpleMsg, "bob@example.test")
+	ts.session(t).deliverOK("sender@x.test", simpleMsg, "bob@example.test")
 }
 
 func TestGarbageCommands(t *testing.T) {
@@ -805,29 +782,19 @@ func TestGarbageCommands(t *testing.T) {
 	})
 
 	t.Run("too many errors close the session", func(t *testing.T) {
-		c := ts.dial(t)
-		c.hello()
-		c.send("XYZZY\r\n\x00\x01\x02\xff\xfe\r\nPLUGH plover\r\n")
-		for range 3 {
-			c.expect("50")
-		}
+		c := ts.session(t)
+		c.exchange("XYZZY\r\n\x00\x01\x02\xff\xfe\r\nPLUGH plover\r\n", "50", "50", "50")
 		// The fourth protocol error ends it.
-		c.send("FROB\r\n")
-		c.expect("500 5.5.2 ")
-		c.expect("500 5.5.1 ")
+		c.exchange("FROB\r\n", "500 5.5.2 ", "500 5.5.1 ")
 		c.expectEOF()
 	})
 
 	// Still serving.
-	c := ts.dial(t)
-	c.hello()
-	c.deliverOK("sender@x.test", simpleMsg, "alice@example.test")
+	ts.session(t).deliverOK("sender@x.test", simpleMsg, "alice@example.test")
 }
 
 func TestMaxConnections(t *testing.T) {
-	opts := defaultOptions()
-	opts.MaxConnections = 2
-	ts := startServer(t, newFakeBackend(), opts)
+	ts := startWith(t, func(o *Options) { o.MaxConnections = 2 })
 	c1 := ts.dial(t)
 	c2 := ts.dial(t)
 	c3 := ts.dialRaw(t)
@@ -840,64 +807,34 @@ func TestMaxConnections(t *testing.T) {
 	c2.hello()
 	c2.deliverOK("sender@x.test", simpleMsg, "alice@example.test")
 
-	c1.send("QUIT\r\n")
-	c1.expect("221 ")
+	c1.exchange("QUIT\r\n", "221 ")
 	eventually(t, "the closed connection to be uncounted", func() bool { return ts.srv.Connections() == 1 })
-	c4 := ts.dial(t)
-	c4.hello()
-	c4.deliverOK("sender@x.test", simpleMsg, "bob@example.test")
+	ts.session(t).deliverOK("sender@x.test", simpleMsg, "bob@example.test")
 }
 
 func TestMaxUserConcurrency(t *testing.T) {
-	b := newFakeBackend()
-	opts := defaultOptions()
-	opts.MaxUserConcurrency = 1
-	ts := startServer(t, b, opts)
-	s1 := ts.dial(t)
-	s1.hello()
-	s2 := ts.dial(t)
-	s2.hello()
+	ts := startWith(t, func(o *Options) { o.MaxUserConcurrency = 1 })
+	s1 := ts.session(t)
+	s2 := ts.session(t)
 
-	s1.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
-	s1.expect("250 ")
-	s1.expect("250 ")
+	s1.exchange(envelope("sender@x.test", "alice@example.test"), accepted(2)...)
 	// s1 holds alice: s2 may not deliver to her, under any spelling of
 	// her address, but may deliver to others.
-	s2.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<Alice+lists@Example.TEST>\r\nRCPT TO:<bob@example.test>\r\n")
-	s2.expect("250 ")
-	s2.expect("451 4.3.0 ")
-	s2.expect("451 4.3.0 ")
-	s2.expect("250 ")
+	s2.exchange(envelope("sender@x.test", "alice@example.test", "Alice+lists@Example.TEST", "bob@example.test"),
+		"250 ", "451 4.3.0 ", "451 4.3.0 ", "250 ")
 
 	// A transaction ending (here with RSET) releases the slot.
-	s1.send("RSET\r\n")
-	s1.expect("250 ")
-	s2.send("RCPT TO:<alice@example.test>\r\n")
-	s2.expect("250 ")
-	s1.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
-	s1.expect("250 ")
-	s1.expect("451 4.3.0 ")
+	s1.exchange("RSET\r\n", "250 ")
+	s2.exchange("RCPT TO:<alice@example.test>\r\n", "250 ")
+	s1.exchange(envelope("sender@x.test", "alice@example.test"), "250 ", "451 4.3.0 ")
 	// DATA ends s2's transaction and releases alice again.
-	s2.send("DATA\r\n")
-	s2.expect("354 ")
-	s2.send(simpleMsg + ".\r\n")
-	s2.expect("250 2.0.0 <bob@example.test> ")
-	s2.expect("250 2.0.0 <alice@example.test> ")
+	s2.exchange("DATA\r\n", "354 ")
+	s2.exchange(simpleMsg+".\r\n", "250 2.0.0 <bob@example.test> ", "250 2.0.0 <alice@example.test> ")
 	// (go-smtp resets the transaction just after writing the replies.)
-	eventually(t, "alice released after DATA", func() bool {
-		s1.send("RCPT TO:<alice@example.test>\r\n")
-		return strings.HasPrefix(s1.reply(), "250 ")
-	})
+	retryRcpt(t, s1, "alice released after DATA")
 	// A session that goes away releases its slots too.
 	s1.C.Close()
-	s3 := ts.dial(t)
-	s3.hello()
-	s3.send("MAIL FROM:<sender@x.test>\r\n")
-	s3.expect("250 ")
-	eventually(t, "the slot of a closed session released", func() bool {
-		s3.send("RCPT TO:<alice@example.test>\r\n")
-		return strings.HasPrefix(s3.reply(), "250 ")
-	})
+	waitRcptAccepted(t, ts.session(t), "the slot of a closed session released")
 }
 
 // TestEnvelope: a transaction begins at MAIL FROM with what its trace
@@ -907,14 +844,9 @@ func TestMaxUserConcurrency(t *testing.T) {
 func TestEnvelope(t *testing.T) {
 	for _, always := range []bool{false, true} {
 		t.Run(fmt.Sprintf("DeliveredToAlways=%v", always), func(t *testing.T) {
-			b := newFakeBackend()
-			opts := defaultOptions()
-			opts.DeliveredToAlways = always
-			ts := startServer(t, b, opts)
-			c := ts.dial(t)
-			c.hello()
-			c.deliverOK("sender@x.test", simpleMsg, "alice@example.test", "bob@example.test")
-			env := b.nextStage(t).env
+			ts := startWith(t, func(o *Options) { o.DeliveredToAlways = always })
+			ts.session(t).deliverOK("sender@x.test", simpleMsg, "alice@example.test", "bob@example.test")
+			env := ts.b.nextStage(t).env
 			if env.From != "sender@x.test" || env.Helo != "client.test" || !strings.HasPrefix(env.Remote, "127.0.0.1:") ||
 				env.Protocol != "LMTP" || env.ID == "" || env.DeliveredToEach != always {
 				t.Errorf("envelope %+v", env)
@@ -930,47 +862,28 @@ func TestEnvelope(t *testing.T) {
 // retries), closes that one connection, is logged, and releases what the
 // session held; the server goes on serving.
 func TestBackendPanic(t *testing.T) {
-	b := newFakeBackend()
-	opts := defaultOptions()
-	opts.MaxUserConcurrency = 1
-	ts := startServer(t, b, opts)
+	ts := startWith(t, func(o *Options) { o.MaxUserConcurrency = 1 })
+	b := ts.b
 
 	t.Run("Resolve", func(t *testing.T) {
-		c := ts.dial(t)
-		c.hello()
-		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<panic@example.test>\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.expect("421 4.")
+		c := ts.session(t)
+		c.exchange(envelope("sender@x.test", "alice@example.test", "panic@example.test"), accepted(2, "421 4.")...)
 		c.expectEOF()
 	})
 
 	t.Run("Deliver", func(t *testing.T) {
-		c := ts.dial(t)
-		c.hello()
-		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<deliverpanic@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
-		for _, want := range []string{"250 ", "250 ", "250 ", "250 ", "354 "} {
-			c.expect(want)
-		}
-		c.send(simpleMsg + ".\r\n")
-		c.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
-		c.expect("421 4.")
-		c.expect("421 4.")
+		c := ts.session(t)
+		c.startData("alice@example.test", "deliverpanic@example.test", "bob@example.test")
+		c.exchange(simpleMsg+".\r\n", "250 2.0.0 <alice@example.test> <key-alice> Saved", "421 4.", "421 4.")
 		c.expectEOF()
 		st := b.nextStage(t)
 		eventually(t, "Discard after the panic", func() bool { return st.snapshot().discards == 1 })
 	})
 
 	t.Run("Stage", func(t *testing.T) {
-		c := ts.dial(t)
-		c.hello()
-		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<stagepanic@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
-		for _, want := range []string{"250 ", "250 ", "250 ", "354 "} {
-			c.expect(want)
-		}
-		c.send(simpleMsg + ".\r\n")
-		c.expect("421 4.")
-		c.expect("421 4.")
+		c := ts.session(t)
+		c.startData("stagepanic@example.test", "bob@example.test")
+		c.exchange(simpleMsg+".\r\n", "421 4.", "421 4.")
 		c.expectEOF()
 		b.nextStage(t)
 	})
@@ -980,15 +893,12 @@ func TestBackendPanic(t *testing.T) {
 	}
 	// Still serving, and the sessions that panicked released alice and
 	// bob.
-	c := ts.dial(t)
-	c.hello()
+	c := ts.session(t)
 	eventually(t, "slots released", func() bool {
-		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n")
-		c.expect("250 ")
+		c.exchange(envelope("sender@x.test", "alice@example.test", "bob@example.test"), "250 ")
 		ok := strings.HasPrefix(c.reply(), "250 ")
 		ok = strings.HasPrefix(c.reply(), "250 ") && ok
-		c.send("RSET\r\n")
-		c.expect("250 ")
+		c.exchange("RSET\r\n", "250 ")
 		return ok
 	})
 	c.deliverOK("sender@x.test", simpleMsg, "alice@example.test", "bob@example.test")
@@ -1012,24 +922,14 @@ func (ts *testServer) busyConns() int {
 // a delivery inside DATA finish and answer, then closes that connection
 // too and returns.
 func TestShutdownDrains(t *testing.T) {
-	b := newFakeBackend()
-	opts := defaultOptions()
-	opts.MaxUserConcurrency = 1
-	ts := startServer(t, b, opts)
+	ts := startWith(t, func(o *Options) { o.MaxUserConcurrency = 1 })
+	b := ts.b
 
-	idle := ts.dial(t)
-	idle.hello()
-	beforeData := ts.dial(t)
-	beforeData.hello()
-	beforeData.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<bob@example.test>\r\n")
-	beforeData.expect("250 ")
-	beforeData.expect("250 ")
-	inData := ts.dial(t)
-	inData.hello()
-	inData.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-	inData.expect("250 ")
-	inData.expect("250 ")
-	inData.expect("354 ")
+	idle := ts.session(t)
+	beforeData := ts.session(t)
+	beforeData.exchange(envelope("sender@x.test", "bob@example.test"), accepted(2)...)
+	inData := ts.session(t)
+	inData.startData("alice@example.test")
 	inData.send("Subject: in flight\r\n\r\n")
 	eventually(t, "the delivery to be inside DATA", func() bool { return ts.busyConns() == 1 })
 
@@ -1059,8 +959,7 @@ func TestShutdownDrains(t *testing.T) {
 
 	// The delivery in flight completes and is answered, with the whole
 	// message stored; then its connection is closed too.
-	inData.send("the rest of the body\r\n.\r\n")
-	inData.expect("250 2.0.0 <alice@example.test> <key-alice> Saved")
+	inData.exchange("the rest of the body\r\n.\r\n", "250 2.0.0 <alice@example.test> <key-alice> Saved")
 	inData.expectEOF()
 	if s := b.nextStage(t).snapshot(); !bytes.HasSuffix(s.data, []byte("Subject: in flight\r\n\r\nthe rest of the body\r\n")) {
 		t.Errorf("stored %q", s.data)
@@ -1088,12 +987,8 @@ func TestShutdownAtDATA(t *testing.T) {
 	for i := range 5 {
 		b := newFakeBackend()
 		ts := startServer(t, b, defaultOptions())
-		c := ts.dial(t)
-		c.hello()
-		c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.expect("354 ")
+		c := ts.session(t)
+		c.startData("alice@example.test")
 		c.send("Subject: race\r\n\r\n")
 		go ts.srv.Shutdown(context.Background())
 		time.Sleep(10 * time.Millisecond)
@@ -1126,14 +1021,10 @@ func TestResetDuringBDAT(t *testing.T) {
 		name  string
 		abort func(c *client)
 	}{
-		{"RSET", func(c *client) {
-			c.send("RSET\r\n")
-			c.expect("250 ")
-		}},
+		{"RSET", func(c *client) { c.exchange("RSET\r\n", "250 ") }},
 		{"oversize chunk", func(c *client) {
 			big := strings.Repeat("x", 2048)
-			c.send("BDAT " + strconv.Itoa(len(big)) + "\r\n" + big)
-			c.expect("552 5.3.4 ")
+			c.exchange("BDAT "+strconv.Itoa(len(big))+"\r\n"+big, "552 5.3.4 ")
 		}},
 		{"connection closed", func(c *client) { c.Close() }},
 	} {
@@ -1146,13 +1037,9 @@ func TestResetDuringBDAT(t *testing.T) {
 			opts.MaxUserConcurrency = 1
 			ts := startServer(t, b, opts)
 
-			c := ts.dial(t)
-			c.hello()
-			c.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
-			c.expect("250 ")
-			c.expect("250 ")
-			c.send("BDAT " + strconv.Itoa(len(first)) + "\r\n" + first)
-			c.expect("250 ")
+			c := ts.session(t)
+			c.exchange(envelope("sender@x.test", "alice@example.test"), accepted(2)...)
+			c.exchange("BDAT "+strconv.Itoa(len(first))+"\r\n"+first, "250 ")
 			select {
 			case <-b.entered: // LMTPData is staging, waiting for more
 			case <-time.After(10 * time.Second):
@@ -1162,11 +1049,8 @@ func TestResetDuringBDAT(t *testing.T) {
 
 			// The delivery is still in flight (Stage is held): alice's
 			// slot is still taken.
-			other := ts.dial(t)
-			other.hello()
-			other.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
-			other.expect("250 ")
-			other.expect("451 4.3.0 ")
+			other := ts.session(t)
+			other.exchange(envelope("sender@x.test", "alice@example.test"), "250 ", "451 4.3.0 ")
 
 			close(b.hold)
 			st := b.nextStage(t)
@@ -1178,15 +1062,8 @@ func TestResetDuringBDAT(t *testing.T) {
 				t.Errorf("the aborted delivery's log line lost its envelope or answer: %s", line)
 			}
 			// Released once the delivery ended: alice can be taken, once.
-			eventually(t, "alice released after the aborted delivery", func() bool {
-				other.send("RCPT TO:<alice@example.test>\r\n")
-				return strings.HasPrefix(other.reply(), "250 ")
-			})
-			third := ts.dial(t)
-			third.hello()
-			third.send("MAIL FROM:<sender@x.test>\r\nRCPT TO:<alice@example.test>\r\n")
-			third.expect("250 ")
-			third.expect("451 4.3.0 ")
+			retryRcpt(t, other, "alice released after the aborted delivery")
+			ts.session(t).exchange(envelope("sender@x.test", "alice@example.test"), "250 ", "451 4.3.0 ")
 		})
 	}
 }

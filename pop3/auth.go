@@ -79,8 +79,7 @@ func (ss *session) authCmd(cmd command) error {
 		// RFC 5034 dropped but Outlook still uses).
 		ss.line("+OK")
 		if ss.plaintextAllowed() {
-			ss.line("PLAIN")
-			ss.line("LOGIN")
+			ss.lines("PLAIN", "LOGIN")
 		}
 		ss.line(".")
 		return nil

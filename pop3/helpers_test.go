@@ -206,6 +206,15 @@ func (m *fakeMailbox) wait(t *testing.T) (committed, closed int) {
 	return m.committed, m.closed
 }
 
+// ended waits for the session to end and checks how: committed (QUIT)
+// or closed without committing, this many times each.
+func (m *fakeMailbox) ended(t *testing.T, committed, closed int) {
+	t.Helper()
+	if gotCommitted, gotClosed := m.wait(t); gotCommitted != committed || gotClosed != closed {
+		t.Fatalf("commit %d close %d, want %d %d", gotCommitted, gotClosed, committed, closed)
+	}
+}
+
 // logBuffer collects the server's log for checks.
 type logBuffer struct{ testkit.LogBuffer }
 
@@ -328,6 +337,39 @@ func (c *client) expect(prefix string) string {
 func (c *client) multi() []string { c.T.Helper(); return c.Multi() }
 func (c *client) body() string    { c.T.Helper(); return c.Body() }
 func (c *client) eof()            { c.T.Helper(); c.ExpectEOF() }
+
+// ask sends one command line and reads one reply line for each of want,
+// each of which must start with it.
+func (c *client) ask(cmd string, want ...string) {
+	c.T.Helper()
+	c.send(cmd)
+	c.expectAll(want...)
+}
+
+// expectAll reads one line for each of want, each of which must start
+// with it.
+func (c *client) expectAll(want ...string) {
+	c.T.Helper()
+	for _, w := range want {
+		c.expect(w)
+	}
+}
+
+// greeted dials addr and reads the greeting.
+func greeted(t *testing.T, addr string) *client {
+	t.Helper()
+	c := dial(t, addr)
+	c.expect("+OK")
+	return c
+}
+
+// aliceIn dials addr and logs alice in.
+func aliceIn(t *testing.T, addr string) *client {
+	t.Helper()
+	c := greeted(t, addr)
+	c.login("alice", "secret word")
+	return c
+}
 
 func (c *client) login(user, pass string) {
 	c.T.Helper()

@@ -80,24 +80,34 @@ func (ss *session) line(s string) {
 	w.WriteString("\r\n")
 }
 
+// lines writes one response line for each of ls.
+func (ss *session) lines(ls ...string) {
+	for _, s := range ls {
+		ss.line(s)
+	}
+}
+
 // numLine writes "<prefix><n> <v>\r\n" without allocating: the lines of
 // LIST, and STAT.
 func (ss *session) numLine(prefix string, n int, v int64) {
 	w := ss.w()
-	b := append(w.AvailableBuffer(), prefix...)
-	b = strconv.AppendInt(b, int64(n), 10)
-	b = append(b, ' ')
+	b := numbered(w.AvailableBuffer(), prefix, n)
 	b = strconv.AppendInt(b, v, 10)
 	b = append(b, '\r', '\n')
 	w.Write(b)
 }
 
+// numbered appends "<prefix><n> ", the start of a listing line, to b.
+func numbered(b []byte, prefix string, n int) []byte {
+	b = append(b, prefix...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	return append(b, ' ')
+}
+
 // uidLine writes "<prefix><n> <uid>\r\n", the lines of UIDL.
 func (ss *session) uidLine(prefix string, n int, uid string) {
 	w := ss.w()
-	b := append(w.AvailableBuffer(), prefix...)
-	b = strconv.AppendInt(b, int64(n), 10)
-	b = append(b, ' ')
+	b := numbered(w.AvailableBuffer(), prefix, n)
 	b = append(b, uid...)
 	b = append(b, '\r', '\n')
 	w.Write(b)

@@ -478,6 +478,12 @@ func (s *Server) evictOldestUnauthenticated() bool {
 func (s *Server) loggedIn(sl *slot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.unlistUnauthenticated(sl)
+}
+
+// unlistUnauthenticated takes sl off the list of unauthenticated sessions
+// if it is there; s.mu is held.
+func (s *Server) unlistUnauthenticated(sl *slot) {
 	if sl.elem != nil {
 		s.unauthenticated.Remove(sl.elem)
 		sl.elem = nil
@@ -487,10 +493,7 @@ func (s *Server) loggedIn(sl *slot) {
 func (s *Server) release(sl *slot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sl.elem != nil {
-		s.unauthenticated.Remove(sl.elem)
-		sl.elem = nil
-	}
+	s.unlistUnauthenticated(sl)
 	if !sl.evicted.Load() {
 		s.sessions.Add(-1) // an evicted session's count went to the newcomer
 	}

@@ -66,8 +66,7 @@ func TestFullSession(t *testing.T) {
 		t.Fatalf("greeting %q", g)
 	}
 
-	c.send("CAPA")
-	c.expect("+OK")
+	c.ask("CAPA", "+OK")
 	capa := c.multi()
 	for _, want := range []string{"TOP", "UIDL", "USER", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "SASL PLAIN LOGIN", "IMPLEMENTATION nfsdrop"} {
 		if !slices.Contains(capa, want) {
@@ -78,10 +77,8 @@ func TestFullSession(t *testing.T) {
 		t.Errorf("CAPA offers STLS without TLS: %q", capa)
 	}
 
-	c.send("STAT")
-	c.expect("-ERR")
-	c.send("USER alice")
-	c.expect("+OK")
+	c.ask("STAT", "-ERR")
+	c.ask("USER alice", "+OK")
 	c.send("PASS secret word") // a space in the password
 	c.expect("+OK Logged in, 3 messages")
 
@@ -93,8 +90,7 @@ func TestFullSession(t *testing.T) {
 	if got, want := c.line(), fmt.Sprintf("+OK 3 %d", total); got != want {
 		t.Fatalf("STAT: %q, want %q", got, want)
 	}
-	c.send("LIST")
-	c.expect("+OK 3 messages")
+	c.ask("LIST", "+OK 3 messages")
 	list := c.multi()
 	wantList := []string{}
 	for i, m := range testMessages {
@@ -107,8 +103,7 @@ func TestFullSession(t *testing.T) {
 	if got := c.line(); got != fmt.Sprintf("+OK 2 %d", testMessages[1].size()) {
 		t.Fatalf("LIST 2: %q", got)
 	}
-	c.send("UIDL")
-	c.expect("+OK")
+	c.ask("UIDL", "+OK")
 	if got := c.multi(); !reflect.DeepEqual(got, []string{"1 u1", "2 u2", "3 u3"}) {
 		t.Fatalf("UIDL %q", got)
 	}
@@ -135,46 +130,37 @@ func TestFullSession(t *testing.T) {
 		t.Fatalf("RETR 1: %q and %d octets, LIST said %d", first, size, testMessages[0].size())
 	}
 
-	c.send("TOP 2 1")
-	c.expect("+OK")
+	c.ask("TOP 2 1", "+OK")
 	if got := c.body(); got != "Subject: two\r\nX-A: b\r\n\r\nbody1\r\n" {
 		t.Fatalf("TOP 2 1: %q", got)
 	}
-	c.send("TOP 1 0")
-	c.expect("+OK")
+	c.ask("TOP 1 0", "+OK")
 	if got := c.body(); got != "Subject: one\r\nFrom: a@example.org\r\n\r\n" {
 		t.Fatalf("TOP 1 0: %q", got)
 	}
-	c.send("TOP 3 99999999999999999999")
-	c.expect("+OK")
+	c.ask("TOP 3 99999999999999999999", "+OK")
 	if got := c.body(); got != wire(testMessages[2].data) {
 		t.Fatalf("TOP 3 huge: %q", got)
 	}
 
-	c.send("DELE 1")
-	c.expect("+OK")
+	c.ask("DELE 1", "+OK")
 	c.send("DELE 1")
 	if got := c.line(); got != "-ERR no such message" {
 		t.Fatalf("second DELE 1: %q", got)
 	}
-	c.send("LIST 1")
-	c.expect("-ERR no such message")
-	c.send("RETR 1")
-	c.expect("-ERR no such message")
+	c.ask("LIST 1", "-ERR no such message")
+	c.ask("RETR 1", "-ERR no such message")
 	c.send("STAT")
 	if got, want := c.line(), fmt.Sprintf("+OK 2 %d", total-testMessages[0].size()); got != want {
 		t.Fatalf("STAT after DELE: %q, want %q", got, want)
 	}
-	c.send("LIST")
-	c.expect("+OK 2 messages")
+	c.ask("LIST", "+OK 2 messages")
 	if got := c.multi(); len(got) != 2 || !strings.HasPrefix(got[0], "2 ") {
 		t.Fatalf("LIST after DELE: %q", got)
 	}
-	c.send("RSET")
-	c.expect("+OK maildrop has 3 messages")
+	c.ask("RSET", "+OK maildrop has 3 messages")
 	c.send("DELE 3", "RETR 2", "NOOP")
-	c.expect("+OK message 3 deleted")
-	c.expect("+OK")
+	c.expectAll("+OK message 3 deleted", "+OK")
 	if got := c.body(); got != wire(testMessages[1].data) {
 		t.Fatalf("RETR 2: %q", got)
 	}
@@ -187,9 +173,7 @@ func TestFullSession(t *testing.T) {
 	c.eof()
 
 	mb := b.box(t, 0)
-	if committed, closed := mb.wait(t); committed != 1 || closed != 0 {
-		t.Fatalf("commit %d close %d, want 1 0", committed, closed)
-	}
+	mb.ended(t, 1, 0)
 	// RETR 1 and RETR 2 were retrieved; 3 deleted; TOP does not count.
 	if !reflect.DeepEqual(mb.deleted, []int{2}) || !reflect.DeepEqual(mb.retrieved, []int{0, 1}) {
 		t.Fatalf("Commit(deleted %v, retrieved %v), want [2] [0 1]", mb.deleted, mb.retrieved)
@@ -215,46 +199,36 @@ func TestAuthSASL(t *testing.T) {
 	plain := "AGJvYgBodW50ZXIy" // "\x00bob\x00hunter2"
 
 	t.Run("plain initial response", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.send("AUTH PLAIN " + plain)
-		c.expect("+OK Logged in")
-		c.send("STAT")
-		c.expect("+OK 3 ")
+		c := greeted(t, ts.addr)
+		c.ask("AUTH PLAIN "+plain, "+OK Logged in")
+		c.ask("STAT", "+OK 3 ")
 	})
 	t.Run("plain continuation", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
 		c.send("auth plain")
 		if got := c.line(); got != "+ " {
 			t.Fatalf("challenge %q, want %q", got, "+ ")
 		}
-		c.send(plain)
-		c.expect("+OK Logged in")
+		c.ask(plain, "+OK Logged in")
 	})
 	t.Run("plain wrong password", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
 		c.send("AUTH PLAIN AGJvYgB3cm9uZw==") // \0bob\0wrong
 		c.expect(replyAuthFailed)
-		c.send("AUTH PLAIN " + plain)
-		c.expect("+OK Logged in")
+		c.ask("AUTH PLAIN "+plain, "+OK Logged in")
 	})
 	t.Run("plain other authorization identity", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
 		c.send("AUTH PLAIN YWxpY2UAYm9iAGh1bnRlcjI=") // alice\0bob\0hunter2
 		c.expect(replyAuthFailed)
 	})
 	t.Run("plain malformed", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
 		c.send("AUTH PLAIN =") // empty initial response: no NULs
 		c.expect(replyAuthFailed)
 	})
 	t.Run("login", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
 		c.send("AUTH LOGIN")
 		c.expect("+ VXNlcm5hbWU6") // Username:
 		c.send("Ym9i")
@@ -263,58 +237,39 @@ func TestAuthSASL(t *testing.T) {
 		c.expect("+OK Logged in")
 	})
 	t.Run("login initial response", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.send("AUTH LOGIN Ym9i")
-		c.expect("+ UGFzc3dvcmQ6")
-		c.send("aHVudGVyMg==")
-		c.expect("+OK Logged in")
+		c := greeted(t, ts.addr)
+		c.ask("AUTH LOGIN Ym9i", "+ UGFzc3dvcmQ6")
+		c.ask("aHVudGVyMg==", "+OK Logged in")
 	})
 	t.Run("bad base64", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.send("AUTH PLAIN !!!notbase64")
-		c.expect("-ERR invalid base64")
-		c.send("AUTH LOGIN")
-		c.expect("+ ")
-		c.send("*not base64*")
-		c.expect("-ERR invalid base64")
+		c := greeted(t, ts.addr)
+		c.ask("AUTH PLAIN !!!notbase64", "-ERR invalid base64")
+		c.ask("AUTH LOGIN", "+ ")
+		c.ask("*not base64*", "-ERR invalid base64")
 		c.send("AUTH PLAIN " + plain) // the session goes on
 		c.expect("+OK Logged in")
 	})
 	t.Run("cancel", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.send("AUTH LOGIN")
-		c.expect("+ ")
-		c.send("*")
-		c.expect("-ERR")
-		c.send("AUTH PLAIN")
-		c.expect("+ ")
-		c.send("*")
-		c.expect("-ERR")
-		c.send("AUTH PLAIN " + plain)
-		c.expect("+OK Logged in")
+		c := greeted(t, ts.addr)
+		c.ask("AUTH LOGIN", "+ ")
+		c.ask("*", "-ERR")
+		c.ask("AUTH PLAIN", "+ ")
+		c.ask("*", "-ERR")
+		c.ask("AUTH PLAIN "+plain, "+OK Logged in")
 	})
 	t.Run("unknown mechanism and list", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.send("AUTH CRAM-MD5")
-		c.expect("-ERR")
-		c.send("AUTH")
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
+		c.ask("AUTH CRAM-MD5", "-ERR")
+		c.ask("AUTH", "+OK")
 		if got := c.multi(); !reflect.DeepEqual(got, []string{"PLAIN", "LOGIN"}) {
 			t.Fatalf("AUTH list %q", got)
 		}
 	})
 	t.Run("no auth after login", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
 		c.login("bob", "hunter2")
 		c.send("AUTH PLAIN "+plain, "USER bob", "PASS x")
-		c.expect("-ERR")
-		c.expect("-ERR")
-		c.expect("-ERR")
+		c.expectAll("-ERR", "-ERR", "-ERR")
 	})
 	if strings.Contains(ts.log.String(), "hunter2") {
 		t.Fatalf("password logged:\n%s", ts.log.String())
@@ -329,10 +284,8 @@ func TestPlaintextPolicy(t *testing.T) {
 		opts.TrustedNetworks = notLoopback
 		b := newFakeBackend()
 		ts := startServer(t, b, opts, false)
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.send("CAPA")
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
+		c.ask("CAPA", "+OK")
 		capa := c.multi()
 		if slices.Contains(capa, "USER") || slices.ContainsFunc(capa, func(s string) bool { return strings.HasPrefix(s, "SASL") }) || slices.Contains(capa, "STLS") {
 			t.Fatalf("CAPA offers passwords in the clear: %q", capa)
@@ -343,8 +296,7 @@ func TestPlaintextPolicy(t *testing.T) {
 				t.Fatalf("%s: %q", cmd, got)
 			}
 		}
-		c.send("AUTH")
-		c.expect("+OK")
+		c.ask("AUTH", "+OK")
 		if got := c.multi(); len(got) != 0 {
 			t.Fatalf("AUTH lists %q", got)
 		}
@@ -357,10 +309,8 @@ func TestPlaintextPolicy(t *testing.T) {
 		opts.AllowPlaintext = false
 		opts.TrustedNetworks = append(notLoopback, netip.MustParsePrefix("127.0.0.0/8"))
 		ts := startServer(t, newFakeBackend(), opts, false)
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.send("CAPA")
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
+		c.ask("CAPA", "+OK")
 		if capa := c.multi(); !slices.Contains(capa, "USER") || !slices.Contains(capa, "SASL PLAIN LOGIN") {
 			t.Fatalf("CAPA %q", capa)
 		}
@@ -377,10 +327,8 @@ func TestSTLS(t *testing.T) {
 	b := newFakeBackend(testMessages...)
 	ts := startServer(t, b, opts, false)
 
-	c := dial(t, ts.addr)
-	c.expect("+OK")
-	c.send("CAPA")
-	c.expect("+OK")
+	c := greeted(t, ts.addr)
+	c.ask("CAPA", "+OK")
 	if capa := c.multi(); !slices.Contains(capa, "STLS") || slices.Contains(capa, "USER") {
 		t.Fatalf("CAPA before TLS: %q", capa)
 	}
@@ -393,41 +341,32 @@ func TestSTLS(t *testing.T) {
 	c.send("STLS", "USER alice")
 	c.expect("+OK Begin TLS")
 	c.startTLS(cliTLS)
-	c.send("CAPA")
-	c.expect("+OK")
+	c.ask("CAPA", "+OK")
 	if capa := c.multi(); slices.Contains(capa, "STLS") || !slices.Contains(capa, "USER") || !slices.Contains(capa, "SASL PLAIN LOGIN") {
 		t.Fatalf("CAPA after TLS: %q", capa)
 	}
-	c.send("PASS secret word")
-	c.expect("-ERR USER first")
-	c.send("STLS")
-	c.expect("-ERR")
+	c.ask("PASS secret word", "-ERR USER first")
+	c.ask("STLS", "-ERR")
 	c.login("alice", "secret word")
 	if !b.lastClient(t).TLS {
 		t.Fatal("backend told the session is not TLS")
 	}
-	c.send("RETR 1")
-	c.expect("+OK")
+	c.ask("RETR 1", "+OK")
 	if got := c.body(); got != wire(testMessages[0].data) {
 		t.Fatalf("RETR over TLS: %q", got)
 	}
-	c.send("QUIT")
-	c.expect("+OK")
+	c.ask("QUIT", "+OK")
 	ts.log.waitFor(t, "pop3 session", "end=quit", "tls=true")
 
 	t.Run("user forgotten", func(t *testing.T) {
 		opts := opts
 		opts.TrustedNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 		ts := startServer(t, newFakeBackend(), opts, false)
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.send("USER alice")
-		c.expect("+OK")
-		c.send("STLS")
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
+		c.ask("USER alice", "+OK")
+		c.ask("STLS", "+OK")
 		c.startTLS(cliTLS)
-		c.send("PASS secret word")
-		c.expect("-ERR USER first")
+		c.ask("PASS secret word", "-ERR USER first")
 	})
 }
 
@@ -440,18 +379,15 @@ func TestImplicitTLS(t *testing.T) {
 	ts := startServer(t, b, opts, true)
 	c := dialTLS(t, ts.addr, cliTLS)
 	c.expect("+OK pop.test nfsdrop POP3 ready")
-	c.send("CAPA")
-	c.expect("+OK")
+	c.ask("CAPA", "+OK")
 	if capa := c.multi(); slices.Contains(capa, "STLS") || !slices.Contains(capa, "USER") {
 		t.Fatalf("CAPA on POP3S: %q", capa)
 	}
-	c.send("AUTH PLAIN AGFsaWNlAHNlY3JldCB3b3Jk")
-	c.expect("+OK Logged in")
+	c.ask("AUTH PLAIN AGFsaWNlAHNlY3JldCB3b3Jk", "+OK Logged in")
 	if !b.lastClient(t).TLS {
 		t.Fatal("backend told the session is not TLS")
 	}
-	c.send("QUIT")
-	c.expect("+OK pop.test bye")
+	c.ask("QUIT", "+OK pop.test bye")
 	c.eof()
 
 	// A client speaking plain POP3 to the TLS port gets nothing it can
@@ -475,8 +411,7 @@ func TestLoginErrors(t *testing.T) {
 	opts.AuthFailDelay = 150 * time.Millisecond
 	opts.MaxAuthFailures = 10
 	ts := startServer(t, b, opts, false)
-	c := dial(t, ts.addr)
-	c.expect("+OK")
+	c := greeted(t, ts.addr)
 	for _, tc := range []struct{ user, pass, want string }{
 		{"busy", "x", "-ERR [IN-USE] Mailbox is locked by another session"},
 		{"flaky", "x", "-ERR [SYS/TEMP] storage unavailable, try again later"},
@@ -514,11 +449,9 @@ func TestMaxAuthFailures(t *testing.T) {
 	opts := baseOptions()
 	opts.MaxAuthFailures = 2
 	ts := startServer(t, newFakeBackend(), opts, false)
-	c := dial(t, ts.addr)
-	c.expect("+OK")
+	c := greeted(t, ts.addr)
 	c.send("USER alice", "PASS nope")
-	c.expect("+OK")
-	c.expect(replyAuthFailed)
+	c.expectAll("+OK", replyAuthFailed)
 	c.send("AUTH PLAIN AGFsaWNlAG5vcGU=") // alice/nope
 	if got := c.line(); got != replyTooManyFails {
 		t.Fatalf("second failure: %q", got)
@@ -538,65 +471,45 @@ func TestMessageNumbers(t *testing.T) {
 		{"STAT 1", "NOOP x", "RSET 1", "UIDL 1 2", "TOP 1 1 1", "QUIT x"},
 	}
 	for _, cmds := range bad {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.login("alice", "secret word")
+		c := aliceIn(t, ts.addr)
 		for _, cmd := range cmds {
-			c.send(cmd)
-			c.expect("-ERR")
+			c.ask(cmd, "-ERR")
 		}
 		c.send("DELE 01", "RETR 1", "TOP 1 0", "DELE 1", "LIST 2")
-		c.expect("+OK message 1 deleted")
-		c.expect("-ERR no such message")
-		c.expect("-ERR no such message")
-		c.expect("-ERR no such message")
-		c.expect("+OK 2 ")
-		c.send("QUIT")
-		c.expect("+OK")
+		c.expectAll("+OK message 1 deleted", "-ERR no such message", "-ERR no such message", "-ERR no such message", "+OK 2 ")
+		c.ask("QUIT", "+OK")
 	}
 }
 
 func TestGarbage(t *testing.T) {
 	ts := startServer(t, newFakeBackend(testMessages...), baseOptions(), false)
 	t.Run("errors", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
 		c.send("STAT\x00", "US\x00ER alice", "FOO", "", "NOOP", "APOP alice 0123456789abcdef", " USER alice")
-		c.expect("-ERR NUL")
-		c.expect("-ERR NUL")
-		c.expect("-ERR unknown command")
-		c.expect("-ERR unknown command")
+		c.expectAll("-ERR NUL", "-ERR NUL", "-ERR unknown command", "-ERR unknown command")
 		c.expect("-ERR") // NOOP is for TRANSACTION only
 		c.expect("-ERR unknown command")
 		c.expect("-ERR unknown command")
 		c.login("alice", "secret word")
-		c.send("QUIT")
-		c.expect("+OK")
+		c.ask("QUIT", "+OK")
 	})
 	t.Run("too many errors", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
 		for range maxProtocolErrors {
-			c.send("XYZZY")
-			c.expect("-ERR unknown command")
+			c.ask("XYZZY", "-ERR unknown command")
 		}
 		c.eof()
 	})
 	t.Run("line too long", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.login("alice", "secret word")
+		c := aliceIn(t, ts.addr)
 		c.raw("USER " + strings.Repeat("a", 600) + "\r\n")
 		c.expect("-ERR line too long")
 		c.eof()
 		mb := b0(t, ts)
-		if committed, closed := mb.wait(t); committed != 0 || closed != 1 {
-			t.Fatalf("commit %d close %d", committed, closed)
-		}
+		mb.ended(t, 0, 1)
 	})
 	t.Run("longest line", func(t *testing.T) {
-		c := dial(t, ts.addr)
-		c.expect("+OK")
+		c := greeted(t, ts.addr)
 		c.raw("USER " + strings.Repeat("a", defaultMaxLineLength-len("USER \r\n")) + "\r\n")
 		c.expect("+OK")
 		c.raw("USER " + strings.Repeat("a", defaultMaxLineLength-len("USER \n")) + "\n")
@@ -616,14 +529,10 @@ func b0(t *testing.T, ts *testServer) *fakeMailbox {
 func TestPipelining(t *testing.T) {
 	b := newFakeBackend(testMessages...)
 	ts := startServer(t, b, baseOptions(), false)
-	c := dial(t, ts.addr)
-	c.expect("+OK")
+	c := greeted(t, ts.addr)
 	before := ts.writes.Load()
 	c.send("USER alice", "PASS secret word", "STAT", "LIST", "UIDL 1", "RETR 3", "DELE 2", "NOOP")
-	c.expect("+OK")
-	c.expect("+OK Logged in")
-	c.expect("+OK 3 ")
-	c.expect("+OK 3 messages")
+	c.expectAll("+OK", "+OK Logged in", "+OK 3 ", "+OK 3 messages")
 	if got := c.multi(); len(got) != 3 {
 		t.Fatalf("LIST %q", got)
 	}
@@ -666,9 +575,7 @@ func TestStalledClient(t *testing.T) {
 	c.send("RETR 1")
 	start := time.Now()
 	mb := b.box(t, 0)
-	if committed, closed := mb.wait(t); committed != 0 || closed != 1 {
-		t.Fatalf("commit %d close %d, want 0 1", committed, closed)
-	}
+	mb.ended(t, 0, 1)
 	t.Logf("stalled session ended after %v", time.Since(start))
 	line := ts.log.waitFor(t, "pop3 session", "user=alice")
 	if !strings.Contains(line, "end=timeout") || !strings.Contains(line, "retrieved=0") {
@@ -681,32 +588,21 @@ func TestIdleTimeout(t *testing.T) {
 	opts := baseOptions()
 	opts.IdleTimeout = 200 * time.Millisecond
 	ts := startServer(t, b, opts, false)
-	c := dial(t, ts.addr)
-	c.expect("+OK")
-	c.login("alice", "secret word")
-	c.send("DELE 1")
-	c.expect("+OK")
-	c.expect("-ERR [SYS/TEMP] idle timeout")
+	c := aliceIn(t, ts.addr)
+	c.ask("DELE 1", "+OK", "-ERR [SYS/TEMP] idle timeout")
 	c.eof()
-	if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
-		t.Fatalf("commit %d close %d, want 0 1", committed, closed)
-	}
+	b.box(t, 0).ended(t, 0, 1)
 	ts.log.waitFor(t, "pop3 session", "end=timeout")
 }
 
 func TestEOFWithoutQuit(t *testing.T) {
 	b := newFakeBackend(testMessages...)
 	ts := startServer(t, b, baseOptions(), false)
-	c := dial(t, ts.addr)
-	c.expect("+OK")
-	c.login("alice", "secret word")
+	c := aliceIn(t, ts.addr)
 	c.send("DELE 1", "DELE 2")
-	c.expect("+OK")
-	c.expect("+OK")
+	c.expectAll("+OK", "+OK")
 	c.C.Close()
-	if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
-		t.Fatalf("commit %d close %d, want 0 1", committed, closed)
-	}
+	b.box(t, 0).ended(t, 0, 1)
 	ts.log.waitFor(t, "pop3 session", "end=eof", "deleted=0")
 }
 
@@ -714,18 +610,14 @@ func TestCommitFailure(t *testing.T) {
 	b := newFakeBackend(testMessages...)
 	b.commitErr = failure.Temp("unlink", "", syscall.EIO)
 	ts := startServer(t, b, baseOptions(), false)
-	c := dial(t, ts.addr)
-	c.expect("+OK")
-	c.login("alice", "secret word")
+	c := aliceIn(t, ts.addr)
 	c.send("DELE 1", "QUIT")
 	c.expect("+OK")
 	if got := c.line(); got != "-ERR [SYS/TEMP] some deleted messages not removed" {
 		t.Fatalf("QUIT: %q", got)
 	}
 	c.eof()
-	if committed, closed := b.box(t, 0).wait(t); committed != 1 || closed != 0 {
-		t.Fatalf("commit %d close %d, want 1 0", committed, closed)
-	}
+	b.box(t, 0).ended(t, 1, 0)
 	ts.log.waitFor(t, "pop3 session", "end=quit", "commit:")
 }
 
@@ -734,13 +626,9 @@ func TestMessageErrors(t *testing.T) {
 		b := newFakeBackend(testMessages...)
 		b.openErr = failure.Temp("open", "message unavailable", syscall.ESTALE)
 		ts := startServer(t, b, baseOptions(), false)
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.login("alice", "secret word")
+		c := aliceIn(t, ts.addr)
 		c.send("RETR 1", "TOP 1 1", "NOOP")
-		c.expect("-ERR [SYS/TEMP] message unavailable")
-		c.expect("-ERR [SYS/TEMP] message unavailable")
-		c.expect("+OK")
+		c.expectAll("-ERR [SYS/TEMP] message unavailable", "-ERR [SYS/TEMP] message unavailable", "+OK")
 	})
 	t.Run("removed", func(t *testing.T) {
 		// Removed by another program after the listing (issue 13):
@@ -748,9 +636,7 @@ func TestMessageErrors(t *testing.T) {
 		b := newFakeBackend(testMessages...)
 		b.openErr = failure.New(failure.NotFound, "open message", "message was removed", nil)
 		ts := startServer(t, b, baseOptions(), false)
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.login("alice", "secret word")
+		c := aliceIn(t, ts.addr)
 		c.send("RETR 1", "TOP 1 1")
 		for i := 0; i < 2; i++ {
 			if got := c.line(); got != "-ERR message was removed" {
@@ -764,9 +650,7 @@ func TestMessageErrors(t *testing.T) {
 		b := newFakeBackend(testMessages...)
 		b.readErr = syscall.ESTALE
 		ts := startServer(t, b, baseOptions(), false)
-		c := dial(t, ts.addr)
-		c.expect("+OK")
-		c.login("alice", "secret word")
+		c := aliceIn(t, ts.addr)
 		c.send("RETR 1")
 		c.C.SetReadDeadline(time.Now().Add(10 * time.Second))
 		var got strings.Builder
@@ -780,9 +664,7 @@ func TestMessageErrors(t *testing.T) {
 		if strings.Contains(got.String(), "\r\n.\r\n") || strings.HasSuffix(got.String(), ".\r\n") {
 			t.Fatalf("truncated message terminated: %q", got.String())
 		}
-		if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
-			t.Fatalf("commit %d close %d", committed, closed)
-		}
+		b.box(t, 0).ended(t, 0, 1)
 		ts.log.waitFor(t, "pop3 message read failed")
 	})
 }
@@ -791,22 +673,16 @@ func TestPanic(t *testing.T) {
 	b := newFakeBackend(testMessages...)
 	b.panicOpen = true
 	ts := startServer(t, b, baseOptions(), false)
-	c := dial(t, ts.addr)
-	c.expect("+OK")
-	c.login("alice", "secret word")
+	c := aliceIn(t, ts.addr)
 	c.send("RETR 1")
 	if got := c.line(); got != replyInternal {
 		t.Fatalf("after panic: %q", got)
 	}
 	c.eof()
-	if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
-		t.Fatalf("commit %d close %d", committed, closed)
-	}
+	b.box(t, 0).ended(t, 0, 1)
 	ts.log.waitFor(t, "pop3 session panic", "open exploded", "stack=")
 	// The server goes on.
-	c2 := dial(t, ts.addr)
-	c2.expect("+OK")
-	c2.login("alice", "secret word")
+	aliceIn(t, ts.addr)
 }
 
 // TestMaxSessions: when every session is logged in, a newcomer is refused
@@ -815,11 +691,8 @@ func TestMaxSessions(t *testing.T) {
 	opts := baseOptions()
 	opts.MaxSessions = 2
 	ts := startServer(t, newFakeBackend(), opts, false)
-	c1 := dial(t, ts.addr)
-	c1.expect("+OK")
-	c1.login("alice", "secret word")
-	c2 := dial(t, ts.addr)
-	c2.expect("+OK")
+	c1 := aliceIn(t, ts.addr)
+	c2 := greeted(t, ts.addr)
 	c2.login("bob", "hunter2")
 	c3 := dial(t, ts.addr)
 	if got := c3.line(); got != "-ERR [SYS/TEMP] too many sessions, try again later" {
@@ -829,8 +702,7 @@ func TestMaxSessions(t *testing.T) {
 	if n := ts.Sessions(); n != 2 {
 		t.Fatalf("Sessions() = %d", n)
 	}
-	c1.send("QUIT")
-	c1.expect("+OK")
+	c1.ask("QUIT", "+OK")
 	c1.eof()
 	waitSessions(t, ts.Server, 1)
 	c4 := dial(t, ts.addr)
@@ -863,13 +735,11 @@ func TestFullServerDropsOldestUnauthenticated(t *testing.T) {
 	user := dialFrom(t, ts.addr, &net.TCPAddr{IP: net.IPv4(127, 0, 2, 1)})
 	user.expect("+OK pop.test")
 	user.login("alice", "secret word")
-	user.send("STAT")
-	user.expect("+OK 3 ")
+	user.ask("STAT", "+OK 3 ")
 
 	// The oldest idle session is the one closed; the next oldest answers.
 	idle[0].eof()
-	idle[1].send("CAPA")
-	idle[1].expect("+OK")
+	idle[1].ask("CAPA", "+OK")
 	idle[1].multi()
 	ts.log.waitFor(t, "pop3 session", "end=evicted", "remote=127.0.1.1:")
 	if n := ts.Sessions(); n != max {
@@ -892,10 +762,8 @@ func TestFullServerDropsOldestUnauthenticated(t *testing.T) {
 	}
 	late.eof()
 	// The logged-in sessions were not touched.
-	user.send("NOOP")
-	user.expect("+OK")
-	idle[max-1].send("NOOP")
-	idle[max-1].expect("+OK")
+	user.ask("NOOP", "+OK")
+	idle[max-1].ask("NOOP", "+OK")
 }
 
 // TestLoginTimeout: a session that does not log in is closed at the login
@@ -908,13 +776,10 @@ func TestLoginTimeout(t *testing.T) {
 	b := newFakeBackend(testMessages...)
 	ts := startServer(t, b, opts, false)
 
-	loggedIn := dial(t, ts.addr)
-	loggedIn.expect("+OK")
-	loggedIn.login("alice", "secret word")
+	loggedIn := aliceIn(t, ts.addr)
 	start := time.Now()
 
-	c := dial(t, ts.addr)
-	c.expect("+OK")
+	c := greeted(t, ts.addr)
 	stop := time.Now().Add(10 * time.Second) // a failure bound, not the assertion
 	for {
 		if time.Now().After(stop) {
@@ -936,8 +801,7 @@ func TestLoginTimeout(t *testing.T) {
 	if d := 2*opts.LoginTimeout - time.Since(start); d > 0 {
 		time.Sleep(d)
 	}
-	loggedIn.send("NOOP")
-	loggedIn.expect("+OK")
+	loggedIn.ask("NOOP", "+OK")
 }
 
 func waitSessions(t *testing.T, s *Server, n int64) {
@@ -950,8 +814,7 @@ func TestMaxPerIP(t *testing.T) {
 	opts := baseOptions()
 	opts.MaxPerIP = 1
 	ts := startServer(t, newFakeBackend(), opts, false)
-	c1 := dial(t, ts.addr)
-	c1.expect("+OK")
+	greeted(t, ts.addr) // the one session 127.0.0.1 may have
 	c2 := dial(t, ts.addr)
 	if got := c2.line(); got != "-ERR [SYS/TEMP] too many sessions from your address, try again later" {
 		t.Fatalf("second session: %q", got)
@@ -999,8 +862,7 @@ func TestProxyTrusted(t *testing.T) {
 	c3 := dial(t, ts.addr)
 	c3.raw(proxyHeader(t, 2, "203.0.113.7:4243", "198.51.100.1:110"))
 	c3.expect("-ERR [SYS/TEMP] too many sessions from your address")
-	c.send("QUIT")
-	c.expect("+OK")
+	c.ask("QUIT", "+OK")
 	ts.log.waitFor(t, "pop3 session", "remote=203.0.113.7:4242", "via=127.0.0.1:")
 
 	// From a balancer, the header is required.
@@ -1065,13 +927,9 @@ func TestShutdown(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(l) }()
 
-	c := dial(t, l.Addr().String())
-	c.expect("+OK")
-	c.login("alice", "secret word")
-	c.send("DELE 1")
-	c.expect("+OK")
-	idle := dial(t, l.Addr().String())
-	idle.expect("+OK")
+	c := aliceIn(t, l.Addr().String())
+	c.ask("DELE 1", "+OK")
+	idle := greeted(t, l.Addr().String())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -1081,9 +939,7 @@ func TestShutdown(t *testing.T) {
 	if err := <-served; !errors.Is(err, ErrServerClosed) || !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Serve: %v", err)
 	}
-	if committed, closed := b.box(t, 0).wait(t); committed != 0 || closed != 1 {
-		t.Fatalf("commit %d close %d, want 0 1", committed, closed)
-	}
+	b.box(t, 0).ended(t, 0, 1)
 	c.eof()
 	idle.eof()
 	if n := s.Sessions(); n != 0 {
@@ -1129,8 +985,7 @@ func TestIdleMemory(t *testing.T) {
 			warm := dialMaybeTLS(t, ts.addr, tc.tls, cliTLS)
 			warm.expect("+OK")
 			warm.login("alice", "secret word")
-			warm.send("RETR 1")
-			warm.expect("+OK")
+			warm.ask("RETR 1", "+OK")
 			warm.body()
 
 			before := heapAndStacks()
@@ -1139,8 +994,7 @@ func TestIdleMemory(t *testing.T) {
 				c := dialMaybeTLS(t, ts.addr, tc.tls, cliTLS)
 				c.expect("+OK")
 				c.login("alice", "secret word")
-				c.send("RETR 1")
-				c.expect("+OK")
+				c.ask("RETR 1", "+OK")
 				c.body()
 				clients[i] = c
 			}

@@ -302,85 +302,85 @@ func (ss *session) dispatch(line []byte) error {
 		ss.line("-ERR PROXY header not accepted from this address")
 		return errProxyHeader
 	}
-	if cmd.verb == "CAPA" {
-		return ss.capa(cmd)
-	}
-	if cmd.verb == "QUIT" {
-		return ss.quit(cmd)
-	}
-	if ss.state == stateAuthorization {
-		switch cmd.verb {
-		case "USER":
-			return ss.userCmd(cmd)
-		case "PASS":
-			return ss.passCmd(cmd)
-		case "AUTH":
-			return ss.authCmd(cmd)
-		case "STLS":
-			return ss.stls(cmd)
-		}
-		return ss.fail("command not valid before login")
-	}
-	switch cmd.verb {
-	case "STAT":
-		return ss.stat(cmd)
-	case "LIST":
-		return ss.list(cmd)
-	case "UIDL":
-		return ss.uidl(cmd)
-	case "RETR":
-		return ss.retr(cmd)
-	case "TOP":
-		return ss.top(cmd)
-	case "DELE":
-		return ss.dele(cmd)
-	case "RSET":
-		return ss.rset(cmd)
-	case "NOOP":
-		if len(cmd.args) != 0 {
+	c, ok := commands[cmd.verb]
+	switch {
+	case ok && c.validIn&(1<<ss.state) != 0:
+		if c.args != anyArgs && len(cmd.args) != c.args {
 			return ss.fail("syntax error")
 		}
-		ss.line("+OK")
-		return nil
+		return c.run(ss, cmd)
+	case ss.state == stateAuthorization:
+		return ss.fail("command not valid before login")
 	}
 	return ss.fail("command not valid after login")
+}
+
+// commandSpec is where a command is valid, how many arguments it takes,
+// and what runs it.
+type commandSpec struct {
+	validIn uint8 // a set of states: bit 1<<state
+	args    int   // exactly this many arguments, or anyArgs: run checks them
+	run     func(*session, command) error
+}
+
+const (
+	beforeLogin = 1 << stateAuthorization
+	afterLogin  = 1 << stateTransaction
+	anyArgs     = -1
+)
+
+// commands are the commands of RFC 1939 sections 4 and 5 (CAPA: RFC
+// 2449). It is a table, read only, so that which command runs where, and
+// with how many arguments, is said once. Those with anyArgs check their
+// arguments themselves: after what they refuse first (USER, STLS), or
+// because the count varies (LIST, UIDL, AUTH) or spaces are part of the
+// argument (PASS).
+var commands = map[string]commandSpec{
+	"CAPA": {beforeLogin | afterLogin, 0, (*session).capa},
+	"QUIT": {beforeLogin | afterLogin, 0, (*session).quit},
+	"USER": {beforeLogin, anyArgs, (*session).userCmd},
+	"PASS": {beforeLogin, anyArgs, (*session).passCmd},
+	"AUTH": {beforeLogin, anyArgs, (*session).authCmd},
+	"STLS": {beforeLogin, anyArgs, (*session).stls},
+	"STAT": {afterLogin, 0, (*session).stat},
+	"LIST": {afterLogin, anyArgs, (*session).list},
+	"UIDL": {afterLogin, anyArgs, (*session).uidl},
+	"RETR": {afterLogin, 1, (*session).retr},
+	"TOP":  {afterLogin, 2, (*session).top},
+	"DELE": {afterLogin, 1, (*session).dele},
+	"RSET": {afterLogin, 0, (*session).rset},
+	"NOOP": {afterLogin, 0, (*session).noop},
+}
+
+// noop is NOOP (RFC 1939 section 5).
+func (ss *session) noop(command) error {
+	ss.line("+OK")
+	return nil
 }
 
 // capa lists the capabilities (RFC 2449 section 5). What depends on the
 // state (USER, SASL, STLS) is listed only before login, and the password
 // mechanisms only where a password may be sent (RFC 2595 section 6): a
 // client that sees no USER and no SASL but STLS knows to start TLS.
-func (ss *session) capa(cmd command) error {
-	if len(cmd.args) != 0 {
-		return ss.fail("syntax error")
-	}
+func (ss *session) capa(command) error {
 	ss.line("+OK Capability list follows")
-	ss.line("TOP")
-	ss.line("UIDL")
-	ss.line("RESP-CODES")
-	ss.line("AUTH-RESP-CODE")
-	ss.line("PIPELINING")
+	ss.lines("TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING")
 	if ss.state == stateAuthorization {
 		if ss.plaintextAllowed() {
-			ss.line("USER")
-			ss.line("SASL PLAIN LOGIN")
+			ss.lines("USER", "SASL PLAIN LOGIN")
 		}
 		if ss.stlsOffered() {
 			ss.line("STLS")
 		}
 	}
-	ss.line("IMPLEMENTATION nfsdrop")
-	ss.line(".")
+	ss.lines("IMPLEMENTATION nfsdrop", ".")
 	return nil
 }
 
 // quit ends the session. After login it is the UPDATE state (RFC 1939
 // section 6): the deletions are committed, and the reply says whether
 // they were. Commands pipelined after QUIT are not read.
-func (ss *session) quit(cmd command) error {
-	if len(cmd.args) != 0 {
-		return ss.fail("syntax error")
-	}
+func (ss *session) quit(command) error {
 	if ss.state == stateAuthorization {
 		ss.line("+OK " + ss.s.opts.Hostname + " bye")
 		return errQuit
@@ -438,10 +438,7 @@ func (ss *session) msgArg(s string) (int, bool) {
 	return i, true
 }
 
-func (ss *session) stat(cmd command) error {
-	if len(cmd.args) != 0 {
-		return ss.fail("syntax error")
-	}
+func (ss *session) stat(command) error {
 	ss.numLine("+OK ", ss.count, ss.size)
 	return nil
 }
@@ -483,9 +480,6 @@ func (ss *session) scanListing(cmd command, header string, entry func(prefix str
 }
 
 func (ss *session) dele(cmd command) error {
-	if len(cmd.args) != 1 {
-		return ss.fail("syntax error")
-	}
 	i, ok := ss.msgArg(cmd.args[0])
 	if !ok {
 		return ss.fail(replyNoSuchMsg)
@@ -497,10 +491,7 @@ func (ss *session) dele(cmd command) error {
 	return nil
 }
 
-func (ss *session) rset(cmd command) error {
-	if len(cmd.args) != 0 {
-		return ss.fail("syntax error")
-	}
+func (ss *session) rset(command) error {
 	for i := range ss.flags {
 		ss.flags[i] &^= flagDeleted
 	}
@@ -510,9 +501,6 @@ func (ss *session) rset(cmd command) error {
 }
 
 func (ss *session) retr(cmd command) error {
-	if len(cmd.args) != 1 {
-		return ss.fail("syntax error")
-	}
 	i, ok := ss.msgArg(cmd.args[0])
 	if !ok {
 		return ss.fail(replyNoSuchMsg)
@@ -522,9 +510,6 @@ func (ss *session) retr(cmd command) error {
 
 // top is TOP n m (RFC 1939 section 7, RFC 2449 section 6.1).
 func (ss *session) top(cmd command) error {
-	if len(cmd.args) != 2 {
-		return ss.fail("syntax error")
-	}
 	i, ok := ss.msgArg(cmd.args[0])
 	if !ok {
 		return ss.fail(replyNoSuchMsg)

@@ -41,21 +41,35 @@ func lmtpListeners(cfg *config.Config) ([]net.Listener, error) {
 		}
 		return named["lmtp"], nil
 	}
-	var ls []net.Listener
-	for _, spec := range cfg.LMTP.Listen {
-		l, err := daemon.Listen(spec)
-		if err != nil {
-			for _, l := range ls {
-				l.Close()
-			}
-			return nil, err
-		}
-		ls = append(ls, l)
+	ls, err := bindAll(cfg.LMTP.Listen)
+	if err != nil {
+		return nil, err
 	}
 	if len(ls) == 0 {
 		return nil, errors.New("lmtp.listen is empty and no sockets were passed by systemd")
 	}
 	return ls, nil
+}
+
+// bindAll binds every one of specs (daemon.Listen), or none: on an error
+// it closes those it had bound.
+func bindAll(specs []string) ([]net.Listener, error) {
+	var ls []net.Listener
+	for _, spec := range specs {
+		l, err := daemon.Listen(spec)
+		if err != nil {
+			closeAll(ls)
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+func closeAll(ls []net.Listener) {
+	for _, l := range ls {
+		l.Close()
+	}
 }
 
 func lmtpOptions(cfg *config.Config, hostname string, log *slog.Logger) lmtp.Options {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -45,27 +46,11 @@ func pop3Listeners(cfg *config.Config, extra []string) (plain, implicit []net.Li
 		}
 		return named["pop3"], named["pop3s"], nil
 	}
-	bind := func(specs []string) ([]net.Listener, error) {
-		var ls []net.Listener
-		for _, spec := range specs {
-			l, err := daemon.Listen(spec)
-			if err != nil {
-				for _, l := range ls {
-					l.Close()
-				}
-				return nil, err
-			}
-			ls = append(ls, l)
-		}
-		return ls, nil
-	}
-	if plain, err = bind(append(append([]string{}, cfg.POP3.Listen...), extra...)); err != nil {
+	if plain, err = bindAll(append(append([]string{}, cfg.POP3.Listen...), extra...)); err != nil {
 		return nil, nil, err
 	}
-	if implicit, err = bind(cfg.POP3.ListenTLS); err != nil {
-		for _, l := range plain {
-			l.Close()
-		}
+	if implicit, err = bindAll(cfg.POP3.ListenTLS); err != nil {
+		closeAll(plain)
 		return nil, nil, err
 	}
 	if len(plain)+len(implicit) == 0 {
@@ -98,21 +83,27 @@ func pop3Options(cfg *config.Config, hostname string, certs *daemon.CertReloader
 	if certs != nil {
 		o.TLSConfig = func() *tls.Config { return certs.Config() }
 	}
-	for _, n := range cfg.POP3.TrustedNetworks {
-		p, err := config.ParsePrefix(n)
-		if err != nil {
-			return o, fmt.Errorf("pop3.trusted_networks: %w", err)
-		}
-		o.TrustedNetworks = append(o.TrustedNetworks, p)
+	var err error
+	if o.TrustedNetworks, err = parsePrefixes("pop3.trusted_networks", cfg.POP3.TrustedNetworks); err != nil {
+		return o, err
 	}
-	for _, n := range cfg.POP3.ProxyNetworks {
-		p, err := config.ParsePrefix(n)
-		if err != nil {
-			return o, fmt.Errorf("pop3.proxy_networks: %w", err)
-		}
-		o.ProxyNetworks = append(o.ProxyNetworks, p)
+	if o.ProxyNetworks, err = parsePrefixes("pop3.proxy_networks", cfg.POP3.ProxyNetworks); err != nil {
+		return o, err
 	}
 	return o, nil
+}
+
+// parsePrefixes parses the networks of the configuration key key.
+func parsePrefixes(key string, networks []string) ([]netip.Prefix, error) {
+	var ps []netip.Prefix
+	for _, n := range networks {
+		p, err := config.ParsePrefix(n)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		ps = append(ps, p)
+	}
+	return ps, nil
 }
 
 // addPOP3 adds the POP3 server and its listeners.

@@ -202,16 +202,10 @@ func (r *poplibResult) UnmarshalJSON(b []byte) error {
 func TestPOP3E2EPoplib(t *testing.T) {
 	t.Parallel()
 	py := testenv.Require(t, "python3", "python3")[0]
-	e := newPOP3World(t)
-	cert, key := makeCert(t, e.dir)
-	lmtpAddr, plain, implicit := loopback(t), loopback(t), loopback(t)
 	// 127.0.0.1 is not trusted and plaintext is not allowed: passwords
 	// only inside TLS.
-	cfg := e.writePOP3Config("mx1", pop3Conf{hostname: "mx1.test", lmtp: lmtpAddr, listen: plain, listenTLS: implicit,
-		cert: cert, key: key, stls: true})
-	e.startDaemon("lmtpd", []string{lmtpAddr}, "lmtpd", "-c", cfg)
-	e.startDaemon("pop3d", []string{plain, implicit}, "pop3d", "-c", cfg)
-	stored := deliverPOP3Messages(e, lmtpAddr)
+	w := startTLSPOP3(t, nil)
+	e, plain, implicit, stored := w.e2e, w.plain, w.implicit, w.stored
 
 	stdout, stderr, code := runTool(t, nil, nil, py, "-c", poplibScript, portOf(t, plain), portOf(t, implicit), pop3User, pop3Pass)
 	if code != 0 {
@@ -348,15 +342,9 @@ func TestPOP3E2EPoplib(t *testing.T) {
 func TestPOP3E2ECurl(t *testing.T) {
 	t.Parallel()
 	curl := testenv.Require(t, "curl", "curl")[0]
-	e := newPOP3World(t)
-	cert, key := makeCert(t, e.dir)
-	lmtpAddr, plain, implicit := loopback(t), loopback(t), loopback(t)
 	// Loopback is trusted: curl may log in without TLS.
-	cfg := e.writePOP3Config("mx1", pop3Conf{hostname: "mx1.test", lmtp: lmtpAddr, listen: plain, listenTLS: implicit,
-		cert: cert, key: key, stls: true, trusted: []string{"127.0.0.0/8"}, authFailDelay: "0s"})
-	e.startDaemon("lmtpd", []string{lmtpAddr}, "lmtpd", "-c", cfg)
-	e.startDaemon("pop3d", []string{plain, implicit}, "pop3d", "-c", cfg)
-	stored := deliverPOP3Messages(e, lmtpAddr)
+	w := startTLSPOP3(t, func(c *pop3Conf) { c.trusted = []string{"127.0.0.0/8"}; c.authFailDelay = "0s" })
+	e, plain, implicit, stored := w.e2e, w.plain, w.implicit, w.stored
 
 	run := func(args ...string) ([]byte, string) {
 		t.Helper()
@@ -447,14 +435,8 @@ func TestPOP3E2ECurl(t *testing.T) {
 func TestPOP3E2EFetchmail(t *testing.T) {
 	t.Parallel()
 	fetchmail := testenv.Require(t, "fetchmail", "fetchmail")[0]
-	e := newPOP3World(t)
-	cert, key := makeCert(t, e.dir)
-	lmtpAddr, plain, implicit := loopback(t), loopback(t), loopback(t)
-	cfg := e.writePOP3Config("mx1", pop3Conf{hostname: "mx1.test", lmtp: lmtpAddr, listen: plain, listenTLS: implicit,
-		cert: cert, key: key, stls: true})
-	e.startDaemon("lmtpd", []string{lmtpAddr}, "lmtpd", "-c", cfg)
-	e.startDaemon("pop3d", []string{plain, implicit}, "pop3d", "-c", cfg)
-	stored := deliverPOP3Messages(e, lmtpAddr)
+	w := startTLSPOP3(t, nil)
+	e, plain, implicit, stored := w.e2e, w.plain, w.implicit, w.stored
 	maildir := e.pop3Maildir("alice")
 
 	home := filepath.Join(e.dir, "fetchmail-home")
@@ -534,14 +516,8 @@ func TestPOP3E2EFetchmail(t *testing.T) {
 func TestPOP3E2EOpenSSL(t *testing.T) {
 	t.Parallel()
 	openssl := testenv.Require(t, "openssl", "openssl")[0]
-	e := newPOP3World(t)
-	cert, key := makeCert(t, e.dir)
-	lmtpAddr, plain, implicit := loopback(t), loopback(t), loopback(t)
-	cfg := e.writePOP3Config("mx1", pop3Conf{hostname: "mx1.test", lmtp: lmtpAddr, listen: plain, listenTLS: implicit,
-		cert: cert, key: key, stls: true})
-	e.startDaemon("lmtpd", []string{lmtpAddr}, "lmtpd", "-c", cfg)
-	e.startDaemon("pop3d", []string{plain, implicit}, "pop3d", "-c", cfg)
-	stored := deliverPOP3Messages(e, lmtpAddr)
+	w := startTLSPOP3(t, nil)
+	e, plain, stored := w.e2e, w.plain, w.stored
 	var total int
 	for _, data := range stored {
 		total += len(pop3Wire(data))
@@ -586,7 +562,7 @@ func TestPOP3E2EOpenSSL(t *testing.T) {
 	// it), implicit TLS still works.
 	plain2, implicit2 := loopback(t), loopback(t)
 	cfg2 := e.writePOP3Config("nostls", pop3Conf{hostname: "mx2.test", listen: plain2, listenTLS: implicit2,
-		cert: cert, key: key, stls: false, trusted: []string{"127.0.0.0/8"}})
+		cert: w.cert, key: w.key, stls: false, trusted: []string{"127.0.0.0/8"}})
 	e.startDaemon("pop3d-nostls", []string{plain2, implicit2}, "pop3d", "-c", cfg2)
 	p := dialPOP3(t, plain2)
 	if capa := p.multi("CAPA"); slices.Contains(capa, "STLS") {

@@ -135,6 +135,37 @@ func portOf(t testing.TB, addr string) string {
 	return port
 }
 
+// tlsPOP3 is the world of the POP3 client tests: lmtpd and pop3d for
+// mx1.test on loopback, pop3d with STLS on plain and implicit TLS on
+// implicit, and the pop3TestMessages delivered to alice (stored: by file
+// name).
+type tlsPOP3 struct {
+	*e2e
+	plain, implicit string
+	cert, key       string
+	stored          map[string][]byte
+}
+
+// startTLSPOP3 starts a tlsPOP3; tweak, if not nil, changes pop3d's
+// configuration first.
+func startTLSPOP3(t *testing.T, tweak func(*pop3Conf)) tlsPOP3 {
+	t.Helper()
+	e := newPOP3World(t)
+	w := tlsPOP3{e2e: e, plain: loopback(t), implicit: loopback(t)}
+	w.cert, w.key = makeCert(t, e.dir)
+	lmtpAddr := loopback(t)
+	conf := pop3Conf{hostname: "mx1.test", lmtp: lmtpAddr, listen: w.plain, listenTLS: w.implicit,
+		cert: w.cert, key: w.key, stls: true}
+	if tweak != nil {
+		tweak(&conf)
+	}
+	cfg := e.writePOP3Config("mx1", conf)
+	e.startDaemon("lmtpd", []string{lmtpAddr}, "lmtpd", "-c", cfg)
+	e.startDaemon("pop3d", []string{w.plain, w.implicit}, "pop3d", "-c", cfg)
+	w.stored = deliverPOP3Messages(e, lmtpAddr)
+	return w
+}
+
 // makeCert writes a self-signed ECDSA certificate for 127.0.0.1 and
 // localhost, and its key, into dir.
 func makeCert(t testing.TB, dir string) (certFile, keyFile string) {

@@ -206,6 +206,52 @@ func StartTied(cmd *exec.Cmd) (*Exit, error) {
 	return e, nil
 }
 
+// StartLogged starts argv tied to this process (StartTied) with its
+// stdout and stderr appended to logFile. attr, if not nil, is the
+// command's SysProcAttr (StartTied adds the parent-death signal).
+func StartLogged(argv []string, logFile string, attr *syscall.SysProcAttr) (*exec.Cmd, *Exit, error) {
+	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = attr
+	exit, err := StartTied(cmd)
+	if err != nil {
+		return nil, nil, fmt.Errorf("starting %s: %w", strings.Join(argv, " "), err)
+	}
+	return cmd, exit, nil
+}
+
+// WaitReady calls ready every 20 ms until it returns nil. It fails when
+// the process ends first (exited at start), or with ready's last error
+// when ctx ends; the caller adds the peer's name and log.
+func WaitReady(ctx context.Context, exit *Exit, ready func() error) error {
+	for {
+		err := ready()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exit.Done():
+			return fmt.Errorf("exited at start (%v)", exit.Err())
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last try: %v)", ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Logs reads a peer's log file and the file its stdout and stderr went to
+// (errors before the log is open), the second under a heading naming it.
+func Logs(name, logFile, outFile string) string {
+	b, _ := os.ReadFile(logFile)
+	out, _ := os.ReadFile(outFile)
+	return string(b) + "--- " + name + "'s stdout and stderr:\n" + string(out)
+}
+
 // StartPeerT is the body of each peer's StartT: start (a peer's plain-Go
 // Start) under a deadline of timeout, an error fails the test, and the
 // test's clean-up runs stop. Each StartT checks Require (and RequireRoot)

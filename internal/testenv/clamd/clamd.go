@@ -62,7 +62,7 @@ type Instance struct {
 	cmd     *exec.Cmd
 	mu      sync.Mutex
 	stopped bool
-	exited  chan struct{}
+	exit    *testenv.Exit // nil before start
 }
 
 // Package is the Debian package that holds clamd.
@@ -91,7 +91,6 @@ func Start(ctx context.Context, opts Options) (*Instance, error) {
 		Dir:     dir,
 		Socket:  filepath.Join(dir, "clamd.sock"),
 		LogFile: filepath.Join(dir, "clamd.log"),
-		exited:  make(chan struct{}),
 	}
 	args, err := in.prepare(opts, paths[0])
 	if err == nil {
@@ -197,39 +196,19 @@ func (in *Instance) asClamav(args []string) ([]string, error) {
 // start runs clamd and waits for its first PONG.
 func (in *Instance) start(ctx context.Context, args []string) error {
 	// Errors before clamd opens its log (a bad clamd.conf) go to stderr.
-	out, err := os.Create(in.outFile())
+	// If the caller dies without Close (a test binary's timeout panic, a
+	// killed bench/load peer), clamd dies with it rather than linger.
+	cmd, exit, err := testenv.StartLogged(args, in.outFile(), nil)
 	if err != nil {
 		return err
 	}
-	defer out.Close()
-	in.cmd = exec.Command(args[0], args[1:]...)
-	in.cmd.Stdout, in.cmd.Stderr = out, out
-	// If the caller dies without Close (a test binary's timeout panic, a
-	// killed bench/load peer), clamd dies with it rather than linger.
-	in.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := in.cmd.Start(); err != nil {
-		in.cmd = nil
-		return fmt.Errorf("starting clamd: %w", err)
-	}
-	go func() {
-		in.cmd.Wait()
-		close(in.exited)
-	}()
+	in.cmd, in.exit = cmd, exit
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	for {
-		err := in.ping()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-in.exited:
-			return fmt.Errorf("clamd exited at start (%v)\n%s", in.cmd.ProcessState, in.Log())
-		case <-ctx.Done():
-			return fmt.Errorf("clamd did not answer PING: %v\n%s", err, in.Log())
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := testenv.WaitReady(ctx, exit, in.ping); err != nil {
+		return fmt.Errorf("clamd did not answer PING: %w\n%s", err, in.Log())
 	}
+	return nil
 }
 
 // Addresses returns the instance's addresses in nfsdrop's syntax: the Unix
@@ -261,7 +240,7 @@ func (in *Instance) Kill() {
 		return
 	}
 	in.cmd.Process.Signal(syscall.SIGKILL)
-	<-in.exited
+	<-in.exit.Done()
 }
 
 // Stop sends SIGSTOP: clamd freezes, while the kernel still accepts
@@ -281,9 +260,7 @@ func (in *Instance) signal(sig syscall.Signal) {
 
 // Log returns clamd's log so far, and what it wrote to stderr.
 func (in *Instance) Log() string {
-	b, _ := os.ReadFile(in.LogFile)
-	out, _ := os.ReadFile(in.outFile())
-	return string(b) + "--- clamd's stdout and stderr:\n" + string(out)
+	return testenv.Logs("clamd", in.LogFile, in.outFile())
 }
 
 func (in *Instance) outFile() string { return filepath.Join(in.Dir, "clamd.out") }

@@ -106,7 +106,7 @@ type Instance struct {
 	program string
 	ownDir  bool
 	cmd     *exec.Cmd
-	exited  chan struct{}
+	exit    *testenv.Exit // nil before start
 	mu      sync.Mutex
 	stopped bool
 }
@@ -126,7 +126,7 @@ func Start(ctx context.Context, opts Options) (*Instance, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("dovecot.Start: the master must run as root")
 	}
-	in := &Instance{Dir: opts.Dir, program: program, exited: make(chan struct{})}
+	in := &Instance{Dir: opts.Dir, program: program}
 	if in.Dir == "" {
 		// Short (Unix socket paths in base_dir are limited to 108 bytes)
 		// and reachable by Dovecot's unprivileged processes.
@@ -228,33 +228,15 @@ func (in *Instance) config(opts Options, port int) string {
 
 // start runs the master in the foreground and waits for the greeting.
 func (in *Instance) start(ctx context.Context) error {
-	out, err := os.Create(in.outFile())
+	cmd, exit, err := testenv.StartLogged([]string{in.program, "-F", "-c", in.ConfigFile}, in.outFile(), nil)
 	if err != nil {
 		return err
 	}
-	defer out.Close()
-	in.cmd = exec.Command(in.program, "-F", "-c", in.ConfigFile)
-	in.cmd.Stdout, in.cmd.Stderr = out, out
-	if err := in.cmd.Start(); err != nil {
-		return fmt.Errorf("starting dovecot: %w", err)
+	in.cmd, in.exit = cmd, exit
+	if err := testenv.WaitReady(ctx, exit, in.greets); err != nil {
+		return fmt.Errorf("dovecot did not greet on %s: %w\n%s", in.Addr, err, in.Log())
 	}
-	go func() {
-		in.cmd.Wait()
-		close(in.exited)
-	}()
-	for {
-		err := in.greets()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-in.exited:
-			return fmt.Errorf("dovecot exited at start (%v)\n%s", in.cmd.ProcessState, in.Log())
-		case <-ctx.Done():
-			return fmt.Errorf("dovecot did not greet on %s: %v (%w)\n%s", in.Addr, err, ctx.Err(), in.Log())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return nil
 }
 
 // greets connects to the IMAP listener and expects "* OK".
@@ -289,10 +271,10 @@ func (in *Instance) Stop() {
 	if in.cmd != nil && in.cmd.Process != nil {
 		syscall.Kill(in.cmd.Process.Pid, syscall.SIGTERM)
 		select {
-		case <-in.exited:
+		case <-in.exit.Done():
 		case <-time.After(10 * time.Second):
 			syscall.Kill(in.cmd.Process.Pid, syscall.SIGKILL)
-			<-in.exited
+			<-in.exit.Done()
 		}
 	}
 	in.removeDir()
@@ -307,9 +289,7 @@ func (in *Instance) removeDir() {
 // Log returns Dovecot's log so far and what the master wrote to stdout
 // and stderr (errors before the log is open).
 func (in *Instance) Log() string {
-	b, _ := os.ReadFile(in.LogFile)
-	out, _ := os.ReadFile(in.outFile())
-	return string(b) + "--- dovecot's stdout and stderr:\n" + string(out)
+	return testenv.Logs("dovecot", in.LogFile, in.outFile())
 }
 
 func (in *Instance) outFile() string { return filepath.Join(in.Dir, "dovecot.out") }

@@ -67,7 +67,7 @@ type Instance struct {
 
 	ownDir  bool // Close removes Dir
 	process *os.Process
-	exited  <-chan struct{} // closed when HAProxy has ended; nil before start
+	exit    *testenv.Exit // HAProxy's end; nil before start
 	mu      sync.Mutex
 	stopped bool
 }
@@ -151,19 +151,11 @@ func (in *Instance) run(ctx context.Context, opts Options, haproxy string) error
 // own process group (a terminal's Ctrl-C reaches only the caller, which
 // stops it in order) and SIGKILL when the caller dies (testenv.StartTied).
 func (in *Instance) start(argv []string) error {
-	logf, err := os.OpenFile(in.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	cmd, exit, err := testenv.StartLogged(argv, in.LogFile, &syscall.SysProcAttr{Setpgid: true})
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	exit, err := testenv.StartTied(cmd)
-	if err != nil {
-		return fmt.Errorf("starting %s: %w", strings.Join(argv, " "), err)
-	}
-	in.exited = exit.Done()
+	in.exit = exit
 	in.mu.Lock()
 	in.process = cmd.Process
 	in.mu.Unlock()
@@ -176,19 +168,15 @@ func (in *Instance) waitAccepting(ctx context.Context, dial func(context.Context
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	for _, addr := range addrs {
-		for {
+		accepts := func() error {
 			c, err := dial(ctx, "tcp", addr)
 			if err == nil {
 				c.Close()
-				break
 			}
-			select {
-			case <-in.exited:
-				return fmt.Errorf("haproxy exited at start\n%s", in.Log())
-			case <-ctx.Done():
-				return fmt.Errorf("haproxy does not accept on %s: %v\n%s", addr, err, in.Log())
-			case <-time.After(20 * time.Millisecond):
-			}
+			return err
+		}
+		if err := testenv.WaitReady(ctx, in.exit, accepts); err != nil {
+			return fmt.Errorf("haproxy does not accept on %s: %w\n%s", addr, err, in.Log())
 		}
 	}
 	return nil
@@ -213,7 +201,12 @@ func (in *Instance) Process() *os.Process {
 }
 
 // Exited is closed when HAProxy has ended.
-func (in *Instance) Exited() <-chan struct{} { return in.exited }
+func (in *Instance) Exited() <-chan struct{} {
+	if in.exit == nil {
+		return nil // not started: never closes
+	}
+	return in.exit.Done()
+}
 
 // Stop sends HAProxy SIGTERM (with -db, a hard stop: it closes its
 // listeners and connections), waits for it up to stopGrace, then kills it.
@@ -228,12 +221,12 @@ func (in *Instance) Stop() {
 	in.stopped = true
 	in.process.Signal(syscall.SIGTERM)
 	select {
-	case <-in.exited:
+	case <-in.exit.Done():
 		return
 	case <-time.After(stopGrace):
 	}
 	in.process.Signal(syscall.SIGKILL)
-	<-in.exited
+	<-in.exit.Done()
 }
 
 // Close stops HAProxy and removes the directory Start made.

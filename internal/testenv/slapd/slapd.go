@@ -82,7 +82,7 @@ type Server struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	done chan struct{}
+	done <-chan struct{}
 }
 
 // Package is the Debian package that holds the programs.
@@ -334,48 +334,24 @@ func (s *Server) start(ctx context.Context) error {
 	if s.asUser {
 		args = append([]string{"setpriv", "--reuid", "openldap", "--regid", "openldap", "--clear-groups", "--pdeathsig", "KILL", "--"}, args...)
 	}
-	logf, err := os.OpenFile(s.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
 	// If the test binary dies without its cleanups (a timeout panic), the
 	// server dies with it rather than linger on its port. setpriv sets
 	// this itself, after changing user, which would clear ours.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting slapd: %w", err)
+	cmd, exit, err := testenv.StartLogged(args, s.logFile, nil)
+	if err != nil {
+		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
 	s.mu.Lock()
-	s.cmd, s.done = cmd, done
+	s.cmd, s.done = cmd, exit.Done()
 	s.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	for {
-		select {
-		case <-done:
-			return fmt.Errorf("slapd exited at start: %s\n%s", cmd.ProcessState, s.Log())
-		default:
-		}
-		err := s.ping()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			s.Kill()
-			return fmt.Errorf("slapd did not answer on %s: %v\n%s", s.URI, err, s.Log())
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := testenv.WaitReady(ctx, exit, s.ping); err != nil {
+		s.Kill()
+		return fmt.Errorf("slapd did not answer on %s: %w\n%s", s.URI, err, s.Log())
 	}
+	return nil
 }
 
 // ping reads the root DSE anonymously.
