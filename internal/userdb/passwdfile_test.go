@@ -831,7 +831,9 @@ func TestPasswdFileConcurrentLookupsDuringReload(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(50 * time.Millisecond)
+	// Let the writer rewrite the file a few times whatever the machine's
+	// load (a fixed sleep let it not run at all on a busy machine).
+	testkit.Eventually(t, 10*time.Second, func() bool { return writes.Load() >= 5 }, func() string { return fmt.Sprintf("the file was rewritten %d times, want 5", writes.Load()) })
 	close(stop)
 	wg.Wait()
 	if failures.Load() != 0 {
