@@ -1,5 +1,5 @@
 // Command nfsdrop-lab runs nfsdrop on real Linux NFS clients: it boots
-// small virtual machines (qemu, software emulation) that mount one NFSv3
+// small virtual machines (qemu, software emulation) that mount one NFSv3 (or -nfs 4.1)
 // export served by nfs-ganesha, all in private network namespaces on
 // 127.77.0.0/24, and proves that several machines can deliver into the
 // same Maildirs. See contrib/lab.

@@ -288,8 +288,18 @@ func (s *ScaleOutLab) measureCalls(ctx context.Context, vm *VM, o CallsOptions, 
 	var err error
 	// Warm up: the Maildir made, lmtpd's and pop3d's caches filled, the
 	// mailbox emptied again.
-	if _, msg := deliver(10)(); msg != "" {
-		return fmt.Errorf("lab: warm-up delivery: %s", msg)
+	// The first connections may still meet a daemon that is starting
+	// (HAProxy's check saw the port, not the daemon ready): try again.
+	for try := 1; ; try++ {
+		_, msg := deliver(10)()
+		if msg == "" {
+			break
+		}
+		if try == 5 {
+			return fmt.Errorf("lab: warm-up delivery: %s; console:\n%s", msg, tail([]byte(vm.Console()), 2000))
+		}
+		l.logf("calls: NFS %s: warm-up delivery: %s; again", cv.Version, msg)
+		sleepCtx(ctx, 3*time.Second)
 	}
 	if _, msg := logins(1, -1)(); msg != "" {
 		return fmt.Errorf("lab: warm-up login: %s", msg)
