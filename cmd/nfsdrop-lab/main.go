@@ -1,5 +1,5 @@
 // Command nfsdrop-lab runs nfsdrop on real Linux NFS clients: it boots
-// small virtual machines (qemu, software emulation) that mount one NFSv3
+// small virtual machines (qemu, software emulation) that mount one NFSv3 (or -nfs 4.1)
 // export served by nfs-ganesha, all in private network namespaces on
 // 127.77.0.0/24, and proves that several machines can deliver into the
 // same Maildirs. See contrib/lab.
@@ -46,6 +46,20 @@
 //
 //	go run ./cmd/nfsdrop-lab -systemd
 //
+// With -calls it counts NFS calls on each NFS version (contrib/lab
+// RunCalls): one VM, one user, 300 × 2 KB messages; calls per delivery,
+// per repeat POP3 login back to back and 4 s apart, per retrieved and
+// deleted message, and the bare loop's per file, total and mutating, on
+// NFSv3 and NFSv4.1 mounts, with the per-op breakdown; then the delivery,
+// login and bare loop rates on the lab's link and with 2 ms added to
+// every round trip to the filer (about 12 minutes; docs/scaling.md).
+//
+//	go run ./cmd/nfsdrop-lab -calls
+//	go run ./cmd/nfsdrop-lab -calls -calls-versions 4.1 -calls-messages 100
+//
+// -nfs 3|4.1|4.2 chooses the NFS version the VMs mount for the other
+// runs (default 3; -mount-opts overrides it).
+//
 // It needs root; missing Debian packages (qemu-system-x86, nfs-ganesha,
 // nfs-ganesha-vfs, rpcbind, iproute2) are installed unless -install=false.
 // The kernel and busybox are downloaded (not installed) into -cache.
@@ -73,7 +87,12 @@ func run() int {
 	seconds := flag.Int("seconds", 30, "seconds of nfsdrop deliver in a loop on each VM (-scaleout: of load, 90 unless given)")
 	bare := flag.Int("bare-seconds", 10, "seconds of the bare Maildir loop on each VM")
 	users := flag.Int("users", 3, "mailboxes every VM delivers into (-scaleout, -scaling: 8 unless given)")
-	mountOpts := flag.String("mount-opts", lab.DefaultMountOpts, "NFS mount options of the VMs (nfs(5))")
+	mountOpts := flag.String("mount-opts", lab.DefaultMountOpts, "NFS mount options of the VMs (nfs(5)); default from -nfs")
+	nfsVers := flag.String("nfs", "3", "NFS version the VMs mount: "+strings.Join(lab.NFSVersions, ", ")+" (sets -mount-opts unless given)")
+	calls := flag.Bool("calls", false, "count NFS calls per delivery, login and retrieved message on NFSv3 and NFSv4.1, beside the bare loop, and the rates with the filer near and 2 ms away")
+	callsVersions := flag.String("calls-versions", "3,4.1", "with -calls: NFS versions, separated by commas")
+	callsMessages := flag.Int("calls-messages", 300, "with -calls: messages delivered, retrieved and deleted (and bare loop files)")
+	callsDelay := flag.Duration("calls-delay", 2*time.Millisecond, "with -calls: added to every round trip to the filer for the second rate measurement (0: none)")
 	cache := flag.String("cache", lab.DefaultCacheDir(), "cache of the kernel, modules and busybox")
 	keep := flag.Bool("keep", false, "keep the run directory (export, logs, consoles)")
 	install := flag.Bool("install", true, "install missing Debian packages with apt-get")
@@ -100,6 +119,14 @@ func run() int {
 		if !given["vms"] {
 			*vms = 3
 		}
+	}
+	if !given["mount-opts"] {
+		o, err := lab.MountOptsFor(*nfsVers, "")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "nfsdrop-lab: -nfs:", err)
+			return 2
+		}
+		*mountOpts = o
 	}
 	if *vms < 1 || *vms > 200 || *seconds < 1 || *bare < 1 || *users < 1 {
 		fmt.Fprintln(os.Stderr, "nfsdrop-lab: -vms 1..200, -seconds, -bare-seconds and -users at least 1")
@@ -148,6 +175,19 @@ func run() int {
 		return 0
 	}
 
+	if *calls {
+		o := lab.CallsOptions{Versions: strings.Split(*callsVersions, ","), Messages: *callsMessages, Delay: *callsDelay, NFSDrop: *binary}
+		if *callsDelay == 0 {
+			o.Delay = -1
+		}
+		r, err := lab.RunCalls(ctx, l, o)
+		if err != nil {
+			return fail(ctx, err)
+		}
+		fmt.Print(r)
+		return 0
+	}
+
 	if *scaleout || *scaling {
 		var rep interface{ String() string }
 		failed := false
@@ -160,7 +200,7 @@ func run() int {
 			}
 			rep, failed = r, r.Failed()
 		} else {
-			o := lab.ScalingOptions{MaxVMs: *vms, Users: *users, NFSDrop: *binary}
+			o := lab.ScalingOptions{MaxVMs: *vms, Users: *users, NFSDrop: *binary, MountOpts: *mountOpts}
 			switch *variants {
 			case "":
 			case "none":

@@ -154,9 +154,11 @@ func tail(b []byte, n int) string {
 }
 
 // DefaultModules are the kernel modules the VMs load: the virtio network
-// card and random number generator, NFSv3, and netem for fault injection
-// inside the guest (the host kernel may lack it).
-var DefaultModules = []string{"virtio_pci", "virtio_net", "virtio_rng", "nfsv3", "sch_netem"}
+// card and random number generator, NFSv3 and NFSv4 (nfsv4 brings
+// dns_resolver; the kernel serves 4.0, 4.1 and 4.2 from it), and netem for
+// fault injection and delay inside the guest (the host kernel may lack
+// sch_netem, sch_prio and the u32 classifier: see VM.NetemTo).
+var DefaultModules = []string{"virtio_pci", "virtio_net", "virtio_rng", "nfsv3", "nfsv4", "sch_netem", "sch_prio", "cls_u32"}
 
 // Assets are the files a VM boots from, cached by kernel version.
 type Assets struct {

@@ -1,6 +1,6 @@
 // Package lab runs nfsdrop on real Linux NFS clients: small virtual machines
 // (qemu with software emulation, Debian's kernel, a busybox initramfs) that
-// mount one NFSv3 export served by nfs-ganesha, all on a private bridge in
+// mount one NFSv3 or NFSv4.1 export served by nfs-ganesha, all on a private bridge in
 // network namespaces with addresses in 127.77.0.0/24.
 //
 // The pieces, in the order a lab is built:

@@ -12,7 +12,7 @@ import (
 
 // NFSServer is nfs-ganesha (with the rpcbind it needs) in the lab's server
 // namespace, at ServerAddr, exporting the lab's Export directory over
-// NFSv3/TCP. Both run in a private mount namespace with their own /run, so
+// NFSv3 and NFSv4.x (4.0, 4.1, 4.2), TCP only. Both run in a private mount namespace with their own /run, so
 // that rpcbind's lock and socket never meet those of another lab or of the
 // host.
 type NFSServer struct {
@@ -43,14 +43,16 @@ func newNFSServer(l *Lab) *NFSServer {
 	}
 }
 
-// Source is the NFS source a VM mounts: the export's Path, not its Pseudo
-// path (an NFSv3 client that asks for the pseudo path is refused).
+// Source is the NFS source a VM mounts: the export's Path. The export's
+// Pseudo path (what an NFSv4 client mounts) is set to the same string, so
+// one source works for every version (an NFSv3 client that asks for a
+// pseudo path that differs from Path is refused).
 func (s *NFSServer) Source() string { return s.Addr + ":" + s.Export }
 
 func (s *NFSServer) config() string {
 	return fmt.Sprintf(`# nfs-ganesha for nfsdrop lab %s
 NFS_CORE_PARAM {
-	Protocols = 3;
+	Protocols = 3, 4;
 	NFS_Port = 2049;
 	Bind_addr = %s;
 	Enable_NLM = false;
@@ -67,8 +69,8 @@ NFSV4 {
 EXPORT {
 	Export_Id = 1;
 	Path = %s;
-	Pseudo = /export;
-	Protocols = 3;
+	Pseudo = %s;
+	Protocols = 3, 4;
 	Transports = TCP;
 	SecType = sys;
 	Access_Type = RW;
@@ -77,7 +79,7 @@ EXPORT {
 		Name = VFS;
 	}
 }
-`, s.lab.ID, s.Addr, filepath.Join(s.dir, "recovery"), s.Export)
+`, s.lab.ID, s.Addr, filepath.Join(s.dir, "recovery"), s.Export, s.Export)
 }
 
 // Start starts rpcbind (when not running) and ganesha, and waits until

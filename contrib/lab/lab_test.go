@@ -92,11 +92,14 @@ func TestLabBoots(t *testing.T) {
 	}
 }
 
-// TestLabControl runs nfsdrop lmtpd on two VMs and checks the controls
-// that fault tests use: LMTP from the client namespace to either VM, the
-// control port (ping, exec, mountstats), netem in the guest, cutting the
-// link, a filer crash and restart under a hard mount in the middle of an
-// LMTP delivery, and a clean power-off (SIGTERM to lmtpd).
+// TestLabControl runs nfsdrop lmtpd on two VMs, mx1 on NFSv3 and mx2 on
+// NFSv4.1 (with the options docs/nfs.md recommends), both delivering into
+// the same Maildirs, and checks the controls that fault tests use: LMTP
+// from the client namespace to either VM, the control port (ping, exec,
+// mountstats), netem in the guest (on all traffic, and toward the filer
+// only), cutting the link, a filer crash and restart under a hard NFSv4.1
+// mount in the middle of an LMTP delivery, and a clean power-off (SIGTERM
+// to lmtpd).
 func TestLabControl(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -111,7 +114,17 @@ func TestLabControl(t *testing.T) {
 	if err := l.NFS.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	vms, err := l.StartVMs(ctx, 2, func(int) VMConfig { return VMConfig{Script: script, Grace: 5 * time.Second} })
+	v41, err := MountOptsFor("4.1", SiteMountOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vms, err := l.StartVMs(ctx, 2, func(i int) VMConfig {
+		c := VMConfig{Script: script, Grace: 5 * time.Second}
+		if i == 2 {
+			c.MountOpts = v41
+		}
+		return c
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +158,18 @@ func TestLabControl(t *testing.T) {
 		}
 	}
 
+	// mx2's mount is NFSv4.1, and its deliveries opened files (OPEN is
+	// NFSv4's; NFSv3 has none).
+	for i, want := range []string{",vers=3,", " nfs4 rw,noatime,vers=4.1,"} {
+		out, _, err := vms[i].Exec(ctx, "grep ' "+MountPoint+" ' /proc/mounts")
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("%s: mount %q (%v), want %q", vms[i].Host, out, err, want)
+		}
+	}
+	if ms, err := vms[1].Mountstats(ctx); err != nil || ms.OpenOps() == 0 {
+		t.Errorf("mx2: no NFSv4 OPEN in the counters (%v): %+v", err, ms)
+	}
+
 	v := vms[0]
 	if err := v.Ping(ctx); err != nil {
 		t.Fatal(err)
@@ -161,6 +186,19 @@ func TestLabControl(t *testing.T) {
 		t.Errorf("netem not in place: %q %v", out, err)
 	}
 	if err := v.Netem(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.NetemTo(ctx, ServerAddr, 2*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = v.Exec(ctx, "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu /usr/local/sbin/tc qdisc show dev eth0; LD_LIBRARY_PATH=/lib/x86_64-linux-gnu /usr/local/sbin/tc filter show dev eth0")
+	if err != nil || !strings.Contains(out, "qdisc prio 1:") || !strings.Contains(out, "delay 2ms") || !strings.Contains(out, "flowid 1:3") {
+		t.Errorf("netem toward the filer not in place: %q %v", out, err)
+	}
+	if err := send(v); err != nil {
+		t.Errorf("LMTP with the filer 2 ms away: %v", err)
+	}
+	if err := v.NetemTo(ctx, ServerAddr, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := v.LinkDown(ctx); err != nil {

@@ -50,6 +50,8 @@ type ProofReport struct {
 	LoadBefore, LoadAfter string
 	// Cores is the host's number of CPUs.
 	Cores int
+	// MountOpts are the VMs' mount options.
+	MountOpts string
 }
 
 // VMReport is one VM's part of a ProofReport.
@@ -195,7 +197,10 @@ func RunProof(ctx context.Context, l *Lab, o ProofOptions) (*ProofReport, error)
 		return nil, err
 	}
 
-	rep := &ProofReport{LoadBefore: loadavg(), Cores: runtime.NumCPU()}
+	rep := &ProofReport{LoadBefore: loadavg(), Cores: runtime.NumCPU(), MountOpts: o.MountOpts}
+	if rep.MountOpts == "" {
+		rep.MountOpts = DefaultMountOpts
+	}
 	t0 := time.Now()
 	if err := l.NFS.Start(ctx); err != nil {
 		return nil, err
@@ -397,7 +402,7 @@ func checkMaildirs(ex string, users int, msgs map[string]int, rep *ProofReport) 
 // String formats the report for people.
 func (r *ProofReport) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "nfsdrop lab: %d VMs (qemu TCG, 1 CPU each) on one NFSv3 export (nfs-ganesha), %v in all\n", len(r.VMs), r.Total.Round(time.Second))
+	fmt.Fprintf(&b, "nfsdrop lab: %d VMs (qemu TCG, 1 CPU each) on one NFSv%s export (nfs-ganesha, %s), %v in all\n", len(r.VMs), NFSVersionOf(r.MountOpts), r.MountOpts, r.Total.Round(time.Second))
 	for _, v := range r.VMs {
 		fmt.Fprintf(&b, "%s: boot+mount %.1fs | bare loop %d files in %.1fs = %.1f files/s | nfsdrop deliver %d in %.1fs = %.1f/s",
 			v.Host, v.Boot.Seconds(), v.BareFiles, v.BareSeconds, v.BareRate(), v.Deliveries, v.DeliverSeconds, v.DeliverRate())

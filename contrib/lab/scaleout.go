@@ -202,7 +202,7 @@ func (r *ScaleOutReport) Failed() bool {
 
 func (r *ScaleOutReport) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "nfsdrop scale-out: %d VMs (lmtpd + pop3d each) behind HAProxy, Postfix delivering over LMTP, one NFSv3 export (%s)\n", r.VMs, r.MountOpts)
+	fmt.Fprintf(&b, "nfsdrop scale-out: %d VMs (lmtpd + pop3d each) behind HAProxy, Postfix delivering over LMTP, one NFSv%s export (%s)\n", r.VMs, NFSVersionOf(r.MountOpts), r.MountOpts)
 	fmt.Fprintf(&b, "time: setup %v, load %v, drain and checks %v, total %v; host %d cores, load average %s before, %s after\n",
 		r.Setup.Round(time.Second), r.loadDuration().Round(time.Second), r.Drain.Round(time.Second), r.Total.Round(time.Second), r.Cores, r.LoadBefore, r.LoadAfter)
 	if len(r.Faults) > 0 {

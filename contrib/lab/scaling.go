@@ -42,6 +42,9 @@ type ScalingOptions struct {
 	VariantVMs int
 	// NFSDrop is a static nfsdrop binary; "" builds one.
 	NFSDrop string
+	// MountOpts are the VMs' mount options (default DefaultMountOpts;
+	// MountOptsFor gives them for another NFS version).
+	MountOpts string
 }
 
 // PhaseOps is the NFS calls of all VMs during one measurement.
@@ -153,8 +156,11 @@ func (o *ScalingOptions) defaults() {
 	if o.WarmLogins == 0 {
 		o.WarmLogins = 10
 	}
+	if o.MountOpts == "" {
+		o.MountOpts = DefaultMountOpts
+	}
 	if o.Variants == nil && !o.NoVariants {
-		o.Variants = []string{DefaultMountOpts, DefaultMountOpts + ",actimeo=0", DefaultMountOpts + ",lookupcache=positive", DefaultMountOpts + ",nocto"}
+		o.Variants = []string{o.MountOpts, o.MountOpts + ",actimeo=0", o.MountOpts + ",lookupcache=positive", o.MountOpts + ",nocto"}
 	}
 	if o.NoVariants {
 		o.Variants = nil
@@ -195,7 +201,7 @@ func RunScaling(ctx context.Context, l *Lab, o ScalingOptions) (*ScalingReport, 
 		}
 		return nil
 	}
-	s, err := StartScaleOut(ctx, l, o.MaxVMs, o.Users, o.NFSDrop, DefaultMountOpts, 30*time.Second, false, prepare)
+	s, err := StartScaleOut(ctx, l, o.MaxVMs, o.Users, o.NFSDrop, o.MountOpts, 30*time.Second, false, prepare)
 	if err != nil {
 		return nil, err
 	}
@@ -448,8 +454,8 @@ func perUnit(m *MountStats, n int) float64 {
 func (r *ScalingReport) String() string {
 	var b strings.Builder
 	o := r.Options
-	fmt.Fprintf(&b, "nfsdrop scaling on one NFSv3 export (nfs-ganesha), qemu TCG VMs with 1 CPU each on a host with %d cores (load average %s before, %s after), %v in all\n",
-		r.Cores, r.LoadBefore, r.LoadAfter, r.Total.Round(time.Second))
+	fmt.Fprintf(&b, "nfsdrop scaling on one NFSv%s export (nfs-ganesha, mount %s), qemu TCG VMs with 1 CPU each on a host with %d cores (load average %s before, %s after), %v in all\n",
+		NFSVersionOf(o.MountOpts), o.MountOpts, r.Cores, r.LoadBefore, r.LoadAfter, r.Total.Round(time.Second))
 	fmt.Fprintf(&b, "deliveries: LMTP through HAProxy, %d connections per VM, 2 KB messages, %d mailboxes, %ds; POP3: one client per mailbox (%d) logging in again and again (USER, PASS, UIDL, QUIT), %ds; bare loop: %ds on each VM at once\n\n",
 		o.ConnsPerVM, o.Users, o.DeliverSeconds, o.Users, o.LoginSeconds, o.BareSeconds)
 	b.WriteString("| VMs | deliveries/s | NFS calls/delivery | POP3 logins/s | NFS calls/login | bare loop files/s | NFS calls/bare file |\n")

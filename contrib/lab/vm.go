@@ -51,6 +51,45 @@ type VMConfig struct {
 // DefaultMountOpts mounts NFSv3 over TCP without NLM locks.
 const DefaultMountOpts = "vers=3,nolock,proto=tcp"
 
+// NFSVersions are the versions MountOptsFor knows.
+var NFSVersions = []string{"3", "4.1", "4.2"}
+
+// MountOptsFor returns the lab's mount options for NFS version vers ("3",
+// "4.1" or "4.2"): DefaultMountOpts for 3; for 4.x the same without
+// nolock (NFSv4 has its locks in the protocol, and nfsdrop takes none).
+// extra (may be "") is appended: "hard,actimeo=3,lookupcache=positive,noatime"
+// is what docs/nfs.md recommends to sites (SiteMountOpts).
+func MountOptsFor(vers, extra string) (string, error) {
+	var o string
+	switch vers {
+	case "3":
+		o = DefaultMountOpts
+	case "4.1", "4.2":
+		o = "vers=" + vers + ",proto=tcp"
+	default:
+		return "", fmt.Errorf("lab: NFS version %q: one of %s", vers, strings.Join(NFSVersions, ", "))
+	}
+	if extra != "" {
+		o += "," + extra
+	}
+	return o, nil
+}
+
+// SiteMountOpts are the options docs/nfs.md recommends beyond the version
+// (hard is the default; said anyway, as a site's fstab says it).
+const SiteMountOpts = "hard,actimeo=3,lookupcache=positive,noatime"
+
+// NFSVersionOf returns the vers= value of mount options ("3" when none
+// is given: the lab's default).
+func NFSVersionOf(opts string) string {
+	for _, o := range strings.Split(opts, ",") {
+		if k, v, ok := strings.Cut(o, "="); ok && (k == "vers" || k == "nfsvers") {
+			return v
+		}
+	}
+	return "3"
+}
+
 // VM is one qemu virtual machine (software emulation, one CPU) running in
 // the switch namespace on its own tap device. Its console goes to Log.
 type VM struct {
@@ -428,5 +467,26 @@ func (v *VM) Netem(ctx context.Context, lossPercent float64, delay time.Duration
 	}
 	args := fmt.Sprintf("netem delay %dms loss %g%%", delay.Milliseconds(), lossPercent)
 	_, err := v.Ctl(ctx, args)
+	return err
+}
+
+// NetemTo delays what the VM sends to addr alone (one address, such as
+// ServerAddr: the filer) by delay, leaving its other traffic (LMTP and
+// POP3 replies to the client namespace) alone: a prio qdisc on the
+// guest's eth0 whose third band, chosen by a u32 filter on the
+// destination, is a netem. The host kernel here has no sch_netem nor
+// sch_prio, so both sides' delay is put on the guest's side: delay 2 ms on
+// the way to the filer adds the same 2 ms to every round trip as 1 ms on
+// each side of the filer's link would. NetemTo(ctx, addr, 0) or
+// Netem(ctx, 0, 0) removes it.
+func (v *VM) NetemTo(ctx context.Context, addr string, delay time.Duration) error {
+	if delay == 0 {
+		_, err := v.Ctl(ctx, "netem off")
+		return err
+	}
+	if net.ParseIP(addr) == nil {
+		return fmt.Errorf("lab: NetemTo: %q is not an IP address", addr)
+	}
+	_, err := v.Ctl(ctx, fmt.Sprintf("netemto %s delay %dus", addr, delay.Microseconds()))
 	return err
 }

@@ -245,6 +245,9 @@ func checkNFS(m Mount) []Result {
 	}
 	var notes []string
 	notes = append(notes, fmt.Sprintf("NFS version %s, %s on %s", vers, m.Source, m.MountPoint))
+	if n := versionNote(vers); n != "" {
+		notes = append(notes, n)
+	}
 	if p, ok := m.Option("proto"); ok {
 		notes = append(notes, "proto="+p)
 	}
@@ -270,6 +273,12 @@ func checkNFS(m Mount) []Result {
 	case vers == "2":
 		rows = append(rows, warn("filesystem", detail+"; NFSv2 has 32-bit sizes and no exclusive create",
 			"mount with vers=3 or vers=4.2"))
+	case vers == "4.0":
+		rows = append(rows, warn("filesystem", detail+"; NFSv4.0 has no sessions: a call the client sends again after a reconnect (an exclusive OPEN, LINK, RENAME, REMOVE) "+
+			"is answered from the server's reply cache only if it still holds it, so it may be carried out twice or answered with an error it did not cause, and every open "+
+			"file's state hangs on per-owner sequence numbers that a lost reply can wedge (NFS4ERR_BAD_SEQID); nfsdrop checks the inode after a link or rename, "+
+			"but 4.1 makes retransmissions exactly-once",
+			"mount with vers=4.1 or vers=4.2 (or vers=3, which costs the filer the fewest calls; docs/nfs.md)"))
 	default:
 		rows = append(rows, ok("filesystem", detail))
 	}
@@ -300,6 +309,23 @@ func checkNFS(m Mount) []Result {
 	rows = append(rows, checkAttrCache(m))
 	rows = append(rows, checkLookupCache(m))
 	return rows
+}
+
+// versionNote says what the NFS version means for nfsdrop (docs/nfs.md,
+// docs/scaling.md): the calls it costs the filer and how retransmissions
+// are answered.
+func versionNote(vers string) string {
+	switch vers {
+	case "3":
+		return "NFSv3: exclusive create with a verifier, no open state; the fewest NFS calls per delivery and login"
+	case "4.1", "4.2":
+		return "NFSv" + vers + ": sessions (a retransmitted call is answered from the server's reply cache, exactly once), " +
+			"open state and a lease per client; about twice the NFS calls of v3 per delivery (OPEN/CLOSE, more GETATTR and ACCESS): " +
+			"each machine needs its own NFSv4 client identity (distinct host names, or nfs4_unique_id)"
+	case "4":
+		return "NFSv4 (minor version not shown)"
+	}
+	return ""
 }
 
 func orDefault(v string) string {

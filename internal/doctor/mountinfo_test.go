@@ -16,10 +16,15 @@ const (
 	nfs41NoCTO   = `414 27 0:57 / /srv/mail rw,relatime shared:222 - nfs4 fs1:/mail rw,vers=4.1,rsize=1048576,wsize=1048576,namlen=255,hard,nocto,proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=10.0.0.2,lookupcache=pos,local_lock=none,addr=10.0.0.1`
 	nfs42Default = `415 27 0:58 / /srv/mail rw,relatime shared:223 - nfs4 fs1:/mail rw,vers=4.2,rsize=1048576,wsize=1048576,namlen=255,hard,proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=10.0.0.2,local_lock=none,addr=10.0.0.1`
 	nfs3NoAC     = `416 27 0:59 / /srv/mail rw,relatime shared:224 - nfs fs1:/export/mail rw,sync,vers=3,rsize=1048576,wsize=1048576,namlen=255,acregmin=0,acregmax=0,acdirmin=0,acdirmax=0,hard,noac,nolock,proto=tcp,timeo=600,retrans=2,sec=sys,mountaddr=10.0.0.1,mountvers=3,mountport=20048,mountproto=udp,lookupcache=pos,local_lock=all,addr=10.0.0.1`
-	nfs4LongAC   = `417 27 0:60 / /srv/mail rw,relatime shared:225 - nfs4 fs1:/mail rw,vers=4.0,rsize=1048576,wsize=1048576,namlen=255,acregmax=600,acdirmin=600,acdirmax=600,hard,proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=10.0.0.2,lookupcache=none,local_lock=none,addr=10.0.0.1`
+	nfs4LongAC   = `417 27 0:60 / /srv/mail rw,relatime shared:225 - nfs4 fs1:/mail rw,vers=4.1,rsize=1048576,wsize=1048576,namlen=255,acregmax=600,acdirmin=600,acdirmax=600,hard,proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=10.0.0.2,lookupcache=none,local_lock=none,addr=10.0.0.1`
 	nfs4Zero     = `418 27 0:61 / /srv/mail rw,relatime - nfs4 fs1:/mail rw,vers=4.2,actimeo=0,hard,softerr,proto=tcp`
 	nfs4RO       = `419 27 0:62 / /srv/mail ro,relatime - nfs4 fs1:/mail ro,vers=4.2,hard,proto=tcp,lookupcache=pos`
 	localRoot    = `27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard`
+	// nfs41Lab is a lab VM's mount (contrib/lab, -nfs 4.1 with the
+	// options docs/nfs.md recommends), as its /proc/self/mountinfo shows it.
+	nfs41Lab = `27 1 0:23 / /mnt/lab rw,noatime - nfs4 127.77.0.9:/var/tmp/nfsdrop-lab-d7460f-3103312241/export rw,vers=4.1,rsize=1048576,wsize=1048576,namlen=255,acregmax=3,acdirmin=3,acdirmax=3,hard,proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=127.77.0.11,lookupcache=pos,local_lock=none,addr=127.77.0.9`
+	nfs40    = `420 27 0:63 / /srv/mail rw,noatime - nfs4 fs1:/mail rw,vers=4.0,rsize=1048576,wsize=1048576,namlen=255,hard,proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=10.0.0.2,lookupcache=pos,local_lock=none,addr=10.0.0.1`
+	nfs4Bare = `421 27 0:64 / /srv/mail rw - nfs4 fs1:/mail rw,hard,proto=tcp,lookupcache=pos`
 )
 
 func parseOne(t *testing.T, line string) Mount {
@@ -49,6 +54,24 @@ func TestCheckNFS(t *testing.T) {
 		{"v3 hard", nfs3Hard,
 			map[string]Status{"filesystem": OK, "nfs-hard": OK, "nfs-cto": OK, "nfs-attrcache": OK, "nfs-lookupcache": OK},
 			map[string]string{"filesystem": "NFS version 3, fs1:/export/mail on /srv/mail", "nfs-hard": "timeo=600 retrans=2", "nfs-attrcache": "acregmin=3 acregmax=60 acdirmin=30 acdirmax=60"}},
+		{"v3 note", nfs3Hard,
+			map[string]Status{"filesystem": OK, "nfs-hard": OK, "nfs-cto": OK, "nfs-attrcache": OK, "nfs-lookupcache": OK},
+			map[string]string{"filesystem": "NFSv3: exclusive create with a verifier"}},
+		{"v4.1 lab", nfs41Lab,
+			map[string]Status{"filesystem": OK, "nfs-hard": OK, "nfs-cto": OK, "nfs-attrcache": OK, "nfs-lookupcache": OK},
+			map[string]string{"filesystem": "NFS version 4.1, 127.77.0.9:", "nfs-attrcache": "acregmin=3 acregmax=3 acdirmin=3 acdirmax=3", "nfs-lookupcache": "lookupcache=positive"}},
+		{"v4.1 sessions", nfs41Lab,
+			map[string]Status{"filesystem": OK, "nfs-hard": OK, "nfs-cto": OK, "nfs-attrcache": OK, "nfs-lookupcache": OK},
+			map[string]string{"filesystem": "NFSv4.1: sessions (a retransmitted call is answered from the server's reply cache, exactly once)"}},
+		{"v4.2 client identity", nfs42Default,
+			map[string]Status{"filesystem": OK, "nfs-hard": OK, "nfs-cto": OK, "nfs-attrcache": OK, "nfs-lookupcache": WARN},
+			map[string]string{"filesystem": "its own NFSv4 client identity"}},
+		{"v4.0 has no sessions", nfs40,
+			map[string]Status{"filesystem": WARN, "nfs-hard": OK, "nfs-cto": OK, "nfs-attrcache": OK, "nfs-lookupcache": OK},
+			map[string]string{"filesystem": "NFSv4.0 has no sessions"}},
+		{"v4 without vers=", nfs4Bare,
+			map[string]Status{"filesystem": OK, "nfs-hard": OK, "nfs-cto": OK, "nfs-attrcache": OK, "nfs-lookupcache": OK},
+			map[string]string{"filesystem": "NFSv4 (minor version not shown)"}},
 		{"v4.2 soft", nfs42Soft,
 			map[string]Status{"filesystem": OK, "nfs-hard": FAIL, "nfs-cto": OK, "nfs-attrcache": OK, "nfs-lookupcache": OK},
 			map[string]string{"filesystem": "NFS version 4.2", "nfs-hard": "soft mount (timeo=100 retrans=3)"}},

@@ -219,3 +219,28 @@ func FetchAll(ctx context.Context, dial DialFunc, addr, user, password string, d
 	}
 	return len(u), nil
 }
+
+// LMTPDeliver delivers n messages of about size bytes to user over one
+// LMTP connection to addr, one after the other, and returns how many were
+// acknowledged (250) before the first failure.
+func LMTPDeliver(ctx context.Context, dial DialFunc, addr, user string, n, size int) (int, error) {
+	conn, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	c := smtp.NewClientLMTP(conn)
+	defer c.Close()
+	if err := c.Hello("bench.lab.test"); err != nil {
+		return 0, err
+	}
+	for i := 0; i < n; i++ {
+		if err := ctx.Err(); err != nil {
+			return i, err
+		}
+		_, msg := Compose("calls", i, "bench@lab.test", user, size, time.Now())
+		if err := submitLMTP(c, "bench@lab.test", user, msg); err != nil {
+			return i, fmt.Errorf("message %d: %w", i+1, err)
+		}
+	}
+	return n, c.Quit()
+}

@@ -4,7 +4,10 @@
 // fsync new/. No user lookup, no headers, no quota: only the file system
 // calls every durable Maildir delivery needs.
 //
-//	bareloop -dir DIR [-seconds 10] [-size 2048] [-threads 1]
+//	bareloop -dir DIR [-seconds 10] [-files N] [-size 2048] [-threads 1]
+//
+// With -files it stops after N files (or -seconds, whichever comes first),
+// so that NFS calls can be counted per file over a known number.
 //
 // It prints one line: "bareloop files=N seconds=S files_per_s=R".
 package main
@@ -24,6 +27,7 @@ func main() {
 	seconds := flag.Float64("seconds", 10, "how long to run")
 	size := flag.Int("size", 2048, "bytes per file")
 	threads := flag.Int("threads", 1, "concurrent loops")
+	limit := flag.Int64("files", 0, "stop after this many files (0: no limit)")
 	flag.Parse()
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "bareloop: -dir is required")
@@ -43,7 +47,7 @@ func main() {
 			data[i] = '\n'
 		}
 	}
-	var files atomic.Int64
+	var files, claimed atomic.Int64
 	var firstErr atomic.Value
 	start := time.Now()
 	deadline := start.Add(time.Duration(*seconds * float64(time.Second)))
@@ -53,6 +57,9 @@ func main() {
 		go func(t int) {
 			defer wg.Done()
 			for i := 0; time.Now().Before(deadline); i++ {
+				if *limit > 0 && claimed.Add(1) > *limit {
+					return
+				}
 				name := fmt.Sprintf("%d.%d_%d_%d.%s", time.Now().Unix(), os.Getpid(), t, i, host)
 				if err := one(filepath.Join(tmp, name), filepath.Join(nw, name), nw, data); err != nil {
 					firstErr.CompareAndSwap(nil, err)
