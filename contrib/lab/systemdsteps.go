@@ -192,6 +192,8 @@ func (r *systemdRun) steps(ctx context.Context) {
 		}
 		return "", fmt.Errorf("EICAR mail not refused with 5.7.1 within 2 minutes")
 	})
+	r.ldapStep(ctx)
+	r.userStep(ctx)
 	if r.o.Long {
 		r.longSteps(ctx)
 	}
@@ -220,7 +222,7 @@ func (r *systemdRun) steps(ctx context.Context) {
 			return "", err
 		}
 		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-			if line != "" {
+			if line = strings.TrimSpace(line); line != "" && !r.expectedRefusals[line] {
 				r.rep.Journal = append(r.rep.Journal, line)
 			}
 		}

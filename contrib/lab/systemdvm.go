@@ -98,6 +98,9 @@ type systemdRun struct {
 	sent int // mails injected into the VM's Postfix so far
 	// expectBounces counts mails refused on purpose (the virus).
 	expectBounces int
+	// expectedRefusals are journal lines in which the sandbox refused
+	// what the run made it refuse (LDAP before its IPAddressAllow=).
+	expectedRefusals map[string]bool
 }
 
 // The mailbox the run delivers to; its Maildir is on the NFS mount.
@@ -120,7 +123,7 @@ func RunSystemd(ctx context.Context, l *Lab, o SystemdOptions) (*SystemdReport, 
 	if o.Messages == 0 {
 		o.Messages = 40
 	}
-	r := &systemdRun{l: l, o: o, rep: &SystemdReport{Security: map[string]string{}}}
+	r := &systemdRun{l: l, o: o, rep: &SystemdReport{Security: map[string]string{}}, expectedRefusals: map[string]bool{}}
 	if err := r.prepare(ctx); err != nil {
 		return r.rep, err
 	}
