@@ -21,10 +21,12 @@ type SystemdOptions struct {
 	Dist string
 	// PreviousVersion is the version installed first and upgraded from.
 	PreviousVersion string
-	// Long adds the slow steps: watchdog, restart and stop/start under a
+	// Long adds the slow steps: LDAP on another host with the
+	// IPAddressAllow= drop-in, watchdog, restart and stop/start under a
 	// stream of mail, the upgrade under mail, the sweeper, a reboot and
 	// purge. Without it: boot, install, socket activation, first mail,
-	// STATUS=, POP3 and POP3S, reload, security scores and the journal.
+	// STATUS=, POP3 and POP3S, reload, clamd, User=nfsdrop, security
+	// scores and the journal.
 	Long bool
 	// Messages is how many mails each streaming step sends (default 40).
 	Messages int
