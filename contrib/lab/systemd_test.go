@@ -13,8 +13,8 @@ import (
 // an NFS mount from /etc/fstab; nfsdrop is installed from the signed APT
 // repository with apt-get; the first mail from Postfix starts
 // nfsdrop-lmtp.service through its socket and lands on NFS; STATUS=, POP3
-// and POP3S, reload, systemd-analyze security and a journal free of
-// sandbox refusals. The full run is `go run ./cmd/nfsdrop-lab -systemd`.
+// and POP3S, reload, clamd, the User=nfsdrop drop-in, systemd-analyze
+// security and a journal free of sandbox refusals. The full run is `go run ./cmd/nfsdrop-lab -systemd`.
 // The first run on a machine makes the root file system with debootstrap
 // (a few minutes); later runs take it from the lab's cache.
 func TestSystemdVM(t *testing.T) {

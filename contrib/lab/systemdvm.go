@@ -21,10 +21,12 @@ type SystemdOptions struct {
 	Dist string
 	// PreviousVersion is the version installed first and upgraded from.
 	PreviousVersion string
-	// Long adds the slow steps: watchdog, restart and stop/start under a
+	// Long adds the slow steps: LDAP on another host with the
+	// IPAddressAllow= drop-in, watchdog, restart and stop/start under a
 	// stream of mail, the upgrade under mail, the sweeper, a reboot and
 	// purge. Without it: boot, install, socket activation, first mail,
-	// STATUS=, POP3 and POP3S, reload, security scores and the journal.
+	// STATUS=, POP3 and POP3S, reload, clamd, User=nfsdrop, security
+	// scores and the journal.
 	Long bool
 	// Messages is how many mails each streaming step sends (default 40).
 	Messages int
@@ -98,6 +100,9 @@ type systemdRun struct {
 	sent int // mails injected into the VM's Postfix so far
 	// expectBounces counts mails refused on purpose (the virus).
 	expectBounces int
+	// expectedRefusals are journal lines in which the sandbox refused
+	// what the run made it refuse (LDAP before its IPAddressAllow=).
+	expectedRefusals map[string]bool
 }
 
 // The mailbox the run delivers to; its Maildir is on the NFS mount.
@@ -120,7 +125,7 @@ func RunSystemd(ctx context.Context, l *Lab, o SystemdOptions) (*SystemdReport, 
 	if o.Messages == 0 {
 		o.Messages = 40
 	}
-	r := &systemdRun{l: l, o: o, rep: &SystemdReport{Security: map[string]string{}}}
+	r := &systemdRun{l: l, o: o, rep: &SystemdReport{Security: map[string]string{}}, expectedRefusals: map[string]bool{}}
 	if err := r.prepare(ctx); err != nil {
 		return r.rep, err
 	}
