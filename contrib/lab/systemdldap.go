@@ -16,18 +16,19 @@ import (
 	"github.com/nfsdrop/nfsdrop/internal/testenv/slapd"
 )
 
-// The user database on another host. IPAddressAllow=localhost admits all
-// of 127.0.0.0/8, the lab's own addresses included, so a directory on
-// 127.77.0.x would pass the packaged sandbox and prove nothing. The
-// directory therefore gets an address outside loopback on the lab's
-// bridge: 192.0.2.0/24 (TEST-NET-1, RFC 5737, never routed), the very
-// range the units' comments and docs/install.md show in the IPAddressAllow=
-// drop-in. It exists only inside the lab's namespaces and the VM, which
-// have no route out, so this traffic never leaves them either.
+// The user database on another host, in the lab's own address range
+// (127.77.0.0/24 on its bridge: tests talk only to loopback addresses and
+// to the hosts of the namespaces they made). The packaged units'
+// IPAddressAllow=localhost admits all of 127.0.0.0/8, so on its own it
+// would let the daemon reach this "other host" and prove nothing; the step
+// therefore first narrows the sandbox to this machine's own loopback
+// address with a drop-in (as a site's units allow only the machine
+// itself), shows that the directory is then refused, and then adds the
+// drop-in docs/install.md and the units' comments document, with the lab's
+// range where they show 192.0.2.0/24.
 const (
-	remoteNet      = "192.0.2.0/24"
-	remoteLDAPAddr = "192.0.2.5"  // the client namespace's second address
-	remoteVMAddr   = "192.0.2.11" // mx1's second address
+	remoteNet      = "127.77.0.0/24"
+	remoteLDAPAddr = "127.77.0.5" // the lab's client namespace
 	// ldapPass is alice's password in the directory, unlike sdPass (the
 	// passwd-file's): a POP3 login with it proves the directory answered.
 	ldapPass        = "ldap-secret"
@@ -69,8 +70,8 @@ func sshaHash(pw string) (string, error) {
 }
 
 // startRemoteLDAP starts slapd on the host's loopback and makes it
-// reachable from the VM as ldap://192.0.2.5 (port 389): the client
-// namespace gets that address and forwards its connections to slapd. It
+// reachable from the VM as ldap://127.77.0.5 (port 389): the client
+// namespace forwards its connections to slapd. It
 // returns a function that stops both.
 func (r *systemdRun) startRemoteLDAP(ctx context.Context) (func(), error) {
 	ldif, err := ldapDirectory()
@@ -82,10 +83,6 @@ func (r *systemdRun) startRemoteLDAP(ctx context.Context) (func(), error) {
 		LDIF:    []string{ldif},
 	})
 	if err != nil {
-		return nil, err
-	}
-	if err := r.l.Net.ip(ctx, r.l.Net.Client, "addr", "add", remoteLDAPAddr+"/24", "dev", "eth0"); err != nil {
-		srv.Close()
 		return nil, err
 	}
 	ln, err := r.l.Net.Listen(r.l.Net.Client, "tcp", remoteLDAPAddr+":389")
@@ -144,8 +141,13 @@ func forward(ln net.Listener, target string) {
 // give for a user database on another host, with the lab's range.
 const ipAllowDropIn = "[Service]\\nIPAddressAllow=" + remoteNet + "\\n"
 
-// ldapStep switches the user database to the directory on 192.0.2.5: with
-// the packaged sandbox the daemon may not reach it, so the mail is
+// narrowDropIn narrows the units' sandbox to this machine's own loopback
+// address (an empty IPAddressAllow= resets the list), so that the lab's
+// other hosts count as "another host"; it sorts before ldap.conf.
+const narrowDropIn = "[Service]\\nIPAddressAllow=\\nIPAddressAllow=127.0.0.1/32 ::1/128\\n"
+
+// ldapStep switches the user database to the directory on 127.77.0.5: with
+// the sandbox narrowed to this machine the daemon may not reach it, so the mail is
 // deferred (never bounced); with the documented IPAddressAllow= drop-in
 // Postfix's retry delivers it and a POP3 login binds to the directory.
 // The user database goes back to the passwd-file at the end.
@@ -157,9 +159,9 @@ func (r *systemdRun) ldapStep(ctx context.Context) {
 		}
 		defer stop()
 		details, err := r.ldapBlockedThenAllowed(ctx)
-		// Back to the passwd-file whatever happened, so that later
-		// steps (and a reboot, which loses 192.0.2.11) need no directory.
-		if _, rerr := r.sh(ctx, "sed -i '/^\\[userdb\\]/,/^\\[/ s/^driver = \"ldap\"/driver = \"passwd-file\"/' /etc/nfsdrop/nfsdrop.toml && systemctl restart nfsdrop-lmtp.service nfsdrop-pop3.service"); rerr != nil && err == nil {
+		// Back to the passwd-file and the packaged sandbox whatever
+		// happened, so that later steps need no directory.
+		if _, rerr := r.sh(ctx, "rm -f /etc/systemd/system/nfsdrop-lmtp.service.d/10-narrow.conf /etc/systemd/system/nfsdrop-pop3.service.d/10-narrow.conf && systemctl daemon-reload && sed -i '/^\\[userdb\\]/,/^\\[/ s/^driver = \"ldap\"/driver = \"passwd-file\"/' /etc/nfsdrop/nfsdrop.toml && systemctl restart nfsdrop-lmtp.service nfsdrop-pop3.service"); rerr != nil && err == nil {
 			err = fmt.Errorf("back to the passwd-file: %w", rerr)
 		}
 		return details, err
@@ -168,7 +170,8 @@ func (r *systemdRun) ldapStep(ctx context.Context) {
 
 func (r *systemdRun) ldapBlockedThenAllowed(ctx context.Context) (string, error) {
 	setup := []string{
-		"ip addr add " + remoteVMAddr + "/24 dev eth0",
+		// A site whose units allow only the machine itself.
+		"for u in nfsdrop-lmtp nfsdrop-pop3; do mkdir -p /etc/systemd/system/$u.service.d && printf '" + narrowDropIn + "' >/etc/systemd/system/$u.service.d/10-narrow.conf; done && systemctl daemon-reload",
 		// The path is open outside the sandbox: what blocks the
 		// daemon below is the unit, not the network.
 		"timeout 20 bash -c ': </dev/tcp/" + remoteLDAPAddr + "/389'",
@@ -214,7 +217,7 @@ func (r *systemdRun) ldapBlockedThenAllowed(ctx context.Context) (string, error)
 	allow := []string{
 		"for u in nfsdrop-lmtp nfsdrop-pop3; do mkdir -p /etc/systemd/system/$u.service.d && printf '" + ipAllowDropIn + "' >/etc/systemd/system/$u.service.d/ldap.conf; done",
 		"systemctl daemon-reload && systemctl restart nfsdrop-lmtp.service nfsdrop-pop3.service",
-		"systemctl show -p IPAddressAllow --value nfsdrop-lmtp.service | grep -q '192.0.2.0/24'",
+		"systemctl show -p IPAddressAllow --value nfsdrop-lmtp.service | grep -q '" + remoteNet + "'",
 	}
 	for _, c := range allow {
 		if out, err := r.sh(ctx, c); err != nil {
