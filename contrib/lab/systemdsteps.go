@@ -136,7 +136,7 @@ func (r *systemdRun) steps(ctx context.Context) {
 		}
 		return "LIST " + strings.Join(strings.Fields(list), " ") + "; RETR over POP3S ok", nil
 	})
-	r.step("systemctl reload applies a config change (log level) without a restart", func() (string, error) {
+	r.step("systemctl reload applies a config change (log level) without a restart or a dropped connection", func() (string, error) {
 		pid := r.mainPID(ctx, "nfsdrop-lmtp.service")
 		if _, err := r.sh(ctx, "sed -i 's/^level = \"info\"/level = \"debug\"/' /etc/nfsdrop/nfsdrop.toml && systemctl reload nfsdrop-lmtp.service"); err != nil {
 			return "", err
@@ -147,7 +147,25 @@ func (r *systemdRun) steps(ctx context.Context) {
 		if err := r.send(ctx, 1, "after-reload"); err != nil {
 			return "", err
 		}
-		return "same PID " + pid, r.waitMail(ctx, r.sent, 2*time.Minute)
+		if err := r.waitMail(ctx, r.sent, 2*time.Minute); err != nil {
+			return "", err
+		}
+		// A POP3 connection opened before a reload goes on after it:
+		// greeting read, reload, then the login and a STAT on the same
+		// connection.
+		held, err := r.sh(ctx, `bash -c 'exec 3<>/dev/tcp/127.0.0.1/110 && read -t 30 -r g <&3 && echo "$g" | grep -q "^+OK" &&
+pid=$(systemctl show -p MainPID --value nfsdrop-pop3.service) &&
+systemctl reload nfsdrop-pop3.service &&
+test "$(systemctl show -p MainPID --value nfsdrop-pop3.service)" = "$pid" &&
+printf "USER `+sdUser+`\r\n" >&3 && read -t 30 -r a <&3 &&
+printf "PASS `+sdPass+`\r\n" >&3 && read -t 30 -r b <&3 &&
+printf "STAT\r\n" >&3 && read -t 30 -r c <&3 &&
+printf "QUIT\r\n" >&3 && read -t 30 -r d <&3 &&
+echo "$a|$b|$c|$d" && case "$b$c" in +OK*+OK*) ;; *) exit 1;; esac'`)
+		if err != nil {
+			return held, fmt.Errorf("a POP3 connection across a reload: %w", err)
+		}
+		return "same PID " + pid + "; a POP3 connection held across a reload of nfsdrop-pop3: " + strings.TrimSpace(held), nil
 	})
 	r.step("scanning on with a real clamd: clean mail delivered, EICAR refused", func() (string, error) {
 		eicar := `X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
