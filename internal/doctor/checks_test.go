@@ -406,7 +406,7 @@ func TestRunFakeNFS(t *testing.T) {
 	root, mi := fakeRoot(t, "rw,vers=4.2,hard,proto=tcp,timeo=600,retrans=2,sec=sys,lookupcache=pos,local_lock=none", true)
 	rep := runFake(t, root, mi)
 	want := []string{"filesystem", "nfs-hard", "nfs-cto", "nfs-attrcache", "nfs-lookupcache", "mount-marker", "permissions",
-		"free-space", "link-rename", "fsync", "clock", "hostname", "host-claim"}
+		"free-space", "link-rename", "symlink-lock", "fsync", "clock", "hostname", "host-claim"}
 	var got []string
 	for _, c := range rep.Checks {
 		got = append(got, c.Check)
