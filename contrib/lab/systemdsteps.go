@@ -152,16 +152,8 @@ func (r *systemdRun) steps(ctx context.Context) {
 		}
 		// A POP3 connection opened before a reload goes on after it:
 		// greeting read, reload, then the login and a STAT on the same
-		// connection.
-		held, err := r.sh(ctx, `bash -c 'exec 3<>/dev/tcp/127.0.0.1/110 && read -t 30 -r g <&3 && echo "$g" | grep -q "^+OK" &&
-pid=$(systemctl show -p MainPID --value nfsdrop-pop3.service) &&
-systemctl reload nfsdrop-pop3.service &&
-test "$(systemctl show -p MainPID --value nfsdrop-pop3.service)" = "$pid" &&
-printf "USER `+sdUser+`\r\n" >&3 && read -t 30 -r a <&3 &&
-printf "PASS `+sdPass+`\r\n" >&3 && read -t 30 -r b <&3 &&
-printf "STAT\r\n" >&3 && read -t 30 -r c <&3 &&
-printf "QUIT\r\n" >&3 && read -t 30 -r d <&3 &&
-echo "$a|$b|$c|$d" && case "$b$c" in +OK*+OK*) ;; *) exit 1;; esac'`)
+		// connection (one line: the lab agent runs one line per call).
+		held, err := r.sh(ctx, `bash -c 'exec 3<>/dev/tcp/127.0.0.1/110 && read -t 30 -r g <&3 && echo "$g" | grep -q "^+OK" && pid=$(systemctl show -p MainPID --value nfsdrop-pop3.service) && systemctl reload nfsdrop-pop3.service && test "$(systemctl show -p MainPID --value nfsdrop-pop3.service)" = "$pid" && printf "USER `+sdUser+`\r\n" >&3 && read -t 30 -r a <&3 && printf "PASS `+sdPass+`\r\n" >&3 && read -t 30 -r b <&3 && printf "STAT\r\n" >&3 && read -t 30 -r c <&3 && printf "QUIT\r\n" >&3 && read -t 30 -r d <&3 && echo "$a|$b|$c|$d" && case "$b$c" in +OK*+OK*) ;; *) exit 1;; esac'`)
 		if err != nil {
 			return held, fmt.Errorf("a POP3 connection across a reload: %w", err)
 		}
