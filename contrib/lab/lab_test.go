@@ -222,10 +222,20 @@ func TestLabControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	idleWaiters := nfsWaiters(ctx, vms[1])
+	if idleWaiters < 0 {
+		t.Fatal("cannot read the threads' wait channels in mx2")
+	}
 	l.NFS.Kill()
 	done := make(chan error, 1)
 	go func() { done <- send(vms[1]) }()
-	time.Sleep(3 * time.Second)
+	// A positive signal instead of a fixed wait: more threads in the VM
+	// wait in the NFS client's RPC code than before the filer died (the
+	// hard mount waiting for it), so the delivery cannot have finished.
+	if err := waitFor(ctx, time.Minute, func() bool { return nfsWaiters(ctx, vms[1]) > idleWaiters }, nil); err != nil {
+		t.Fatalf("no thread in mx2 blocked on the filer while it is down (%d waiting before): %v", idleWaiters, err)
+	}
+	t.Logf("mx2 with the filer down: %d threads wait in NFS/RPC code (%d before)", nfsWaiters(ctx, vms[1]), idleWaiters)
 	select {
 	case err := <-done:
 		t.Fatalf("a delivery finished while the filer was down: %v", err)
@@ -307,4 +317,15 @@ func lmtpSend(ctx context.Context, l *Lab, v *VM, rcpt, subject string) error {
 		return fmt.Errorf("%s via %s: %w", subject, v.Host, err)
 	}
 	return c.Quit()
+}
+
+// nfsWaiters counts the VM's threads sleeping in the NFS client or its RPC
+// layer (their wchan), -1 when it cannot tell.
+func nfsWaiters(ctx context.Context, v *VM) int {
+	out, _, err := v.Exec(ctx, "for f in /proc/*/task/*/wchan; do cat $f 2>/dev/null; echo; done | grep -cE '^(rpc_|__rpc|nfs)' || true")
+	n := -1
+	if err == nil {
+		fmt.Sscan(strings.TrimSpace(out), &n)
+	}
+	return n
 }
