@@ -148,16 +148,9 @@ func BuildInitramfs(ctx context.Context, a *Assets, labmount, out string) error 
 	}
 	c.file("bin/labmount", lm, 0o755)
 
-	var order []string
-	for _, m := range a.Modules {
-		b, err := os.ReadFile(m)
-		if err != nil {
-			return err
-		}
-		c.file("lib/modules/"+filepath.Base(m), b, 0o644)
-		order = append(order, filepath.Base(m))
+	if err := c.modules(a.Modules); err != nil {
+		return err
 	}
-	c.file("etc/lab-modules", []byte(strings.Join(order, "\n")+"\n"), 0o644)
 	c.file("etc/hostname", []byte("lab\n"), 0o644)
 
 	if err := addDynamic(ctx, c, "tc", "usr/local/sbin/tc"); err != nil {
@@ -213,5 +206,21 @@ func addDynamic(ctx context.Context, c *newc, prog, dst string) error {
 		}
 		c.file(l, b, 0o755)
 	}
+	return nil
+}
+
+// modules adds the kernel modules to the archive's lib/modules/ and their
+// load order, as /init reads it, to etc/lab-modules.
+func (c *newc) modules(paths []string) error {
+	var order []string
+	for _, m := range paths {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			return err
+		}
+		c.file("lib/modules/"+filepath.Base(m), b, 0o644)
+		order = append(order, filepath.Base(m))
+	}
+	c.file("etc/lab-modules", []byte(strings.Join(order, "\n")+"\n"), 0o644)
 	return nil
 }

@@ -310,16 +310,9 @@ func buildBootInitramfs(a *Assets, out string) error {
 		c.symlink("bin/"+applet, "/bin/busybox")
 	}
 	c.file("init", []byte(bootInit), 0o755)
-	var order []string
-	for _, m := range a.Modules {
-		b, err := os.ReadFile(m)
-		if err != nil {
-			return err
-		}
-		c.file("lib/modules/"+filepath.Base(m), b, 0o644)
-		order = append(order, filepath.Base(m))
+	if err := c.modules(a.Modules); err != nil {
+		return err
 	}
-	c.file("etc/lab-modules", []byte(strings.Join(order, "\n")+"\n"), 0o644)
 	if err := c.close(); err != nil {
 		return err
 	}
