@@ -46,6 +46,9 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	_, expected := st.waiting[maildir]
 	delete(st.waiting, maildir)
 	last := expected && len(st.waiting) == 0
+	if st.late() {
+		return Delivery{}, lateError()
+	}
 	mb, err := st.pinRecipient(mb)
 	if err != nil {
 		return Delivery{}, err
@@ -118,6 +121,14 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), mayWithdraw, ourLink)
 		return Delivery{}, s.classify("fsync new", err)
 	}
+	if mayWithdraw && st.late() {
+		// Durable, but too late to be answered for: the client may have
+		// given up and will send the message again. A file another
+		// recipient was already answered for stays (!mayWithdraw), and
+		// this recipient is answered for it too.
+		st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), true, ourLink)
+		return Delivery{}, lateError()
+	}
 	if sameFile {
 		st.acked++
 	}
@@ -164,7 +175,7 @@ func (st *Staged) withdraw(dst, dstName string, allowed, ourLink bool) {
 	}
 	err := s.fs.Remove(dst)
 	if err != nil && !isErrno(err, syscall.ENOENT) {
-		s.log.Warn("could not withdraw a message whose directory fsync failed", "path", dstName, "err", err)
+		s.log.Warn("could not withdraw a message from new/ (its directory fsync failed, or it came too late)", "path", dstName, "err", err)
 		return
 	}
 	if ourLink {

@@ -58,6 +58,30 @@ type Staged struct {
 	// fallback publishes the staged file itself through one). Discard
 	// releases them with place.pin.
 	extra []*maildirPin
+	// deadline, when not zero, is the time (on the store's clock) after
+	// which this message is no longer published: see SetDeadline.
+	deadline time.Time
+}
+
+// ErrCommitDeadline is the cause of a recipient's temporary failure when
+// the message could not be published before its deadline (SetDeadline).
+var ErrCommitDeadline = errors.New("commit deadline passed: the client may have stopped waiting for the answer")
+
+// SetDeadline makes Deliver publish only before t, on the store's clock
+// (Options.Now). A client that stopped waiting (Postfix gives up on an
+// LMTP answer after lmtp_data_done_timeout) sends the message again
+// later, so publishing it after that would deliver it twice. A recipient
+// reached at or after t gets a temporary failure and nothing in new/; so
+// does one whose publish ended after t (a filer that hung meanwhile):
+// its file is taken back out of new/ like one whose directory fsync
+// failed. The zero time publishes whenever.
+func (st *Staged) SetDeadline(t time.Time) { st.deadline = t }
+
+// late reports whether the deadline has passed.
+func (st *Staged) late() bool { return !st.deadline.IsZero() && !st.s.now().Before(st.deadline) }
+
+func lateError() error {
+	return failure.Temp("publish", "delivery took too long", ErrCommitDeadline)
 }
 
 // Size is the staged message's size in bytes.
@@ -327,6 +351,7 @@ func (st *Staged) Restage(prefix []byte) (*Staged, error) {
 	if err != nil {
 		return nil, err
 	}
+	cp.deadline = st.deadline
 	// The copy goes to the recipients the original was still waiting for.
 	cp.waiting = make(map[string]struct{}, len(st.waiting))
 	for k := range st.waiting {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -152,5 +153,41 @@ func TestHungVolumeCostsOnlyItsUsers(t *testing.T) {
 	}
 	if failedTemp != deliveries/2 {
 		t.Errorf("%d deliveries to the hung volume failed temporarily, want %d", failedTemp, deliveries/2)
+	}
+}
+
+// lostRenameFS carries a rename out, then the volume goes down and the
+// reply is lost (EIO): the store's verification (an lstat of the target)
+// is then refused by the gate.
+type lostRenameFS struct {
+	store.OSFS
+	gate *Gate
+}
+
+func (l *lostRenameFS) Rename(oldname, newname string) error {
+	if err := l.OSFS.Rename(oldname, newname); err != nil {
+		return err
+	}
+	if strings.Contains(store.ResolvedPath(newname), "/new/") {
+		l.gate.record(fmt.Errorf("probe: %w", os.ErrDeadlineExceeded))
+		return &os.PathError{Op: "rename", Path: newname, Err: syscall.EIO}
+	}
+	return nil
+}
+
+// A refused lstat while verifying a publish whose reply was lost is a
+// temporary failure (Postfix retries: a duplicate at worst, never a
+// loss), not an error the store could take for "no such file" or "name
+// taken".
+func TestRefusedVerificationIsTemporary(t *testing.T) {
+	inner := &lostRenameFS{}
+	v := newVolumeForTest(t, "filer1", inner, Options{MaxCalls: 4, CallWait: time.Minute})
+	inner.gate = v.gate
+	_, err := v.store.Deliver(v.mailbox(1), strings.NewReader("Subject: x\r\n\r\nbody\r\n"))
+	if err == nil {
+		t.Fatal("delivery acknowledged although its publish could not be verified")
+	}
+	if fe := failure.As(err); !fe.Temporary() {
+		t.Fatalf("unverifiable publish: %v (kind %v), want a temporary failure", err, fe.Kind)
 	}
 }
