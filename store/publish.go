@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // Delivery describes a message published into a Maildir's new/.
@@ -22,7 +23,7 @@ type Delivery struct {
 // is durable there. Each call is independent: a failure for one mailbox
 // (over quota, bad path) leaves the staged copy usable for the others.
 func (st *Staged) Deliver(mb Mailbox) (Delivery, error) {
-	return st.deliver(mb, nil)
+	return st.observed(st.deliver(mb, nil))
 }
 
 // DeliverWithPrefix publishes a copy of the staged message with prefix
@@ -30,7 +31,15 @@ func (st *Staged) Deliver(mb Mailbox) (Delivery, error) {
 // of the message, so callers use it only when a recipient's copy must
 // differ from the others'.
 func (st *Staged) DeliverWithPrefix(mb Mailbox, prefix []byte) (Delivery, error) {
-	return st.deliver(mb, prefix)
+	return st.observed(st.deliver(mb, prefix))
+}
+
+// observed reports a recipient's outcome to a DeliveryObserver.
+func (st *Staged) observed(d Delivery, err error) (Delivery, error) {
+	if o := st.s.dobs; o != nil {
+		o.Delivery(err, time.Since(st.started))
+	}
+	return d, err
 }
 
 func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {

@@ -61,6 +61,19 @@ type Staged struct {
 	// deadline, when not zero, is the time (on the store's clock) after
 	// which this message is no longer published: see SetDeadline.
 	deadline time.Time
+	// started is when staging began, for the delivery latency.
+	started time.Time
+}
+
+// observeStageFailure reports a failed staging as the outcome of each of
+// its recipients.
+func (s *Store) observeStageFailure(n int, started time.Time, err error) {
+	if s.dobs == nil {
+		return
+	}
+	for range n {
+		s.dobs.Delivery(err, time.Since(started))
+	}
 }
 
 // ErrCommitDeadline is the cause of a recipient's temporary failure when
@@ -92,6 +105,17 @@ func (st *Staged) Size() int64 { return st.size }
 // error from r (a client gone mid-DATA, a size limit) fails the stage and
 // removes the file; a *failure.Error from r is passed through as it is.
 func (s *Store) Stage(mb Mailbox, r io.Reader) (*Staged, error) {
+	started := time.Now()
+	st, err := s.stage(mb, r)
+	if err != nil {
+		s.observeStageFailure(1, started, err)
+		return nil, err
+	}
+	st.started = started
+	return st, nil
+}
+
+func (s *Store) stage(mb Mailbox, r io.Reader) (*Staged, error) {
 	if err := s.CheckMount(); err != nil {
 		return nil, err
 	}
@@ -134,6 +158,18 @@ func (s *Store) StageFor(recipients []Mailbox, r io.Reader) (*Staged, error) {
 	case 1:
 		return s.Stage(recipients[0], r)
 	}
+	started := time.Now()
+	st, err := s.stageSpool(recipients, r)
+	if err != nil {
+		s.observeStageFailure(len(recipients), started, err)
+		return nil, err
+	}
+	st.started = started
+	return st, nil
+}
+
+// stageSpool is StageFor for several recipients.
+func (s *Store) stageSpool(recipients []Mailbox, r io.Reader) (*Staged, error) {
 	if err := s.CheckMount(); err != nil {
 		return nil, err
 	}
@@ -351,7 +387,7 @@ func (st *Staged) Restage(prefix []byte) (*Staged, error) {
 	if err != nil {
 		return nil, err
 	}
-	cp.deadline = st.deadline
+	cp.deadline, cp.started = st.deadline, st.started
 	// The copy goes to the recipients the original was still waiting for.
 	cp.waiting = make(map[string]struct{}, len(st.waiting))
 	for k := range st.waiting {
