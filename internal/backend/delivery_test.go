@@ -139,6 +139,7 @@ type world struct {
 	store   *store.Store
 	backend *Backend
 	addr    string
+	srv     *lmtp.Server
 }
 
 type worldOpts struct {
@@ -190,6 +191,7 @@ func newWorld(t *testing.T, o worldOpts, locals ...string) *world {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	w.addr = l.Addr().String()
+	w.srv = srv
 	return w
 }
 
