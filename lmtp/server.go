@@ -139,9 +139,27 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.connMu.Unlock()
 	err := s.smtp.Shutdown(ctx)
 	if err != nil {
-		s.smtp.Close()
+		// go-smtp's Close does nothing once its Shutdown has run (both
+		// end by closing the same "done" channel), so the connections
+		// still open are closed here: a delivery stuck on a hung filer
+		// must not keep its client waiting for an answer that would come
+		// after the process has stopped serving.
+		s.closeOpenConns()
 	}
 	return err
+}
+
+// closeOpenConns closes every connection still open.
+func (s *Server) closeOpenConns() {
+	s.connMu.Lock()
+	conns := make([]*countedConn, 0, len(s.openConns))
+	for c := range s.openConns {
+		conns = append(conns, c)
+	}
+	s.connMu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 // Close closes listeners and connections at once.

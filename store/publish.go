@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // Delivery describes a message published into a Maildir's new/.
@@ -22,7 +23,7 @@ type Delivery struct {
 // is durable there. Each call is independent: a failure for one mailbox
 // (over quota, bad path) leaves the staged copy usable for the others.
 func (st *Staged) Deliver(mb Mailbox) (Delivery, error) {
-	return st.deliver(mb, nil)
+	return st.observed(st.deliver(mb, nil))
 }
 
 // DeliverWithPrefix publishes a copy of the staged message with prefix
@@ -30,7 +31,15 @@ func (st *Staged) Deliver(mb Mailbox) (Delivery, error) {
 // of the message, so callers use it only when a recipient's copy must
 // differ from the others'.
 func (st *Staged) DeliverWithPrefix(mb Mailbox, prefix []byte) (Delivery, error) {
-	return st.deliver(mb, prefix)
+	return st.observed(st.deliver(mb, prefix))
+}
+
+// observed reports a recipient's outcome to a DeliveryObserver.
+func (st *Staged) observed(d Delivery, err error) (Delivery, error) {
+	if o := st.s.dobs; o != nil {
+		o.Delivery(err, time.Since(st.started))
+	}
+	return d, err
 }
 
 func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
@@ -46,6 +55,9 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 	_, expected := st.waiting[maildir]
 	delete(st.waiting, maildir)
 	last := expected && len(st.waiting) == 0
+	if st.late() {
+		return Delivery{}, lateError()
+	}
 	mb, err := st.pinRecipient(mb)
 	if err != nil {
 		return Delivery{}, err
@@ -118,6 +130,14 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), mayWithdraw, ourLink)
 		return Delivery{}, s.classify("fsync new", err)
 	}
+	if mayWithdraw && st.late() {
+		// Durable, but too late to be answered for: the client may have
+		// given up and will send the message again. A file another
+		// recipient was already answered for stays (!mayWithdraw), and
+		// this recipient is answered for it too.
+		st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), true, ourLink)
+		return Delivery{}, lateError()
+	}
 	if sameFile {
 		st.acked++
 	}
@@ -164,7 +184,7 @@ func (st *Staged) withdraw(dst, dstName string, allowed, ourLink bool) {
 	}
 	err := s.fs.Remove(dst)
 	if err != nil && !isErrno(err, syscall.ENOENT) {
-		s.log.Warn("could not withdraw a message whose directory fsync failed", "path", dstName, "err", err)
+		s.log.Warn("could not withdraw a message from new/ (its directory fsync failed, or it came too late)", "path", dstName, "err", err)
 		return
 	}
 	if ourLink {

@@ -2,9 +2,11 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -294,5 +296,96 @@ func TestNoHardLinksWithdrawKeepsTheSourceForOthers(t *testing.T) {
 	}
 	if n := listDir(t, filepath.Join(root, SpoolName, "tmp")); len(n) != 0 {
 		t.Errorf("spool tmp/ after Discard: %v", n)
+	}
+}
+
+// fakeClock is a clock the test moves.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// A staged message publishes only before its deadline: a recipient
+// reached later, or whose publish (link/rename, fsync of new/) ended
+// later because the filer hung meanwhile, gets a temporary failure and
+// nothing in new/ (acknowledged ⇔ in new/); one in time is acknowledged.
+func TestCommitDeadline(t *testing.T) {
+	const deadline = 5 * time.Minute
+	for _, tc := range []struct {
+		name string
+		// hangOn is the FS operation on new/ during which the filer
+		// "hangs" past the deadline; "" for none; "before" moves the
+		// clock past it before Deliver.
+		hangOn string
+		two    bool // alice in time, then bob (staged in the spool)
+		acked  bool
+	}{
+		{name: "in time", acked: true},
+		{name: "late before publishing", hangOn: "before"},
+		{name: "rename hangs past the deadline", hangOn: "rename"},
+		{name: "fsync of new/ hangs past the deadline", hangOn: "syncdir"},
+		{name: "second recipient late", two: true, hangOn: "before"},
+		{name: "rename of the last of two hangs", two: true, hangOn: "rename"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := &fakeClock{now: time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)}
+			ffs := &faultFS{}
+			s, root := newTestStore(t, ffs, func(o *Options) { o.Now = clock.Now })
+			alice, bob := mailbox(root, "alice"), mailbox(root, "bob")
+			rcpts := []Mailbox{alice}
+			if tc.two {
+				rcpts = append(rcpts, bob)
+			}
+			st, err := s.StageFor(rcpts, bytes.NewReader(testMessage))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.SetDeadline(clock.Now().Add(deadline))
+			late := func(op, path string, real func() error) error {
+				if op == tc.hangOn && strings.Contains(path, "/new") {
+					clock.Advance(deadline)
+				}
+				return real()
+			}
+			var aliceErr error
+			if tc.two {
+				_, aliceErr = st.Deliver(alice)
+				if aliceErr != nil {
+					t.Fatalf("alice, in time: %v", aliceErr)
+				}
+			}
+			if tc.hangOn == "before" {
+				clock.Advance(deadline)
+			} else {
+				ffs.hook = late
+			}
+			last := rcpts[len(rcpts)-1]
+			_, err = st.Deliver(last)
+			ffs.hook = nil
+			st.Discard()
+			if tc.acked {
+				if err != nil {
+					t.Fatalf("in time: %v", err)
+				}
+			} else if !errors.Is(err, ErrCommitDeadline) || failure.KindOf(err) != failure.Temporary {
+				t.Fatalf("late: %v, want a temporary failure for the deadline", err)
+			}
+			checkOutcome(t, last, tc.acked, testMessage)
+			if tc.two {
+				checkOutcome(t, alice, true, testMessage)
+			}
+		})
 	}
 }

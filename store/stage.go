@@ -58,6 +58,43 @@ type Staged struct {
 	// fallback publishes the staged file itself through one). Discard
 	// releases them with place.pin.
 	extra []*maildirPin
+	// deadline, when not zero, is the time (on the store's clock) after
+	// which this message is no longer published: see SetDeadline.
+	deadline time.Time
+	// started is when staging began, for the delivery latency.
+	started time.Time
+}
+
+// observeStageFailure reports a failed staging as the outcome of each of
+// its recipients.
+func (s *Store) observeStageFailure(n int, started time.Time, err error) {
+	if s.dobs == nil {
+		return
+	}
+	for range n {
+		s.dobs.Delivery(err, time.Since(started))
+	}
+}
+
+// ErrCommitDeadline is the cause of a recipient's temporary failure when
+// the message could not be published before its deadline (SetDeadline).
+var ErrCommitDeadline = errors.New("commit deadline passed: the client may have stopped waiting for the answer")
+
+// SetDeadline makes Deliver publish only before t, on the store's clock
+// (Options.Now). A client that stopped waiting (Postfix gives up on an
+// LMTP answer after lmtp_data_done_timeout) sends the message again
+// later, so publishing it after that would deliver it twice. A recipient
+// reached at or after t gets a temporary failure and nothing in new/; so
+// does one whose publish ended after t (a filer that hung meanwhile):
+// its file is taken back out of new/ like one whose directory fsync
+// failed. The zero time publishes whenever.
+func (st *Staged) SetDeadline(t time.Time) { st.deadline = t }
+
+// late reports whether the deadline has passed.
+func (st *Staged) late() bool { return !st.deadline.IsZero() && !st.s.now().Before(st.deadline) }
+
+func lateError() error {
+	return failure.Temp("publish", "delivery took too long", ErrCommitDeadline)
 }
 
 // Size is the staged message's size in bytes.
@@ -68,6 +105,17 @@ func (st *Staged) Size() int64 { return st.size }
 // error from r (a client gone mid-DATA, a size limit) fails the stage and
 // removes the file; a *failure.Error from r is passed through as it is.
 func (s *Store) Stage(mb Mailbox, r io.Reader) (*Staged, error) {
+	started := time.Now()
+	st, err := s.stage(mb, r)
+	if err != nil {
+		s.observeStageFailure(1, started, err)
+		return nil, err
+	}
+	st.started = started
+	return st, nil
+}
+
+func (s *Store) stage(mb Mailbox, r io.Reader) (*Staged, error) {
 	if err := s.CheckMount(); err != nil {
 		return nil, err
 	}
@@ -110,6 +158,18 @@ func (s *Store) StageFor(recipients []Mailbox, r io.Reader) (*Staged, error) {
 	case 1:
 		return s.Stage(recipients[0], r)
 	}
+	started := time.Now()
+	st, err := s.stageSpool(recipients, r)
+	if err != nil {
+		s.observeStageFailure(len(recipients), started, err)
+		return nil, err
+	}
+	st.started = started
+	return st, nil
+}
+
+// stageSpool is StageFor for several recipients.
+func (s *Store) stageSpool(recipients []Mailbox, r io.Reader) (*Staged, error) {
 	if err := s.CheckMount(); err != nil {
 		return nil, err
 	}
@@ -327,6 +387,7 @@ func (st *Staged) Restage(prefix []byte) (*Staged, error) {
 	if err != nil {
 		return nil, err
 	}
+	cp.deadline, cp.started = st.deadline, st.started
 	// The copy goes to the recipients the original was still waiting for.
 	cp.waiting = make(map[string]struct{}, len(st.waiting))
 	for k := range st.waiting {

@@ -84,6 +84,16 @@ type Observer interface {
 	TmpSwept(n int)
 }
 
+// DeliveryObserver is an Observer that is also told each recipient's
+// outcome; the store reports to it when its Observer implements it (one
+// store per volume reports a volume's deliveries).
+type DeliveryObserver interface {
+	Observer
+	// Delivery reports one recipient's outcome (err nil: published) and
+	// the time since the message began to be staged.
+	Delivery(err error, d time.Duration)
+}
+
 type nopObserver struct{}
 
 func (nopObserver) Fsync(string, time.Duration) {}
@@ -129,6 +139,7 @@ type Store struct {
 	index      *indexCache
 	stats      statsBox
 	obs        Observer
+	dobs       DeliveryObserver   // obs, when it implements it; else nil
 	sweeper    *backgroundSweeper // nil unless StartSweeper ran
 	// after is the session lock refresher's timer (time.After); tests
 	// replace it to drive the refresher without waiting.
@@ -192,6 +203,7 @@ func New(opts Options) (*Store, error) {
 	if s.obs == nil {
 		s.obs = nopObserver{}
 	}
+	s.dobs, _ = s.obs.(DeliveryObserver)
 	if opts.IndexCacheSize <= 0 {
 		opts.IndexCacheSize = 10000
 	}

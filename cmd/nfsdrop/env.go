@@ -141,7 +141,7 @@ func (e *env) sources() *backend.Sources {
 
 // backend makes a backend over e's sources.
 func (e *env) backend() *backend.Backend {
-	return backend.New(e.sources(), backend.Options{Logger: e.log})
+	return backend.New(e.sources(), backend.Options{Logger: e.log, CommitDeadline: time.Duration(e.cfg.LMTP.CommitDeadline)})
 }
 
 // openScanner builds the virus scanning policy from [scan] (nil when off).

@@ -39,16 +39,24 @@ type Sources struct {
 // Options configures a Backend.
 type Options struct {
 	Logger *slog.Logger
-	// Now is the clock of the Received header (nil: time.Now).
+	// Now is the clock of the Received header and of the commit deadline
+	// (nil: time.Now).
 	Now func() time.Time
+	// CommitDeadline bounds the time from the end of a message's data to
+	// its publication for a recipient (lmtp.commit_deadline); 0 is no
+	// bound. A client that stopped waiting for the answer sends the
+	// message again, so a later publication would deliver it twice: such
+	// a recipient gets a temporary failure instead (store.Staged.SetDeadline).
+	CommitDeadline time.Duration
 }
 
 // Backend implements lmtp.Backend and pop3.Backend over the current
 // Sources.
 type Backend struct {
-	cur atomic.Pointer[Sources]
-	log *slog.Logger
-	now func() time.Time
+	cur            atomic.Pointer[Sources]
+	log            *slog.Logger
+	now            func() time.Time
+	commitDeadline time.Duration
 }
 
 var (
@@ -64,7 +72,7 @@ func New(src *Sources, opts Options) *Backend {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	b := &Backend{log: opts.Logger, now: opts.Now}
+	b := &Backend{log: opts.Logger, now: opts.Now, commitDeadline: opts.CommitDeadline}
 	b.cur.Store(src)
 	return b
 }

@@ -100,6 +100,10 @@ func (f *faultFS) Link(o, n string) error {
 	return f.do("link", n, func() error { return f.OSFS.Link(o, n) })
 }
 
+func (f *faultFS) Rename(o, n string) error {
+	return f.do("rename", n, func() error { return f.OSFS.Rename(o, n) })
+}
+
 func (f *faultFS) SyncDir(n string) error {
 	return f.do("syncdir", n, func() error { return f.OSFS.SyncDir(n) })
 }
@@ -135,6 +139,7 @@ type world struct {
 	store   *store.Store
 	backend *Backend
 	addr    string
+	srv     *lmtp.Server
 }
 
 type worldOpts struct {
@@ -143,6 +148,10 @@ type worldOpts struct {
 	scan  *ScanPolicy       // scanning, when not nil
 	alias map[string]string // extra local part -> the same Maildir as another user
 	lmtp  lmtp.Options      // LMTP options beyond the defaults
+	// now is the clock of the store and the backend (nil: time.Now);
+	// commitDeadline the backend's (0: none).
+	now            func() time.Time
+	commitDeadline time.Duration
 }
 
 func newWorld(t *testing.T, o worldOpts, locals ...string) *world {
@@ -165,12 +174,12 @@ func newWorld(t *testing.T, o worldOpts, locals ...string) *world {
 		w.users[alias] = &u
 	}
 	chown := o.chown
-	s, err := store.New(store.Options{MailRoot: root, MountMarker: ".mounted", Hostname: "mx.test", ESTALERetries: 2, FS: w.fs, Chown: &chown})
+	s, err := store.New(store.Options{MailRoot: root, MountMarker: ".mounted", Hostname: "mx.test", ESTALERetries: 2, FS: w.fs, Chown: &chown, Now: o.now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.store = s
-	w.backend = New(&Sources{Users: w.users, Store: s, Scan: o.scan, Hostname: "mx.test"}, Options{})
+	w.backend = New(&Sources{Users: w.users, Store: s, Scan: o.scan, Hostname: "mx.test"}, Options{Now: o.now, CommitDeadline: o.commitDeadline})
 	lo := o.lmtp
 	lo.Hostname, lo.MaxMessageSize, lo.MaxRecipients = "mx.test", 10<<20, 50
 	lo.ReadTimeout, lo.WriteTimeout = 10*time.Second, 10*time.Second
@@ -182,6 +191,7 @@ func newWorld(t *testing.T, o worldOpts, locals ...string) *world {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	w.addr = l.Addr().String()
+	w.srv = srv
 	return w
 }
 

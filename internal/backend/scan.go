@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/envelope"
 	"github.com/nfsdrop/nfsdrop/internal/scan"
@@ -159,6 +160,14 @@ func (m *message) Deliver(mb store.Mailbox, prefix []byte) (store.Delivery, erro
 		return m.st.DeliverWithPrefix(mb, prefix)
 	}
 	return m.st.Deliver(mb)
+}
+
+// SetDeadline sets the commit deadline of the staged copy and of the
+// copy with the scan header, if one is made (store.Staged.SetDeadline).
+func (m *message) SetDeadline(t time.Time) {
+	if m.refuse == nil {
+		m.st.SetDeadline(t)
+	}
 }
 
 // Quarantined reports whether the message went to quarantine.

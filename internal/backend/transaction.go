@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/envelope"
 	"github.com/nfsdrop/nfsdrop/lmtp"
@@ -67,7 +68,7 @@ func (t *transaction) Deliver(ctx context.Context, msg io.Reader, status func(in
 	rcpts := t.rcpts
 	t.rcpts = nil
 	src := t.b.cur.Load()
-	in := &firstError{r: msg}
+	in := &firstError{r: msg, now: t.b.now}
 	hdr, body, err := envelope.ReadHeader(in)
 	answer := func(i int, s lmtp.Status) {
 		s.QueueID = hdr.QueueID
@@ -109,6 +110,9 @@ func (t *transaction) Deliver(ctx context.Context, msg io.Reader, status func(in
 		return len(live)
 	}
 	defer m.Discard()
+	if d := t.b.commitDeadline; d > 0 {
+		m.SetDeadline(in.endedAt().Add(d))
+	}
 	eachDeliveredTo := t.env.DeliveredToEach && len(live) > 1
 	for _, i := range live {
 		var prefix []byte
@@ -145,10 +149,14 @@ func readFailure(err error, reason string) error {
 }
 
 // firstError remembers the first error other than io.EOF its reader
-// returned: whether the message was read completely.
+// returned: whether the message was read completely; and when it read
+// the end of the message, where the client starts waiting for the
+// answers (Postfix's lmtp_data_done_timeout counts from there).
 type firstError struct {
 	r   io.Reader
 	err error
+	now func() time.Time
+	eof time.Time
 }
 
 func (f *firstError) Read(p []byte) (int, error) {
@@ -156,5 +164,17 @@ func (f *firstError) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF && f.err == nil {
 		f.err = err
 	}
+	if err == io.EOF && f.eof.IsZero() {
+		f.eof = f.now()
+	}
 	return n, err
+}
+
+// endedAt is when the end of the message was read; now when it was not
+// seen (the writer stopped reading at the end by itself).
+func (f *firstError) endedAt() time.Time {
+	if f.eof.IsZero() {
+		return f.now()
+	}
+	return f.eof
 }

@@ -7,7 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/lmtp"
@@ -200,4 +203,68 @@ func TestSwapBetweenRecipients(t *testing.T) {
 	}
 	w.onlyMessage("alice", "body line\r\n")
 	w.onlyMessage("zed", "body line\r\n")
+}
+
+// testClock is a clock the test moves.
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// No acknowledgement to nobody: a recipient whose delivery is not done
+// by the commit deadline (counted from the end of the data, where
+// Postfix starts its lmtp_data_done_timeout) is answered 4xx and nothing
+// is in its new/; the others are answered 250 with their message in new/.
+func TestCommitDeadline(t *testing.T) {
+	const deadline = 5 * time.Minute
+	for _, tc := range []struct {
+		name string
+		// hangOp and hangPath: the filer "hangs" for the whole deadline
+		// during this call.
+		hangOp, hangPath string
+		acked            map[string]bool
+	}{
+		{"in time", "", "", map[string]bool{"alice": true, "bob": true}},
+		{"fsync of the staged copy hangs", "fsync", "/.nfsdrop-spool/", map[string]bool{"alice": false, "bob": false}},
+		{"publish to bob hangs", "rename", "/bob/Maildir/new/", map[string]bool{"alice": true, "bob": false}},
+		{"fsync of alice's new/ hangs", "syncdir", "/alice/Maildir/new", map[string]bool{"alice": false, "bob": false}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := &testClock{now: time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)}
+			w := newWorld(t, worldOpts{now: clock.Now, commitDeadline: deadline}, "alice", "bob")
+			var hung atomic.Bool
+			w.setHook(func(op, path string) (error, bool) {
+				if tc.hangOp != "" && op == tc.hangOp && strings.Contains(path, tc.hangPath) && hung.CompareAndSwap(false, true) {
+					clock.Advance(deadline)
+				}
+				return nil, false
+			})
+			replies := w.send(testMsg, "alice@"+testDomain, "bob@"+testDomain)
+			if tc.hangOp != "" && !hung.Load() {
+				t.Fatalf("no %s call on %s: the test does not test what it says", tc.hangOp, tc.hangPath)
+			}
+			for _, u := range []string{"alice", "bob"} {
+				rep := replies[u+"@"+testDomain]
+				inNew := len(w.files(u, "new"))
+				switch {
+				case tc.acked[u] && (!strings.HasPrefix(rep, "250 ") || inNew != 1):
+					t.Errorf("%s: %q with %d in new/, want 250 and the message in new/", u, rep, inNew)
+				case !tc.acked[u] && (!strings.HasPrefix(rep, "4") || inNew != 0):
+					t.Errorf("%s: %q with %d in new/, want 4xx and nothing in new/", u, rep, inNew)
+				}
+			}
+		})
+	}
 }

@@ -411,6 +411,17 @@ type LMTP struct {
 	// later. Default "30s"; at least "1s". Keep it below systemd's
 	// TimeoutStopSec.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+
+	// CommitDeadline is how long after the end of a message's data it may
+	// still be put into a recipient's mailbox. Postfix stops waiting for
+	// the answer after lmtp_data_done_timeout (600s by default) and sends
+	// the message again later; a delivery that completed after that (a
+	// hung file server that answered again) would be a duplicate. A
+	// recipient whose delivery is not done by then gets a temporary
+	// failure instead, and nothing is left in the mailbox. It applies to
+	// the deliver command too (Postfix's command_time_limit). Default
+	// "5m"; at least "1s". Keep it well below lmtp_data_done_timeout.
+	CommitDeadline Duration `toml:"commit_deadline"`
 }
 
 // Scan is the [scan] section.
@@ -689,6 +700,7 @@ func Default() Config {
 			WriteTimeout:       Duration(10 * time.Minute),
 			DeliveredTo:        "single",
 			ShutdownTimeout:    Duration(30 * time.Second),
+			CommitDeadline:     Duration(5 * time.Minute),
 		},
 		Scan: Scan{
 			Enabled:           false,

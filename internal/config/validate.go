@@ -94,6 +94,7 @@ func (c *Config) Validate() error {
 	v.atLeast("lmtp.write_timeout", c.LMTP.WriteTimeout, Duration(time.Second))
 	v.oneOf("lmtp.delivered_to", c.LMTP.DeliveredTo, "single", "always")
 	v.atLeast("lmtp.shutdown_timeout", c.LMTP.ShutdownTimeout, Duration(time.Second))
+	v.atLeast("lmtp.commit_deadline", c.LMTP.CommitDeadline, Duration(time.Second))
 
 	// [scan]
 	v.scan(c)

@@ -116,3 +116,41 @@ func TestAlertRulesParseAndUseExportedMetrics(t *testing.T) {
 		}
 	}
 }
+
+// The dashboard shows every per-volume series (issue 16): health, calls in
+// flight, refusals, deliveries by result and latency, by volume.
+func TestGrafanaDashboardShowsVolumes(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "contrib", "grafana", "nfsdrop.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Targets []struct {
+				Expr         string `json:"expr"`
+				LegendFormat string `json:"legendFormat"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatal(err)
+	}
+	shown := map[string]bool{}
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, n := range metricName.FindAllString(tg.Expr, -1) {
+				if strings.HasPrefix(n, "nfsdrop_volume_") {
+					shown[strings.TrimSuffix(n, "_bucket")] = true
+					if !strings.Contains(tg.LegendFormat, "{{volume}}") {
+						t.Errorf("query %q: its legend %q does not name the volume", tg.Expr, tg.LegendFormat)
+					}
+				}
+			}
+		}
+	}
+	for _, n := range New().Names() {
+		if strings.HasPrefix(n, "nfsdrop_volume_") && !shown[n] {
+			t.Errorf("the dashboard does not show %s", n)
+		}
+	}
+}

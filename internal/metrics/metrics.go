@@ -53,6 +53,12 @@ type Metrics struct {
 	fsErrors       *prometheus.CounterVec
 	tmpSwept       prometheus.Counter
 
+	volumeUp         *prometheus.GaugeVec
+	volumeInFlight   *prometheus.GaugeVec
+	volumeRefused    *prometheus.CounterVec
+	volumeDeliveries *prometheus.CounterVec
+	volumeDuration   *prometheus.HistogramVec
+
 	names []string
 }
 
@@ -112,9 +118,20 @@ func New() *Metrics {
 	m.fsErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_fs_errors_total",
 		Help: "Filesystem errors met by the store, by errno (ESTALE, EIO, ENOSPC, EDQUOT, ...)."}, []string{"errno"})
 	m.tmpSwept = prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsdrop_tmp_swept_total", Help: "Abandoned files removed from tmp/ by the sweeper."})
+	m.volumeUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nfsdrop_volume_up",
+		Help: "1 while the volume's health probe (an lstat of its mount marker) answers in time, 0 while it is down and its calls are refused."}, []string{"volume"})
+	m.volumeInFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nfsdrop_volume_calls_in_flight",
+		Help: "Filesystem calls in flight on the volume (bounded by store.volume_max_calls); stuck at the bound while its filer hangs."}, []string{"volume"})
+	m.volumeRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_volume_calls_refused_total",
+		Help: "Filesystem calls refused on the volume: reason down (the probe failed) or busy (no free slot within store.volume_call_wait)."}, []string{"volume", "reason"})
+	m.volumeDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_volume_deliveries_total",
+		Help: "Recipients' deliveries into the volume's Maildirs by result (delivered, deferred, refused)."}, []string{"volume", "result"})
+	m.volumeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "nfsdrop_volume_delivery_seconds",
+		Help: "Time from the start of writing a message on the volume to a recipient's outcome there.", Buckets: latencyBuckets}, []string{"volume"})
 	for _, c := range []prometheus.Collector{m.deliveries, m.deliveryDuration, m.fsyncDuration, m.bytesStored, m.recipientsPerTxn,
 		m.quotaRefusals, m.lmtpConnections, m.pop3Open, m.pop3Sessions, m.pop3Logins, m.pop3Retrieved, m.pop3Deleted,
-		m.lockTakeovers, m.indexLookups, m.userdbDuration, m.userdbErrors, m.scanDuration, m.scanResults, m.fsErrors, m.tmpSwept} {
+		m.lockTakeovers, m.indexLookups, m.userdbDuration, m.userdbErrors, m.scanDuration, m.scanResults, m.fsErrors, m.tmpSwept,
+		m.volumeUp, m.volumeInFlight, m.volumeRefused, m.volumeDeliveries, m.volumeDuration} {
 		f(c)
 		m.names = append(m.names, describeNames(c)...)
 	}
@@ -295,3 +312,77 @@ func (i instrumentedDB) Authenticate(ctx context.Context, name, password string)
 }
 
 func (i instrumentedDB) Close() error { return i.db.Close() }
+
+// --- volumes ---
+
+// Volume results (nfsdrop_volume_deliveries_total's result label).
+const (
+	VolumeDelivered = "delivered"
+	VolumeDeferred  = "deferred"
+	VolumeRefused   = "refused"
+)
+
+// VolumeMetrics is one volume's metrics: the observer of its gate
+// (fsgate.Observer) and of its store (store.DeliveryObserver, which also
+// feeds the process-wide store metrics).
+type VolumeMetrics struct {
+	*Metrics
+	up, inFlight prometheus.Gauge
+	refused      *prometheus.CounterVec // curried by volume
+	deliveries   map[string]prometheus.Counter
+	duration     prometheus.Observer
+}
+
+// Volume returns the metrics of the configured volume name. The volume
+// label takes only the names the configuration gives (a bounded set,
+// checked there); every series of the volume is made at once, so a
+// dashboard shows zeros rather than "no data". Calling it again for the
+// same name (a reload) returns the same series.
+func (m *Metrics) Volume(name string) *VolumeMetrics {
+	v := &VolumeMetrics{
+		Metrics:    m,
+		up:         m.volumeUp.WithLabelValues(name),
+		inFlight:   m.volumeInFlight.WithLabelValues(name),
+		refused:    m.volumeRefused.MustCurryWith(prometheus.Labels{"volume": name}),
+		deliveries: map[string]prometheus.Counter{},
+		duration:   m.volumeDuration.WithLabelValues(name),
+	}
+	for _, r := range []string{"down", "busy"} {
+		v.refused.WithLabelValues(r)
+	}
+	for _, r := range []string{VolumeDelivered, VolumeDeferred, VolumeRefused} {
+		v.deliveries[r] = m.volumeDeliveries.WithLabelValues(name, r)
+	}
+	return v
+}
+
+// VolumeUp records the volume's health (fsgate.Observer).
+func (v *VolumeMetrics) VolumeUp(up bool) {
+	if up {
+		v.up.Set(1)
+	} else {
+		v.up.Set(0)
+	}
+}
+
+// CallsInFlight records the calls holding a slot (fsgate.Observer).
+func (v *VolumeMetrics) CallsInFlight(n int) { v.inFlight.Set(float64(n)) }
+
+// CallRefused records a refused call (fsgate.Observer); reason is one of
+// fsgate's two reasons.
+func (v *VolumeMetrics) CallRefused(reason string) { v.refused.WithLabelValues(reason).Inc() }
+
+// Delivery records one recipient's outcome on the volume
+// (store.DeliveryObserver).
+func (v *VolumeMetrics) Delivery(err error, d time.Duration) {
+	result := VolumeDelivered
+	switch {
+	case err == nil:
+	case failure.As(err).Temporary():
+		result = VolumeDeferred
+	default:
+		result = VolumeRefused
+	}
+	v.deliveries[result].Inc()
+	v.duration.Observe(d.Seconds())
+}

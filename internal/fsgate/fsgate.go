@@ -1,0 +1,463 @@
+// Package fsgate keeps a hung or dead filer from taking the whole process
+// down with it.
+//
+// On a hard NFS mount (which doctor requires: a soft mount can lose a
+// write it reported as done) a call to a filer that stopped answering
+// never returns. Each such call holds a goroutine and, because it is
+// stuck in the kernel, an OS thread; Go stops the program at 10,000
+// threads, and long before that every delivery and login that touches the
+// mount is stuck too, including those of users on other filers when they
+// wait behind the same locks or connection slots.
+//
+// A Gate wraps one volume's store.FS. Every call — the FS methods and the
+// methods of the File and Dir values it hands out — first takes one of
+// MaxCalls slots: so at most MaxCalls goroutines (and threads) can ever
+// be stuck in this volume's filer. A call that cannot get a slot within
+// CallWait fails; while a health probe says the volume is down every call
+// fails at once. Both failures are temporary (*failure.Error wrapping
+// syscall.ETIMEDOUT), so the store answers 4xx / [SYS/TEMP] and never
+// mistakes a refusal for ENOENT or EEXIST (which it would read as a lost
+// NFS reply or a missing mailbox).
+package fsgate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/store"
+	"github.com/nfsdrop/nfsdrop/store/failure"
+)
+
+// Defaults of Options' zero fields (the same as the configuration's).
+const (
+	DefaultMaxCalls      = 64
+	DefaultCallWait      = 2 * time.Second
+	DefaultProbeInterval = 2 * time.Second
+	DefaultProbeTimeout  = 5 * time.Second
+)
+
+// Reasons a call is refused (the label of the refusals metric).
+const (
+	ReasonDown = "down" // the health probe says the volume is down
+	ReasonBusy = "busy" // no slot within CallWait: MaxCalls calls are in flight
+)
+
+// Observer receives one gate's measurements (internal/metrics implements
+// it, bound to the gate's volume).
+type Observer interface {
+	// VolumeUp reports the volume's health as the probe last saw it.
+	VolumeUp(up bool)
+	// CallsInFlight reports how many calls hold a slot now.
+	CallsInFlight(n int)
+	// CallRefused reports a call refused for reason (ReasonDown, ReasonBusy).
+	CallRefused(reason string)
+}
+
+// Options configures a Gate.
+type Options struct {
+	// Volume names the volume in logs, errors and metrics.
+	Volume string
+	// MaxCalls bounds the calls in flight on the volume (0: DefaultMaxCalls).
+	MaxCalls int
+	// CallWait is how long a call waits for a slot (0: DefaultCallWait).
+	CallWait time.Duration
+	// Probe tells whether the volume answers (e.g. an lstat of its mount
+	// marker); it is given the inner, ungated FS. nil: Run probes nothing
+	// and the volume stays up.
+	Probe func(fs store.FS) error
+	// ProbeInterval is the time between probes (0: DefaultProbeInterval);
+	// ProbeTimeout how long a probe may take before the volume is marked
+	// down (0: DefaultProbeTimeout).
+	ProbeInterval, ProbeTimeout time.Duration
+	// Logger receives the up/down transitions; nil discards.
+	Logger *slog.Logger
+	// Observer receives measurements; nil discards.
+	Observer Observer
+}
+
+// Gate bounds and guards the calls to one volume's filesystem.
+type Gate struct {
+	inner store.FS
+	o     Options
+	log   *slog.Logger
+	obs   Observer
+	// slots holds one token per call in flight.
+	slots chan struct{}
+
+	mu   sync.Mutex
+	down error // nil when up; else why the volume was marked down
+}
+
+// New wraps inner. The gate starts up; Run keeps its health current.
+func New(inner store.FS, o Options) *Gate {
+	if o.MaxCalls <= 0 {
+		o.MaxCalls = DefaultMaxCalls
+	}
+	if o.CallWait <= 0 {
+		o.CallWait = DefaultCallWait
+	}
+	if o.ProbeInterval <= 0 {
+		o.ProbeInterval = DefaultProbeInterval
+	}
+	if o.ProbeTimeout <= 0 {
+		o.ProbeTimeout = DefaultProbeTimeout
+	}
+	g := &Gate{inner: inner, o: o, log: o.Logger, obs: o.Observer, slots: make(chan struct{}, o.MaxCalls)}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	if g.obs == nil {
+		g.obs = nopObserver{}
+	}
+	g.obs.VolumeUp(true)
+	g.obs.CallsInFlight(0)
+	return g
+}
+
+// ForVolume is the gate of a configured volume: its probe is an lstat of
+// the volume's mount marker (path/marker), through inner (nil: the real
+// filesystem). A missing marker is a probe failure too: an unmounted
+// filer shows the empty local directory below its mount point.
+func ForVolume(inner store.FS, path, marker string, o Options) *Gate {
+	if inner == nil {
+		inner = store.OSFS{}
+	}
+	if o.Probe == nil {
+		o.Probe = MarkerProbe(filepath.Join(path, marker))
+	}
+	return New(inner, o)
+}
+
+// MarkerProbe is a probe that lstats name.
+func MarkerProbe(name string) func(store.FS) error {
+	return func(fsys store.FS) error {
+		_, err := fsys.Lstat(name)
+		return err
+	}
+}
+
+// FS is the gated filesystem to give the volume's store.
+func (g *Gate) FS() store.FS { return gatedFS{g: g} }
+
+// Err is nil while the volume is up; otherwise a temporary *failure.Error
+// saying the volume is unavailable (for a check before any FS call, such
+// as at RCPT time).
+func (g *Gate) Err() error {
+	g.mu.Lock()
+	down := g.down
+	g.mu.Unlock()
+	if down == nil {
+		return nil
+	}
+	return g.refusal(ReasonDown)
+}
+
+// RefusedError is the cause of every refused call. It unwraps to
+// syscall.ETIMEDOUT, which the store classifies as temporary and which
+// is never ENOENT or EEXIST.
+type RefusedError struct {
+	Volume string
+	// Reason is ReasonDown or ReasonBusy.
+	Reason string
+}
+
+func (e *RefusedError) Error() string {
+	if e.Reason == ReasonBusy {
+		return fmt.Sprintf("volume %s: too many filesystem calls in flight", e.Volume)
+	}
+	return fmt.Sprintf("volume %s is not answering", e.Volume)
+}
+
+func (e *RefusedError) Unwrap() error { return syscall.ETIMEDOUT }
+
+// IsRefused reports whether err is a call the gate refused (the call
+// never reached the filesystem).
+func IsRefused(err error) bool {
+	var r *RefusedError
+	return errors.As(err, &r)
+}
+
+func (g *Gate) refusal(reason string) error {
+	return &failure.Error{Kind: failure.Temporary, Op: "volume " + g.o.Volume,
+		Reason: "mail volume unavailable", Err: &RefusedError{Volume: g.o.Volume, Reason: reason}}
+}
+
+// acquire takes a slot: at once when one is free, else within CallWait;
+// never while the volume is down.
+func (g *Gate) acquire() error {
+	if g.Err() != nil {
+		g.obs.CallRefused(ReasonDown)
+		return g.refusal(ReasonDown)
+	}
+	select {
+	case g.slots <- struct{}{}:
+		g.obs.CallsInFlight(len(g.slots))
+		return nil
+	default:
+	}
+	t := time.NewTimer(g.o.CallWait)
+	defer t.Stop()
+	select {
+	case g.slots <- struct{}{}:
+		g.obs.CallsInFlight(len(g.slots))
+		return nil
+	case <-t.C:
+		g.obs.CallRefused(ReasonBusy)
+		return g.refusal(ReasonBusy)
+	}
+}
+
+func (g *Gate) release() {
+	<-g.slots
+	g.obs.CallsInFlight(len(g.slots))
+}
+
+// do runs call holding a slot.
+func (g *Gate) do(call func() error) error {
+	if err := g.acquire(); err != nil {
+		return err
+	}
+	defer g.release()
+	return call()
+}
+
+// closeGated closes a File or Dir: with a slot like any call, but a
+// descriptor must never leak, so a close that cannot have a slot now
+// (volume down, or none free within CallWait) is handed to a goroutine
+// that waits for one without a deadline. That goroutine waits on a
+// channel, not in the kernel (it holds no thread), and takes the slot
+// like any call, so the bound holds. The caller is told the close
+// failed: for a file just written that is a failed delivery (temporary),
+// which is true, since its data is not known to be on the filer.
+func (g *Gate) closeGated(closeFn func() error) error {
+	err := g.acquire()
+	if err == nil {
+		defer g.release()
+		return closeFn()
+	}
+	go func() {
+		g.slots <- struct{}{}
+		g.obs.CallsInFlight(len(g.slots))
+		defer g.release()
+		closeFn()
+	}()
+	return err
+}
+
+// Run probes the volume every ProbeInterval until ctx is done. At most
+// one probe is in flight: a probe stuck in the kernel is not repeated
+// (that would pile up threads on the hung filer); the volume is marked
+// down when the probe fails or takes longer than ProbeTimeout, and up
+// again as soon as a probe answers.
+func (g *Gate) Run(ctx context.Context) {
+	if g.o.Probe == nil {
+		return
+	}
+	for {
+		if !g.probe(ctx) {
+			return
+		}
+		t := time.NewTimer(g.o.ProbeInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// probe runs one probe to its end (however long it takes) and records
+// the volume's health; false when ctx ended first.
+func (g *Gate) probe(ctx context.Context) bool {
+	result := make(chan error, 1) // buffered: a probe outliving Run still ends
+	go func() { result <- g.o.Probe(g.inner) }()
+	deadline := time.NewTimer(g.o.ProbeTimeout)
+	defer deadline.Stop()
+	select {
+	case err := <-result:
+		g.record(err)
+		return true
+	case <-deadline.C:
+		g.record(fmt.Errorf("probe not answered within %v: %w", g.o.ProbeTimeout, syscall.ETIMEDOUT))
+	case <-ctx.Done():
+		return false
+	}
+	select {
+	case err := <-result:
+		g.record(err)
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// record sets the volume's health from a probe's result, logging a
+// change once.
+func (g *Gate) record(probeErr error) {
+	g.mu.Lock()
+	wasUp := g.down == nil
+	g.down = probeErr
+	g.mu.Unlock()
+	switch {
+	case wasUp && probeErr != nil:
+		g.log.Error("volume down: its filesystem calls fail until it answers again", "volume", g.o.Volume, "err", probeErr)
+		g.obs.VolumeUp(false)
+	case !wasUp && probeErr == nil:
+		g.log.Info("volume up again", "volume", g.o.Volume)
+		g.obs.VolumeUp(true)
+	}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) VolumeUp(bool)      {}
+func (nopObserver) CallsInFlight(int)  {}
+func (nopObserver) CallRefused(string) {}
+
+// gatedFS is store.FS with every call through the gate.
+type gatedFS struct{ g *Gate }
+
+var _ store.FS = gatedFS{}
+
+func (f gatedFS) OpenFile(name string, flag int, perm fs.FileMode) (store.File, error) {
+	var file store.File
+	err := f.g.do(func() error {
+		var err error
+		file, err = f.g.inner.OpenFile(name, flag, perm)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return gatedFile{g: f.g, f: file}, nil
+}
+
+func (f gatedFS) Link(oldname, newname string) error {
+	return f.g.do(func() error { return f.g.inner.Link(oldname, newname) })
+}
+
+func (f gatedFS) Rename(oldname, newname string) error {
+	return f.g.do(func() error { return f.g.inner.Rename(oldname, newname) })
+}
+
+func (f gatedFS) Remove(name string) error {
+	return f.g.do(func() error { return f.g.inner.Remove(name) })
+}
+
+func (f gatedFS) Lstat(name string) (store.Info, error) {
+	var info store.Info
+	err := f.g.do(func() error { var err error; info, err = f.g.inner.Lstat(name); return err })
+	return info, err
+}
+
+func (f gatedFS) Mkdir(name string, perm fs.FileMode) error {
+	return f.g.do(func() error { return f.g.inner.Mkdir(name, perm) })
+}
+
+func (f gatedFS) Lchown(name string, uid, gid int) error {
+	return f.g.do(func() error { return f.g.inner.Lchown(name, uid, gid) })
+}
+
+func (f gatedFS) SyncDir(name string) error {
+	return f.g.do(func() error { return f.g.inner.SyncDir(name) })
+}
+
+func (f gatedFS) ReadDirNames(name string) ([]string, error) {
+	var names []string
+	err := f.g.do(func() error { var err error; names, err = f.g.inner.ReadDirNames(name); return err })
+	return names, err
+}
+
+func (f gatedFS) TouchNow(name string) error {
+	return f.g.do(func() error { return f.g.inner.TouchNow(name) })
+}
+
+func (f gatedFS) Symlink(target, name string) error {
+	return f.g.do(func() error { return f.g.inner.Symlink(target, name) })
+}
+
+func (f gatedFS) Readlink(name string) (string, error) {
+	var target string
+	err := f.g.do(func() error { var err error; target, err = f.g.inner.Readlink(name); return err })
+	return target, err
+}
+
+func (f gatedFS) LstatFresh(name string) (store.Info, error) {
+	var info store.Info
+	err := f.g.do(func() error { var err error; info, err = f.g.inner.LstatFresh(name); return err })
+	return info, err
+}
+
+func (f gatedFS) OpenDir(name string) (store.Dir, error) {
+	var d store.Dir
+	err := f.g.do(func() error { var err error; d, err = f.g.inner.OpenDir(name); return err })
+	if err != nil {
+		return nil, err
+	}
+	return gatedDir{g: f.g, d: d}, nil
+}
+
+// gatedFile is a store.File whose every call goes through the gate.
+type gatedFile struct {
+	g *Gate
+	f store.File
+}
+
+func (f gatedFile) Write(p []byte) (int, error) {
+	n := 0
+	err := f.g.do(func() error { var err error; n, err = f.f.Write(p); return err })
+	return n, err
+}
+
+func (f gatedFile) Read(p []byte) (int, error) {
+	n := 0
+	err := f.g.do(func() error { var err error; n, err = f.f.Read(p); return err })
+	return n, err
+}
+
+func (f gatedFile) Sync() error  { return f.g.do(f.f.Sync) }
+func (f gatedFile) Close() error { return f.g.closeGated(f.f.Close) }
+func (f gatedFile) Chown(uid, gid int) error {
+	return f.g.do(func() error { return f.f.Chown(uid, gid) })
+}
+
+func (f gatedFile) Stat() (store.Info, error) {
+	var info store.Info
+	err := f.g.do(func() error { var err error; info, err = f.f.Stat(); return err })
+	return info, err
+}
+
+// gatedDir is a store.Dir whose calls go through the gate. Path and Name
+// make no system call and are not gated: the paths Path gives are used
+// with the gated FS methods.
+type gatedDir struct {
+	g *Gate
+	d store.Dir
+}
+
+func (d gatedDir) Path() string { return d.d.Path() }
+func (d gatedDir) Name() string { return d.d.Name() }
+func (d gatedDir) Close() error { return d.g.closeGated(d.d.Close) }
+
+func (d gatedDir) Stat() (store.Info, error) {
+	var info store.Info
+	err := d.g.do(func() error { var err error; info, err = d.d.Stat(); return err })
+	return info, err
+}
+
+func (d gatedDir) OpenBeneath(rel string, trustUID int) (store.Dir, error) {
+	var sub store.Dir
+	err := d.g.do(func() error { var err error; sub, err = d.d.OpenBeneath(rel, trustUID); return err })
+	if err != nil {
+		return nil, err
+	}
+	return gatedDir{g: d.g, d: sub}, nil
+}
