@@ -144,6 +144,19 @@ func (s *Set) Volumes() []*Volume { return s.vols }
 // ByName returns the volume called name, or nil.
 func (s *Set) ByName(name string) *Volume { return s.byName[name] }
 
+// Holding returns the volume whose path holds path, or the first volume
+// (a path on no volume, such as a quarantine Maildir of a configuration
+// without volumes).
+func (s *Set) Holding(path string) *Volume {
+	clean := filepath.Clean(path)
+	for _, v := range s.vols {
+		if clean == v.Path || strings.HasPrefix(clean, v.Path+string(filepath.Separator)) {
+			return v
+		}
+	}
+	return s.vols[0]
+}
+
 // MailRoot is the mail root the user database's unnamed paths are under.
 func (s *Set) MailRoot() string { return s.root }
 
