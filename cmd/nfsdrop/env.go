@@ -15,6 +15,7 @@ import (
 	"github.com/nfsdrop/nfsdrop/internal/metrics"
 	"github.com/nfsdrop/nfsdrop/internal/scan"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/store"
 )
 
@@ -24,18 +25,22 @@ type env struct {
 	log      *slog.Logger
 	hostname string
 	users    userdb.DB
-	store    *store.Store
-	metrics  *metrics.Metrics // nil for commands that export none
-	scan     *backend.ScanPolicy
+	// volumes are the volumes mailboxes live on, each with its store
+	// (one, "default", at mail_root without [[store.volumes]]).
+	volumes *volume.Set
+	metrics *metrics.Metrics // nil for commands that export none
+	scan    *backend.ScanPolicy
 
 	sweepStop chan struct{} // closed by Close when a daemon started the sweeper
 }
 
-// startSweeper makes the store sweep tmp/ of the Maildirs it uses, in
-// the background, until Close (daemons only).
+// startSweeper makes each volume's store sweep tmp/ of the Maildirs it
+// uses, in the background, until Close (daemons only).
 func (e *env) startSweeper() {
 	e.sweepStop = make(chan struct{})
-	e.store.StartSweeper(e.sweepStop, time.Duration(e.cfg.Store.TmpMaxAge))
+	for _, v := range e.volumes.Volumes() {
+		v.Store.StartSweeper(e.sweepStop, time.Duration(e.cfg.Store.TmpMaxAge))
+	}
 }
 
 // loadConfig reads and validates the configuration; errors exit with
@@ -87,30 +92,23 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 		}
 		e.hostname = h
 	}
-	users, err := openUserDB(cfg, e.log)
+	var obs store.Observer
+	if m != nil {
+		obs = m
+	}
+	vols, err := openVolumes(cfg, e.hostname, e.log, obs)
+	if err != nil {
+		return nil, err
+	}
+	e.volumes = vols
+	users, err := openUserDB(cfg, e.log, vols)
 	if err != nil {
 		return nil, err
 	}
 	e.users = users
-	var obs store.Observer
 	if m != nil {
 		e.users = m.UserDB(users)
-		obs = m
 	}
-	st, err := store.New(store.Options{
-		Observer:      obs,
-		MailRoot:      cfg.Store.MailRoot,
-		MountMarker:   cfg.Store.MountMarker,
-		Hostname:      e.hostname,
-		QuotaDefer:    cfg.Store.QuotaAction == "defer",
-		ESTALERetries: cfg.Store.EstaleRetries,
-		Logger:        e.log,
-	})
-	if err != nil {
-		users.Close()
-		return nil, err
-	}
-	e.store = st
 	if e.scan, err = openScanner(cfg, e.log, m); err != nil {
 		users.Close()
 		return nil, err
@@ -118,17 +116,48 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 	return e, nil
 }
 
+// openVolumes makes the store of each volume (config.EffectiveVolumes).
+// The hung-filer gate's FS and health are wired here (VolumeOptions.FS
+// and Err).
+func openVolumes(cfg *config.Config, hostname string, log *slog.Logger, obs store.Observer) (*volume.Set, error) {
+	o := volume.Options{MailRoot: cfg.Store.MailRoot}
+	for _, v := range cfg.EffectiveVolumes() {
+		o.Volumes = append(o.Volumes, volume.VolumeOptions{
+			Name: v.Name, Path: v.Path, MountMarker: v.MountMarker, NewMailboxes: v.NewMailboxes,
+			StoreOptions: store.Options{
+				Observer:      obs,
+				Hostname:      hostname,
+				QuotaDefer:    cfg.Store.QuotaAction == "defer",
+				ESTALERetries: cfg.Store.EstaleRetries,
+				Logger:        log.With("volume", v.Name),
+			},
+		})
+	}
+	return volume.Open(o)
+}
+
 // openUserDB opens the source named by userdb.driver; config converts the
-// keys to its options (and validated them with userdb's own parsers).
-func openUserDB(cfg *config.Config, log *slog.Logger) (userdb.DB, error) {
+// keys to its options (and validated them with userdb's own parsers). The
+// volumes' health makes a lookup of a user on a down volume fail at once.
+func openUserDB(cfg *config.Config, log *slog.Logger, vols *volume.Set) (userdb.DB, error) {
+	withHealth := func(roots []userdb.VolumeRoot) []userdb.VolumeRoot {
+		for i := range roots {
+			if v := vols.ByName(roots[i].Name); v != nil {
+				roots[i].Err = v.Err
+			}
+		}
+		return roots
+	}
 	switch cfg.UserDB.Driver {
 	case "passwd-file":
 		o := cfg.PasswdFileOptions()
 		o.Logger = log
+		o.Volumes = withHealth(o.Volumes)
 		return userdb.OpenPasswdFile(o)
 	case "ldap":
 		o := cfg.LDAPOptions()
 		o.Logger = log
+		o.Volumes = withHealth(o.Volumes)
 		return userdb.OpenLDAP(o)
 	}
 	return nil, errors.New("userdb.driver " + cfg.UserDB.Driver + " is not supported")
@@ -136,7 +165,7 @@ func openUserDB(cfg *config.Config, log *slog.Logger) (userdb.DB, error) {
 
 // sources is what the backend (deliveries and POP3 logins) uses.
 func (e *env) sources() *backend.Sources {
-	return &backend.Sources{Users: e.users, Store: e.store, Scan: e.scan, Session: sessionOptions(e.cfg), Hostname: e.hostname}
+	return &backend.Sources{Users: e.users, Volumes: e.volumes, Scan: e.scan, Session: sessionOptions(e.cfg), Hostname: e.hostname}
 }
 
 // backend makes a backend over e's sources.
