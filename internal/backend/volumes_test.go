@@ -2,8 +2,10 @@ package backend
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/lmtp"
+	"github.com/nfsdrop/nfsdrop/pop3"
 	"github.com/nfsdrop/nfsdrop/store"
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
@@ -262,4 +265,43 @@ func TestVolumesLargeMessageSpooledToFile(t *testing.T) {
 			t.Errorf("%s: not exactly one message", l)
 		}
 	}
+}
+
+// authUsers is memUsers whose password is "pw" for everyone.
+type authUsers struct{ memUsers }
+
+func (a authUsers) Authenticate(ctx context.Context, name, password string) (*userdb.User, error) {
+	if password != "pw" {
+		return nil, failure.New(failure.NotFound, "auth", "no", nil)
+	}
+	return a.Lookup(ctx, name)
+}
+
+// TestVolumeLoginLocates: a POP3 login opens the Maildir on the user's
+// volume (named or placed, where delivery put it); with v2 down its users
+// get a temporary failure at once, v1's users log in.
+func TestVolumeLoginLocates(t *testing.T) {
+	w := newVolWorld(t)
+	w.send(testMsg, "a1@example.org", "b1@example.org", "p1@example.org")
+	b := New(&Sources{Users: authUsers{w.users}, Volumes: w.set, Session: store.SessionOptions{LockStale: time.Minute}}, Options{})
+	cl := pop3.Client{Remote: netip.MustParseAddrPort("127.0.0.1:1"), Session: "s"}
+	for _, u := range []string{"a1", "b1", "p1"} {
+		mb, err := b.Login(t.Context(), cl, u, "pw")
+		if err != nil {
+			t.Fatalf("%s: login: %v", u, err)
+		}
+		if mb.Len() != 1 {
+			t.Errorf("%s: %d messages, want the one delivered", u, mb.Len())
+		}
+		mb.Close()
+	}
+	w.v2down.Store(true)
+	if _, err := b.Login(t.Context(), cl, "b1", "pw"); failure.As(err).Kind != failure.Temporary {
+		t.Errorf("b1 with v2 down: %v, want a temporary failure", err)
+	}
+	mb, err := b.Login(t.Context(), cl, "a1", "pw")
+	if err != nil {
+		t.Fatalf("a1 with v2 down: %v", err)
+	}
+	mb.Close()
 }
