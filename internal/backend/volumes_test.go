@@ -33,11 +33,12 @@ type volWorld struct {
 	addr   string
 	v2down atomic.Bool
 	log    *testkit.LogBuffer
+	fs1    *faultFS // v1's file system, for fault hooks
 }
 
 func newVolWorld(t *testing.T) *volWorld {
 	t.Helper()
-	w := &volWorld{t: t, root: t.TempDir(), users: memUsers{}, log: &testkit.LogBuffer{}}
+	w := &volWorld{t: t, root: t.TempDir(), users: memUsers{}, log: &testkit.LogBuffer{}, fs1: &faultFS{}}
 	o := volume.Options{MailRoot: w.root}
 	for _, name := range []string{"v1", "v2"} {
 		p := filepath.Join(w.root, name)
@@ -49,6 +50,9 @@ func newVolWorld(t *testing.T) *volWorld {
 		}
 		vo := volume.VolumeOptions{Name: name, Path: p, MountMarker: ".mounted", NewMailboxes: true,
 			StoreOptions: store.Options{Hostname: "mx.test"}}
+		if name == "v1" {
+			vo.FS = w.fs1
+		}
 		if name == "v2" {
 			vo.Err = func() error {
 				if w.v2down.Load() {
@@ -304,4 +308,40 @@ func TestVolumeLoginLocates(t *testing.T) {
 		t.Fatalf("a1 with v2 down: %v", err)
 	}
 	mb.Close()
+}
+
+// TestVolumeMovedMaildirFollowed: when the store says a Maildir moved to
+// another volume (*store.MovedError, here from v1's file system at the
+// create in its tmp/ or the link into its new/), the delivery follows it
+// once: the message lands on
+// the new volume, at the same path, and the other recipient is unaffected.
+func TestVolumeMovedMaildirFollowed(t *testing.T) {
+	w := newVolWorld(t)
+	old := filepath.Join(w.root, "v1", testDomain, "a1", "Maildir") + "/"
+	w.fs1.mu.Lock()
+	w.fs1.hook = func(op, path string) (error, bool) {
+		if (op == "open" || op == "link") && strings.HasPrefix(path, old) {
+			return &store.MovedError{Volume: "v2"}, false
+		}
+		return nil, false
+	}
+	w.fs1.mu.Unlock()
+	_, data := w.send(testMsg, "a1@example.org", "a2@example.org")
+	_, single := w.send(testMsg, "a1@example.org")
+	data["a1 alone"] = single["a1@example.org"]
+	for r, d := range data {
+		if !strings.HasPrefix(d, "250 ") {
+			t.Errorf("%s: %q, want 250", r, d)
+		}
+	}
+	moved := filepath.Join(w.root, "v2", testDomain, "a1", "Maildir", "new")
+	if ents, _ := os.ReadDir(moved); len(ents) != 2 {
+		t.Errorf("a1's message not on the volume its Maildir moved to: %d files in %s", len(ents), moved)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(w.root, "v1", testDomain, "a1", "Maildir", "new")); len(ents) != 0 {
+		t.Errorf("a1's old Maildir got %d messages", len(ents))
+	}
+	if w.messages("a2") != 1 {
+		t.Error("a2 not delivered exactly once")
+	}
 }
