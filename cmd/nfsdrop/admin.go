@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -10,31 +11,56 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/nfsdrop/nfsdrop/internal/backend"
+	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/store"
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
 func checkCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "check",
-		Usage: "validate the configuration and print the effective settings",
+		Name:      "check",
+		Usage:     "validate the configuration and print the effective settings",
+		ArgsUsage: "[ADDRESS...]",
 		Description: `Loads the configuration strictly (an unknown key is an error naming its
 line), validates every value, opens the user database and reports its
-problems, then prints the effective configuration with every default.`,
+problems, lists the volumes, shows for each ADDRESS given which volume
+its mailbox lives on (named by the user database, or placed), then prints
+the effective configuration with every default.`,
 		Flags: []cli.Flag{configFlag()},
 		Action: func(c *cli.Context) error {
 			cfg, err := configFrom(c)
 			if err != nil {
 				return err
 			}
-			users, err := openUserDB(cfg, newLogger(cfg, c.App.ErrWriter))
+			problems := 0
+			log := newLogger(cfg, c.App.ErrWriter)
+			hostname := cfg.Hostname
+			if hostname == "" {
+				hostname = "check" // names no file: check writes nothing
+			}
+			vols, _, err := openVolumes(cfg, hostname, log, nil, nil)
+			if err != nil {
+				return exitError(err.Error(), exConfig)
+			}
+			users, err := openUserDB(cfg, log, vols)
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}
 			defer users.Close()
-			problems := 0
+			for _, v := range vols.Volumes() {
+				fmt.Fprintf(c.App.ErrWriter, "volume %s: %s (marker %q, new mailboxes %v)\n", v.Name, v.Path, markerOf(cfg, v.Name), v.NewMailboxes)
+			}
+			for _, a := range c.Args().Slice() {
+				u, err := users.Lookup(c.Context, a)
+				if err != nil {
+					fmt.Fprintf(c.App.ErrWriter, "%s: %s (%v)\n", a, failure.As(err).Kind, err)
+					problems++
+					continue
+				}
+				fmt.Fprintf(c.App.ErrWriter, "%s: %s\n", a, whereString(c.Context, vols, u))
+			}
 			if pf, ok := users.(*userdb.PasswdFile); ok {
 				for _, p := range pf.Problems() {
 					fmt.Fprintln(c.App.ErrWriter, "warning:", p)
@@ -80,8 +106,12 @@ func userCommand() *cli.Command {
 					w := c.App.Writer
 					fmt.Fprintf(w, "name:     %s\naddress:  %s\nmailbox:  %s\nuid:gid:  %d:%d\nquota:    %s\nenabled:  %v\n",
 						u.Name, u.Address, u.Mailbox, u.UID, u.GID, quotaString(u.Quota), u.Enabled)
-					mb := backend.MailboxOf(u)
-					if usage, _, err := e.store.QuotaUsage(mb); err == nil && (mb.Quota.Bytes > 0 || mb.Quota.Messages > 0) {
+					fmt.Fprintf(w, "volume:   %s\n", whereString(c.Context, e.volumes, u))
+					vol, mb, err := e.volumes.Locate(c.Context, u)
+					if err != nil {
+						return nil
+					}
+					if usage, _, err := vol.Store.QuotaUsage(mb); err == nil && (mb.Quota.Bytes > 0 || mb.Quota.Messages > 0) {
 						fmt.Fprintf(w, "usage:    %d bytes, %d messages\n", usage.Bytes, usage.Messages)
 					}
 					return nil
@@ -117,6 +147,32 @@ func userCommand() *cli.Command {
 	}
 }
 
+// whereString says which volume u's mailbox lives on, and why: named by
+// the user database, or placed (found where it exists, or where a new one
+// would be created).
+func whereString(ctx context.Context, vols *volume.Set, u *userdb.User) string {
+	v, mb, err := vols.Locate(ctx, u)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("unavailable (%v)", err)
+	case len(vols.Volumes()) == 1 && u.Volume == "":
+		return fmt.Sprintf("%s (the only volume), %s", v.Name, mb.Path)
+	case u.Volume != "":
+		return fmt.Sprintf("%s (named by the user database), %s", v.Name, mb.Path)
+	}
+	return fmt.Sprintf("%s (placed), %s", v.Name, mb.Path)
+}
+
+// markerOf is the mount marker of the volume called name.
+func markerOf(cfg *config.Config, name string) string {
+	for _, v := range cfg.EffectiveVolumes() {
+		if v.Name == name {
+			return v.MountMarker
+		}
+	}
+	return ""
+}
+
 func quotaString(q userdb.Quota) string {
 	if q.Bytes == 0 && q.Messages == 0 {
 		return "unlimited"
@@ -136,6 +192,14 @@ func maildirCommand() *cli.Command {
 		p, err := filepath.Abs(c.Args().First())
 		return e, p, err
 	}
+	// storeOf is the store of the volume p lies on.
+	storeOf := func(e *env, p string) (*store.Store, error) {
+		v := e.volumes.Holding(p)
+		if p != v.Path && !strings.HasPrefix(p, v.Path+"/") {
+			return nil, exitError(p+": not on a configured volume", exUsage)
+		}
+		return v.Store, nil
+	}
 	return &cli.Command{
 		Name:  "maildir",
 		Usage: "check, create and clean Maildirs",
@@ -151,7 +215,11 @@ func maildirCommand() *cli.Command {
 						return err
 					}
 					defer e.Close()
-					rep, err := e.store.Check(p)
+					st, err := storeOf(e, p)
+					if err != nil {
+						return err
+					}
+					rep, err := st.Check(p)
 					if err != nil {
 						return exitError(err.Error(), exitCode(err))
 					}
@@ -175,7 +243,11 @@ func maildirCommand() *cli.Command {
 						return err
 					}
 					defer e.Close()
-					if err := e.store.EnsureMaildir(store.Mailbox{Path: p, UID: c.Int("uid"), GID: c.Int("gid")}); err != nil {
+					st, err := storeOf(e, p)
+					if err != nil {
+						return err
+					}
+					if err := st.EnsureMaildir(store.Mailbox{Path: p, UID: c.Int("uid"), GID: c.Int("gid")}); err != nil {
 						return exitError(err.Error(), exitCode(err))
 					}
 					fmt.Fprintln(c.App.Writer, "created", p)
@@ -184,7 +256,7 @@ func maildirCommand() *cli.Command {
 			},
 			{
 				Name:      "clean",
-				Usage:     "remove files in tmp/ older than store.tmp_max_age (36h) from every Maildir under ROOT",
+				Usage:     "remove files in tmp/ older than store.tmp_max_age (36h) from every Maildir under ROOT (mail_root: every volume)",
 				ArgsUsage: "ROOT",
 				Flags: []cli.Flag{configFlag(),
 					&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only count what would be removed"}},
@@ -194,7 +266,7 @@ func maildirCommand() *cli.Command {
 						return err
 					}
 					defer e.Close()
-					n, dirs, err := e.store.SweepTree(p, time.Duration(e.cfg.Store.TmpMaxAge), c.Bool("dry-run"))
+					n, dirs, err := sweepTrees(e, p, time.Duration(e.cfg.Store.TmpMaxAge), c.Bool("dry-run"))
 					verb := "removed"
 					if c.Bool("dry-run") {
 						verb = "would remove"
@@ -208,6 +280,27 @@ func maildirCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// sweepTrees sweeps the Maildirs under root: with the store of the volume
+// root lies on, or, for a directory holding volumes (mail_root), on each
+// of those volumes with its own store.
+func sweepTrees(e *env, root string, maxAge time.Duration, dryRun bool) (removed, maildirs int, err error) {
+	if v := e.volumes.Holding(root); root == v.Path || strings.HasPrefix(root, v.Path+"/") {
+		return v.Store.SweepTree(root, maxAge, dryRun)
+	}
+	var errs []error
+	for _, v := range e.volumes.Volumes() {
+		if !strings.HasPrefix(v.Path, root+"/") && root != "/" {
+			continue
+		}
+		n, d, err := v.Store.SweepTree(v.Path, maxAge, dryRun)
+		removed, maildirs = removed+n, maildirs+d
+		if err != nil {
+			errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+		}
+	}
+	return removed, maildirs, errors.Join(errs...)
 }
 
 // envFrom loads the config and opens the environment, exiting with

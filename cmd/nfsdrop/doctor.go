@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/urfave/cli/v2"
@@ -36,7 +37,10 @@ name and the boot id). If that file names another machine, two machines
 write Maildir names with the same host part, which could collide: that is a
 FAIL, and the fix is a distinct hostname in nfsdrop.toml. Run the doctor
 once on every machine that shares the store so that each one claims its
-host part. Nothing is written when the mount marker is missing.`,
+host part. Nothing is written when the mount marker is missing.
+
+With [[store.volumes]], every check runs on each volume (its path and its
+marker), with one table per volume.`,
 		Flags: []cli.Flag{
 			configFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
@@ -69,7 +73,7 @@ host part. Nothing is written when the mount marker is missing.`,
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}
-			rep := doctor.Run(doctor.Options{
+			o := doctor.Options{
 				MailRoot:       st.Root(),
 				MountMarker:    cfg.Store.MountMarker,
 				Hostname:       hostname,
@@ -77,7 +81,23 @@ host part. Nothing is written when the mount marker is missing.`,
 				HostPart:       st.HostPart(),
 				MountInfo:      c.String("mountinfo"),
 				FsyncSamples:   c.Int("fsync-samples"),
-			})
+			}
+			var rep interface {
+				WriteText(io.Writer) error
+				WriteJSON(io.Writer) error
+				Count(doctor.Status) int
+			}
+			if len(cfg.Store.Volumes) == 0 {
+				rep = doctor.Run(o)
+			} else {
+				// Each filer is checked on its own: its mount, its marker,
+				// its probes, its host claim.
+				var vols []doctor.Volume
+				for _, v := range cfg.EffectiveVolumes() {
+					vols = append(vols, doctor.Volume{Name: v.Name, Path: v.Path, MountMarker: v.MountMarker})
+				}
+				rep = doctor.RunVolumes(o, vols)
+			}
 			if c.Bool("json") {
 				err = rep.WriteJSON(c.App.Writer)
 			} else {

@@ -243,3 +243,44 @@ func TestDoctorUsage(t *testing.T) {
 		t.Errorf("help: %d\n%s", code, out.String())
 	}
 }
+
+// TestDoctorVolumes: with [[store.volumes]] the doctor checks each volume
+// on its own: a volume without its marker fails, the other passes that
+// check, and the report names both.
+func TestDoctorVolumes(t *testing.T) {
+	root := t.TempDir()
+	for _, v := range []string{"f1", "f2"} {
+		if err := os.MkdirAll(filepath.Join(root, v), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "f1", ".m1"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "nfsdrop.toml")
+	conf := fmt.Sprintf("hostname = \"doctor-test\"\n\n[store]\nmail_root = %q\n\n[[store.volumes]]\nname = \"f1\"\npath = %q\nmount_marker = \".m1\"\n\n"+
+		"[[store.volumes]]\nname = \"f2\"\npath = %q\nmount_marker = \".m2\"\n", root, filepath.Join(root, "f1"), filepath.Join(root, "f2"))
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runDoctor(t, cfg, "--json")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1 (f2's marker is missing)\n%s", code, stderr)
+	}
+	var rep doctor.VolumesReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("not a JSON report: %v\n%s", err, stdout)
+	}
+	if len(rep.Volumes) != 2 || rep.Volumes[0].Volume != "f1" || rep.Volumes[1].Volume != "f2" {
+		t.Fatalf("volumes in the report: %+v", rep.Volumes)
+	}
+	for i, want := range []doctor.Status{doctor.OK, doctor.FAIL} {
+		if m, ok := rep.Volumes[i].Find("mount-marker"); !ok || m.Status != want {
+			t.Errorf("volume %s: mount-marker %+v, want %s", rep.Volumes[i].Volume, m, want)
+		}
+	}
+	_, text, _ := runDoctor(t, cfg)
+	if !strings.Contains(text, "== volume f1") || !strings.Contains(text, "== volume f2") {
+		t.Errorf("text report lacks the volume headings:\n%s", text)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,9 +13,11 @@ import (
 
 	"github.com/nfsdrop/nfsdrop/internal/backend"
 	"github.com/nfsdrop/nfsdrop/internal/config"
+	"github.com/nfsdrop/nfsdrop/internal/fsgate"
 	"github.com/nfsdrop/nfsdrop/internal/metrics"
 	"github.com/nfsdrop/nfsdrop/internal/scan"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/store"
 )
 
@@ -24,18 +27,26 @@ type env struct {
 	log      *slog.Logger
 	hostname string
 	users    userdb.DB
-	store    *store.Store
-	metrics  *metrics.Metrics // nil for commands that export none
-	scan     *backend.ScanPolicy
+	// volumes are the volumes mailboxes live on, each with its store
+	// (one, "default", at mail_root without [[store.volumes]]).
+	volumes *volume.Set
+	metrics *metrics.Metrics // nil for commands that export none
+	scan    *backend.ScanPolicy
 
 	sweepStop chan struct{} // closed by Close when a daemon started the sweeper
+	// gates guard each volume's file system (one per volume, in order);
+	// gateStop ends their probes (daemons only, see startGates).
+	gates    []*fsgate.Gate
+	gateStop context.CancelFunc
 }
 
-// startSweeper makes the store sweep tmp/ of the Maildirs it uses, in
-// the background, until Close (daemons only).
+// startSweeper makes each volume's store sweep tmp/ of the Maildirs it
+// uses, in the background, until Close (daemons only).
 func (e *env) startSweeper() {
 	e.sweepStop = make(chan struct{})
-	e.store.StartSweeper(e.sweepStop, time.Duration(e.cfg.Store.TmpMaxAge))
+	for _, v := range e.volumes.Volumes() {
+		v.Store.StartSweeper(e.sweepStop, time.Duration(e.cfg.Store.TmpMaxAge))
+	}
 }
 
 // loadConfig reads and validates the configuration; errors exit with
@@ -87,30 +98,23 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 		}
 		e.hostname = h
 	}
-	users, err := openUserDB(cfg, e.log)
+	var obs store.Observer
+	if m != nil {
+		obs = m
+	}
+	vols, gates, err := openVolumes(cfg, e.hostname, e.log, obs, m)
+	if err != nil {
+		return nil, err
+	}
+	e.volumes, e.gates = vols, gates
+	users, err := openUserDB(cfg, e.log, vols)
 	if err != nil {
 		return nil, err
 	}
 	e.users = users
-	var obs store.Observer
 	if m != nil {
 		e.users = m.UserDB(users)
-		obs = m
 	}
-	st, err := store.New(store.Options{
-		Observer:      obs,
-		MailRoot:      cfg.Store.MailRoot,
-		MountMarker:   cfg.Store.MountMarker,
-		Hostname:      e.hostname,
-		QuotaDefer:    cfg.Store.QuotaAction == "defer",
-		ESTALERetries: cfg.Store.EstaleRetries,
-		Logger:        e.log,
-	})
-	if err != nil {
-		users.Close()
-		return nil, err
-	}
-	e.store = st
 	if e.scan, err = openScanner(cfg, e.log, m); err != nil {
 		users.Close()
 		return nil, err
@@ -118,17 +122,82 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 	return e, nil
 }
 
+// openVolumes makes the store of each volume (config.EffectiveVolumes),
+// each behind its own hung-filer gate (internal/fsgate): its calls are
+// bounded by store.volume_max_calls and fail at once while the volume's
+// health probe says it is down. The probes run only in daemons
+// (startGates); a command's gate still bounds and times out its calls.
+func openVolumes(cfg *config.Config, hostname string, log *slog.Logger, obs store.Observer, m *metrics.Metrics) (*volume.Set, []*fsgate.Gate, error) {
+	o := volume.Options{MailRoot: cfg.Store.MailRoot}
+	var gates []*fsgate.Gate
+	for _, v := range cfg.EffectiveVolumes() {
+		vlog := log.With("volume", v.Name)
+		gopts := fsgate.Options{
+			Volume:        v.Name,
+			MaxCalls:      cfg.Store.VolumeMaxCalls,
+			CallWait:      time.Duration(cfg.Store.VolumeCallWait),
+			ProbeInterval: time.Duration(cfg.Store.VolumeProbeInterval),
+			ProbeTimeout:  time.Duration(cfg.Store.VolumeProbeTimeout),
+			Logger:        log,
+		}
+		vobs := obs
+		if m != nil {
+			vm := m.Volume(v.Name)
+			gopts.Observer, vobs = vm, vm
+		}
+		g := fsgate.ForVolume(nil, v.Path, v.MountMarker, gopts)
+		gates = append(gates, g)
+		o.Volumes = append(o.Volumes, volume.VolumeOptions{
+			Name: v.Name, Path: v.Path, MountMarker: v.MountMarker, NewMailboxes: v.NewMailboxes,
+			FS:  g.FS(),
+			Err: g.Err,
+			StoreOptions: store.Options{
+				Observer:      vobs,
+				Hostname:      hostname,
+				QuotaDefer:    cfg.Store.QuotaAction == "defer",
+				ESTALERetries: cfg.Store.EstaleRetries,
+				Logger:        vlog,
+			},
+		})
+	}
+	set, err := volume.Open(o)
+	if err != nil {
+		return nil, nil, err
+	}
+	return set, gates, nil
+}
+
+// startGates runs each volume's health probe until Close (daemons only).
+func (e *env) startGates() {
+	ctx, cancel := context.WithCancel(context.Background())
+	e.gateStop = cancel
+	for _, g := range e.gates {
+		go g.Run(ctx)
+	}
+}
+
 // openUserDB opens the source named by userdb.driver; config converts the
-// keys to its options (and validated them with userdb's own parsers).
-func openUserDB(cfg *config.Config, log *slog.Logger) (userdb.DB, error) {
+// keys to its options (and validated them with userdb's own parsers). The
+// volumes' health makes a lookup of a user on a down volume fail at once.
+func openUserDB(cfg *config.Config, log *slog.Logger, vols *volume.Set) (userdb.DB, error) {
+	withHealth := func(roots []userdb.VolumeRoot) []userdb.VolumeRoot {
+		for i := range roots {
+			if v := vols.ByName(roots[i].Name); v != nil {
+				roots[i].Err = v.Err
+			}
+		}
+		return roots
+	}
 	switch cfg.UserDB.Driver {
 	case "passwd-file":
 		o := cfg.PasswdFileOptions()
 		o.Logger = log
+		o.Volumes = withHealth(o.Volumes)
 		return userdb.OpenPasswdFile(o)
 	case "ldap":
 		o := cfg.LDAPOptions()
 		o.Logger = log
+		o.Volumes = withHealth(o.Volumes)
 		return userdb.OpenLDAP(o)
 	}
 	return nil, errors.New("userdb.driver " + cfg.UserDB.Driver + " is not supported")
@@ -136,7 +205,7 @@ func openUserDB(cfg *config.Config, log *slog.Logger) (userdb.DB, error) {
 
 // sources is what the backend (deliveries and POP3 logins) uses.
 func (e *env) sources() *backend.Sources {
-	return &backend.Sources{Users: e.users, Store: e.store, Scan: e.scan, Session: sessionOptions(e.cfg), Hostname: e.hostname}
+	return &backend.Sources{Users: e.users, Volumes: e.volumes, Scan: e.scan, Session: sessionOptions(e.cfg), Hostname: e.hostname}
 }
 
 // backend makes a backend over e's sources.
@@ -173,6 +242,10 @@ func openScanner(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*bac
 }
 
 func (e *env) Close() {
+	if e.gateStop != nil {
+		e.gateStop()
+		e.gateStop = nil
+	}
 	if e.sweepStop != nil {
 		close(e.sweepStop)
 		e.sweepStop = nil

@@ -93,6 +93,7 @@ func (d *daemonRun) run(ctx context.Context) error {
 	e := d.env
 	log := e.log
 	e.startSweeper()
+	e.startGates()
 	d.current.Store(e)
 	notify := daemon.NewNotifier(log)
 	var wg sync.WaitGroup
@@ -162,6 +163,7 @@ func (d *daemonRun) run(ctx context.Context) error {
 			return err
 		}
 		ne.startSweeper()
+		ne.startGates()
 		old := d.current.Load()
 		for _, r := range d.reloaders {
 			if err := r(old, ne); err != nil {

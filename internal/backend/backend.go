@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 	"github.com/nfsdrop/nfsdrop/pop3"
 	"github.com/nfsdrop/nfsdrop/store"
@@ -27,7 +28,9 @@ import (
 // current at that step; a POP3 session keeps the store it logged in with.
 type Sources struct {
 	Users userdb.DB
-	Store *store.Store
+	// Volumes are the volumes mailboxes live on, each with its store (one,
+	// "default", when none is configured).
+	Volumes *volume.Set
 	// Scan, when not nil, scans each message once as it is written.
 	Scan *ScanPolicy
 	// Session configures POP3 sessions.

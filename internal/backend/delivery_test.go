@@ -26,6 +26,7 @@ import (
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 	"github.com/nfsdrop/nfsdrop/store"
 	"github.com/nfsdrop/nfsdrop/store/failure"
@@ -179,7 +180,7 @@ func newWorld(t *testing.T, o worldOpts, locals ...string) *world {
 		t.Fatal(err)
 	}
 	w.store = s
-	w.backend = New(&Sources{Users: w.users, Store: s, Scan: o.scan, Hostname: "mx.test"}, Options{Now: o.now, CommitDeadline: o.commitDeadline})
+	w.backend = New(&Sources{Users: w.users, Volumes: volume.Single(s), Scan: o.scan, Hostname: "mx.test"}, Options{Now: o.now, CommitDeadline: o.commitDeadline})
 	lo := o.lmtp
 	lo.Hostname, lo.MaxMessageSize, lo.MaxRecipients = "mx.test", 10<<20, 50
 	lo.ReadTimeout, lo.WriteTimeout = 10*time.Second, 10*time.Second

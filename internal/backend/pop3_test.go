@@ -20,6 +20,7 @@ import (
 
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/pop3"
 	"github.com/nfsdrop/nfsdrop/store"
 	"github.com/nfsdrop/nfsdrop/store/failure"
@@ -77,7 +78,7 @@ func start(t *testing.T, uidlFormat string) *env {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	b := New(&Sources{Users: oneUser{e.maildir}, Store: st, Session: store.SessionOptions{LockStale: time.Minute, UIDLFormat: uidlFormat}}, Options{Logger: log})
+	b := New(&Sources{Users: oneUser{e.maildir}, Volumes: volume.Single(st), Session: store.SessionOptions{LockStale: time.Minute, UIDLFormat: uidlFormat}}, Options{Logger: log})
 	srv := pop3.New(b, pop3.Options{Hostname: "pop.test", AllowPlaintext: true, IdleTimeout: 10 * time.Second, Logger: log})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

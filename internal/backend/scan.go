@@ -65,32 +65,44 @@ type message struct {
 	taggedErr error
 }
 
-// stage writes trace+msg once for recipients (see store.Store.StageFor:
-// in the only recipient's tmp/, or in the spool, so that no recipient's
-// Maildir answers for the others), scanning msg on the way when a scanner
-// is configured. Nothing is published yet.
-func stage(ctx context.Context, src *Sources, recipients []store.Mailbox, trace string, msg io.Reader) (*message, error) {
-	p := src.Scan
+// stage writes trace+msg once for recipients into st (see
+// store.Store.StageFor: in the only recipient's tmp/, or in the spool, so
+// that no recipient's Maildir answers for the others), scanning msg on the
+// way when a scanner is configured. Nothing is published yet.
+func stage(ctx context.Context, st *store.Store, p *ScanPolicy, recipients []store.Mailbox, trace string, msg io.Reader) (*message, error) {
 	if p == nil || p.Scanner == nil {
-		st, err := src.Store.StageFor(recipients, io.MultiReader(strings.NewReader(trace), msg))
+		staged, err := st.StageFor(recipients, io.MultiReader(strings.NewReader(trace), msg))
 		if err != nil {
 			return nil, err
 		}
-		return &message{st: st}, nil
+		return &message{st: staged}, nil
 	}
+	tee, verdict := p.tee(ctx, msg)
+	staged, err := st.StageFor(recipients, io.MultiReader(strings.NewReader(trace), tee))
+	res, scanErr := verdict()
+	if err != nil {
+		return nil, err
+	}
+	m := &message{st: staged, policy: p}
+	m.judge(res, scanErr)
+	return m, nil
+}
+
+// tee starts scanning msg as it is read.
+func (p *ScanPolicy) tee(ctx context.Context, msg io.Reader) (io.Reader, func() (scan.Result, error)) {
 	// X-Virus-Status is ours to write: one that came with the message
 	// (a sender's forged "Clean") must not reach the mailbox, whatever the
 	// action, since readers and filters cannot tell it from ours.
 	msg = envelope.StripFields(msg, scan.StatusHeaderName)
 	// Only the message as received goes to clamd, not our trace headers,
 	// so clamd's StreamMaxLength compares with lmtp.max_message_size.
-	tee, verdict := p.Scanner.Tee(ctx, msg)
-	st, err := src.Store.StageFor(recipients, io.MultiReader(strings.NewReader(trace), tee))
-	res, scanErr := verdict()
-	if err != nil {
-		return nil, err
-	}
-	m := &message{st: st, policy: p}
+	return p.Scanner.Tee(ctx, msg)
+}
+
+// judge sets what the scanner's verdict makes of m: refused, quarantined
+// or tagged. A refused message's staged copy is dropped at once.
+func (m *message) judge(res scan.Result, scanErr error) {
+	p := m.policy
 	log := p.logger()
 	switch {
 	case scanErr != nil && errors.Is(scanErr, scan.ErrUnavailable) && p.FailOpen:
@@ -118,13 +130,10 @@ func stage(ctx context.Context, src *Sources, recipients []store.Mailbox, trace 
 	case res.Skipped || p.Action == ActionTag:
 		m.header = []byte(scan.StatusHeader(res, nil))
 	}
-	if m.refuse != nil || m.quarantine {
+	if m.refuse != nil && m.st != nil {
 		// Keep the staged copy for quarantine; drop it for a refusal.
-		if m.refuse != nil {
-			st.Discard()
-		}
+		m.st.Discard()
 	}
-	return m, nil
 }
 
 // Deliver publishes the message for mb (with prefix, per-recipient header
@@ -175,7 +184,7 @@ func (m *message) Quarantined() bool { return m.quarantine }
 
 // Discard releases the staged copy.
 func (m *message) Discard() {
-	if m.refuse == nil {
+	if m.refuse == nil && m.st != nil {
 		m.st.Discard()
 	}
 	if m.tagged != nil {

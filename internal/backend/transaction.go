@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/envelope"
+	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 	"github.com/nfsdrop/nfsdrop/store"
 	"github.com/nfsdrop/nfsdrop/store/failure"
@@ -27,6 +28,7 @@ type transaction struct {
 type recipient struct {
 	addr      string // as the client gave it
 	canonical string // the user's address: detail removed, domain folded
+	vol       *volume.Volume
 	mailbox   store.Mailbox
 }
 
@@ -44,8 +46,14 @@ func (t *transaction) AddRecipient(ctx context.Context, address string, admit fu
 	if err != nil {
 		return err
 	}
-	mb := MailboxOf(u)
-	if err := src.Store.CheckQuota(mb, 0); err != nil {
+	// Which volume: a down one answers 451 here, at RCPT, for its users
+	// only (the volume is in the log, never a path in the reply).
+	vol, mb, err := src.Volumes.Locate(ctx, u)
+	if err != nil {
+		t.b.log.Warn("recipient's volume unavailable", "rcpt", address, "user", u.Name, "volume", volumeOf(vol, u), "err", err.Error())
+		return err
+	}
+	if err := vol.Store.CheckQuota(mb, 0); err != nil {
 		return err
 	}
 	if admit != nil {
@@ -53,7 +61,7 @@ func (t *transaction) AddRecipient(ctx context.Context, address string, admit fu
 			return err
 		}
 	}
-	t.rcpts = append(t.rcpts, recipient{addr: address, canonical: u.Address, mailbox: mb})
+	t.rcpts = append(t.rcpts, recipient{addr: address, canonical: u.Address, vol: vol, mailbox: mb})
 	return nil
 }
 
@@ -92,11 +100,16 @@ func (t *transaction) Deliver(ctx context.Context, msg io.Reader, status func(in
 	if len(live) == 0 {
 		return 0
 	}
+	trace := t.trace(src.Hostname, rcpts, live)
+	if len(src.Volumes.Volumes()) > 1 {
+		t.deliverSpread(ctx, src, rcpts, live, trace, body, in, answer)
+		return len(live)
+	}
 	mailboxes := make([]store.Mailbox, len(live))
 	for j, i := range live {
 		mailboxes[j] = rcpts[i].mailbox
 	}
-	m, err := stage(ctx, src, mailboxes, t.trace(src.Hostname, rcpts, live), body)
+	m, err := stage(ctx, rcpts[live[0]].vol.Store, src.Scan, mailboxes, trace, body)
 	if err == nil && in.err != nil {
 		// The message was not read completely, yet the write succeeded:
 		// never publish a partial message, whatever the store did.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
+	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
@@ -192,7 +193,7 @@ func TestSwapBetweenRecipients(t *testing.T) {
 		t.Fatal(err)
 	}
 	users := memUsers{"zed": &userdb.User{Name: "zed", Address: "zed@" + testDomain, Mailbox: w.maildir("zed"), UID: -1, GID: -1, Enabled: true}}
-	w.backend.Swap(&Sources{Users: users, Store: w.store, Hostname: "mx.test"})
+	w.backend.Swap(&Sources{Users: users, Volumes: volume.Single(w.store), Hostname: "mx.test"})
 	if err := txn.AddRecipient(context.Background(), "zed@"+testDomain, nil); err != nil {
 		t.Fatalf("a recipient added after the swap: %v", err)
 	}

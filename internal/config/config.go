@@ -118,6 +118,70 @@ type Store struct {
 	// a temporary error. Default 3, from 0 (no retry) to 10. Raise it if
 	// the logs show ESTALE failures on a busy store shared by many hosts.
 	EstaleRetries int `toml:"estale_retries"`
+
+	// Volumes lists the file systems (NFS filers) mounted below mail_root
+	// that hold Maildirs, each as a [[store.volumes]] table. Without any,
+	// there is one volume named "default": mail_root itself, guarded by
+	// mount_marker (the behaviour of a single filer). With volumes, each
+	// mailbox lives on one of them: the one the user database names (a
+	// mailbox path "NAME:rel/path", or an absolute path under a volume's
+	// path), or, for a user whose entry names none, the one a hash of the
+	// mailbox path picks among the volumes (the same on every machine; a
+	// mailbox that already exists on a volume is found there). A volume
+	// that is unmounted, failing or hung costs only its own users: their
+	// mail is deferred while the others are served. See docs/nfs.md,
+	// "Several filers". Default [], one volume at mail_root.
+	Volumes []Volume `toml:"volumes"`
+
+	// VolumeMaxCalls bounds the file system calls in flight on one volume
+	// at once. A call on a hung hard-mounted filer never returns and holds
+	// an operating system thread: the bound keeps a hung filer from
+	// taking every thread (Go stops the program at 10000) and every
+	// connection. Default 64, from 1 to 1000.
+	VolumeMaxCalls int `toml:"volume_max_calls"`
+
+	// VolumeCallWait is how long a file system call waits for one of the
+	// volume_max_calls slots of its volume before it fails with a
+	// temporary error (451 4.3.0, -ERR [SYS/TEMP]). Default "2s"; at
+	// least "10ms".
+	VolumeCallWait Duration `toml:"volume_call_wait"`
+
+	// VolumeProbeInterval is how often the health of each volume is
+	// probed (an lstat of its mount marker, or of its path when the
+	// marker is off). Default "2s"; at least "100ms".
+	VolumeProbeInterval Duration `toml:"volume_probe_interval"`
+
+	// VolumeProbeTimeout is how long a health probe may take: a probe not
+	// answered by then marks the volume down, and its users get temporary
+	// errors at once until a probe answers again. Default "5s"; at least
+	// "100ms".
+	VolumeProbeTimeout Duration `toml:"volume_probe_timeout"`
+}
+
+// Volume is one [[store.volumes]] table: a file system mounted below
+// mail_root that holds Maildirs.
+type Volume struct {
+	// Name names the volume in the user database ("NAME:rel/path"), in
+	// logs and as the volume label of metrics: a lower-case letter, then
+	// up to 31 lower-case letters, digits, '_' or '-'. Unique. Required;
+	// no default.
+	Name string `toml:"name"`
+
+	// Path is the absolute, clean path where the volume is mounted,
+	// strictly below mail_root; no volume may lie inside another.
+	// Required; no default.
+	Path string `toml:"path"`
+
+	// MountMarker is the name of a file, relative to path, that must exist
+	// on the volume before nfsdrop uses it (see store.mount_marker).
+	// Default "", which means store.mount_marker.
+	MountMarker string `toml:"mount_marker"`
+
+	// NewMailboxes says whether mailboxes the user database does not place
+	// may be created on this volume. Set it to false for a full filer, or
+	// one being emptied: its existing mailboxes are still served. At least
+	// one volume must take new mailboxes. Default true.
+	NewMailboxes bool `toml:"new_mailboxes"`
 }
 
 // UserDB is the [userdb] section.
@@ -644,11 +708,16 @@ func Default() Config {
 			Level:  "info",
 		},
 		Store: Store{
-			MailRoot:      "/var/mail/nfsdrop",
-			MountMarker:   ".nfsdrop-mounted",
-			QuotaAction:   "bounce",
-			TmpMaxAge:     Duration(36 * time.Hour),
-			EstaleRetries: 3,
+			MailRoot:    "/var/mail/nfsdrop",
+			MountMarker: ".nfsdrop-mounted",
+
+			VolumeMaxCalls:      64,
+			VolumeCallWait:      Duration(2 * time.Second),
+			VolumeProbeInterval: Duration(2 * time.Second),
+			VolumeProbeTimeout:  Duration(5 * time.Second),
+			QuotaAction:         "bounce",
+			TmpMaxAge:           Duration(36 * time.Hour),
+			EstaleRetries:       3,
 		},
 		UserDB: UserDB{
 			Driver:             "passwd-file",

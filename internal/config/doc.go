@@ -75,6 +75,20 @@ func ReferenceMarkdown(src []byte) ([]byte, error) {
 			fmt.Fprintf(&b, "\n### `%s`\n\n", f.path)
 			fmt.Fprintf(&b, "Type: %s. Default: `%s`.\n\n", f.kind.typeName(), tomlValue(def.value(f)))
 			b.Write(renderDoc(text, f.goName, "`"+f.name+"`"))
+			if f.kind != kindTables {
+				continue
+			}
+			fmt.Fprintf(&b, "\nEach `[[%s]]` table has these keys:\n\n", f.path)
+			elem := defaultElem(f)
+			for _, ef := range f.elem {
+				text := docs[docKey{ef.goType, ef.goName}]
+				if text == "" {
+					return nil, fmt.Errorf("field %s.%s (key %s) has no doc comment", ef.goType, ef.goName, ef.path)
+				}
+				fmt.Fprintf(&b, "\n#### `%s`\n\n", ef.path)
+				fmt.Fprintf(&b, "Type: %s. Default: `%s`.\n\n", ef.kind.typeName(), tomlValue(elem.FieldByIndex(ef.index)))
+				b.Write(renderDoc(text, ef.goName, "`"+ef.name+"`"))
+			}
 		}
 	}
 	return b.Bytes(), nil

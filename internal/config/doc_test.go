@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"os"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -41,10 +42,27 @@ func TestDocCommentsStateDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	def := Default()
+	type keyDefault struct {
+		f   field
+		val reflect.Value
+	}
+	var keys []keyDefault
 	for _, sec := range schema() {
 		for _, f := range sec.fields {
+			keys = append(keys, keyDefault{f, def.value(f)})
+			for _, ef := range f.elem {
+				keys = append(keys, keyDefault{ef, defaultElem(f).FieldByIndex(ef.index)})
+			}
+		}
+	}
+	for _, k := range keys {
+		{
+			f := k.f
 			text := strings.Join(strings.Fields(docs[docKey{f.goType, f.goName}]), " ")
-			lit := tomlValue(def.value(f))
+			if strings.Contains(text, "Required; no default.") && k.val.IsZero() {
+				continue
+			}
+			lit := tomlValue(k.val)
 			alts := []string{lit}
 			if f.kind == kindSize || f.kind == kindDuration {
 				alts = append(alts, strings.Trim(lit, `"`))

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -260,6 +261,7 @@ func decode(data []byte, name string) (*Config, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	defaultNewMailboxes(&c, raw)
 	c.src = src
 	return &c, nil
 }
@@ -326,6 +328,16 @@ func (s *source) checkValue(f field, v any) *Error {
 		default:
 			return bad(`a size (integer bytes or a string like "50M")`)
 		}
+	case kindTables:
+		tables, ok := rawTables(v)
+		if !ok {
+			return bad("an array of tables ([[" + f.path + "]])")
+		}
+		for i, t := range tables {
+			if e := s.checkTable(f, i, t); e != nil {
+				return e
+			}
+		}
 	case kindDuration:
 		str, ok := v.(string)
 		if !ok {
@@ -338,9 +350,92 @@ func (s *source) checkValue(f field, v any) *Error {
 	return nil
 }
 
-func fieldType(f field) reflect.Type {
-	return reflect.TypeFor[Config]().FieldByIndex(f.index).Type
+// rawTables returns the tables of an array of tables as decoded into a map:
+// [[a.b]] decodes as []map[string]any, an inline array of tables as []any.
+func rawTables(v any) ([]map[string]any, bool) {
+	switch v := v.(type) {
+	case []map[string]any:
+		return v, true
+	case []any:
+		out := make([]map[string]any, len(v))
+		for i, e := range v {
+			m, ok := e.(map[string]any)
+			if !ok {
+				return nil, false
+			}
+			out[i] = m
+		}
+		return out, true
+	}
+	return nil, false
 }
+
+// checkTable checks the keys of table i of the array of tables f.
+func (s *source) checkTable(f field, i int, t map[string]any) *Error {
+	names := make([]string, 0, len(t))
+	for k := range t {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		ef, ok := f.elemField(k)
+		if !ok {
+			return s.elemError(f.path, i, k, "unknown key %q", f.path+"."+k)
+		}
+		if e := s.checkValue(ef, t[k]); e != nil {
+			// Locate the problem in table i, not in the first table.
+			return s.elemError(f.path, i, k, "%s", strings.TrimPrefix(e.Msg, "key "+ef.path+": "))
+		}
+	}
+	return nil
+}
+
+// elemError builds the error for key (a name in the tables of the array of
+// tables at path) in table i, 0-based: "key store.volumes.path (table 2):
+// ...". The line is that of the key in table i, or of the table's header
+// when the key is not there.
+func (s *source) elemError(path string, i int, key, format string, args ...any) *Error {
+	e := &Error{Key: path + "." + key}
+	e.Msg = fmt.Sprintf("key %s (table %d): %s", e.Key, i+1, fmt.Sprintf(format, args...))
+	if s != nil {
+		e.File = s.file
+		e.Line = s.elemLine(path, i, key)
+	}
+	return e
+}
+
+// elemLine finds the line of key in table i of the array of tables at
+// path ("[[store.volumes]]"), or of the table's header; 0 when the tables
+// are not written with headers. The decoder does not report positions of
+// keys inside arrays of tables, so this reads the text: headers and
+// "key =" lines, which is all a configuration file uses.
+func (s *source) elemLine(path string, i int, key string) int {
+	header := "[[" + path + "]]"
+	n, headerLine := -1, 0
+	for ln, line := range strings.Split(s.data, "\n") {
+		t := strings.TrimSpace(line)
+		if strings.HasPrefix(t, "[") {
+			if strings.ReplaceAll(strings.SplitN(t, "#", 2)[0], " ", "") == header {
+				n++
+				if n == i {
+					headerLine = ln + 1
+				}
+			} else if n >= i {
+				break
+			}
+			continue
+		}
+		if n != i {
+			continue
+		}
+		if name, _, ok := strings.Cut(t, "="); ok && strings.Trim(strings.TrimSpace(name), `"`) == key {
+			return ln + 1
+		}
+	}
+	return headerLine
+}
+
+func fieldType(f field) reflect.Type { return f.typ }
 
 // describe names the TOML type of a decoded value, with the value when short.
 func describe(v any) string {
@@ -459,4 +554,34 @@ func distance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// defaultNewMailboxes sets new_mailboxes, true by default, in the
+// [[store.volumes]] tables that do not set it: the decoder starts each
+// table from the zero value.
+func defaultNewMailboxes(c *Config, raw map[string]any) {
+	if len(c.Store.Volumes) == 0 {
+		c.Store.Volumes = nil // "volumes = []" is the default, not a change
+		return
+	}
+	st, _ := raw["store"].(map[string]any)
+	tables, _ := rawTables(st["volumes"])
+	for i := range c.Store.Volumes {
+		if i < len(tables) {
+			if _, set := tables[i]["new_mailboxes"]; set {
+				continue
+			}
+		}
+		c.Store.Volumes[i].NewMailboxes = defaultElem(volumesField()).Interface().(Volume).NewMailboxes
+	}
+}
+
+// volumesField is the schema field of store.volumes.
+func volumesField() field {
+	for _, sec := range schema() {
+		if f, ok := sec.field("volumes"); ok && sec.name == "store" {
+			return f
+		}
+	}
+	panic("config: no store.volumes in the schema")
 }

@@ -16,6 +16,7 @@ const (
 	kindStrings
 	kindSize
 	kindDuration
+	kindTables // an array of tables ([[a.b]]); its keys are in field.elem
 )
 
 // field is one key of the schema, derived by reflection from Config.
@@ -27,6 +28,10 @@ type field struct {
 	kind    kind
 	goType  string // name of the Go struct declaring the field: "Store"
 	goName  string // Go field name: "MailRoot"
+	typ     reflect.Type
+	// elem lists the keys of each table of a kindTables field: their path
+	// is "store.volumes.name", their index is into the element struct.
+	elem []field
 }
 
 // section is a table of the schema; the top level is the section named "".
@@ -76,7 +81,7 @@ func tomlName(sf reflect.StructField) string {
 }
 
 func newField(sec string, sf reflect.StructField, index []int, goType string) field {
-	f := field{section: sec, name: tomlName(sf), index: index, goType: goType, goName: sf.Name}
+	f := field{section: sec, name: tomlName(sf), index: index, goType: goType, goName: sf.Name, typ: sf.Type}
 	f.path = f.name
 	if sec != "" {
 		f.path = sec + "." + f.name
@@ -94,6 +99,14 @@ func newField(sec string, sf reflect.StructField, index []int, goType string) fi
 		f.kind = kindInt
 	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.String:
 		f.kind = kindStrings
+	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
+		f.kind = kindTables
+		et := t.Elem()
+		for j := range et.NumField() {
+			if ef := et.Field(j); ef.IsExported() {
+				f.elem = append(f.elem, newField(f.path, ef, []int{j}, et.Name()))
+			}
+		}
 	default:
 		panic(fmt.Sprintf("config: field %s.%s has unsupported type %s", goType, sf.Name, t))
 	}
@@ -109,7 +122,18 @@ func (k kind) typeName() string {
 		kindStrings:  "array of strings",
 		kindSize:     "size",
 		kindDuration: "duration",
+		kindTables:   "array of tables",
 	}[k]
+}
+
+// elemField returns the key name of the tables of f.
+func (f field) elemField(name string) (field, bool) {
+	for _, e := range f.elem {
+		if e.name == name {
+			return e, true
+		}
+	}
+	return field{}, false
 }
 
 // value returns the value of f in c.

@@ -16,6 +16,7 @@ func (c *Config) PasswdFileOptions() userdb.PasswdFileOptions {
 	return userdb.PasswdFileOptions{
 		Path:         c.UserDB.PasswdFile,
 		MailRoot:     c.Store.MailRoot,
+		Volumes:      c.volumeRoots(),
 		MaildirName:  c.UserDB.Maildir,
 		Normalizer:   c.Normalizer(),
 		DefaultQuota: c.DefaultQuota(),
@@ -57,6 +58,7 @@ func (c *Config) LDAPOptions() userdb.LDAPOptions {
 		CacheMaxStale:    time.Duration(l.CacheMaxStale),
 		AuthCacheTTL:     time.Duration(l.AuthCacheTTL),
 		MailRoot:         c.Store.MailRoot,
+		Volumes:          c.volumeRoots(),
 		MaildirName:      c.UserDB.Maildir,
 		Normalizer:       c.Normalizer(),
 		DefaultQuota:     c.DefaultQuota(),
@@ -71,4 +73,34 @@ func (c *Config) Normalizer() userdb.Normalizer {
 // DefaultQuota returns the quota of users whose entry sets none.
 func (c *Config) DefaultQuota() userdb.Quota {
 	return userdb.Quota{Bytes: int64(c.UserDB.QuotaStorage), Messages: c.UserDB.QuotaMessages}
+}
+
+// volumeRoots are the configured volumes as the user database sees them
+// (none without [[store.volumes]]: mail_root is then the one volume and
+// mailbox paths mean what they always meant). Their health (Err) is wired
+// by the caller that opens the volumes.
+func (c *Config) volumeRoots() []userdb.VolumeRoot {
+	var out []userdb.VolumeRoot
+	for _, v := range c.Store.Volumes {
+		out = append(out, userdb.VolumeRoot{Name: v.Name, Path: v.Path})
+	}
+	return out
+}
+
+// EffectiveVolumes lists the volumes with their markers: the configured
+// [[store.volumes]], each marker defaulting to store.mount_marker, or,
+// without any, one volume named "default" at mail_root with
+// store.mount_marker.
+func (c *Config) EffectiveVolumes() []Volume {
+	if len(c.Store.Volumes) == 0 {
+		return []Volume{{Name: "default", Path: c.Store.MailRoot, MountMarker: c.Store.MountMarker, NewMailboxes: true}}
+	}
+	out := make([]Volume, len(c.Store.Volumes))
+	for i, v := range c.Store.Volumes {
+		if v.MountMarker == "" {
+			v.MountMarker = c.Store.MountMarker
+		}
+		out[i] = v
+	}
+	return out
 }

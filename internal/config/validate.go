@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,6 +51,11 @@ func (c *Config) Validate() error {
 	if m := c.Store.MountMarker; m != "" && (!filepath.IsLocal(m) || filepath.Clean(m) == ".") {
 		v.fail("store.mount_marker", "%q must be a file name relative to store.mail_root, or \"\" to disable the check", m)
 	}
+	v.volumes(&c.Store)
+	v.between("store.volume_max_calls", int64(c.Store.VolumeMaxCalls), 1, 1000)
+	v.atLeast("store.volume_call_wait", c.Store.VolumeCallWait, Duration(10*time.Millisecond))
+	v.atLeast("store.volume_probe_interval", c.Store.VolumeProbeInterval, Duration(100*time.Millisecond))
+	v.atLeast("store.volume_probe_timeout", c.Store.VolumeProbeTimeout, Duration(100*time.Millisecond))
 	v.oneOf("store.quota_action", c.Store.QuotaAction, "bounce", "defer")
 	v.atLeast("store.tmp_max_age", c.Store.TmpMaxAge, Duration(time.Hour))
 	v.between("store.estale_retries", int64(c.Store.EstaleRetries), 0, 10)
@@ -227,6 +233,68 @@ func (v *validator) ldap(l *LDAP) {
 type validator struct {
 	src  *source
 	errs []error
+}
+
+// volumes checks the [[store.volumes]] tables: names usable as metric
+// labels and in "NAME:path" mailbox paths, paths strictly below mail_root
+// and not nested (a mailbox path must name one volume), and at least one
+// volume for new mailboxes.
+func (v *validator) volumes(st *Store) {
+	if len(st.Volumes) == 0 {
+		return
+	}
+	names := make(map[string]int)
+	takesNew := false
+	for i, vol := range st.Volumes {
+		fail := func(key, format string, args ...any) {
+			v.errs = append(v.errs, v.src.elemError("store.volumes", i, key, format, args...))
+		}
+		switch {
+		case vol.Name == "":
+			fail("name", "must be set")
+		case !volumeName.MatchString(vol.Name):
+			fail("name", "%q must be a lower-case letter, then at most 31 lower-case letters, digits, '_' or '-'", vol.Name)
+		default:
+			if j, dup := names[vol.Name]; dup {
+				fail("name", "%q is also the name of volume %d", vol.Name, j+1)
+			}
+			names[vol.Name] = i
+		}
+		switch p := vol.Path; {
+		case p == "":
+			fail("path", "must be set")
+		case !filepath.IsAbs(p):
+			fail("path", "%q must be an absolute path", p)
+		case filepath.Clean(p) != p:
+			fail("path", "%q must be a clean path (did you mean %q?)", p, filepath.Clean(p))
+		case !pathStrictlyUnder(st.MailRoot, p):
+			fail("path", "%q must be below store.mail_root %q", p, st.MailRoot)
+		default:
+			for j, other := range st.Volumes[:i] {
+				if p == other.Path || pathStrictlyUnder(p, other.Path) || pathStrictlyUnder(other.Path, p) {
+					fail("path", "%q overlaps the path %q of volume %d: volumes must not lie inside each other", p, other.Path, j+1)
+				}
+			}
+		}
+		if m := vol.MountMarker; m != "" && (!filepath.IsLocal(m) || filepath.Clean(m) == ".") {
+			fail("mount_marker", "%q must be a file name relative to the volume's path, or \"\" for store.mount_marker", m)
+		}
+		takesNew = takesNew || vol.NewMailboxes
+	}
+	if !takesNew {
+		v.fail("store.volumes", "at least one volume must have new_mailboxes = true")
+	}
+}
+
+// volumeName is what a volume name may be: a metric label value and the
+// prefix of "NAME:path" mailbox paths, so short and plain.
+var volumeName = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+
+// pathStrictlyUnder reports whether the clean absolute path p lies below
+// root (and is not root itself).
+func pathStrictlyUnder(root, p string) bool {
+	rel, err := filepath.Rel(root, p)
+	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 func (v *validator) fail(key, format string, args ...any) {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -43,6 +44,41 @@ func TestValidate(t *testing.T) {
 		{"estale_retries max", doc("[store]", `estale_retries = 10`), nil},
 		{"estale_retries high", doc("[store]", `estale_retries = 11`), []string{`x.toml:2: key store.estale_retries: must be between 0 and 10, got 11`}},
 		{"estale_retries negative", doc("[store]", `estale_retries = -1`), []string{`x.toml:2: key store.estale_retries: must be between 0 and 10, got -1`}},
+
+		{"volumes ok", doc("[store]", `mail_root = "/srv/mail"`, `volume_max_calls = 8`, `volume_call_wait = "500ms"`,
+			"[[store.volumes]]", `name = "filer1"`, `path = "/srv/mail/f1"`,
+			"[[store.volumes]]", `name = "filer-2"`, `path = "/srv/mail/f2"`, `mount_marker = "m"`, `new_mailboxes = false`), nil},
+		{"volume name bad", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "Filer1"`, `path = "/srv/mail/f1"`),
+			[]string{`x.toml:4: key store.volumes.name (table 1): "Filer1" must be a lower-case letter`}},
+		{"volume name missing", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `path = "/srv/mail/f1"`),
+			[]string{`x.toml:3: key store.volumes.name (table 1): must be set`}},
+		{"volume name duplicate", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "a"`, `path = "/srv/mail/f1"`,
+			"[[store.volumes]]", `name = "a"`, `path = "/srv/mail/f2"`),
+			[]string{`x.toml:7: key store.volumes.name (table 2): "a" is also the name of volume 1`}},
+		{"volume path outside", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "a"`, `path = "/srv/other"`),
+			[]string{`x.toml:5: key store.volumes.path (table 1): "/srv/other" must be below store.mail_root "/srv/mail"`}},
+		{"volume path root", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "a"`, `path = "/srv/mail"`),
+			[]string{`key store.volumes.path (table 1): "/srv/mail" must be below store.mail_root`}},
+		{"volume path relative", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "a"`, `path = "f1"`),
+			[]string{`x.toml:5: key store.volumes.path (table 1): "f1" must be an absolute path`}},
+		{"volume path unclean", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "a"`, `path = "/srv/mail/f1/"`),
+			[]string{`key store.volumes.path (table 1): "/srv/mail/f1/" must be a clean path`}},
+		{"volume nested", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "a"`, `path = "/srv/mail/f1"`,
+			"[[store.volumes]]", `name = "b"`, `path = "/srv/mail/f1/x"`),
+			[]string{`x.toml:8: key store.volumes.path (table 2): "/srv/mail/f1/x" overlaps the path "/srv/mail/f1" of volume 1`}},
+		{"volume marker", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "a"`, `path = "/srv/mail/f1"`, `mount_marker = "../m"`),
+			[]string{`x.toml:6: key store.volumes.mount_marker (table 1): "../m" must be a file name relative to the volume's path`}},
+		{"volumes none new", doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "a"`, `path = "/srv/mail/f1"`, `new_mailboxes = false`),
+			[]string{`key store.volumes: at least one volume must have new_mailboxes = true`}},
+		{"volume unknown key", doc("[store]", "[[store.volumes]]", `name = "a"`, `nmae = "b"`),
+			[]string{`x.toml:4: key store.volumes.nmae (table 1): unknown key "store.volumes.nmae"`}},
+		{"volume wrong type", doc("[store]", "[[store.volumes]]", `name = "a"`, "[[store.volumes]]", `name = 2`),
+			[]string{`x.toml:5: key store.volumes.name (table 2): expected a string, got integer 2`}},
+		{"volumes not tables", doc("[store]", `volumes = "a"`), []string{`x.toml:2: key store.volumes: expected an array of tables`}},
+		{"volume_max_calls", doc("[store]", `volume_max_calls = 0`), []string{`x.toml:2: key store.volume_max_calls: must be between 1 and 1000, got 0`}},
+		{"volume_call_wait", doc("[store]", `volume_call_wait = "1ms"`), []string{`x.toml:2: key store.volume_call_wait: must be at least "10ms"`}},
+		{"volume_probe_interval", doc("[store]", `volume_probe_interval = "1ms"`), []string{`x.toml:2: key store.volume_probe_interval: must be at least "100ms"`}},
+		{"volume_probe_timeout", doc("[store]", `volume_probe_timeout = "1ms"`), []string{`x.toml:2: key store.volume_probe_timeout: must be at least "100ms"`}},
 
 		{"driver ldap without base", doc("[userdb]", `driver = "ldap"`), []string{`x.toml: key ldap.base_dn (default): must be set when userdb.driver is "ldap"`}},
 		{"ldap ok", ldapDoc(`uris = ["ldaps://dc1.example.org", "ldap://[::1]:3389/"]`, `bind_dn = "cn=x"`, `bind_password_file = "/etc/nfsdrop/ldap.pw"`,
@@ -250,4 +286,22 @@ func TestParsePrefix(t *testing.T) {
 // given [ldap] lines from line 5.
 func ldapDoc(lines ...string) []byte {
 	return doc(append([]string{"[userdb]", `driver = "ldap"`, "[ldap]", `base_dn = "dc=example,dc=org"`}, lines...)...)
+}
+
+// TestVolumesDefaults: new_mailboxes is true unless a table sets it, and
+// "volumes = []" is the same as no volumes.
+func TestVolumesDefaults(t *testing.T) {
+	c, err := Parse(doc("[store]", `mail_root = "/srv/mail"`, "[[store.volumes]]", `name = "a"`, `path = "/srv/mail/a"`,
+		"[[store.volumes]]", `name = "b"`, `path = "/srv/mail/b"`, `new_mailboxes = false`), "x.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Volume{{Name: "a", Path: "/srv/mail/a", NewMailboxes: true}, {Name: "b", Path: "/srv/mail/b"}}
+	if !slices.Equal(c.Store.Volumes, want) {
+		t.Errorf("volumes = %+v, want %+v", c.Store.Volumes, want)
+	}
+	c, err = Parse(doc("[store]", `volumes = []`), "x.toml")
+	if err != nil || c.Store.Volumes != nil {
+		t.Errorf("volumes = []: %v, %#v", err, c)
+	}
 }

@@ -25,15 +25,45 @@ func (c *Config) WriteTOML(w io.Writer) error {
 		} else if len(sec.fields) > 0 {
 			bw.WriteString("\n")
 		}
+		var tables []field
 		for _, f := range sec.fields {
+			if f.kind == kindTables {
+				tables = append(tables, f) // after the plain keys: a [[header]] ends them
+				continue
+			}
 			fmt.Fprintf(bw, "%s = %s", f.name, tomlValue(c.value(f)))
 			if c.src != nil && !c.src.defined[f.path] {
 				bw.WriteString("  # default")
 			}
 			bw.WriteString("\n")
 		}
+		for _, f := range tables {
+			list := c.value(f)
+			if list.Len() == 0 {
+				fmt.Fprintf(bw, "%s = []", f.name)
+				if c.src != nil && !c.src.defined[f.path] {
+					bw.WriteString("  # default")
+				}
+				bw.WriteString("\n")
+			}
+			for i := range list.Len() {
+				fmt.Fprintf(bw, "\n[[%s]]\n", f.path)
+				for _, ef := range f.elem {
+					fmt.Fprintf(bw, "%s = %s\n", ef.name, tomlValue(list.Index(i).FieldByIndex(ef.index)))
+				}
+			}
+		}
 	}
 	return bw.Flush()
+}
+
+// defaultElem is the value of a table of the array of tables f that sets
+// no key.
+func defaultElem(f field) reflect.Value {
+	if f.typ.Elem() == reflect.TypeFor[Volume]() {
+		return reflect.ValueOf(Volume{NewMailboxes: true})
+	}
+	return reflect.New(f.typ.Elem()).Elem()
 }
 
 // tomlValue formats a key's value as a TOML literal.
@@ -51,6 +81,15 @@ func tomlValue(v reflect.Value) string {
 		return strconv.FormatBool(v.Bool())
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
 		return strconv.FormatInt(v.Int(), 10)
+	case reflect.Struct:
+		t := v.Type()
+		parts := make([]string, 0, t.NumField())
+		for i := range t.NumField() {
+			if sf := t.Field(i); sf.IsExported() {
+				parts = append(parts, tomlName(sf)+" = "+tomlValue(v.Field(i)))
+			}
+		}
+		return "{" + strings.Join(parts, ", ") + "}"
 	case reflect.Slice:
 		parts := make([]string, v.Len())
 		for i := range parts {

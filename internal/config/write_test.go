@@ -49,6 +49,11 @@ func TestWriteTOMLRoundTrip(t *testing.T) {
 	odd.POP3.MoveToCur = true
 	odd.POP3.UIDLFormat = "courier"
 	odd.Metrics.Listen = "tcp:127.0.0.1:9100"
+	odd.Store.Volumes = []Volume{
+		{Name: "filer1", Path: "/var/mail/nfsdrop/f1", NewMailboxes: true},
+		{Name: "filer-2", Path: "/var/mail/nfsdrop/f2", MountMarker: "m \"x\"", NewMailboxes: false},
+	}
+	odd.Store.VolumeCallWait = Duration(1500 * time.Millisecond)
 	if err := odd.Validate(); err != nil {
 		t.Fatal(err)
 	}

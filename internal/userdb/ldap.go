@@ -130,7 +130,7 @@ func OpenLDAP(opts LDAPOptions) (*LDAP, error) {
 		return nil, err
 	}
 	var err error
-	if d.mailboxRule, err = newMailboxRule(op, opts.MailRoot, opts.MaildirName, opts.Normalizer); err != nil {
+	if d.mailboxRule, err = newMailboxRule(op, opts.MailRoot, opts.MaildirName, opts.Normalizer, opts.Volumes); err != nil {
 		fe := failure.As(err)
 		return nil, failure.New(fe.Kind, op, fe.Reason, fe.Err)
 	}

@@ -104,6 +104,10 @@ type LDAPOptions struct {
 
 	// MailRoot is absolute; every mailbox must lie under it.
 	MailRoot string
+	// Volumes are the configured volumes below MailRoot (none: MailRoot is
+	// the one volume). A mailbox path "NAME:rel/path" or an absolute path
+	// under a volume's path is on that volume, and confined to it.
+	Volumes []VolumeRoot
 	// MaildirName is the Maildir below MAILROOT/domain/local for entries
 	// without a mailbox attribute ("" = that directory itself).
 	MaildirName string

@@ -25,6 +25,10 @@ type PasswdFileOptions struct {
 	Path string
 	// MailRoot is absolute; every mailbox must lie under it.
 	MailRoot string
+	// Volumes are the configured volumes below MailRoot (none: MailRoot is
+	// the one volume). A mailbox path "NAME:rel/path" or an absolute path
+	// under a volume's path is on that volume, and confined to it.
+	Volumes []VolumeRoot
 	// MaildirName is the subdirectory of home holding the Maildir; "" means
 	// home itself is the Maildir.
 	MaildirName string
@@ -152,7 +156,7 @@ func OpenPasswdFile(opts PasswdFileOptions) (*PasswdFile, error) {
 	if opts.Path == "" {
 		return nil, failure.Perm(op, "no passwd-file path configured", nil)
 	}
-	rule, err := newMailboxRule(op, opts.MailRoot, opts.MaildirName, opts.Normalizer)
+	rule, err := newMailboxRule(op, opts.MailRoot, opts.MaildirName, opts.Normalizer, opts.Volumes)
 	if err != nil {
 		return nil, err
 	}

@@ -27,6 +27,11 @@ type User struct {
 	// Mailbox is the absolute, cleaned path of the user's Maildir; it is
 	// guaranteed to lie under the configured mail root.
 	Mailbox string
+	// Volume is the configured volume the entry names for the mailbox
+	// ("NAME:rel/path", or an absolute path under the volume's path); ""
+	// when it names none, and the mailbox, at MAILROOT/rel, is placed on a
+	// volume by internal/volume (with one volume: always "").
+	Volume string
 	// UID and GID own the Maildir when nfsdrop runs as root; -1 when unset.
 	UID, GID int
 	Quota    Quota
