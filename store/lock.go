@@ -175,6 +175,10 @@ func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dot
 			continue // released meanwhile: try again
 		case rerr != nil:
 			return nil, s.classify("read session lock", rerr)
+		case isTombstone(current.token):
+			// A moved (or moving) Maildir: never stale, never taken over.
+			state, vol, _ := tombstone(current.token)
+			return nil, tombstoneError(state, vol, true)
 		case current.token == token:
 			l.filerNow = current.mtime
 			continue
@@ -398,4 +402,50 @@ func (s *Store) freshInfo(path string) (Info, error) {
 	}
 	defer f.Close()
 	return f.Stat()
+}
+
+// replaceWith puts a symlink whose target is target (a move's tombstone,
+// tombstone.go) in place of this session's lock with one rename, so that
+// the name is never free in between, and stops holding the lock: its
+// refresher stops and Release removes nothing. draft is a name in the
+// Maildir for the new symlink until the rename.
+func (l *dotlock) replaceWith(target, draft string) error {
+	l.mu.Lock()
+	if l.lost || l.released {
+		l.mu.Unlock()
+		return errLockLost
+	}
+	err := l.check()
+	if err == nil {
+		err = l.s.replaceSymlink(target, draft, l.path)
+	}
+	if err == nil {
+		l.released = true
+	}
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	close(l.stop)
+	<-l.done
+	return nil
+}
+
+// replaceSymlink makes a symlink to target at draft and renames it over
+// path. A RENAME whose reply was lost answers an error although it was
+// made: path holding target then is success.
+func (s *Store) replaceSymlink(target, draft, path string) error {
+	if err := s.fs.Remove(draft); err != nil && !isErrno(err, syscall.ENOENT) {
+		return err
+	}
+	if err := s.retryStale(func() error { return s.fs.Symlink(target, draft) }); err != nil && !isErrno(err, syscall.EEXIST) {
+		return err
+	}
+	err := s.retryStale(func() error { return s.fs.Rename(draft, path) })
+	if err != nil && mayHaveHappened(err) {
+		if lf, rerr := s.readLock(path); rerr == nil && lf.token == target {
+			return nil
+		}
+	}
+	return err
 }
