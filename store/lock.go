@@ -152,6 +152,13 @@ func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dot
 	for attempt := 0; attempt < 3 && l.filerNow.IsZero(); attempt++ {
 		err := s.retryStale(func() error { return s.fs.Symlink(target, l.path) })
 		if err != nil && !isErrno(err, syscall.EEXIST) {
+			// A SYMLINK that answered EIO (a lost reply) may have been
+			// made: a lock of ours left there would keep the mailbox
+			// (and a move's switch) out for lock_stale.
+			if cur, rerr := s.readLock(l.path); rerr == nil && cur.token == token {
+				l.filerNow = cur.mtime
+				continue
+			}
 			return nil, s.classify("take session lock", err)
 		}
 		if err == nil {
@@ -446,6 +453,9 @@ func (s *Store) replaceSymlink(target, draft, path string) error {
 		if lf, rerr := s.readLock(path); rerr == nil && lf.token == target {
 			return nil
 		}
+	}
+	if err != nil {
+		s.fs.Remove(draft) // best effort: a move's rollback removes it too
 	}
 	return err
 }

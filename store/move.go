@@ -1167,6 +1167,9 @@ func (m *mover) rollback() error {
 	if err := m.removeDstTree(m.dstAt(m.stagingName())); err != nil {
 		return err
 	}
+	if err := m.src.fs.Remove(m.srcAt(moveLockDraft)); err != nil && !isErrno(err, syscall.ENOENT) {
+		return m.src.classify("remove the tombstone draft", err)
+	}
 	if st.State == MoveCopying {
 		return nil
 	}
@@ -1175,9 +1178,6 @@ func (m *mover) rollback() error {
 	}
 	if err := m.restoreTmp(); err != nil {
 		return err
-	}
-	if err := m.src.fs.Remove(m.srcAt(moveLockDraft)); err != nil && !isErrno(err, syscall.ENOENT) {
-		return m.src.classify("remove the tombstone draft", err)
 	}
 	// Last: until now every machine kept away.
 	if err := m.src.retryStale(func() error { return m.src.fs.Remove(m.srcAt(LockName)) }); err != nil && !isErrno(err, syscall.ENOENT) {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -598,4 +599,79 @@ func TestMoveRefusals(t *testing.T) {
 		t.Errorf("existing destination: %v", err)
 	}
 	e.checkHolds(e.srcMb.Path)
+}
+
+// TestMoveFaultAtEachCall fails the move's Nth filesystem call, on either
+// volume, for every N a move makes: once without making the call, once
+// making it and losing the reply (NFS). The move stops with an error (or,
+// for a lost reply it can verify, goes on); resumed without faults, or
+// rolled back where that is allowed and moved again, the mailbox ends up
+// moved whole, once.
+func TestMoveFaultAtEachCall(t *testing.T) {
+	ops := func() []string {
+		e := newMoveEnv(t)
+		ops := []string{""}
+		count := func(op, path string, real func() error) error { ops = append(ops, op); return real() }
+		e.fa.hook, e.fb.hook = count, count
+		if _, err := e.move(MoveOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return ops
+	}()
+	total := len(ops) - 1
+	t.Logf("a move makes %d filesystem calls", total)
+	mutating := map[string]bool{"rename": true, "link": true, "symlink": true, "unlink": true, "mkdir": true, "open": true}
+	for n := 1; n <= total; n++ {
+		for _, lost := range []bool{false, true} {
+			name := fmt.Sprintf("call%d-%s", n, ops[n])
+			if lost {
+				if !mutating[ops[n]] {
+					continue // a read whose reply is lost is a read that failed
+				}
+				name += "-lost-reply"
+			}
+			t.Run(name, func(t *testing.T) {
+				e := newMoveEnv(t)
+				var mu sync.Mutex
+				calls, failed := 0, ""
+				hook := func(op, path string, real func() error) error {
+					mu.Lock()
+					calls++
+					hit := calls == n
+					if hit {
+						failed = op + " " + path
+					}
+					mu.Unlock()
+					if !hit {
+						return real()
+					}
+					if lost {
+						real()
+					}
+					return syscall.EIO
+				}
+				e.fa.hook, e.fb.hook = hook, hook
+				_, err := e.move(MoveOptions{})
+				e.fa.hook, e.fb.hook = nil, nil
+				status, serr := InspectMove(context.Background(), e.a, e.srcMb, e.b, e.dstMb)
+				if serr != nil {
+					t.Fatal(serr)
+				}
+				if err != nil {
+					e.checkOneLive(status)
+					t.Logf("failed %q: %v", failed, err)
+					if n%2 == 0 && status.State < MovePublished {
+						if rerr := RollbackMove(context.Background(), e.a, e.srcMb, e.b, e.dstMb, moveVolume, MoveOptions{}); rerr != nil {
+							t.Fatalf("rollback after %q failed: %v", failed, rerr)
+						}
+						e.checkRolledBack()
+					}
+					if _, err := e.move(MoveOptions{}); err != nil {
+						t.Fatalf("resume after %q failed: %v", failed, err)
+					}
+				}
+				e.checkMoved()
+			})
+		}
+	}
 }
