@@ -675,3 +675,54 @@ func TestMoveFaultAtEachCall(t *testing.T) {
 		}
 	}
 }
+
+// TestMoveDeliveryBetweenPublishAndFsync: a delivery that published into
+// new/ just before the seal and fsyncs new/ after the seal removed it
+// (over NFS: ESTALE) must not be answered "temporary failure": the move
+// has its message, and Postfix would deliver it a second time.
+func TestMoveDeliveryBetweenPublishAndFsync(t *testing.T) {
+	e := newMoveEnv(t)
+	other := &faultFS{}
+	s2, err := New(Options{MailRoot: e.a.Root(), MountMarker: testMarker, Hostname: "mx3.test", FS: other, Chown: e.a2Chown()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	atSync, proceed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	other.hook = func(op, path string, real func() error) error {
+		if op != "syncdir" || !strings.Contains(path, "/new") {
+			return real()
+		}
+		once.Do(func() { close(atSync); <-proceed })
+		if _, err := os.Stat(path); os.IsNotExist(err) {
+			return syscall.ESTALE // what an NFS client says of a removed directory
+		}
+		return real()
+	}
+	var derr error
+	done := make(chan struct{})
+	body := "Subject: racing\n\nfsync after the seal\n"
+	var key string
+	go func() {
+		defer close(done)
+		var d Delivery
+		d, derr = s2.Deliver(e.srcMb, strings.NewReader(body))
+		key = d.Key
+	}()
+	<-atSync
+	_, err = e.move(MoveOptions{stepHook: func(st MoveStep) error {
+		if st == StepSealed {
+			close(proceed)
+			<-done
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if derr != nil {
+		t.Fatalf("delivery whose message the move carried: %v", derr)
+	}
+	e.want[BaseName(key)] = body
+	e.checkMoved()
+}

@@ -90,3 +90,21 @@ func (s *Store) checkTombstone(lockPath string) error {
 }
 
 func isTombstone(token string) bool { _, _, ok := tombstone(token); return ok }
+
+// sealedByMove reports whether the fsync of mb's new/ failed because a
+// move sealed the Maildir (move.go) after our entry was made there: the
+// directory is gone (ESTALE over NFS, ENOENT) and the lock is a
+// tombstone. The seal removes new/ only once it is empty, having renamed
+// every entry into its holding directory and fsynced that, so our message
+// is in the move's hands (or, if new/ is in fact still there, will be):
+// answering a temporary failure would have Postfix deliver it twice.
+func (s *Store) sealedByMove(mb Mailbox, err error) bool {
+	if !isErrno(err, syscall.ESTALE) && !isErrno(err, syscall.ENOENT) {
+		return false
+	}
+	if s.checkTombstone(mb.at(LockName)) == nil {
+		return false
+	}
+	s.log.Info("new/ was sealed by a move after the message was published there; the move carries it", "maildir", mb.Path)
+	return true
+}
