@@ -933,6 +933,14 @@ func (m *mover) finalCopy() error {
 	if err := m.writeMaildirsize(want); err != nil {
 		return err
 	}
+	// What an interrupted copy left in the staging tmp/ (only the move
+	// writes there) must not become the new Maildir's junk.
+	if err := m.removeDstTree(staging + "/tmp"); err != nil {
+		return err
+	}
+	if err := m.dst.mkdir(staging+"/tmp", 0o700, m.dstMb, true); err != nil {
+		return err
+	}
 	return m.dst.retryStale(func() error { return m.dst.fs.SyncDir(staging) })
 }
 
