@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
@@ -725,4 +727,58 @@ func TestMoveDeliveryBetweenPublishAndFsync(t *testing.T) {
 	}
 	e.want[BaseName(key)] = body
 	e.checkMoved()
+}
+
+// TestTombstoneNeverTakenOver: a tombstone older than any lock_stale is
+// followed, never taken over as a dead session's lock, and a Maildir
+// without tmp/ whose lock is a tombstone is not repaired.
+func TestTombstoneNeverTakenOver(t *testing.T) {
+	s, root := newTestStore(t, nil)
+	mb := mailbox(root, "old")
+	deliverN(t, s, mb, 1)
+	lock := filepath.Join(mb.Path, LockName)
+	past := time.Now().Add(-24 * time.Hour)
+	ts := []unix.Timespec{unix.NsecToTimespec(past.UnixNano()), unix.NsecToTimespec(past.UnixNano())}
+	for _, c := range []struct {
+		target string
+		kind   failure.Kind
+		moved  bool
+	}{{"moving:vol2", failure.InUse, false}, {"moved:vol2", failure.Temporary, true}} {
+		os.Remove(lock)
+		if err := os.Symlink(c.target, lock); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, lock, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			t.Fatal(err)
+		}
+		var moved *MovedError
+		ss, err := s.OpenSession(mb, SessionOptions{LockStale: MinLockStale})
+		if err == nil {
+			ss.Close()
+			t.Errorf("login at %s took the tombstone over", c.target)
+			continue
+		}
+		if failure.KindOf(err) != c.kind || errors.As(err, &moved) != c.moved {
+			t.Errorf("login at %s: %v", c.target, err)
+		}
+		if got, _ := os.Readlink(lock); got != c.target {
+			t.Errorf("tombstone %s taken over: now %q", c.target, got)
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(mb.Path, "tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(lock); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("moving:vol2", lock); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Deliver(mb, strings.NewReader("x\n"))
+	if failure.KindOf(err) != failure.Temporary || !errors.Is(err, errBeingMoved) {
+		t.Errorf("delivery while moving: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(mb.Path, "tmp")); !os.IsNotExist(err) {
+		t.Errorf("a Maildir being moved was repaired: %v", err)
+	}
 }
