@@ -84,6 +84,11 @@ type dotlock struct {
 	// path names the lock through the pinned Maildir (for the FS
 	// methods); name is its path, for messages.
 	path, name string
+	// scratch is the directory of the Maildir where contenders make
+	// their clock probes and rename stale locks aside: "tmp" for the
+	// session lock, "" (the Maildir itself) for a move's lock, which
+	// outlives tmp/.
+	scratch string
 	token      string
 	// filerNow is the server's clock when this session's lock was made
 	// (its mtime), before the session listed the Maildir.
@@ -141,12 +146,18 @@ func inUse() error {
 // pinned (pin.go): every name the lock uses, its own and those in tmp/, is
 // reached through the Maildir verified when the session opened it.
 func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dotlock, error) {
+	return s.acquireLockAt(mb, LockName, "tmp", stale, owner)
+}
+
+// acquireLockAt is acquireLock for the lock named name in mb, with its
+// scratch directory (see dotlock.scratch).
+func (s *Store) acquireLockAt(mb Mailbox, name, scratch string, stale time.Duration, owner string) (*dotlock, error) {
 	stale = max(stale, MinLockStale)
 	token := s.newBase()
 	// The target says who holds the lock to whoever looks (ls -l); only
 	// its first word, the token, is the lock's identity.
 	target := fmt.Sprintf("%s %s %s pid %d since %s", token, owner, s.host, s.pid, s.now().UTC().Format(time.RFC3339))
-	l := &dotlock{s: s, path: mb.at(LockName), name: filepath.Join(mb.Path, LockName), token: token,
+	l := &dotlock{s: s, path: mb.at(name), name: filepath.Join(mb.Path, name), scratch: scratch, token: token,
 		stop: make(chan struct{}), done: make(chan struct{})}
 	var filerNow time.Time // read once, only when another session's lock is met
 	for attempt := 0; attempt < 3 && l.filerNow.IsZero(); attempt++ {
@@ -191,7 +202,7 @@ func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dot
 			continue
 		}
 		if filerNow.IsZero() {
-			if filerNow, err = s.filerClock(mb, token); err != nil {
+			if filerNow, err = s.filerClock(mb, scratch, token); err != nil {
 				return nil, s.classify("read the file server's clock", err)
 			}
 		}
@@ -215,9 +226,10 @@ func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dot
 }
 
 // filerClock reads the file server's clock: the mtime of a symlink made
-// in mb's tmp/ for the purpose, then removed (a leftover is swept).
-func (s *Store) filerClock(mb Mailbox, token string) (time.Time, error) {
-	probe := mb.at("tmp", s.newBase()+ClockProbeSuffix)
+// in mb's scratch directory (tmp/) for the purpose, then removed (a
+// leftover is swept).
+func (s *Store) filerClock(mb Mailbox, scratch, token string) (time.Time, error) {
+	probe := mb.at(scratch, s.newBase()+ClockProbeSuffix)
 	if err := s.retryStale(func() error { return s.fs.Symlink(token, probe) }); err != nil && !isErrno(err, syscall.EEXIST) {
 		return time.Time{}, err
 	}
@@ -236,7 +248,7 @@ func (s *Store) takeOverStale(mb Mailbox, l *dotlock, seen lockFile, age time.Du
 	lockPath := l.path
 	// Aside in tmp/: whatever is left there after a crash is swept.
 	asideBase := s.newBase() + StaleLockSuffix
-	aside, asideName := mb.at("tmp", asideBase), filepath.Join(mb.Path, "tmp", asideBase)
+	aside, asideName := mb.at(l.scratch, asideBase), filepath.Join(mb.Path, l.scratch, asideBase)
 	if err := s.retryStale(func() error { return s.fs.Rename(lockPath, aside) }); err != nil {
 		if !isErrno(err, syscall.ENOENT) {
 			return s.classify("take over session lock", err)

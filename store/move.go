@@ -49,6 +49,13 @@ const (
 	// moveLockDraft is the tombstone symlink before it is renamed over
 	// the session lock.
 	moveLockDraft = ".nfsdrop-move-lock"
+	// moveRunningName is the lock a running Move or RollbackMove holds in
+	// S (a session-style lock: refreshed, taken over when stale), so that
+	// a second run, on this machine or another, does not act at once.
+	moveRunningName = ".nfsdrop-move-running"
+	// moveLockStale is that lock's staleness: how long a run killed with
+	// kill -9 keeps the next one out.
+	moveLockStale = time.Minute
 	// moveStagingSuffix ends the staging Maildir's name: "."+D's name+it.
 	moveStagingSuffix = ".nfsdrop-move"
 	// maxSealRounds bounds the seal's "empty the directory, remove it"
@@ -202,6 +209,9 @@ func Move(ctx context.Context, src *Store, srcMb Mailbox, dst *Store, dstMb Mail
 		return MoveReport{}, err
 	}
 	defer m.close()
+	if err := m.lockMover(); err != nil {
+		return MoveReport{}, err
+	}
 	err = m.run()
 	return m.report, err
 }
@@ -228,6 +238,9 @@ func RollbackMove(ctx context.Context, src *Store, srcMb Mailbox, dst *Store, ds
 		return err
 	}
 	defer m.close()
+	if err := m.lockMover(); err != nil {
+		return err
+	}
 	return m.rollback()
 }
 
@@ -243,6 +256,10 @@ type mover struct {
 	dstName           string
 	report            MoveReport
 	reported          map[MoveStep]bool
+	// running is the lock of this run (moveRunningName) and pinned the
+	// Maildir it is in; both nil until lockMover.
+	running *dotlock
+	pinned  Mailbox
 }
 
 func openMover(ctx context.Context, src *Store, srcMb Mailbox, dst *Store, dstMb Mailbox, toVolume string, o MoveOptions) (*mover, error) {
@@ -271,8 +288,33 @@ func openMover(ctx context.Context, src *Store, srcMb Mailbox, dst *Store, dstMb
 }
 
 func (m *mover) close() {
+	if m.running != nil {
+		m.running.Release()
+		m.pinned.release()
+	}
 	m.srcDir.Close()
 	m.dstParent.Close()
+}
+
+// lockMover takes the run's lock in S: a second run (another terminal,
+// another machine) gets failure.InUse instead of acting alongside this
+// one, and one that finds the lock of a run killed with kill -9 takes it
+// over after moveLockStale.
+func (m *mover) lockMover() error {
+	pinned, err := m.src.pinMaildir(m.srcMb)
+	if err != nil {
+		return err
+	}
+	l, err := m.src.acquireLockAt(pinned, moveRunningName, "", moveLockStale, m.o.Owner)
+	if err != nil {
+		pinned.release()
+		if failure.KindOf(err) == failure.InUse {
+			return failure.New(failure.InUse, "move", "another move of this mailbox is running (or one was killed less than "+moveLockStale.String()+" ago)", err)
+		}
+		return err
+	}
+	m.running, m.pinned = l, pinned
+	return nil
 }
 
 // openExistingBeneath opens the Maildir at path beneath s's root under the
@@ -409,6 +451,7 @@ func (m *mover) inspect() (MoveStatus, error) {
 		if err != nil {
 			return st, m.src.classify("list the source", err)
 		}
+		names = slices.DeleteFunc(names, func(n string) bool { return n == moveRunningName })
 		st.State = MoveDone
 		if len(names) != 1 || names[0] != LockName {
 			st.State = MoveCleaning
@@ -1118,7 +1161,7 @@ func (m *mover) cleanup() error {
 		return m.src.classify("list the source", err)
 	}
 	for _, n := range names {
-		if n == LockName {
+		if n == LockName || n == moveRunningName {
 			continue
 		}
 		if err := m.removeTree(m.srcAt(n)); err != nil {
