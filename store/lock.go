@@ -89,7 +89,7 @@ type dotlock struct {
 	// session lock, "" (the Maildir itself) for a move's lock, which
 	// outlives tmp/.
 	scratch string
-	token      string
+	token   string
 	// filerNow is the server's clock when this session's lock was made
 	// (its mtime), before the session listed the Maildir.
 	filerNow time.Time
