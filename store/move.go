@@ -30,8 +30,9 @@ import (
 //     in S and the emptied directory removed, which succeeds only once
 //     nothing can be added to it any more; the staging copy is made an
 //     exact mirror of the holding directory (plus the legacy UIDL lists
-//     and other top-level files, and a maildirsize recounted), verified
-//     (names, sizes, SHA-256), and published as D with one rename;
+//     and other top-level files, the Maildir++ folders, and a maildirsize
+//     recounted), verified (names, sizes, SHA-256), and published as D
+//     with one rename;
 //  3. the tombstone becomes "moved:VOLUME" and S is emptied down to it.
 //
 // Every step leaves a state recognisable on disk (InspectMove), so a Move
@@ -571,31 +572,7 @@ func listMessages(s *Store, dir string) (map[string]msgEntry, error) {
 	return out, nil
 }
 
-// checkSource refuses a Maildir with subdirectories besides tmp/, new/,
-// cur/ (Maildir++ folders): they are not moved (yet), and removing S
-// afterwards would lose them.
-func (m *mover) checkSource() error {
-	names, err := m.src.readDirNames(m.srcDir.Path())
-	if err != nil {
-		return m.src.classify("list the source", err)
-	}
-	for _, n := range names {
-		switch n {
-		case "new", "cur", "tmp", moveTmpName, moveHoldName:
-			continue
-		}
-		info, err := m.src.fs.Lstat(m.srcAt(n))
-		if err == nil && info.Mode.IsDir() {
-			return failure.Perm("move", "the Maildir has folders (subdirectories), which move does not carry", fmt.Errorf("%s/%s", m.srcMb.Path, n))
-		}
-	}
-	return nil
-}
-
 func (m *mover) copyRounds() error {
-	if err := m.checkSource(); err != nil {
-		return err
-	}
 	if err := m.ensureStaging(); err != nil {
 		return err
 	}
@@ -973,7 +950,21 @@ func (m *mover) finalCopy() error {
 		}
 		m.report.Copied++
 	}
-	if err := m.writeMaildirsize(want); err != nil {
+	folders, err := m.folders()
+	if err != nil {
+		return err
+	}
+	for _, f := range folders {
+		// Copied whole each time: nfsdrop never writes into folders, and
+		// a resumed move must not keep a half-copied one.
+		if err := m.removeDstTree(staging + "/" + f); err != nil {
+			return err
+		}
+		if err := m.copyTree(f); err != nil {
+			return err
+		}
+	}
+	if err := m.writeMaildirsize(); err != nil {
 		return err
 	}
 	// What an interrupted copy left in the staging tmp/ (only the move
@@ -1012,7 +1003,90 @@ func (m *mover) topFiles() ([]string, error) {
 	return out, nil
 }
 
-func (m *mover) writeMaildirsize(msgs map[string]msgEntry) error {
+// folders lists S's subdirectories besides its own tmp/, new/, cur/ and
+// the move's: Maildir++ folders (".Sent", ".Trash"), which an IMAP server
+// may have made. They are copied whole at the final copy (stop IMAP for
+// the user during a move: nfsdrop itself never writes there).
+func (m *mover) folders() ([]string, error) {
+	names, err := m.src.readDirNames(m.srcDir.Path())
+	if err != nil {
+		return nil, m.src.classify("list the source", err)
+	}
+	var out []string
+	for _, n := range names {
+		switch n {
+		case "new", "cur", "tmp", moveTmpName, moveHoldName:
+			continue
+		}
+		info, err := m.src.fs.Lstat(m.srcAt(n))
+		if err != nil {
+			return nil, m.src.classify("stat "+n, err)
+		}
+		if info.Mode.IsDir() {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// copyTree copies S's directory rel (a folder) into the staging copy:
+// its regular files with the durable path, under their names.
+func (m *mover) copyTree(rel string) error {
+	staging := m.dstAt(m.stagingName())
+	if err := m.dst.mkdir(staging+"/"+rel, 0o700, m.dstMb, true); err != nil {
+		return err
+	}
+	names, err := m.src.readDirNames(m.srcAt(rel))
+	if err != nil {
+		return m.src.classify("list "+rel, err)
+	}
+	for _, n := range names {
+		r := rel + "/" + n
+		info, err := m.src.fs.Lstat(m.srcAt(r))
+		if err != nil {
+			return m.src.classify("stat "+r, err)
+		}
+		switch {
+		case info.Mode.IsDir():
+			err = m.copyTree(r)
+		case info.Mode.IsRegular():
+			_, _, err = m.copyFile(m.srcAt(r), staging, r)
+			m.report.Copied++
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return m.dst.retryStale(func() error { return m.dst.fs.SyncDir(staging + "/" + rel) })
+}
+
+// treeFiles appends the regular files below dir/rel on s (rel-relative
+// names) to out.
+func treeFiles(s *Store, dir, rel string, out *[]string) error {
+	names, err := s.readDirNames(dir + "/" + rel)
+	if err != nil {
+		return s.classify("list "+rel, err)
+	}
+	for _, n := range names {
+		r := rel + "/" + n
+		info, err := s.fs.Lstat(dir + "/" + r)
+		if err != nil {
+			return s.classify("stat "+r, err)
+		}
+		switch {
+		case info.Mode.IsDir():
+			if err := treeFiles(s, dir, r, out); err != nil {
+				return err
+			}
+		case info.Mode.IsRegular():
+			*out = append(*out, r)
+		}
+	}
+	return nil
+}
+
+func (m *mover) writeMaildirsize() error {
 	data, _, err := m.src.readSmall(m.srcAt(maildirsizeName))
 	if isErrno(err, syscall.ENOENT) {
 		return nil
@@ -1021,20 +1095,13 @@ func (m *mover) writeMaildirsize(msgs map[string]msgEntry) error {
 		return m.src.classify("read maildirsize", err)
 	}
 	definition, _, _ := strings.Cut(string(data), "\n")
-	var bytes int64
 	staging := m.dstAt(m.stagingName())
-	for _, e := range msgs {
-		size, ok, _, _ := SizesFromName(e.name)
-		if !ok {
-			info, err := m.dst.fs.Lstat(staging + "/" + e.rel())
-			if err != nil {
-				return m.dst.classify("stat staged message", err)
-			}
-			size = info.Size
-		}
-		bytes += size
+	// The count recalculate makes: the Maildir and its folders.
+	u, err := m.dst.countMaildir(staging)
+	if err != nil {
+		return m.dst.classify("count the staging copy", err)
 	}
-	content := fmt.Sprintf("%s\n%d %d\n", definition, bytes, len(msgs))
+	content := fmt.Sprintf("%s\n%d %d\n", definition, u.Bytes, u.Messages)
 	tmp := staging + "/tmp/" + m.dst.newBase() + ".maildirsize"
 	if err := m.dst.writeNewFile(tmp, []byte(content), m.dstMb, true); err != nil {
 		return m.dst.classify("write maildirsize", err)
@@ -1081,6 +1148,25 @@ func (m *mover) verify() error {
 			return err
 		}
 		total += n
+	}
+	folders, err := m.folders()
+	if err != nil {
+		return err
+	}
+	for _, f := range folders {
+		var want, have []string
+		if err := treeFiles(m.src, m.srcDir.Path(), f, &want); err != nil {
+			return err
+		}
+		if err := treeFiles(m.dst, staging, f, &have); err != nil {
+			return err
+		}
+		slices.Sort(want)
+		slices.Sort(have)
+		if !slices.Equal(want, have) {
+			return failure.Temp("move", "verification failed: a folder differs", fmt.Errorf("%s", f))
+		}
+		files = append(files, want...)
 	}
 	for _, n := range files {
 		if _, err := m.sameContent(m.srcAt(n), staging+"/"+n); err != nil {

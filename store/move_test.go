@@ -569,17 +569,10 @@ func TestSweepLeavesMoveAlone(t *testing.T) {
 	}
 }
 
-// TestMoveRefusals: an existing destination, a move to another volume
-// under way, and Maildir++ folders are refused before anything changes.
+// TestMoveRefusals: an existing destination and a move to another volume
+// under way are refused before anything changes.
 func TestMoveRefusals(t *testing.T) {
 	e := newMoveEnv(t)
-	if err := os.MkdirAll(filepath.Join(e.srcMb.Path, ".Trash", "cur"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.move(MoveOptions{}); failure.KindOf(err) != failure.Permanent {
-		t.Errorf("folders: %v", err)
-	}
-	os.RemoveAll(filepath.Join(e.srcMb.Path, ".Trash"))
 	if _, err := e.move(MoveOptions{stepHook: func(st MoveStep) error {
 		if st == StepLocked {
 			return errors.New("stop")
@@ -823,4 +816,46 @@ func TestMoveOneRunAtATime(t *testing.T) {
 		t.Fatalf("move after a killed run: %v", err)
 	}
 	e2.checkMoved()
+}
+
+// TestMoveCarriesFolders: Maildir++ folders (an IMAP server's) are copied
+// whole, verified, counted in maildirsize, and removed from the old place.
+func TestMoveCarriesFolders(t *testing.T) {
+	e := newMoveEnv(t)
+	trash := filepath.Join(e.srcMb.Path, ".Trash")
+	for _, sub := range []string{"cur", "new", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(trash, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := map[string]string{
+		".Trash/cur/1700000000.M1P1.old,S=6:2,ST": "trash\n",
+		".Trash/maildirfolder":                    "",
+		".Trash/dovecot-uidlist":                  "3 V2 N2\n",
+	}
+	for rel, data := range files {
+		if err := os.WriteFile(filepath.Join(e.srcMb.Path, rel), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.move(MoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for rel, data := range files {
+		if got, err := os.ReadFile(filepath.Join(e.dstMb.Path, rel)); err != nil || string(got) != data {
+			t.Errorf("%s: %q, %v", rel, got, err)
+		}
+	}
+	e.want["folder"] = "trash\n" // counted by maildirsize, like recalculate does
+	bytes, n := int64(0), 0
+	for _, body := range e.want {
+		bytes += int64(len(body))
+		n++
+	}
+	if got, _ := os.ReadFile(filepath.Join(e.dstMb.Path, maildirsizeName)); string(got) != fmt.Sprintf("1000000S,100C\n%d %d\n", bytes, n) {
+		t.Errorf("maildirsize %q, want %d messages, %d bytes", got, n, bytes)
+	}
+	if left := listDir(t, e.srcMb.Path); len(left) != 1 || left[0] != LockName {
+		t.Errorf("source holds %v, want the tombstone alone", left)
+	}
 }
