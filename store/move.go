@@ -1233,8 +1233,12 @@ func (m *mover) publish() error {
 // delivered after the switch: that is reported, not removed.
 func (m *mover) cleanup() error {
 	for _, sub := range maildirSubdirs {
-		if there, err := exists(m.src, m.srcAt(sub)); err != nil || there {
-			return failure.Temp("move", "the source has "+sub+"/ again (a machine without tombstone support delivered there?): left for the administrator", err)
+		there, err := exists(m.src, m.srcAt(sub))
+		if err != nil {
+			return m.src.classify("look for "+sub, err)
+		}
+		if there {
+			return failure.Temp("move", "the source has "+sub+"/ again (a machine without tombstone support delivered there?): left for the administrator", nil)
 		}
 	}
 	for _, n := range [...]string{moveHoldName, moveTmpName} {

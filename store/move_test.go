@@ -864,3 +864,32 @@ func TestMoveCarriesFolders(t *testing.T) {
 	}
 	e.checkMoved()
 }
+
+// TestMoveCleanupLeavesLateMail: mail that a machine without tombstone
+// support put into the old place after the switch is reported, never
+// removed by the cleanup.
+func TestMoveCleanupLeavesLateMail(t *testing.T) {
+	e := newMoveEnv(t)
+	_, err := e.move(MoveOptions{stepHook: func(st MoveStep) error {
+		if st == StepMarked {
+			return errors.New("killed")
+		}
+		return nil
+	}})
+	if err == nil {
+		t.Fatal("not stopped")
+	}
+	late := filepath.Join(e.srcMb.Path, "new", "1700000000.M1P1.oldbinary")
+	if err := os.MkdirAll(filepath.Dir(late), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(late, []byte("late\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.move(MoveOptions{}); failure.KindOf(err) != failure.Temporary {
+		t.Errorf("cleanup with late mail: %v, want a temporary failure", err)
+	}
+	if _, err := os.Stat(late); err != nil {
+		t.Errorf("late mail removed: %v", err)
+	}
+}
