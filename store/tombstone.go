@@ -29,15 +29,6 @@ const (
 // configuration: also a metric label).
 var volumeName = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
 
-// MovedError says that a Maildir was moved to Volume: the same path
-// relative to that volume's root holds it now. The store returns it
-// wrapped in a temporary *failure.Error (a caller that does not follow it
-// defers the mail or the login); callers find it with errors.As and
-// follow it once.
-type MovedError struct{ Volume string }
-
-func (e *MovedError) Error() string { return "mailbox moved to volume " + e.Volume }
-
 // errBeingMoved is the cause of the temporary failure a delivery or login
 // gets while a move switches the Maildir over.
 var errBeingMoved = errors.New("mailbox is being moved to another volume")
@@ -55,7 +46,10 @@ func tombstone(token string) (state, volume string, ok bool) {
 }
 
 // tombstoneError is the answer to a delivery or login that met a
-// tombstone: *MovedError inside a temporary failure for a finished move, a
+// tombstone: *MovedError (moved.go: the same path relative to that
+// volume's root holds the Maildir now) inside a temporary failure for a
+// finished move, so that a caller that does not follow it (errors.As)
+// defers the mail or the login, a
 // temporary "mailbox is being moved" during one. session makes the latter
 // failure.InUse (POP3's [IN-USE]: try again shortly).
 func tombstoneError(state, volume string, session bool) error {
