@@ -84,7 +84,12 @@ type dotlock struct {
 	// path names the lock through the pinned Maildir (for the FS
 	// methods); name is its path, for messages.
 	path, name string
-	token      string
+	// scratch is the directory of the Maildir where contenders make
+	// their clock probes and rename stale locks aside: "tmp" for the
+	// session lock, "" (the Maildir itself) for a move's lock, which
+	// outlives tmp/.
+	scratch string
+	token   string
 	// filerNow is the server's clock when this session's lock was made
 	// (its mtime), before the session listed the Maildir.
 	filerNow time.Time
@@ -141,17 +146,30 @@ func inUse() error {
 // pinned (pin.go): every name the lock uses, its own and those in tmp/, is
 // reached through the Maildir verified when the session opened it.
 func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dotlock, error) {
+	return s.acquireLockAt(mb, LockName, "tmp", stale, owner)
+}
+
+// acquireLockAt is acquireLock for the lock named name in mb, with its
+// scratch directory (see dotlock.scratch).
+func (s *Store) acquireLockAt(mb Mailbox, name, scratch string, stale time.Duration, owner string) (*dotlock, error) {
 	stale = max(stale, MinLockStale)
 	token := s.newBase()
 	// The target says who holds the lock to whoever looks (ls -l); only
 	// its first word, the token, is the lock's identity.
 	target := fmt.Sprintf("%s %s %s pid %d since %s", token, owner, s.host, s.pid, s.now().UTC().Format(time.RFC3339))
-	l := &dotlock{s: s, path: mb.at(LockName), name: filepath.Join(mb.Path, LockName), token: token,
+	l := &dotlock{s: s, path: mb.at(name), name: filepath.Join(mb.Path, name), scratch: scratch, token: token,
 		stop: make(chan struct{}), done: make(chan struct{})}
 	var filerNow time.Time // read once, only when another session's lock is met
 	for attempt := 0; attempt < 3 && l.filerNow.IsZero(); attempt++ {
 		err := s.retryStale(func() error { return s.fs.Symlink(target, l.path) })
 		if err != nil && !isErrno(err, syscall.EEXIST) {
+			// A SYMLINK that answered EIO (a lost reply) may have been
+			// made: a lock of ours left there would keep the mailbox
+			// (and a move's switch) out for lock_stale.
+			if cur, rerr := s.readLock(l.path); rerr == nil && cur.token == token {
+				l.filerNow = cur.mtime
+				continue
+			}
 			return nil, s.classify("take session lock", err)
 		}
 		if err == nil {
@@ -175,12 +193,16 @@ func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dot
 			continue // released meanwhile: try again
 		case rerr != nil:
 			return nil, s.classify("read session lock", rerr)
+		case isTombstone(current.token):
+			// A moved (or moving) Maildir: never stale, never taken over.
+			state, vol, _ := tombstone(current.token)
+			return nil, tombstoneError(state, vol, true)
 		case current.token == token:
 			l.filerNow = current.mtime
 			continue
 		}
 		if filerNow.IsZero() {
-			if filerNow, err = s.filerClock(mb, token); err != nil {
+			if filerNow, err = s.filerClock(mb, scratch, token); err != nil {
 				return nil, s.classify("read the file server's clock", err)
 			}
 		}
@@ -204,9 +226,10 @@ func (s *Store) acquireLock(mb Mailbox, stale time.Duration, owner string) (*dot
 }
 
 // filerClock reads the file server's clock: the mtime of a symlink made
-// in mb's tmp/ for the purpose, then removed (a leftover is swept).
-func (s *Store) filerClock(mb Mailbox, token string) (time.Time, error) {
-	probe := mb.at("tmp", s.newBase()+ClockProbeSuffix)
+// in mb's scratch directory (tmp/) for the purpose, then removed (a
+// leftover is swept).
+func (s *Store) filerClock(mb Mailbox, scratch, token string) (time.Time, error) {
+	probe := mb.at(scratch, s.newBase()+ClockProbeSuffix)
 	if err := s.retryStale(func() error { return s.fs.Symlink(token, probe) }); err != nil && !isErrno(err, syscall.EEXIST) {
 		return time.Time{}, err
 	}
@@ -225,7 +248,7 @@ func (s *Store) takeOverStale(mb Mailbox, l *dotlock, seen lockFile, age time.Du
 	lockPath := l.path
 	// Aside in tmp/: whatever is left there after a crash is swept.
 	asideBase := s.newBase() + StaleLockSuffix
-	aside, asideName := mb.at("tmp", asideBase), filepath.Join(mb.Path, "tmp", asideBase)
+	aside, asideName := mb.at(l.scratch, asideBase), filepath.Join(mb.Path, l.scratch, asideBase)
 	if err := s.retryStale(func() error { return s.fs.Rename(lockPath, aside) }); err != nil {
 		if !isErrno(err, syscall.ENOENT) {
 			return s.classify("take over session lock", err)
@@ -398,4 +421,53 @@ func (s *Store) freshInfo(path string) (Info, error) {
 	}
 	defer f.Close()
 	return f.Stat()
+}
+
+// replaceWith puts a symlink whose target is target (a move's tombstone,
+// tombstone.go) in place of this session's lock with one rename, so that
+// the name is never free in between, and stops holding the lock: its
+// refresher stops and Release removes nothing. draft is a name in the
+// Maildir for the new symlink until the rename.
+func (l *dotlock) replaceWith(target, draft string) error {
+	l.mu.Lock()
+	if l.lost || l.released {
+		l.mu.Unlock()
+		return errLockLost
+	}
+	err := l.check()
+	if err == nil {
+		err = l.s.replaceSymlink(target, draft, l.path)
+	}
+	if err == nil {
+		l.released = true
+	}
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	close(l.stop)
+	<-l.done
+	return nil
+}
+
+// replaceSymlink makes a symlink to target at draft and renames it over
+// path. A RENAME whose reply was lost answers an error although it was
+// made: path holding target then is success.
+func (s *Store) replaceSymlink(target, draft, path string) error {
+	if err := s.fs.Remove(draft); err != nil && !isErrno(err, syscall.ENOENT) {
+		return err
+	}
+	if err := s.retryStale(func() error { return s.fs.Symlink(target, draft) }); err != nil && !isErrno(err, syscall.EEXIST) {
+		return err
+	}
+	err := s.retryStale(func() error { return s.fs.Rename(draft, path) })
+	if err != nil && mayHaveHappened(err) {
+		if lf, rerr := s.readLock(path); rerr == nil && lf.token == target {
+			return nil
+		}
+	}
+	if err != nil {
+		s.fs.Remove(draft) // best effort: a move's rollback removes it too
+	}
+	return err
 }

@@ -171,6 +171,12 @@ func (s *Store) pinSubdirs(pin *maildirPin, mb Mailbox, subs []string) error {
 	if missing == "" {
 		return nil
 	}
+	// A Maildir moved to another volume lacks them on purpose: its lock
+	// is a tombstone (tombstone.go), read only now that the open failed,
+	// and it must not be repaired back to life.
+	if err := s.checkTombstone(pin.dir.Path() + "/" + LockName); err != nil {
+		return err
+	}
 	if err := s.CheckMount(); err != nil {
 		return err
 	}

@@ -123,7 +123,7 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		}
 		dst = filepath.Join(newDir, d.Key)
 	}
-	if err := s.syncDir(mb, "new"); err != nil {
+	if err := s.syncDir(mb, "new"); err != nil && !s.sealedByMove(mb, err) {
 		// The entry may not be durable, so the caller must not
 		// acknowledge, and Postfix will deliver again under a new name.
 		// Take our entry back out so that retry does not double it.

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -71,6 +72,10 @@ func (s *Store) OpenSession(mb Mailbox, opts SessionOptions) (_ *Session, err er
 	// is being made on another machine, cur/ and new/ without tmp/): it is
 	// made, so that the lock has a home.
 	mb, err = s.pinMaildir(mb, maildirSubdirs[:]...)
+	if errors.Is(err, errBeingMoved) {
+		// POP3's [IN-USE]: the switch of a move is short.
+		return nil, failure.New(failure.InUse, "maildir", "mailbox is being moved", err)
+	}
 	if err != nil {
 		return nil, err
 	}
