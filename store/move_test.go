@@ -893,3 +893,72 @@ func TestMoveCleanupLeavesLateMail(t *testing.T) {
 		t.Errorf("late mail removed: %v", err)
 	}
 }
+
+// TestMoveLateDeliveryCarriedIsAcknowledged: a delivery that is past its
+// commit deadline after the fsync of new/ is normally taken back out of
+// new/ and answered 4xx (Postfix's retry is the only copy). When a move
+// sealed new/ in between, the message is no longer there to take back:
+// the move carried it, so a 4xx would make Postfix's retry a duplicate.
+// The recipient is acknowledged instead.
+func TestMoveLateDeliveryCarriedIsAcknowledged(t *testing.T) {
+	e := newMoveEnv(t)
+	other := &faultFS{}
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s2, err := New(Options{MailRoot: e.a.Root(), MountMarker: testMarker, Hostname: "mx3.test", FS: other, Chown: e.a2Chown(), Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	atSync, proceed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	other.hook = func(op, path string, real func() error) error {
+		if op != "syncdir" || !strings.Contains(path, "/new") {
+			return real()
+		}
+		once.Do(func() {
+			close(atSync)
+			<-proceed
+			mu.Lock()
+			now = now.Add(time.Hour) // the filer "hung" past the deadline
+			mu.Unlock()
+		})
+		if _, err := os.Stat(path); os.IsNotExist(err) {
+			return syscall.ESTALE
+		}
+		return real()
+	}
+	var derr error
+	done := make(chan struct{})
+	body := "Subject: late\n\ncarried by the move\n"
+	var key string
+	go func() {
+		defer close(done)
+		st, err := s2.Stage(e.srcMb, strings.NewReader(body))
+		if err != nil {
+			derr = err
+			return
+		}
+		defer st.Discard()
+		st.SetDeadline(clock().Add(5 * time.Minute))
+		var d Delivery
+		d, derr = st.Deliver(e.srcMb)
+		key = d.Key
+	}()
+	<-atSync
+	_, err = e.move(MoveOptions{stepHook: func(st MoveStep) error {
+		if st == StepSealed {
+			close(proceed)
+			<-done
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if derr != nil {
+		t.Fatalf("late delivery whose message the move carried: %v (Postfix would send it again)", derr)
+	}
+	e.want[BaseName(key)] = body
+	e.checkMoved()
+}

@@ -134,9 +134,13 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		// Durable, but too late to be answered for: the client may have
 		// given up and will send the message again. A file another
 		// recipient was already answered for stays (!mayWithdraw), and
-		// this recipient is answered for it too.
-		st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), true, ourLink)
-		return Delivery{}, lateError()
+		// this recipient is answered for it too. So does one a move
+		// sealed away meanwhile: the move carried it, and Postfix's
+		// retry would be a second copy.
+		if st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), true, ourLink) ||
+			!s.sealedByMove(mb, syscall.ENOENT) {
+			return Delivery{}, lateError()
+		}
 	}
 	if sameFile {
 		st.acked++
@@ -167,11 +171,13 @@ func (st *Staged) moveStaged(mb Mailbox, dst string) error {
 // withdraw removes dst (named for messages dstName) after its directory
 // fsync failed, unless it may be a file another recipient was answered
 // for (allowed false).
-func (st *Staged) withdraw(dst, dstName string, allowed, ourLink bool) {
+// It reports false only when dst was no longer there (ENOENT): a move
+// may have sealed it away (the caller asks sealedByMove).
+func (st *Staged) withdraw(dst, dstName string, allowed, ourLink bool) (wasThere bool) {
 	s := st.s
 	if !allowed {
 		s.log.Warn("not withdrawing a message whose directory fsync failed: another recipient has the same file", "path", dstName)
-		return
+		return true
 	}
 	if dst == st.src && !st.inTmp {
 		// The staged file itself was renamed here (no hard links): move
@@ -179,17 +185,18 @@ func (st *Staged) withdraw(dst, dstName string, allowed, ourLink bool) {
 		back := filepath.Join(st.place.dir, st.base)
 		if err := s.fs.Rename(dst, back); err == nil {
 			st.src, st.inTmp = back, true
-			return
+			return true
 		}
 	}
 	err := s.fs.Remove(dst)
 	if err != nil && !isErrno(err, syscall.ENOENT) {
 		s.log.Warn("could not withdraw a message from new/ (its directory fsync failed, or it came too late)", "path", dstName, "err", err)
-		return
+		return true
 	}
 	if ourLink {
 		st.links--
 	}
+	return err == nil
 }
 
 // publishCopy writes a fresh copy of the staged message (after prefix)
