@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -101,4 +102,24 @@ func (s *Store) sealedByMove(mb Mailbox, err error) bool {
 	}
 	s.log.Info("new/ was sealed by a move after the message was published there; the move carries it", "maildir", mb.Path)
 	return true
+}
+
+// MovedTo is the volume a finished move of mb went to, as its tombstone
+// says; "" when mb is no tombstone of a finished move (a live Maildir, a
+// session's lock, a move still switching). Admin tools use it to find a
+// mailbox that was moved before (nfsdrop maildir move); deliveries and
+// logins meet the tombstone on their own (checkTombstone).
+func (s *Store) MovedTo(mb Mailbox) (string, error) {
+	target, err := s.fs.Readlink(filepath.Join(mb.Path, LockName))
+	if isErrno(err, syscall.ENOENT) || isErrno(err, syscall.EINVAL) {
+		return "", nil // no lock, or an old-style lock file
+	}
+	if err != nil {
+		return "", s.classify("read lock", err)
+	}
+	state, volume, ok := tombstone(target)
+	if !ok || state != tombstoneMoved {
+		return "", nil
+	}
+	return volume, nil
 }

@@ -254,6 +254,7 @@ func maildirCommand() *cli.Command {
 					return nil
 				},
 			},
+			moveCommand(),
 			{
 				Name:      "clean",
 				Usage:     "remove files in tmp/ older than store.tmp_max_age (36h) from every Maildir under ROOT (mail_root: every volume)",
@@ -315,4 +316,112 @@ func envFrom(c *cli.Context) (*env, error) {
 		return nil, exitError(err.Error(), exConfig)
 	}
 	return e, nil
+}
+
+// moveCommand is "nfsdrop maildir move": an online move of a user's
+// Maildir to another volume (store.Move), resumable and, until the new
+// copy is published, reversible.
+func moveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "move",
+		Usage: "move a user's Maildir to another volume while mail and POP3 go on (run again to resume)",
+		Description: "Copies the Maildir of ADDRESS to the same path on VOLUME, switches every machine over to it and\n" +
+			"leaves a tombstone in the old place that forwards deliveries and logins. Interrupted (even by\n" +
+			"kill -9), run it again to resume, or use --rollback before the new copy is published.\n" +
+			"Afterwards, name VOLUME in the user database; the tombstone must stay until every machine\n" +
+			"finds the mailbox there without it.",
+		ArgsUsage: "ADDRESS VOLUME",
+		Flags: []cli.Flag{configFlag(),
+			&cli.BoolFlag{Name: "rollback", Usage: "undo an unfinished move (before the new copy is published)"},
+			&cli.BoolFlag{Name: "status", Usage: "only say where a move of ADDRESS to VOLUME stands"},
+			&cli.DurationFlag{Name: "lock-wait", Value: 2 * time.Minute, Usage: "how long to wait for a POP3 session holding the mailbox"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return exitError("maildir move: ADDRESS and VOLUME expected", exUsage)
+			}
+			addr, to := c.Args().Get(0), c.Args().Get(1)
+			e, err := envFrom(c)
+			if err != nil {
+				return err
+			}
+			defer e.Close()
+			ctx := context.Background()
+			u, err := e.users.Lookup(ctx, addr)
+			if err != nil {
+				return exitError(fmt.Sprintf("%s: %s", addr, failure.As(err).Reason), exitCode(err))
+			}
+			dst := e.volumes.ByName(to)
+			if dst == nil {
+				return exitError(fmt.Sprintf("maildir move: %q is not a configured volume", to), exUsage)
+			}
+			src, srcMb, err := e.volumes.Locate(ctx, u)
+			if err != nil {
+				return exitError(fmt.Sprintf("%s: %v", addr, err), exitCode(err))
+			}
+			// A mailbox moved before lives where its tombstone says (the
+			// user database may not name that volume yet). A tombstone
+			// naming VOLUME itself is this very move, to be resumed.
+			for hops := 0; hops < 3; hops++ {
+				next, err := src.Store.MovedTo(srcMb)
+				if err != nil {
+					return exitError(fmt.Sprintf("%s: %v", addr, err), exitCode(err))
+				}
+				if next == "" || next == to {
+					break
+				}
+				if src, srcMb, err = e.volumes.Relocate(src, srcMb, next); err != nil {
+					return exitError(fmt.Sprintf("%s: moved to volume %s: %v", addr, next, err), exitCode(err))
+				}
+			}
+			if src == dst {
+				fmt.Fprintf(c.App.Writer, "%s: already on volume %s (%s)\n", addr, to, srcMb.Path)
+				return nil
+			}
+			_, dstMb, err := e.volumes.Relocate(src, srcMb, to)
+			if err != nil {
+				return exitError(fmt.Sprintf("%s: volume %s: %v", addr, to, err), exitCode(err))
+			}
+			out := c.App.Writer
+			if c.Bool("status") {
+				st, err := store.InspectMove(ctx, src.Store, srcMb, dst.Store, dstMb)
+				if err != nil {
+					return exitError(err.Error(), exitCode(err))
+				}
+				fmt.Fprintf(out, "%s: %s on %s -> %s on %s: %s\n", addr, srcMb.Path, src.Name, dstMb.Path, to, st.State)
+				return nil
+			}
+			o := store.MoveOptions{
+				LockStale: time.Duration(e.cfg.POP3.LockStale),
+				LockWait:  c.Duration("lock-wait"),
+				Owner:     "maildir-move@" + e.hostname,
+				Progress: func(st store.MoveStep) {
+					if st != store.StepLockWait {
+						e.log.Info("maildir move", "address", addr, "from", src.Name, "to", to, "step", string(st))
+					}
+				},
+			}
+			if c.Bool("rollback") {
+				if err := store.RollbackMove(ctx, src.Store, srcMb, dst.Store, dstMb, to, o); err != nil {
+					return exitError(fmt.Sprintf("%s: rollback: %v", addr, err), exitCode(err))
+				}
+				fmt.Fprintf(out, "%s: move to %s rolled back; the mailbox is %s on %s\n", addr, to, srcMb.Path, src.Name)
+				return nil
+			}
+			rep, err := store.Move(ctx, src.Store, srcMb, dst.Store, dstMb, to, o)
+			if err != nil {
+				return exitError(fmt.Sprintf("%s: move to %s: %v (run the same command again to resume, or with --rollback)", addr, to, err), exitCode(err))
+			}
+			resumed := ""
+			if rep.Resumed {
+				resumed = " (resumed)"
+			}
+			fmt.Fprintf(out, "%s: moved%s from %s to %s: %d messages, %d bytes, %d files copied in %d rounds\n",
+				addr, resumed, src.Name, to, rep.Messages, rep.Bytes, rep.Copied, rep.Rounds)
+			rel, _ := filepath.Rel(dst.Path, dstMb.Path)
+			fmt.Fprintf(out, "now: %s\nname the volume in the user database, e.g. the mailbox path %s:%s (or %s);\n"+
+				"keep the tombstone at %s until every machine's user lookups say so\n", dstMb.Path, to, rel, dstMb.Path, srcMb.Path)
+			return nil
+		},
+	}
 }

@@ -6,6 +6,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/nfsdrop/nfsdrop/store"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +29,10 @@ func volumesE2EUsers(mailRoot string) string {
 	return b.String()
 }
 
-func TestVolumesLmtpdE2E(t *testing.T) {
+// startVolumesWorld runs lmtpd over two volumes, f1 and f2, below the
+// mail root, with the users of volumesE2EUsers.
+func startVolumesWorld(t *testing.T) *lmtpdWorld {
+	t.Helper()
 	w := newLmtpdWorld(t)
 	for _, v := range []string{"f1", "f2"} {
 		if err := os.MkdirAll(filepath.Join(w.mailRoot, v), 0o755); err != nil {
@@ -71,6 +75,11 @@ listen = ["tcp:%s"]
 	}
 	w.start()
 	w.waitReady()
+	return w
+}
+
+func TestVolumesLmtpdE2E(t *testing.T) {
+	w := startVolumesWorld(t)
 
 	placed := []string{"p1", "p2", "p3", "p4", "p5", "p6"}
 	rcpts := append([]string{"n1", "n2"}, placed...)
@@ -211,4 +220,71 @@ func volumesSend(t *testing.T, w *lmtpdWorld, id string, locals ...string) map[s
 	c.send("QUIT\r\n")
 	c.expect("221 ")
 	return out
+}
+
+// TestMaildirMoveE2E: `nfsdrop maildir move` moves a user's Maildir to
+// another volume while lmtpd runs: the same message names (UIDLs) on the
+// new volume, nothing live left on the old one but the tombstone, and the
+// next delivery (the user database still naming the old place) follows
+// the tombstone. Run again it finds the move done; --status says so.
+func TestMaildirMoveE2E(t *testing.T) {
+	w := startVolumesWorld(t)
+	oldMd := filepath.Join(w.mailRoot, "f1", "homes", "n2", "Maildir")
+	newMd := filepath.Join(w.mailRoot, "f2", "homes", "n2", "Maildir")
+	for i := range 3 {
+		if r := volumesSend(t, w, lmtpdID(fmt.Sprintf("before-move-%d", i)), "n2"); !strings.HasPrefix(r["n2"], "250 ") {
+			t.Fatalf("delivery before the move: %q", r["n2"])
+		}
+	}
+	before := dirNames(t, filepath.Join(oldMd, "new"))
+	if len(before) != 3 {
+		t.Fatalf("%d messages before the move, want 3", len(before))
+	}
+	move := func(args ...string) (string, int) {
+		cmd := exec.Command(testenv.Binary(t), append([]string{"maildir", "move", "-c", w.cfgPath}, args...)...)
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	out, code := move("n2@example.test", "f2")
+	if code != 0 || !strings.Contains(out, "moved from f1 to f2: 3 messages") || !strings.Contains(out, "f2:homes/n2/Maildir") {
+		t.Fatalf("maildir move: exit %d\n%s", code, out)
+	}
+	if after := dirNames(t, filepath.Join(newMd, "new")); strings.Join(after, " ") != strings.Join(before, " ") {
+		t.Errorf("names on f2 %v, want the same as before the move %v (UIDLs)", after, before)
+	}
+	if left := dirNames(t, oldMd); strings.Join(left, " ") != store.LockName {
+		t.Errorf("old Maildir holds %v, want only the tombstone", left)
+	}
+	if r := volumesSend(t, w, lmtpdID("after-move"), "n2"); !strings.HasPrefix(r["n2"], "250 ") {
+		t.Fatalf("delivery after the move: %q", r["n2"])
+	}
+	if n := len(dirNames(t, filepath.Join(newMd, "new"))); n != 4 {
+		t.Errorf("f2 holds %d messages after one more delivery, want 4", n)
+	}
+	if _, err := os.Stat(filepath.Join(oldMd, "new")); !os.IsNotExist(err) {
+		t.Errorf("old Maildir's new/ came back: %v", err)
+	}
+	if out, code := move("n2@example.test", "f2"); code != 0 {
+		t.Errorf("maildir move run again: exit %d\n%s", code, out)
+	}
+	if out, code := move("--status", "n2@example.test", "f2"); code != 0 || !strings.Contains(out, ": done") {
+		t.Errorf("maildir move --status: exit %d\n%s", code, out)
+	}
+	if out, code := move("n2@example.test", "nosuch"); code != exUsage {
+		t.Errorf("move to an unknown volume: exit %d, want %d\n%s", code, exUsage, out)
+	}
+}
+
+// dirNames lists dir's entries, sorted.
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
 }
