@@ -316,6 +316,15 @@ func StartScaleOut(ctx context.Context, l *Lab, n, users int, binary, mountOpts 
 // Postfix delivering to HAProxy's LMTP port (Transport and Concurrency
 // default to that and 12).
 func (s *ScaleOutLab) startFrontEnds(ctx context.Context, n int, cfg func(i int) VMConfig, pf *PostfixOptions) error {
+	if err := s.bootFrontEnds(ctx, n, cfg); err != nil {
+		return err
+	}
+	return s.startBalancer(ctx, pf)
+}
+
+// bootFrontEnds boots n VMs and waits until each has mounted its file
+// systems.
+func (s *ScaleOutLab) bootFrontEnds(ctx context.Context, n int, cfg func(i int) VMConfig) error {
 	l := s.Lab
 	vms, err := l.StartVMs(ctx, n, cfg)
 	s.VMs = vms
@@ -329,7 +338,15 @@ func (s *ScaleOutLab) startFrontEnds(ctx context.Context, n int, cfg func(i int)
 		}
 		l.logf("vm %s: booted and mounted in %v", v.Host, d.Round(10*time.Millisecond))
 	}
-	if s.HAProxy, err = l.StartHAProxy(ctx, HAProxyOptions{VMs: vms}); err != nil {
+	return nil
+}
+
+// startBalancer starts HAProxy in front of the VMs, waits until it sees
+// every server UP, then (pf not nil) starts Postfix.
+func (s *ScaleOutLab) startBalancer(ctx context.Context, pf *PostfixOptions) error {
+	l := s.Lab
+	var err error
+	if s.HAProxy, err = l.StartHAProxy(ctx, HAProxyOptions{VMs: s.VMs}); err != nil {
 		return err
 	}
 	if err := s.HAProxy.WaitUp(ctx, 2*time.Minute); err != nil {

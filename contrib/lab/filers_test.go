@@ -1,0 +1,76 @@
+package lab
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
+)
+
+// TestFilers is the short version of the filers run (RunFilers;
+// nfsdrop-lab -filers is the long one): two front ends with a volume on
+// nfs-ganesha and one on the kernel NFS server VM, the load through
+// HAProxy and Postfix, the kernel server SIGKILLed and restarted, then
+// cut off for 15 s (NFSDROP_LAB_FILERS_LINKDOWN, a duration), a baseline
+// and "after" windows of 10 s (NFSDROP_LAB_FILERS_PHASE). Every invariant
+// must hold. When the nfsdrop binary cannot load a configuration with
+// [[store.volumes]] (issue 16's volumes not merged), the front ends run
+// stand-ins on the same mounts and the test checks the infrastructure:
+// both filers, the mounts, the faults, the per-volume counters and the
+// thread sampling over the control channel.
+func TestFilers(t *testing.T) {
+	phase, linkDown := 10*time.Second, 15*time.Second
+	for env, d := range map[string]*time.Duration{"NFSDROP_LAB_FILERS_PHASE": &phase, "NFSDROP_LAB_FILERS_LINKDOWN": &linkDown} {
+		if s := os.Getenv(env); s != "" {
+			v, err := time.ParseDuration(s)
+			if err != nil {
+				t.Fatalf("%s=%q: %v", env, s, err)
+			}
+			*d = v
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute+2*linkDown+6*phase)
+	defer cancel()
+	l := newTestLab(t, ctx)
+	testenv.Require(t, "haproxy", "haproxy")
+	testenv.Require(t, "postfix", "postfix", "postqueue")
+	rep, err := RunFilers(ctx, l, FilersOptions{VMs: 2, UsersPerVolume: 3, NFSDrop: testenv.Binary(t), Phase: phase, LinkDown: linkDown})
+	if rep != nil {
+		t.Logf("report:\n%s", rep)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range rep.Problems {
+		t.Error(p)
+	}
+	if len(rep.Phases) != 4 {
+		t.Fatalf("%d phases, want 4", len(rep.Phases))
+	}
+	// Every window of every phase that ran has thread readings of both
+	// daemons on both front ends: the sampler answered through the hang.
+	for _, p := range rep.Phases {
+		for _, w := range p.Windows {
+			for _, key := range []string{"mx1 lmtpd", "mx1 pop3d", "mx2 lmtpd", "mx2 pop3d"} {
+				if w.PeakThreads[key] == 0 {
+					t.Errorf("phase %s, %s: no thread reading of %s", p.Name, w.Name, key)
+				}
+			}
+		}
+	}
+	if rep.Stub {
+		t.Logf("the nfsdrop binary has no volumes yet: infrastructure only (%s)", rep.StubReason)
+		return
+	}
+	if v := rep.Load.Violations(); v > 0 {
+		t.Errorf("%d invariant violations (see the report)", v)
+	}
+	base := rep.Phases[0].Windows[0]
+	for _, v := range FilersVolumes {
+		if base.Acked[v] == 0 {
+			t.Errorf("baseline: no delivery acknowledged on volume %s", v)
+		}
+	}
+}
