@@ -69,8 +69,11 @@
 // lacks it). Per phase: acknowledged deliveries/s and 4xx answers per
 // volume, POP3 logins/s, and the peak OS thread count of lmtpd and pop3d
 // on each VM, before, during and after the fault; then every invariant.
-// A binary that cannot load [[store.volumes]] runs stand-ins on the same
-// mounts (the infrastructure alone), and the report says so.
+// A binary that cannot load [[store.volumes]] runs as today's product can
+// (one mail_root over both mounts, absolute homes: no per-volume guard, no
+// move; -filers-legacy=false for stand-ins instead), and the report says
+// LEGACY; -filers-stub runs stand-ins on the same mounts (the
+// infrastructure alone).
 //
 //	go run ./cmd/nfsdrop-lab -filers
 //	go run ./cmd/nfsdrop-lab -filers -filers-phase 10s -filers-linkdown 15s   # as CI (TestFilers)
@@ -130,6 +133,7 @@ func run() int {
 	filersGanesha := flag.String("filers-ganesha-nfs", "3", "with -filers: NFS version of the ganesha volume's mounts")
 	filersKNFS := flag.String("filers-knfsd-nfs", "4.1", "with -filers: NFS version of the knfsd volume's mounts")
 	filersStub := flag.Bool("filers-stub", false, "with -filers: run stand-ins instead of lmtpd and pop3d (the infrastructure alone)")
+	filersLegacy := flag.Bool("filers-legacy", true, "with -filers: when the binary has no [[store.volumes]], run it as today's product can (one mail_root over both filers) instead of stand-ins")
 	flag.Parse()
 	given := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -213,7 +217,7 @@ func run() int {
 	}
 
 	if *filers {
-		o := lab.FilersOptions{NFSDrop: *binary, Phase: *filersPhase, LinkDown: *filersLinkDown, Stub: *filersStub}
+		o := lab.FilersOptions{NFSDrop: *binary, Phase: *filersPhase, LinkDown: *filersLinkDown, Stub: *filersStub, NoLegacy: !*filersLegacy}
 		if given["vms"] {
 			o.VMs = *vms
 		}

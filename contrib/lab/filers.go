@@ -35,9 +35,7 @@ var FilersVolumes = []string{VolGanesha, VolKNFSD}
 // name, at the volume's root). The [[store.volumes]] syntax is the one of
 // issue 16's contract.
 func FilersConfig(host, addr string, lockStale time.Duration) string {
-	c := ScaleOutConfig(host, addr, lockStale)
-	c = strings.Replace(c, fmt.Sprintf("mail_root = \"%s/mail\"", MountPoint), fmt.Sprintf("mail_root = %q", FilersMailRoot), 1)
-	c = strings.Replace(c, `default_domain = "lab.test"`, `default_domain = "`+filersDomain+`"`, 1)
+	c := FilersLegacyConfig(host, addr, lockStale)
 	for _, v := range FilersVolumes {
 		c += fmt.Sprintf("\n[[store.volumes]]\nname = %q\npath = %q\nnew_mailboxes = true\n", v, FilersMailRoot+"/"+v)
 	}
@@ -46,6 +44,26 @@ func FilersConfig(host, addr string, lockStale time.Duration) string {
 
 // FilersUser is user n (1-based) of a filers run: u1@example.test.
 func FilersUser(n int) string { return fmt.Sprintf("u%d@%s", n, filersDomain) }
+
+// FilersLegacyConfig is what today's product (no volumes) runs on the
+// same mounts: mail_root the local /srv/mail, one marker there.
+func FilersLegacyConfig(host, addr string, lockStale time.Duration) string {
+	c := ScaleOutConfig(host, addr, lockStale)
+	c = strings.Replace(c, fmt.Sprintf("mail_root = \"%s/mail\"", MountPoint), fmt.Sprintf("mail_root = %q", FilersMailRoot), 1)
+	return strings.Replace(c, `default_domain = "lab.test"`, `default_domain = "`+filersDomain+`"`, 1)
+}
+
+// filersLegacyUsersFile names each mailbox by its absolute path below its
+// volume's mount point, which today's product takes as a path under
+// mail_root.
+func filersLegacyUsersFile(users []string, volumeOf map[string]string) string {
+	var b strings.Builder
+	for _, u := range users {
+		local, domain, _ := strings.Cut(u, "@")
+		fmt.Fprintf(&b, "%s:{PLAIN}pw::::%s/%s/%s/%s::\n", u, FilersMailRoot, volumeOf[u], domain, local)
+	}
+	return b.String()
+}
 
 // filersUsersFile is the passwd-file of a filers run: each user's mailbox
 // named on its volume, "VOLUME:example.test/uN" (issue 16's contract).
@@ -61,10 +79,15 @@ func filersUsersFile(users []string, volumeOf map[string]string) string {
 }
 
 // filersScript runs lmtpd and pop3d from /tmp like scaleOutScript, on the
-// front end's two volume mounts, when the binary loads the configuration
-// ("nfsdrop check", here, where the volumes are mounted); otherwise, or
-// when conf/stub exists, stand-ins (filersStandin). /tmp/mode says which,
-// /tmp/check.out why.
+// front end's two volume mounts, when the binary loads the volumes
+// configuration ("nfsdrop check", here, where the volumes are mounted).
+// Otherwise it runs them as today's product can (the "legacy"
+// configuration: one mail_root, the local /srv/mail with its marker, the
+// users' homes absolute paths below the two mount points: no per-volume
+// guard), unless conf/legacy-off exists; failing both, or when conf/stub
+// exists, stand-ins (filersStandin). /tmp/mode says which ("volumes",
+// "legacy", "stand-ins"), /tmp/check.out why (and /tmp/check-legacy.out
+// why not legacy).
 const filersScript = `#!/bin/sh
 # nfsdrop lab filers run (written by contrib/lab): lmtpd and pop3d on two volumes.
 H=$LAB_HOST M=$LAB_MNT
@@ -77,19 +100,27 @@ run() {
 		sleep 1
 	done
 }
-if [ ! -e "$M/conf/stub" ] && /tmp/nfsdrop check -c /tmp/nfsdrop.toml >/tmp/check.out 2>&1; then
-	run lmtpd &
-	run pop3d &
-	echo daemons >/tmp/mode
-else
-	[ -e "$M/conf/stub" ] && echo "stand-ins asked for" >/tmp/check.out
+mode=stand-ins
+if [ -e "$M/conf/stub" ]; then
+	echo "stand-ins asked for" >/tmp/check.out
+elif /tmp/nfsdrop check -c /tmp/nfsdrop.toml >/tmp/check.out 2>&1; then
+	mode=volumes
+elif [ ! -e "$M/conf/legacy-off" ]; then
+	cp "$M/conf/$H.legacy.toml" /tmp/nfsdrop.toml && cp "$M/conf/users.legacy" /tmp/users || exit 1
+	: >/srv/mail/.nfsdrop-mounted
+	/tmp/nfsdrop check -c /tmp/nfsdrop.toml >/tmp/check-legacy.out 2>&1 && mode=legacy
+fi
+if [ $mode = stand-ins ]; then
 	for v in ganesha knfsd; do
 		/tmp/nfsdrop-standin lmtpd $v &
 		/tmp/nfsdrop-standin pop3d $v &
 	done
-	echo stand-ins >/tmp/mode
+else
+	run lmtpd &
+	run pop3d &
 fi
-echo "nfsdrop-lab: $(cat /tmp/mode) started host=$H"
+echo $mode >/tmp/mode
+echo "nfsdrop-lab: $mode started host=$H"
 wait
 `
 
@@ -189,6 +220,9 @@ type FilersOptions struct {
 	// Stub runs stand-ins instead of the daemons even when the binary
 	// loads the configuration: the infrastructure alone.
 	Stub bool
+	// NoLegacy: when the binary cannot load the volumes configuration,
+	// run stand-ins rather than today's product on one mail_root.
+	NoLegacy bool
 	// NoMove leaves out the phase that moves mailboxes between filers.
 	NoMove bool
 }
@@ -252,9 +286,12 @@ type Phase struct {
 // FilersReport is what RunFilers did and found.
 type FilersReport struct {
 	Stub bool
-	// StubReason says why the daemons were not run (the binary's error
-	// loading the volumes configuration).
-	StubReason                      string
+	// Mode is what the front ends ran: "volumes" (the daemons with
+	// [[store.volumes]]), "legacy" (the daemons as today's product runs:
+	// one mail_root over both mounts, no per-volume guard) or
+	// "stand-ins"; ModeReason says why when it is not "volumes" (the
+	// binary's error loading the volumes configuration).
+	Mode, ModeReason                string
 	VMs                             int
 	GaneshaMountOpts, KNFSMountOpts string
 	Phases                          []*Phase
@@ -278,8 +315,11 @@ func (r *FilersReport) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "nfsdrop filers run: %d front ends, volume %s on nfs-ganesha (%s), volume %s on the kernel NFS server VM (%s)\n",
 		r.VMs, VolGanesha, r.GaneshaMountOpts, VolKNFSD, r.KNFSMountOpts)
-	if r.Stub {
-		fmt.Fprintf(&b, "STAND-INS instead of lmtpd/pop3d (infrastructure only): %s\n", r.StubReason)
+	switch r.Mode {
+	case "stand-ins":
+		fmt.Fprintf(&b, "STAND-INS instead of lmtpd/pop3d (infrastructure only): %s\n", r.ModeReason)
+	case "legacy":
+		fmt.Fprintf(&b, "LEGACY: today's product, one mail_root over both mounts, no volumes (%s)\n", r.ModeReason)
 	}
 	fmt.Fprintf(&b, "time: setup %v (knfsd boot %v), total %v; host %d cores, load average %s before, %s after\n",
 		r.Setup.Round(time.Second), r.KNFSBoot.Round(100*time.Millisecond), r.Total.Round(time.Second), r.Cores, r.LoadBefore, r.LoadAfter)
@@ -332,10 +372,11 @@ type FilersLab struct {
 	KNFS *KNFSServer
 	// VolumeOf is each user's volume (updated when a mailbox moves).
 	VolumeOf map[string]string
-	// Stub: the VMs run stand-ins; StubReason says why.
-	Stub       bool
-	StubReason string
-	mu         sync.Mutex
+	// Mode: what the front ends run (see FilersReport.Mode); Stub when
+	// stand-ins.
+	Mode, ModeReason string
+	Stub             bool
+	mu               sync.Mutex
 }
 
 // hasMove reports whether the binary has "nfsdrop maildir move".
@@ -380,9 +421,20 @@ func StartFilers(ctx context.Context, l *Lab, o FilersOptions) (*FilersLab, erro
 			return nil, err
 		}
 	}
-	if o.Stub {
-		if err := os.WriteFile(filepath.Join(conf, "stub"), nil, 0o644); err != nil {
+	for i := 1; i <= o.VMs; i++ {
+		host := fmt.Sprintf("mx%d.test", i)
+		if err := os.WriteFile(filepath.Join(conf, host+".legacy.toml"), []byte(FilersLegacyConfig(host, VMAddr(i), o.LockStale)), 0o644); err != nil {
 			return nil, err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(conf, "users.legacy"), []byte(filersLegacyUsersFile(f.Users, f.VolumeOf)), 0o644); err != nil {
+		return nil, err
+	}
+	for flag, on := range map[string]bool{"stub": o.Stub, "legacy-off": o.NoLegacy} {
+		if on {
+			if err := os.WriteFile(filepath.Join(conf, flag), nil, 0o644); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := os.MkdirAll(filepath.Join(l.Export, "mailg"), 0o755); err != nil {
@@ -423,9 +475,13 @@ func StartFilers(ctx context.Context, l *Lab, o FilersOptions) (*FilersLab, erro
 	if err != nil {
 		return f, err
 	}
-	if mode != "daemons" {
-		f.Stub, f.StubReason = true, why
-		l.logf("filers: the front ends run stand-ins: %s", why)
+	f.Mode = mode
+	if mode != "volumes" {
+		f.ModeReason = why
+		l.logf("filers: the front ends run %s: %s", mode, why)
+	}
+	if mode == "stand-ins" {
+		f.Stub = true
 		return f, nil
 	}
 	return f, f.startBalancer(ctx, &PostfixOptions{Domains: []string{filersDomain}})
@@ -441,7 +497,7 @@ func (f *FilersLab) mode(ctx context.Context) (mode, why string, err error) {
 		return err == nil && code == 0 && mode != ""
 	}, func() bool { return !v.Running() })
 	if err != nil {
-		return "", "", fmt.Errorf("lab: %s chose neither daemons nor stand-ins: %v; console:\n%s", v.Host, err, tail([]byte(v.Console()), 2000))
+		return "", "", fmt.Errorf("lab: %s chose neither the daemons nor stand-ins: %v; console:\n%s", v.Host, err, tail([]byte(v.Console()), 2000))
 	}
 	out, _, _ := v.Exec(ctx, "cat /tmp/check.out")
 	return mode, "nfsdrop check: " + strings.Join(strings.Fields(tail([]byte(out), 400)), " "), nil
@@ -488,7 +544,7 @@ func RunFilers(ctx context.Context, l *Lab, o FilersOptions) (*FilersReport, err
 	if err != nil {
 		return rep, err
 	}
-	rep.Stub, rep.StubReason = f.Stub, f.StubReason
+	rep.Stub, rep.Mode, rep.ModeReason = f.Stub, f.Mode, f.ModeReason
 	rep.Setup = time.Since(t0)
 	r := &filersRun{f: f, o: o, rep: rep, threads: map[string][]ThreadSample{}}
 	if !f.Stub {
@@ -660,8 +716,8 @@ func (r *filersRun) phases(ctx context.Context) {
 	switch {
 	case o.NoMove:
 		p.Skipped = "not asked for (NoMove)"
-	case r.f.Stub:
-		p.Skipped = "stand-ins: the binary has no volumes"
+	case r.f.Mode != "volumes":
+		p.Skipped = "the binary has no volumes (front ends run " + r.f.Mode + ")"
 	case !hasMove(ctx, filepath.Join(l.Export, "bin", "nfsdrop")):
 		p.Skipped = "the nfsdrop binary has no \"maildir move\" command (issue 16's move is on another branch)"
 	default:
