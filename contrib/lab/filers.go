@@ -172,10 +172,15 @@ func (v *VM) SampleThreads(ctx context.Context) (ThreadSample, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	out, code, err := v.Exec(ctx, sampleCommand)
-	s := ThreadSample{At: time.Now(), Threads: map[string]int{}, Ops: map[string]int{}}
 	if err != nil || code != 0 {
-		return s, fmt.Errorf("lab: %s: sampling threads: exit %d, %v: %s", v.Host, code, err, out)
+		return ThreadSample{}, fmt.Errorf("lab: %s: sampling threads: exit %d, %v: %s", v.Host, code, err, out)
 	}
+	return parseThreadSample(time.Now(), out), nil
+}
+
+// parseThreadSample reads sampleCommand's output.
+func parseThreadSample(at time.Time, out string) ThreadSample {
+	s := ThreadSample{At: at, Threads: map[string]int{}, Ops: map[string]int{}}
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		if len(f) != 3 {
@@ -192,7 +197,7 @@ func (v *VM) SampleThreads(ctx context.Context) (ThreadSample, error) {
 			s.Ops[f[1]] = n
 		}
 	}
-	return s, nil
+	return s
 }
 
 // FilersOptions configures RunFilers.
@@ -580,9 +585,9 @@ func (r *filersRun) startLoad(ctx context.Context) error {
 		// Deliveries held up on one volume must not hold up the
 		// submissions for the other: the rate is fixed instead.
 		MaxOutstanding: 100000,
-		// More POP3 clients than usual: sessions stuck on a hung
-		// volume must leave some for the other.
-		Keepers: 3, Deleters: 5,
+		// POP3 clients per volume: sessions stuck on a hung volume
+		// must not take every client from the other.
+		Keepers: 2, Deleters: 3, UserGroups: r.usersByVolume(),
 		Log:  r.log,
 		Seed: 1,
 		Logf: l.logf,
@@ -590,6 +595,21 @@ func (r *filersRun) startLoad(ctx context.Context) error {
 	var err error
 	r.ld, err = loadcheck.Start(ctx, cfg)
 	return err
+}
+
+// usersByVolume groups the users by their volume, in FilersVolumes order.
+func (r *filersRun) usersByVolume() [][]string {
+	var groups [][]string
+	for _, v := range FilersVolumes {
+		var g []string
+		for _, u := range r.f.Users {
+			if r.f.VolumeOf[u] == v {
+				g = append(g, u)
+			}
+		}
+		groups = append(groups, g)
+	}
+	return groups
 }
 
 // sample polls the mail log and every VM's daemons once a second until
