@@ -245,6 +245,12 @@ func (s *KNFSServer) ReadExport(ctx context.Context, dst string) (string, error)
 // the installation (and removed again if the lab made it), and the host's
 // nfs-server is stopped where systemd runs.
 func ensureKNFSTools(ctx context.Context, install bool, logf func(string, ...any)) error {
+	// The disk is made with mkfs.ext4 -d and read back with debugfs.
+	for _, p := range []string{"mkfs.ext4", "debugfs"} {
+		if _, err := lookPath(p); err != nil {
+			return &MissingError{Packages: []string{"e2fsprogs"}}
+		}
+	}
 	missing := false
 	for _, p := range knfsPrograms {
 		if _, err := lookPath(p); err != nil {
