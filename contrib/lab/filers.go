@@ -301,11 +301,15 @@ type FilersReport struct {
 	GaneshaMountOpts, KNFSMountOpts string
 	Phases                          []*Phase
 	Load                            *loadcheck.Report
-	Problems                        []string
-	Setup, Total                    time.Duration
-	KNFSBoot                        time.Duration
-	Cores                           int
-	LoadBefore, LoadAfter           string
+	// SampleFailures counts per VM the seconds without a thread reading
+	// (the control channel did not answer within 5 s), with the last error.
+	SampleFailures        map[string]int
+	LastSampleError       map[string]string
+	Problems              []string
+	Setup, Total          time.Duration
+	KNFSBoot              time.Duration
+	Cores                 int
+	LoadBefore, LoadAfter string
 }
 
 // Failed reports whether an invariant was violated or the run went wrong.
@@ -361,6 +365,9 @@ func (r *FilersReport) String() string {
 			}
 			b.WriteString("\n")
 		}
+	}
+	for host, n := range r.SampleFailures {
+		fmt.Fprintf(&b, "thread sampling on %s: %d seconds without a reading (last: %s)\n", host, n, r.LastSampleError[host])
 	}
 	if r.Load != nil {
 		b.WriteString(r.Load.String())
@@ -541,7 +548,8 @@ type countSample struct {
 func RunFilers(ctx context.Context, l *Lab, o FilersOptions) (*FilersReport, error) {
 	o.defaults()
 	t0 := time.Now()
-	rep := &FilersReport{VMs: o.VMs, GaneshaMountOpts: o.GaneshaMountOpts, KNFSMountOpts: o.KNFSMountOpts, Cores: runtime.NumCPU(), LoadBefore: loadavg()}
+	rep := &FilersReport{VMs: o.VMs, GaneshaMountOpts: o.GaneshaMountOpts, KNFSMountOpts: o.KNFSMountOpts, Cores: runtime.NumCPU(), LoadBefore: loadavg(),
+		SampleFailures: map[string]int{}, LastSampleError: map[string]string{}}
 	f, err := StartFilers(ctx, l, o)
 	if f != nil && f.KNFS != nil {
 		rep.KNFSBoot = f.KNFS.BootTime()
@@ -649,7 +657,12 @@ func (r *filersRun) sample(ctx context.Context) (stop func()) {
 		tick(time.Second, func() {
 			s, err := v.SampleThreads(ctx)
 			if err != nil {
-				return // the VM is busy or rebooting: no reading this second
+				// No reading this second; the report counts them.
+				r.mu.Lock()
+				r.rep.SampleFailures[v.Host]++
+				r.rep.LastSampleError[v.Host] = err.Error()
+				r.mu.Unlock()
+				return
 			}
 			r.mu.Lock()
 			r.threads[v.Host] = append(r.threads[v.Host], s)
