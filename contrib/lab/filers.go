@@ -93,9 +93,12 @@ const filersScript = `#!/bin/sh
 H=$LAB_HOST M=$LAB_MNT
 cp "$M/bin/nfsdrop" /tmp/nfsdrop && cp "$M/conf/$H.toml" /tmp/nfsdrop.toml && cp "$M/conf/users" /tmp/users || exit 1
 cp "$M/run/nfsdrop-standin" /tmp/nfsdrop-standin && chmod 755 /tmp/nfsdrop-standin || exit 1
+# /tmp/pid.DAEMON names the running daemon for the thread sampler.
 run() {
 	while :; do
-		/tmp/nfsdrop "$@" -c /tmp/nfsdrop.toml
+		/tmp/nfsdrop "$@" -c /tmp/nfsdrop.toml &
+		echo $! >/tmp/pid.$1
+		wait $!
 		echo "nfsdrop-lab: nfsdrop $1 exited $?"
 		sleep 1
 	done
@@ -134,6 +137,7 @@ wait
 const filersStandin = `#!/bin/sh
 # nfsdrop lab filers run, stand-in (written by contrib/lab): $1 is lmtpd or pop3d, $2 the volume.
 V=/srv/mail/$2 D=/srv/mail/$2/standin/$LAB_HOST-$1 n=0
+echo $$ >/tmp/pid.$1.$2
 mkdir -p "$D/tmp" "$D/new"
 while :; do
 	n=$((n + 1))
@@ -150,11 +154,13 @@ done
 `
 
 // sampleCommand prints, in one line of shell run through the control
-// channel, "threads KIND N" for every lmtpd and pop3d process (the
-// nfsdrop daemons, or the stand-ins) and "ops VOLUME.KIND N" for the
-// stand-ins' counters. It touches no NFS mount: it answers while a filer
-// hangs.
-const sampleCommand = `for d in /proc/[0-9]*; do c=$(tr '\0' ' ' <$d/cmdline 2>/dev/null); case "$c" in */tmp/nfsdrop*" lmtpd "*) k=lmtpd ;; */tmp/nfsdrop*" pop3d "*) k=pop3d ;; *) continue ;; esac; echo "threads $k $(sed -n 's/^Threads:[[:space:]]*//p' $d/status 2>/dev/null)"; done; for f in /tmp/ops.*; do [ -e "$f" ] && echo "ops ${f#/tmp/ops.} $(cat $f)"; done; true`
+// channel, "threads KIND N" for the lmtpd and pop3d processes (the
+// nfsdrop daemons, or the stand-ins) that the VM script named in
+// /tmp/pid.KIND[.VOLUME], and "ops VOLUME.KIND N" for the stand-ins'
+// counters. Shell builtins only: a fork costs much under emulation on a
+// loaded host, and the reading must come every second. It touches no NFS
+// mount: it answers while a filer hangs.
+const sampleCommand = `for f in /tmp/pid.*; do k=${f#/tmp/pid.}; k=${k%%.*}; read -r p <$f; while read -r a b _; do [ "$a" = Threads: ] && echo "threads $k $b"; done </proc/$p/status; done 2>/dev/null; for f in /tmp/ops.*; do [ -e "$f" ] && read -r n <$f && echo "ops ${f#/tmp/ops.} $n"; done; true`
 
 // ThreadSample is one reading of a VM's daemons.
 type ThreadSample struct {
@@ -169,7 +175,7 @@ type ThreadSample struct {
 // SampleThreads reads the thread counts of the VM's lmtpd and pop3d
 // (from /proc/PID/status, over the control channel).
 func (v *VM) SampleThreads(ctx context.Context) (ThreadSample, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	out, code, err := v.Exec(ctx, sampleCommand)
 	if err != nil || code != 0 {
@@ -301,8 +307,8 @@ type FilersReport struct {
 	GaneshaMountOpts, KNFSMountOpts string
 	Phases                          []*Phase
 	Load                            *loadcheck.Report
-	// SampleFailures counts per VM the seconds without a thread reading
-	// (the control channel did not answer within 5 s), with the last error.
+	// SampleFailures counts per VM the failed thread readings (the
+	// control channel did not answer within 10 s), with the last error.
 	SampleFailures        map[string]int
 	LastSampleError       map[string]string
 	Problems              []string
@@ -367,7 +373,7 @@ func (r *FilersReport) String() string {
 		}
 	}
 	for host, n := range r.SampleFailures {
-		fmt.Fprintf(&b, "thread sampling on %s: %d seconds without a reading (last: %s)\n", host, n, r.LastSampleError[host])
+		fmt.Fprintf(&b, "thread sampling on %s: %d failed readings (last: %s)\n", host, n, r.LastSampleError[host])
 	}
 	if r.Load != nil {
 		b.WriteString(r.Load.String())
