@@ -792,15 +792,21 @@ func (r *filersRun) moveMailboxes(ctx context.Context) (note, errs string) {
 		r.f.mu.Lock()
 		r.f.VolumeOf[user] = to
 		r.f.mu.Unlock()
-		local, domain, _ := strings.Cut(user, "@")
 		for _, v := range r.f.VMs {
-			sed := fmt.Sprintf("sed -i 's#home=%s:%s/%s$#home=%s:%s/%s#' /tmp/users", vol, domain, local, to, domain, local)
-			if out, code, err := v.Exec(ctx, sed); err != nil || code != 0 {
+			if out, code, err := v.Exec(ctx, moveHomeCommand(user, vol, to, "/tmp/users")); err != nil || code != 0 {
 				problems = append(problems, fmt.Sprintf("%s: updating the user file: %v %s", v.Host, err, out))
 			}
 		}
 	}
 	return strings.Join(notes, "; "), strings.Join(problems, "; ")
+}
+
+// moveHomeCommand is the shell command that points user's home= in the
+// passwd-file at volume to instead of from (what "nfsdrop maildir move"
+// tells the administrator to change).
+func moveHomeCommand(user, from, to, file string) string {
+	local, domain, _ := strings.Cut(user, "@")
+	return fmt.Sprintf("sed -i 's#^%s:\\(.*\\)home=%s:%s/%s$#%s:\\1home=%s:%s/%s#' %s", user, from, domain, local, user, to, domain, local, file)
 }
 
 // fill computes a window's rates and peaks from the samples.

@@ -1,6 +1,9 @@
 package lab
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -99,5 +102,27 @@ func TestMountWords(t *testing.T) {
 	}
 	if lastOctet(KNFSAddr) != 8 || lastOctet(VMAddr(3)) != 13 {
 		t.Errorf("lastOctet")
+	}
+}
+
+// TestMoveHomeCommand: after a move, only the moved user's home= names
+// the new volume (u1 and u10 share a prefix).
+func TestMoveHomeCommand(t *testing.T) {
+	if _, err := exec.LookPath("sed"); err != nil {
+		t.Skip("no sed")
+	}
+	users := []string{FilersUser(1), FilersUser(10)}
+	vol := map[string]string{users[0]: VolGanesha, users[1]: VolGanesha}
+	f := filepath.Join(t.TempDir(), "users")
+	if err := os.WriteFile(f, []byte(filersUsersFile(users, vol)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("sh", "-c", moveHomeCommand(users[0], VolGanesha, VolKNFSD, f)).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	got, _ := os.ReadFile(f)
+	vol[users[0]] = VolKNFSD
+	if want := filersUsersFile(users, vol); string(got) != want {
+		t.Errorf("users file after the move:\n%s\nwant:\n%s", got, want)
 	}
 }
