@@ -57,6 +57,27 @@
 //	go run ./cmd/nfsdrop-lab -calls
 //	go run ./cmd/nfsdrop-lab -calls -calls-versions 4.1 -calls-messages 100
 //
+// With -filers it runs issue 16's proof with two filers of different
+// kinds (contrib/lab RunFilers): nfs-ganesha and the Linux kernel NFS
+// server in its own VM, -vms front ends (2 unless given) each running
+// lmtpd and pop3d with two volumes ("ganesha" over NFSv3, "knfsd" over
+// NFSv4.1; -filers-ganesha-nfs and -filers-knfsd-nfs change them), users
+// on both, the consistency-checking load through HAProxy and Postfix, and
+// the faults in phases: a baseline, the kernel server SIGKILLed and
+// booted again, its tap down for -filers-linkdown (60 s), mailboxes moved
+// between the filers with "nfsdrop maildir move" (skipped when the binary
+// lacks it). Per phase: acknowledged deliveries/s and 4xx answers per
+// volume, POP3 logins/s, and the peak OS thread count of lmtpd and pop3d
+// on each VM, before, during and after the fault; then every invariant.
+// A binary that cannot load [[store.volumes]] runs as today's product can
+// (one mail_root over both mounts, absolute homes: no per-volume guard, no
+// move; -filers-legacy=false for stand-ins instead), and the report says
+// LEGACY; -filers-stub runs stand-ins on the same mounts (the
+// infrastructure alone).
+//
+//	go run ./cmd/nfsdrop-lab -filers
+//	go run ./cmd/nfsdrop-lab -filers -filers-phase 10s -filers-linkdown 15s   # as CI (TestFilers)
+//
 // -nfs 3|4.1|4.2 chooses the NFS version the VMs mount for the other
 // runs (default 3; -mount-opts overrides it).
 //
@@ -106,6 +127,13 @@ func run() int {
 	systemdRun := flag.Bool("systemd", false, "boot a Debian machine with systemd as PID 1, install nfsdrop from the APT repository and check it end to end")
 	systemdShort := flag.Bool("systemd-short", false, "with -systemd: only the quick steps (no watchdog, restarts, upgrade, reboot, purge)")
 	dist := flag.String("dist", "", "with -systemd: directory with packages and repositories from packaging/build.sh (default: build them)")
+	filers := flag.Bool("filers", false, "run the two-filer proof: nfs-ganesha and the kernel NFS server VM as two volumes, load, the second filer killed and cut off, mailboxes moved")
+	filersPhase := flag.Duration("filers-phase", 30*time.Second, "with -filers: length of the baseline and of each window after a fault")
+	filersLinkDown := flag.Duration("filers-linkdown", 60*time.Second, "with -filers: how long the kernel NFS server's tap stays down")
+	filersGanesha := flag.String("filers-ganesha-nfs", "3", "with -filers: NFS version of the ganesha volume's mounts")
+	filersKNFS := flag.String("filers-knfsd-nfs", "4.1", "with -filers: NFS version of the knfsd volume's mounts")
+	filersStub := flag.Bool("filers-stub", false, "with -filers: run stand-ins instead of lmtpd and pop3d (the infrastructure alone)")
+	filersLegacy := flag.Bool("filers-legacy", true, "with -filers: when the binary has no [[store.volumes]], run it as today's product can (one mail_root over both filers) instead of stand-ins")
 	flag.Parse()
 	given := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -185,6 +213,33 @@ func run() int {
 			return fail(ctx, err)
 		}
 		fmt.Print(r)
+		return 0
+	}
+
+	if *filers {
+		o := lab.FilersOptions{NFSDrop: *binary, Phase: *filersPhase, LinkDown: *filersLinkDown, Stub: *filersStub, NoLegacy: !*filersLegacy}
+		if given["vms"] {
+			o.VMs = *vms
+		}
+		var err error
+		if o.GaneshaMountOpts, err = lab.MountOptsFor(*filersGanesha, lab.SiteMountOpts); err != nil {
+			fmt.Fprintln(os.Stderr, "nfsdrop-lab: -filers-ganesha-nfs:", err)
+			return 2
+		}
+		if o.KNFSMountOpts, err = lab.MountOptsFor(*filersKNFS, lab.SiteMountOpts); err != nil {
+			fmt.Fprintln(os.Stderr, "nfsdrop-lab: -filers-knfsd-nfs:", err)
+			return 2
+		}
+		r, err := lab.RunFilers(ctx, l, o)
+		if r != nil {
+			fmt.Print(r)
+		}
+		if err != nil {
+			return fail(ctx, err)
+		}
+		if r.Failed() {
+			return 1
+		}
 		return 0
 	}
 

@@ -16,7 +16,7 @@ import (
 	"strings"
 )
 
-//go:embed guest/init guest/lab-ctl guest/lab-stop
+//go:embed guest/init guest/lab-ctl guest/lab-stop guest/filer-init
 var guestFiles embed.FS
 
 // newc is a writer of the cpio "newc" format the kernel unpacks into its
@@ -113,22 +113,8 @@ func BuildInitramfs(ctx context.Context, a *Assets, labmount, out string) error 
 	c.chr("dev/console", 5, 1)
 	c.chr("dev/null", 1, 3)
 
-	bb, err := os.ReadFile(a.Busybox)
-	if err != nil {
+	if err := c.busybox(ctx, a.Busybox); err != nil {
 		return err
-	}
-	c.file("bin/busybox", bb, 0o755)
-	list, err := exec.CommandContext(ctx, a.Busybox, "--list-full").Output()
-	if err != nil {
-		return fmt.Errorf("lab: busybox --list-full: %v", err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(list))
-	for sc.Scan() {
-		l := strings.Trim(sc.Text(), "/")
-		if l == "" || l == "bin/busybox" {
-			continue
-		}
-		c.symlink(l, "/bin/busybox")
 	}
 
 	for _, name := range []string{"init", "lab-ctl", "lab-stop"} {
@@ -167,6 +153,28 @@ func BuildInitramfs(ctx context.Context, a *Assets, labmount, out string) error 
 		return err
 	}
 	return os.Rename(out+".tmp", out)
+}
+
+// busybox adds the static busybox and a link for each of its applets.
+func (c *newc) busybox(ctx context.Context, path string) error {
+	bb, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	c.file("bin/busybox", bb, 0o755)
+	list, err := exec.CommandContext(ctx, path, "--list-full").Output()
+	if err != nil {
+		return fmt.Errorf("lab: busybox --list-full: %v", err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(list))
+	for sc.Scan() {
+		l := strings.Trim(sc.Text(), "/")
+		if l == "" || l == "bin/busybox" {
+			continue
+		}
+		c.symlink(l, "/bin/busybox")
+	}
+	return nil
 }
 
 // addDynamic copies a host program and the shared libraries ldd names for

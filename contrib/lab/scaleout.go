@@ -300,32 +300,71 @@ func StartScaleOut(ctx context.Context, l *Lab, n, users int, binary, mountOpts 
 	if err := l.NFS.Start(ctx); err != nil {
 		return nil, err
 	}
-	vms, err := l.StartVMs(ctx, n, func(int) VMConfig {
+	var pf *PostfixOptions
+	if postfix {
+		pf = &PostfixOptions{}
+	}
+	err = s.startFrontEnds(ctx, n, func(int) VMConfig {
 		return VMConfig{Script: script, MountOpts: mountOpts, Grace: 10 * time.Second}
-	})
+	}, pf)
+	return s, err
+}
+
+// startFrontEnds boots n VMs (cfg gives each one's configuration), waits
+// until each has mounted its file systems, starts HAProxy in front of them
+// and waits until it sees every server UP, then (when pf is not nil)
+// Postfix delivering to HAProxy's LMTP port (Transport and Concurrency
+// default to that and 12).
+func (s *ScaleOutLab) startFrontEnds(ctx context.Context, n int, cfg func(i int) VMConfig, pf *PostfixOptions) error {
+	if err := s.bootFrontEnds(ctx, n, cfg); err != nil {
+		return err
+	}
+	return s.startBalancer(ctx, pf)
+}
+
+// bootFrontEnds boots n VMs and waits until each has mounted its file
+// systems.
+func (s *ScaleOutLab) bootFrontEnds(ctx context.Context, n int, cfg func(i int) VMConfig) error {
+	l := s.Lab
+	vms, err := l.StartVMs(ctx, n, cfg)
 	s.VMs = vms
 	if err != nil {
-		return s, err
+		return err
 	}
 	for _, v := range vms {
 		d, err := v.WaitReady(ctx, 3*time.Minute)
 		if err != nil {
-			return s, err
+			return err
 		}
 		l.logf("vm %s: booted and mounted in %v", v.Host, d.Round(10*time.Millisecond))
 	}
-	if s.HAProxy, err = l.StartHAProxy(ctx, HAProxyOptions{VMs: vms}); err != nil {
-		return s, err
+	return nil
+}
+
+// startBalancer starts HAProxy in front of the VMs, waits until it sees
+// every server UP, then (pf not nil) starts Postfix.
+func (s *ScaleOutLab) startBalancer(ctx context.Context, pf *PostfixOptions) error {
+	l := s.Lab
+	var err error
+	if s.HAProxy, err = l.StartHAProxy(ctx, HAProxyOptions{VMs: s.VMs}); err != nil {
+		return err
 	}
 	if err := s.HAProxy.WaitUp(ctx, 2*time.Minute); err != nil {
-		return s, fmt.Errorf("%v; consoles:\n%s", err, s.consoles(2000))
+		return fmt.Errorf("%v; consoles:\n%s", err, s.consoles(2000))
 	}
-	if postfix {
-		if s.Postfix, err = l.StartPostfix(ctx, PostfixOptions{Transport: "lmtp:inet:[" + ClientAddr + "]:24", Concurrency: 12}); err != nil {
-			return s, err
+	if pf != nil {
+		o := *pf
+		if o.Transport == "" {
+			o.Transport = "lmtp:inet:[" + ClientAddr + "]:24"
+		}
+		if o.Concurrency == 0 {
+			o.Concurrency = 12
+		}
+		if s.Postfix, err = l.StartPostfix(ctx, o); err != nil {
+			return err
 		}
 	}
-	return s, nil
+	return nil
 }
 
 func (s *ScaleOutLab) consoles(n int) string {

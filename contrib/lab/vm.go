@@ -46,7 +46,28 @@ type VMConfig struct {
 	Initramfs string
 	// Disk is a raw disk image attached as /dev/vda (virtio).
 	Disk string
+	// Addr overrides the address (default VMAddr(N)); Tap overrides the
+	// tap device's name (default tap<N>). The kernel NFS server's VM
+	// uses them: it is not one of the numbered front ends.
+	Addr, Tap string
+	// Mounts are mounted by the VM's init after the lab's export (at
+	// MountPoint) and before the script runs, in order.
+	Mounts []Mount
 }
+
+// Mount is one more mount of a front-end VM: an NFS export (Source is
+// SERVER:PATH, Opts nfs(5) options as for MountOpts, mounted with
+// labmount), or, when Opts is "bind", a directory of the VM (Source, a
+// path such as MountPoint+"/mailg") bound at Point. A filer mounted below
+// a local directory is how a front end mounts several volumes under one
+// mail_root.
+type Mount struct {
+	Source, Point, Opts string
+}
+
+// word is the mount on the kernel command line: lab.mount=SOURCE;POINT;OPTS
+// (guest/init splits it at the semicolons).
+func (m Mount) word() string { return "lab.mount=" + m.Source + ";" + m.Point + ";" + m.Opts }
 
 // DefaultMountOpts mounts NFSv3 over TCP without NLM locks.
 const DefaultMountOpts = "vers=3,nolock,proto=tcp"
@@ -125,11 +146,17 @@ func (l *Lab) NewVM(cfg VMConfig) *VM {
 	if cfg.CtlPort == 0 {
 		cfg.CtlPort = 7777
 	}
+	if cfg.Addr == "" {
+		cfg.Addr = VMAddr(cfg.N)
+	}
+	if cfg.Tap == "" {
+		cfg.Tap = fmt.Sprintf("tap%d", cfg.N)
+	}
 	v := &VM{
 		Config: cfg,
 		Host:   cfg.Host,
-		Addr:   VMAddr(cfg.N),
-		Tap:    fmt.Sprintf("tap%d", cfg.N),
+		Addr:   cfg.Addr,
+		Tap:    cfg.Tap,
 		Log:    filepath.Join(l.LogDir(), cfg.Host+".console.log"),
 		lab:    l,
 	}
@@ -179,6 +206,9 @@ func (v *VM) cmdline() string {
 	if c.Stay {
 		parts = append(parts, "lab.stay=1")
 	}
+	for _, m := range c.Mounts {
+		parts = append(parts, m.word())
+	}
 	if c.Append != "" {
 		parts = append(parts, c.Append)
 	}
@@ -192,7 +222,14 @@ func (v *VM) Start(ctx context.Context) error {
 	if v.proc != nil && !v.proc.Exited() {
 		return fmt.Errorf("lab: %s already running", v.Host)
 	}
-	for _, s := range []string{v.Host, v.Config.MountOpts, v.Config.Script} {
+	words := []string{v.Host, v.Config.MountOpts, v.Config.Script}
+	for _, m := range v.Config.Mounts {
+		if m.Source == "" || !strings.HasPrefix(m.Point, "/") || strings.Contains(m.Source+m.Point+m.Opts, ";") {
+			return fmt.Errorf("lab: %s: mount %+v: a source, an absolute mount point, no semicolons", v.Host, m)
+		}
+		words = append(words, m.word())
+	}
+	for _, s := range words {
 		if strings.ContainsAny(s, " \t\n\"") {
 			return fmt.Errorf("lab: %s: %q: no spaces or quotes on the kernel command line", v.Host, s)
 		}
@@ -223,7 +260,7 @@ func (v *VM) Start(ctx context.Context) error {
 		"-nographic", "-no-reboot",
 		"-kernel", a.Kernel, "-initrd", initrd,
 		"-netdev", "tap,id=n0,ifname=" + v.Tap + ",script=no,downscript=no",
-		"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=52:54:00:77:00:%02x,romfile=", 10+v.Config.N),
+		"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=52:54:00:77:00:%02x,romfile=", lastOctet(v.Addr)),
 		"-device", "virtio-rng-pci",
 		"-append", v.cmdline(),
 	}
@@ -242,6 +279,16 @@ func (v *VM) Start(ctx context.Context) error {
 	v.boots++
 	l.logf("vm %s: qemu pid %d, %s on %s", v.Host, p.Pid(), v.Addr, v.Tap)
 	return nil
+}
+
+// lastOctet is the last number of an IPv4 address (the VM's MAC ends
+// with it: 10+N for VM N, as before addresses could be chosen).
+func lastOctet(addr string) int {
+	ip := net.ParseIP(addr).To4()
+	if ip == nil {
+		return 0
+	}
+	return int(ip[3])
 }
 
 var readyRE = regexp.MustCompile(`nfsdrop-lab: ready `)
@@ -443,11 +490,17 @@ func (v *VM) ClockSkew(ctx context.Context) (time.Duration, error) {
 
 // Mountstats reads the VM's NFS client counters for the lab's mount.
 func (v *VM) Mountstats(ctx context.Context) (*MountStats, error) {
+	return v.MountstatsAt(ctx, MountPoint)
+}
+
+// MountstatsAt reads the VM's NFS client counters for the mount at point
+// (one of Config.Mounts).
+func (v *VM) MountstatsAt(ctx context.Context, point string) (*MountStats, error) {
 	out, err := v.Ctl(ctx, "mountstats")
 	if err != nil {
 		return nil, err
 	}
-	return ParseMountStats(out, MountPoint)
+	return ParseMountStats(out, point)
 }
 
 // LinkDown cuts the VM off the network (its tap goes down); LinkUp

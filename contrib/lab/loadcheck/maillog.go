@@ -213,3 +213,31 @@ func (m *Maillog) Follow(stop <-chan struct{}, interval time.Duration) {
 		}
 	}
 }
+
+// PerRecipient counts, for each recipient, the deliveries logged so far
+// (status=sent: the LMTP server's 250), the deferrals the LMTP server
+// answered itself with a 4xx ("said: 4..") and the other deferrals (a
+// connection lost or timed out): a runner that polls it every second sees
+// per-user rates.
+func (m *Maillog) PerRecipient() (sent, tempFailed, otherDeferred map[string]int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sent, tempFailed, otherDeferred = map[string]int{}, map[string]int{}, map[string]int{}
+	for _, ds := range m.sent {
+		for _, d := range ds {
+			sent[d.Rcpt]++
+		}
+	}
+	for _, as := range m.attempts {
+		for _, a := range as {
+			switch {
+			case a.Status != "deferred":
+			case strings.Contains(a.Reason, "said: 4"):
+				tempFailed[a.Rcpt]++
+			default:
+				otherDeferred[a.Rcpt]++
+			}
+		}
+	}
+	return sent, tempFailed, otherDeferred
+}

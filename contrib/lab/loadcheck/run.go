@@ -46,6 +46,11 @@ type Config struct {
 	// without DELE); Deleters retrieve and delete (RETR, DELE, QUIT).
 	// Defaults 2 and 3.
 	Keepers, Deleters int
+	// UserGroups, when set, splits the users (each one in one group) and
+	// gives every group its own Keepers and Deleters, which pick only
+	// among its users: the users of one filer each, so that sessions
+	// stuck on a hung filer do not take every client from the others.
+	UserGroups [][]string
 	// RetrPerKeep and RetrPerDelete bound the messages read per session
 	// (defaults 3 and 25).
 	RetrPerKeep, RetrPerDelete int
@@ -298,14 +303,20 @@ func Start(ctx context.Context, cfg Config) (*Load, error) {
 		ld.wg.Add(1)
 		go func() { defer ld.wg.Done(); ld.sender(ctx, tick) }()
 	}
-	for i := 0; i < cfg.Keepers+cfg.Deleters; i++ {
-		mode := "keep"
-		if i >= cfg.Keepers {
-			mode = "delete"
+	groups := cfg.UserGroups
+	if len(groups) == 0 {
+		groups = [][]string{cfg.Users}
+	}
+	for g, users := range groups {
+		for i := 0; i < cfg.Keepers+cfg.Deleters; i++ {
+			mode := "keep"
+			if i >= cfg.Keepers {
+				mode = "delete"
+			}
+			rnd := rand.New(rand.NewSource(cfg.Seed + int64(g*1000+i)*7919))
+			ld.wg.Add(1)
+			go func() { defer ld.wg.Done(); ld.popClient(ctx, mode, users, rnd) }()
 		}
-		rnd := rand.New(rand.NewSource(cfg.Seed + int64(i)*7919))
-		ld.wg.Add(1)
-		go func() { defer ld.wg.Done(); ld.popClient(ctx, mode, rnd) }()
 	}
 	for i := 0; i < cfg.IMAPClients; i++ {
 		rnd := rand.New(rand.NewSource(cfg.Seed + int64(i)*104729 + 1))
@@ -475,9 +486,9 @@ func deliverLMTP(c *smtp.Client, from, to string, msg []byte) (string, error) {
 	return m[1], nil
 }
 
-func (ld *Load) popClient(ctx context.Context, mode string, rnd *rand.Rand) {
+func (ld *Load) popClient(ctx context.Context, mode string, users []string, rnd *rand.Rand) {
 	for ctx.Err() == nil {
-		user := ld.cfg.Users[rnd.Intn(len(ld.cfg.Users))]
+		user := users[rnd.Intn(len(users))]
 		max := ld.cfg.RetrPerKeep
 		if mode == "delete" {
 			max = ld.cfg.RetrPerDelete

@@ -1,0 +1,128 @@
+package lab
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// TestFilersConfig: the front end's configuration names both volumes
+// under the local mail root, each its own directory, and the users file
+// names each user's volume in the home= extra field (a colon would split
+// the home column).
+func TestFilersConfig(t *testing.T) {
+	var c struct {
+		Store struct {
+			MailRoot string `toml:"mail_root"`
+			Volumes  []struct {
+				Name, Path   string
+				NewMailboxes bool `toml:"new_mailboxes"`
+			}
+		}
+		Userdb struct {
+			DefaultDomain string `toml:"default_domain"`
+		}
+	}
+	if _, err := toml.Decode(FilersConfig("mx1.test", VMAddr(1), 30*time.Second), &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.MailRoot != FilersMailRoot || c.Userdb.DefaultDomain != "example.test" {
+		t.Errorf("mail_root %q, default_domain %q", c.Store.MailRoot, c.Userdb.DefaultDomain)
+	}
+	if len(c.Store.Volumes) != 2 || c.Store.Volumes[0].Name != VolGanesha || c.Store.Volumes[0].Path != "/srv/mail/ganesha" ||
+		c.Store.Volumes[1].Name != VolKNFSD || c.Store.Volumes[1].Path != "/srv/mail/knfsd" || !c.Store.Volumes[1].NewMailboxes {
+		t.Errorf("volumes: %+v", c.Store.Volumes)
+	}
+	users := []string{FilersUser(1), FilersUser(2)}
+	vol := map[string]string{users[0]: VolGanesha, users[1]: VolKNFSD}
+	if got, want := filersUsersFile(users, vol), "u1@example.test:{PLAIN}pw::::::home=ganesha:example.test/u1\nu2@example.test:{PLAIN}pw::::::home=knfsd:example.test/u2\n"; got != want {
+		t.Errorf("users file:\n%s\nwant:\n%s", got, want)
+	}
+	if got, want := filersLegacyUsersFile(users, vol), "u1@example.test:{PLAIN}pw::::/srv/mail/ganesha/example.test/u1::\n"; !strings.HasPrefix(got, want) {
+		t.Errorf("legacy users file:\n%s\nwant first line:\n%s", got, want)
+	}
+}
+
+// TestParseThreadSample: thread counts are summed per daemon (a restarted
+// daemon may briefly have two processes), stand-in counters kept per
+// volume and kind, other lines ignored.
+func TestParseThreadSample(t *testing.T) {
+	s := parseThreadSample(time.Unix(1, 0), "threads lmtpd 12\nthreads pop3d 7\nthreads lmtpd 3\nops knfsd.lmtpd 40\nexit=0\ngarbage\nthreads pop3d \n")
+	if s.Threads["lmtpd"] != 15 || s.Threads["pop3d"] != 7 || s.Ops["knfsd.lmtpd"] != 40 || len(s.Threads) != 2 || len(s.Ops) != 1 {
+		t.Errorf("%+v", s)
+	}
+}
+
+// TestFilersWindow: a window's rates come from the samples at its ends,
+// its thread peaks from the samples inside it only.
+func TestFilersWindow(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	r := &filersRun{f: &FilersLab{ScaleOutLab: &ScaleOutLab{}}, threads: map[string][]ThreadSample{}}
+	r.counts = []countSample{
+		{At: at(0), Acked: map[string]int{VolGanesha: 10, VolKNFSD: 10}, TempFail: map[string]int{}, Deferred: map[string]int{}},
+		{At: at(10), Acked: map[string]int{VolGanesha: 30, VolKNFSD: 10}, TempFail: map[string]int{VolKNFSD: 4}, Deferred: map[string]int{VolKNFSD: 1}},
+		{At: at(20), Acked: map[string]int{VolGanesha: 50, VolKNFSD: 40}, TempFail: map[string]int{VolKNFSD: 4}, Deferred: map[string]int{VolKNFSD: 1}},
+	}
+	r.threads["mx1.test"] = []ThreadSample{
+		{At: at(1), Threads: map[string]int{"lmtpd": 9}, Ops: map[string]int{"knfsd.lmtpd": 5}},
+		{At: at(5), Threads: map[string]int{"lmtpd": 200, "pop3d": 8}, Ops: map[string]int{"knfsd.lmtpd": 5}},
+		{At: at(9), Threads: map[string]int{"lmtpd": 11}, Ops: map[string]int{"knfsd.lmtpd": 25}},
+		{At: at(15), Threads: map[string]int{"lmtpd": 500}},
+	}
+	w := &Window{Start: at(0), End: at(10)}
+	r.fill(w)
+	if w.Acked[VolGanesha] != 2 || w.Acked[VolKNFSD] != 0 || w.TempFail[VolKNFSD] != 4 || w.OtherDeferred[VolKNFSD] != 1 {
+		t.Errorf("counts: %+v %+v %+v", w.Acked, w.TempFail, w.OtherDeferred)
+	}
+	if w.PeakThreads["mx1 lmtpd"] != 200 || w.PeakThreads["mx1 pop3d"] != 8 {
+		t.Errorf("peaks: %+v", w.PeakThreads)
+	}
+	if w.Ops[VolKNFSD] != 2 {
+		t.Errorf("ops/s: %+v", w.Ops)
+	}
+}
+
+// TestMountWords: extra mounts reach the kernel command line, in order,
+// as guest/init reads them.
+func TestMountWords(t *testing.T) {
+	l := &Lab{NFS: &NFSServer{Addr: ServerAddr, Export: "/x/export"}}
+	v := &VM{lab: l, Config: VMConfig{Mounts: []Mount{
+		{Source: "/mnt/lab/mailg", Point: "/srv/mail/ganesha", Opts: "bind"},
+		{Source: KNFSAddr + ":" + KNFSExport, Point: "/srv/mail/knfsd", Opts: "vers=4.1,proto=tcp"},
+	}}}
+	want := "lab.mount=/mnt/lab/mailg;/srv/mail/ganesha;bind lab.mount=127.77.0.8:/srv/export;/srv/mail/knfsd;vers=4.1,proto=tcp"
+	if got := v.cmdline(); !strings.Contains(got, want) {
+		t.Errorf("command line %q lacks %q", got, want)
+	}
+	if lastOctet(KNFSAddr) != 8 || lastOctet(VMAddr(3)) != 13 {
+		t.Errorf("lastOctet")
+	}
+}
+
+// TestMoveHomeCommand: after a move, only the moved user's home= names
+// the new volume (u1 and u10 share a prefix).
+func TestMoveHomeCommand(t *testing.T) {
+	if _, err := exec.LookPath("sed"); err != nil {
+		t.Skip("no sed")
+	}
+	users := []string{FilersUser(1), FilersUser(10)}
+	vol := map[string]string{users[0]: VolGanesha, users[1]: VolGanesha}
+	f := filepath.Join(t.TempDir(), "users")
+	if err := os.WriteFile(f, []byte(filersUsersFile(users, vol)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("sh", "-c", moveHomeCommand(users[0], VolGanesha, VolKNFSD, f)).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	got, _ := os.ReadFile(f)
+	vol[users[0]] = VolKNFSD
+	if want := filersUsersFile(users, vol); string(got) != want {
+		t.Errorf("users file after the move:\n%s\nwant:\n%s", got, want)
+	}
+}
