@@ -40,11 +40,11 @@ the effective configuration with every default.`,
 			if hostname == "" {
 				hostname = "check" // names no file: check writes nothing
 			}
-			vols, _, err := openVolumes(cfg, hostname, log, nil, nil)
+			vols, gates, err := openVolumes(cfg, hostname, log, nil, nil)
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}
-			users, err := openUserDB(cfg, log, vols)
+			users, err := openUserDB(cfg, log, vols, gates)
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}

@@ -107,7 +107,7 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 		return nil, err
 	}
 	e.volumes, e.gates = vols, gates
-	users, err := openUserDB(cfg, e.log, vols)
+	users, err := openUserDB(cfg, e.log, vols, gates)
 	if err != nil {
 		return nil, err
 	}
@@ -179,11 +179,16 @@ func (e *env) startGates() {
 // openUserDB opens the source named by userdb.driver; config converts the
 // keys to its options (and validated them with userdb's own parsers). The
 // volumes' health makes a lookup of a user on a down volume fail at once.
-func openUserDB(cfg *config.Config, log *slog.Logger, vols *volume.Set) (userdb.DB, error) {
+func openUserDB(cfg *config.Config, log *slog.Logger, vols *volume.Set, gates []*fsgate.Gate) (userdb.DB, error) {
 	withHealth := func(roots []userdb.VolumeRoot) []userdb.VolumeRoot {
 		for i := range roots {
 			if v := vols.ByName(roots[i].Name); v != nil {
 				roots[i].Err = v.Err
+			}
+			for _, g := range gates {
+				if g.Volume() == roots[i].Name {
+					roots[i].Guard = g.Do
+				}
 			}
 		}
 		return roots

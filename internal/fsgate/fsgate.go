@@ -220,6 +220,14 @@ func (g *Gate) release() {
 }
 
 // do runs call holding a slot.
+// Volume is the name of the volume the gate guards.
+func (g *Gate) Volume() string { return g.o.Volume }
+
+// Do runs call as one call on the volume, under the same bound and
+// health as the gated FS: for file system work done outside the FS (the
+// user database resolving a mailbox path's symlinks).
+func (g *Gate) Do(call func() error) error { return g.do(call) }
+
 func (g *Gate) do(call func() error) error {
 	if err := g.acquire(); err != nil {
 		return err

@@ -35,6 +35,11 @@ type VolumeRoot struct {
 	// non-nil error (a down or hung filer) is a temporary failure of the
 	// lookup, before any file system call that could hang on it.
 	Err func() error
+	// Guard, when not nil, runs the lookup's file system calls on the
+	// volume (resolving the mailbox path's symlinks) as one call through
+	// the volume's hung-filer gate (fsgate.Gate.Do); an error from it is
+	// a temporary failure.
+	Guard func(call func() error) error
 }
 
 // Reasons the peer sees for a mailbox on no usable volume: temporary, as
@@ -344,39 +349,53 @@ func (r mailboxRule) confine(op string, mp mailboxPath) *mailboxRefusal {
 	unavailable := func(what string, err error) *mailboxRefusal {
 		return &mailboxRefusal{path: mbox, why: what, cause: err, failure: failure.Temp(op, "mail storage unavailable", err)}
 	}
-	realRoot, err := filepath.EvalSymlinks(root)
-	if err != nil {
-		return unavailable("resolve mail root", err)
-	}
-	existing := clean
-	for {
-		_, err := os.Lstat(existing)
-		if err == nil {
-			break
+	// These calls go to the filer: on a volume they run as one call
+	// through its hung-filer gate (Guard), so that a hung filer holds at
+	// most its gate's bound of threads here too, and a down volume
+	// answers at once.
+	links := func() *mailboxRefusal {
+		realRoot, err := filepath.EvalSymlinks(root)
+		if err != nil {
+			return unavailable("resolve mail root", err)
 		}
-		// ENOTDIR: some ancestor is a file; keep walking up to find it.
-		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
-			return unavailable("stat mailbox path", err)
+		existing := clean
+		for {
+			_, err := os.Lstat(existing)
+			if err == nil {
+				break
+			}
+			// ENOTDIR: some ancestor is a file; keep walking up to find it.
+			if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
+				return unavailable("stat mailbox path", err)
+			}
+			if existing == root || existing == filepath.Dir(existing) {
+				return unavailable("stat mail root", err)
+			}
+			existing = filepath.Dir(existing)
 		}
-		if existing == root || existing == filepath.Dir(existing) {
-			return unavailable("stat mail root", err)
+		real, err := filepath.EvalSymlinks(existing)
+		if err != nil {
+			return unavailable("resolve symlinks", err)
 		}
-		existing = filepath.Dir(existing)
-	}
-	real, err := filepath.EvalSymlinks(existing)
-	if err != nil {
-		return unavailable("resolve symlinks", err)
-	}
-	if existing == clean {
-		// The Maildir itself exists: it must resolve strictly below the
-		// root (a link to the root itself would hand out every mailbox).
-		if !strictlyUnder(realRoot, real) {
+		if existing == clean {
+			// The Maildir itself exists: it must resolve strictly below the
+			// root (a link to the root itself would hand out every mailbox).
+			if !strictlyUnder(realRoot, real) {
+				return outside("symlink leads outside the mail root")
+			}
+		} else if real != realRoot && !strictlyUnder(realRoot, real) {
 			return outside("symlink leads outside the mail root")
 		}
-	} else if real != realRoot && !strictlyUnder(realRoot, real) {
-		return outside("symlink leads outside the mail root")
+		return nil
 	}
-	return nil
+	if mp.vol != nil && mp.vol.Guard != nil {
+		var ref *mailboxRefusal
+		if err := mp.vol.Guard(func() error { ref = links(); return nil }); err != nil {
+			return unavailable("volume busy or down", err)
+		}
+		return ref
+	}
+	return links()
 }
 
 // strictlyUnder reports whether the clean absolute path p lies below root

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/nfsdrop/nfsdrop/internal/testenv/slapd"
@@ -119,6 +120,31 @@ func TestPasswdFileVolumeDown(t *testing.T) {
 	}
 	if u := mustLookup(t, p, "b"); u.Volume != "v1" {
 		t.Errorf("b: volume %q", u.Volume)
+	}
+}
+
+// TestPasswdFileVolumeGuard: the lookup's file system calls on a volume
+// (resolving the mailbox path) run through the volume's Guard, the
+// hung-filer gate's bound: a busy or down gate makes the lookup a
+// temporary failure without touching the filer; the other volume's users
+// are looked up as before.
+func TestPasswdFileVolumeGuard(t *testing.T) {
+	f := volumeFixture(t)
+	busy := errors.New("volume v2: no free slot")
+	var guarded atomic.Int32
+	f.opts.Volumes[1].Guard = func(call func() error) error { guarded.Add(1); return busy }
+	f.opts.Volumes[0].Guard = func(call func() error) error { guarded.Add(1); return call() }
+	p := f.open(t, f.lines("a:{PLAIN}x:1:1::::home=v2:h/a", "b:{PLAIN}x:1:1::::home=v1:h/b"))
+	_, err := p.Lookup(t.Context(), "a")
+	wantKind(t, err, failure.Temporary, "")
+	if !errors.Is(err, busy) {
+		t.Errorf("error %v does not wrap the gate's", err)
+	}
+	if u := mustLookup(t, p, "b"); u.Volume != "v1" {
+		t.Errorf("b: volume %q", u.Volume)
+	}
+	if n := guarded.Load(); n != 2 {
+		t.Errorf("%d lookups went through a guard, want 2", n)
 	}
 }
 
