@@ -42,6 +42,18 @@ type CallsOptions struct {
 	DelayMessages int
 	// NFSDrop is a static nfsdrop binary; "" builds one.
 	NFSDrop string
+	// Trace names guest kernel tracepoints ("nfs4:nfs4_getattr") recorded
+	// with their kernel stacks during the counted deliveries and the bare
+	// loop: which system call sent each of those NFS calls. The stacks,
+	// counted, are in CallsVersion.Traces. Tracing slows the guest: the
+	// rates of a traced run are not comparable.
+	Trace []string
+	// Probe, when set, runs "bareloop -probe" after the counted bare loop:
+	// the GETATTRs of each stat variant on the mail root, the mount
+	// marker and the bare loop's new/ (logged).
+	Probe bool
+	// CountOnly skips the rate measurements (parallel and filer far).
+	CountOnly bool
 }
 
 func (o *CallsOptions) defaults() {
@@ -131,6 +143,9 @@ type CallsVersion struct {
 	Deliver, RepeatLogin, SpacedLogin, Fetch, Bare CallsPhase
 	Rates                                          []CallsRates
 	Problems                                       []string
+	// Traces are the kernel stacks of the traced events (Options.Trace)
+	// per phase ("deliveries", "bare loop"), most frequent first.
+	Traces map[string][]TracedStack
 }
 
 // CallsReport is what RunCalls measured.
@@ -310,7 +325,13 @@ func (s *ScaleOutLab) measureCalls(ctx context.Context, vm *VM, o CallsOptions, 
 	if cv.Idle, err = phase("idle 5 s", func() (int64, string) { sleepCtx(ctx, 5*time.Second); return 5, "" }); err != nil {
 		return err
 	}
+	if err := s.traceStart(ctx, vm, o.Trace); err != nil {
+		return err
+	}
 	if cv.Deliver, err = phase("deliveries", deliver(o.Messages)); err != nil {
+		return err
+	}
+	if err := s.traceCollect(ctx, vm, o.Trace, cv, "deliveries", cv.Deliver.Units); err != nil {
 		return err
 	}
 	// The first login after the deliveries lists new/ again; the
@@ -338,10 +359,25 @@ func (s *ScaleOutLab) measureCalls(ctx context.Context, vm *VM, o CallsOptions, 
 	if cv.Fetch, err = phase("retrieve and delete", fetch); err != nil {
 		return err
 	}
+	if err := s.traceStart(ctx, vm, o.Trace); err != nil {
+		return err
+	}
 	if cv.Bare, err = phase("bare loop", bare("count", o.Messages, 1, 600)); err != nil {
 		return err
 	}
+	if err := s.traceCollect(ctx, vm, o.Trace, cv, "bare loop", cv.Bare.Units); err != nil {
+		return err
+	}
+	if o.Probe {
+		paths := fmt.Sprintf("%[1]s/mail,%[1]s/mail/.nfsdrop-mounted,%[1]s/bare/%[2]s-v%[3]s-count/new", MountPoint, vm.Host, cv.Version)
+		out, _, err := vm.Exec(ctx, "/tmp/bareloop -probe "+paths)
+		l.logf("calls: NFS %s: probe: %s (%v)", cv.Version, strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "), err)
+	}
 	local := CallsRates{Deliver: cv.Deliver, Bare: cv.Bare, Logins: cv.RepeatLogin}
+	if o.CountOnly {
+		cv.Rates = append(cv.Rates, local)
+		return nil
+	}
 	if err := s.parallelRates(ctx, dial, vm, o, cv, &local, phase, bare, fetch); err != nil {
 		return err
 	}
