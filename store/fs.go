@@ -2,8 +2,10 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -18,6 +20,16 @@ import (
 type FS interface {
 	// OpenFile is open(2).
 	OpenFile(name string, flag int, perm fs.FileMode) (File, error)
+	// CreateAs is OpenFile with O_CREAT made with the filesystem uid and
+	// gid set to uid and gid (-1: unchanged) for this one call
+	// (setfsuid/setfsgid on the calling thread only), so that a process
+	// running as root creates a file already owned by a mailbox's owner:
+	// the NFS client sends the caller's filesystem credentials with the
+	// CREATE (or OPEN), and the server makes the file theirs, where a
+	// create as root and an fchown cost a CREATE and a SETATTR. The
+	// permission to create is then theirs too (EACCES when they may not
+	// write the directory).
+	CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (File, error)
 	// Link is link(2): not idempotent over NFS.
 	Link(oldname, newname string) error
 	// Rename is rename(2): not idempotent over NFS.
@@ -89,6 +101,47 @@ var _ FS = OSFS{}
 
 func (OSFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
 	f, err := os.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return osFile{f}, nil
+}
+
+func (OSFS) CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (File, error) {
+	// The filesystem ids are per thread: keep this goroutine on its
+	// thread while they are changed, and give the thread back only with
+	// root's ids restored (a thread left locked ends with its goroutine).
+	runtime.LockOSThread()
+	prevGID, prevUID := -1, -1
+	restored := false
+	defer func() {
+		if restored {
+			runtime.UnlockOSThread()
+		}
+	}()
+	if gid >= 0 {
+		prevGID, _ = unix.SetfsgidRetGid(gid)
+	}
+	if uid >= 0 {
+		prevUID, _ = unix.SetfsuidRetUid(uid)
+	}
+	f, err := os.OpenFile(name, flag|os.O_CREATE, perm)
+	if prevUID >= 0 {
+		unix.Setfsuid(prevUID)
+	}
+	if prevGID >= 0 {
+		unix.Setfsgid(prevGID)
+	}
+	// setfsuid(-1) changes nothing and answers the current id.
+	curUID, _ := unix.SetfsuidRetUid(-1)
+	curGID, _ := unix.SetfsgidRetGid(-1)
+	restored = (prevUID < 0 || curUID == prevUID) && (prevGID < 0 || curGID == prevGID)
+	if !restored {
+		if f != nil {
+			f.Close()
+		}
+		return nil, fmt.Errorf("store: could not restore the filesystem ids after creating %s (fsuid %d, fsgid %d)", name, curUID, curGID)
+	}
 	if err != nil {
 		return nil, err
 	}

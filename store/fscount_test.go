@@ -7,7 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
 )
 
 // countFS counts the calls the store makes through FS (and through the
@@ -35,6 +38,21 @@ func (c *countFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error
 	f, err := c.OSFS.OpenFile(name, flag, perm)
 	if err != nil {
 		return nil, err
+	}
+	return &countFile{File: f, c: c}, nil
+}
+// CreateAs is counted as mutating only when it created: a create the
+// owner may not make is refused by the client's permission check (its
+// cached ACCESS answer), before any CREATE is sent.
+func (c *countFS) CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (File, error) {
+	c.n.Add(1)
+	f, err := c.OSFS.CreateAs(name, flag, perm, uid, gid)
+	if err != nil {
+		return nil, err
+	}
+	c.mut.Add(1)
+	if flag&os.O_EXCL != 0 {
+		c.mut.Add(1)
 	}
 	return &countFile{File: f, c: c}, nil
 }
@@ -98,7 +116,7 @@ type countDir struct {
 	n *atomic.Int64
 }
 
-func (d *countDir) Stat() (Info, error) { d.n.Add(1); return d.Dir.Stat() }
+func (d *countDir) ID() (Info, error) { d.n.Add(1); return d.Dir.ID() }
 func (d *countDir) OpenBeneath(rel string, trust int) (Dir, error) {
 	d.n.Add(1)
 	sub, err := d.Dir.OpenBeneath(rel, trust)
@@ -200,5 +218,52 @@ func assertAtMost[N int | int64 | float64](t *testing.T, what string, got, limit
 	t.Helper()
 	if got > limit {
 		t.Errorf("%v %s, more than %v", got, what, limit)
+	}
+}
+
+// TestRootDeliveryBornOwned: a root process delivering for a mailbox
+// owned by someone else creates the tmp/ file as that owner (FS.CreateAs),
+// so that the delivery is create, write and publish (3 mutating calls, no
+// SETATTR for a chown) and the message is the owner's. When the owner may
+// not create in tmp/ (a tmp/ that is root's), the file is created as root
+// and chowned, as before.
+func TestRootDeliveryBornOwned(t *testing.T) {
+	testenv.RequireRoot(t)
+	const owner = 4321
+	for _, tmpOwnedByRoot := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tmp owned by root %v", tmpOwnedByRoot), func(t *testing.T) {
+			c := &countFS{}
+			yes := true
+			s, root := newTestStore(t, c, func(o *Options) { o.Chown = &yes })
+			mb := mailbox(root, "owned")
+			mb.UID, mb.GID = owner, owner
+			deliverN(t, s, mb, 1) // creates the Maildir, owned by owner
+			wantMut := 3.0
+			if tmpOwnedByRoot {
+				if err := os.Chown(filepath.Join(mb.Path, "tmp"), 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				wantMut = 4 // the chown's SETATTR
+			}
+			c.calls()
+			const n = 5
+			deliverN(t, s, mb, n)
+			_, mut := c.calls()
+			if got := float64(mut) / n; got != wantMut {
+				t.Errorf("%v mutating calls per delivery, want %v", got, wantMut)
+			}
+			for _, e := range listDir(t, filepath.Join(mb.Path, "new")) {
+				fi, err := os.Stat(filepath.Join(mb.Path, "new", e))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st := fi.Sys().(*syscall.Stat_t); st.Uid != owner || st.Gid != owner {
+					t.Errorf("%s owned by %d:%d, want %d:%d", e, st.Uid, st.Gid, owner, owner)
+				}
+			}
+			if tmp := listDir(t, filepath.Join(mb.Path, "tmp")); len(tmp) != 0 {
+				t.Errorf("tmp/ not empty: %v", tmp)
+			}
+		})
 	}
 }

@@ -224,6 +224,11 @@ func TestSpoolChownFailsEveryoneGetsACopy(t *testing.T) {
 		if op == "chown" && (strings.HasPrefix(path, spool) || strings.HasPrefix(path, boxes[0].Path+"/")) {
 			return &os.PathError{Op: "chown", Path: path, Err: syscall.EDQUOT}
 		}
+		// A file created as that owner (a copy in its own tmp/, born
+		// theirs: FS.CreateAs) is refused by the same quota.
+		if op == "open" && strings.HasPrefix(path, boxes[0].Path+"/tmp/") {
+			return &os.PathError{Op: "open", Path: path, Err: syscall.EDQUOT}
+		}
 		return real()
 	}
 	st, err := s.StageFor(boxes, bytes.NewReader(testMessage))

@@ -120,6 +120,9 @@ type Store struct {
 	quotaDefer bool
 	retries    int
 	chown      bool
+	// euid and egid are the process's: a root process creates a
+	// mailbox's tmp/ files as the mailbox's owner (bornOwner).
+	euid, egid int
 	log        *slog.Logger
 	now        func() time.Time
 	pid        int
@@ -176,6 +179,7 @@ func New(opts Options) (*Store, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.euid, s.egid = os.Geteuid(), os.Getegid()
 	if opts.Chown != nil {
 		s.chown = *opts.Chown
 	} else {
