@@ -41,6 +41,7 @@ func (c *countFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error
 	}
 	return &countFile{File: f, c: c}, nil
 }
+
 // CreateAs is counted as mutating only when it created: a create the
 // owner may not make is refused by the client's permission check (its
 // cached ACCESS answer), before any CREATE is sent.
