@@ -148,8 +148,20 @@ func (OSFS) CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (Fil
 	return osFile{f}, nil
 }
 
-func (OSFS) Link(oldname, newname string) error   { return os.Link(oldname, newname) }
-func (OSFS) Rename(oldname, newname string) error { return os.Rename(oldname, newname) }
+func (OSFS) Link(oldname, newname string) error { return os.Link(oldname, newname) }
+
+// Rename calls rename(2) itself: os.Rename first lstats newname (to refuse
+// a directory there, which rename(2) refuses anyway), and on NFS that
+// lookup of a name that does not exist yet is a LOOKUP sent to the filer
+// for nothing (lookupcache=positive keeps no negative answer), and on
+// NFSv4 the negative dentry it leaves is looked up once more by the
+// rename itself.
+func (OSFS) Rename(oldname, newname string) error {
+	if err := syscall.Rename(oldname, newname); err != nil {
+		return &os.LinkError{Op: "rename", Old: oldname, New: newname, Err: err}
+	}
+	return nil
+}
 func (OSFS) Remove(name string) error {
 	// os.Remove tries unlink then rmdir and may report the rmdir error
 	// for a file; call unlink first ourselves so the errno is the real one.

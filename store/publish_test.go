@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -299,5 +300,27 @@ func TestNoHardLinksWithdrawKeepsTheSourceForOthers(t *testing.T) {
 	}
 	if n := listDir(t, filepath.Join(root, SpoolName, "tmp")); len(n) != 0 {
 		t.Errorf("spool tmp/ after Discard: %v", n)
+	}
+}
+
+// OSFS.Rename is rename(2) without os.Rename's lstat of the target (one
+// NFS LOOKUP per publish, two on NFSv4): a file is still never renamed
+// over a directory, and the error names both paths.
+func TestOSFSRenameOntoDirectory(t *testing.T) {
+	dir := t.TempDir()
+	file, sub := filepath.Join(dir, "f"), filepath.Join(dir, "d")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	err := OSFS{}.Rename(file, sub)
+	le, ok := err.(*os.LinkError)
+	if !ok || !errors.Is(err, syscall.EISDIR) || le.Old != file || le.New != sub {
+		t.Errorf("rename onto a directory: %v", err)
+	}
+	if err := (OSFS{}).Rename(file, filepath.Join(dir, "g")); err != nil {
+		t.Errorf("rename: %v", err)
 	}
 }
