@@ -46,6 +46,16 @@ type FS interface {
 	// directory entry durable on local filesystems (on NFS, LINK and
 	// RENAME are synchronous on the server and this is nearly free).
 	SyncDir(name string) error
+	// DirOpsSynchronous reports whether the filesystem holding the
+	// directory name makes a new directory entry durable before the call
+	// that made it returns, so that fsyncing the directory adds nothing:
+	// NFS, where the server puts CREATE, LINK, RENAME and REMOVE on stable
+	// storage before it answers, and the Linux client's directory fsync
+	// is a no-op ("All directory operations under NFS are synchronous, so
+	// fsync() is a dummy operation", fs/nfs/dir.c) while the open before
+	// it costs a GETATTR (close-to-open). One statfs(2): callers cache the
+	// answer per device.
+	DirOpsSynchronous(name string) (bool, error)
 	// ReadDirNames lists a directory's entries (no "." or "..").
 	ReadDirNames(name string) ([]string, error)
 	// TouchNow sets a file's times to "now" as the file server sees it
@@ -197,6 +207,14 @@ func (OSFS) SyncDir(name string) error {
 	}
 	return cerr
 }
+func (OSFS) DirOpsSynchronous(name string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(name, &st); err != nil {
+		return false, &os.PathError{Op: "statfs", Path: name, Err: err}
+	}
+	return st.Type == unix.NFS_SUPER_MAGIC, nil
+}
+
 func (OSFS) ReadDirNames(name string) ([]string, error) {
 	d, err := os.Open(name)
 	if err != nil {

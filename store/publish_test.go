@@ -3,9 +3,11 @@ package store
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -322,5 +324,55 @@ func TestOSFSRenameOntoDirectory(t *testing.T) {
 	}
 	if err := (OSFS{}).Rename(file, filepath.Join(dir, "g")); err != nil {
 		t.Errorf("rename: %v", err)
+	}
+}
+
+// syncOpsFS answers DirOpsSynchronous with sync (counting the questions),
+// as an NFS mount would with true.
+type syncOpsFS struct {
+	faultFS
+	sync  bool
+	asked atomic.Int32
+}
+
+func (f *syncOpsFS) DirOpsSynchronous(string) (bool, error) {
+	f.asked.Add(1)
+	return f.sync, nil
+}
+
+// Where directory operations are synchronous on the server (NFS), a
+// delivery does not open and fsync new/ (a GETATTR for a no-op), and the
+// filesystem is asked once per device, not per delivery; elsewhere new/
+// is fsynced for every delivery, as before.
+func TestDirFsyncOnlyWhereDirOpsAreNotSynchronous(t *testing.T) {
+	for _, sync := range []bool{true, false} {
+		t.Run(fmt.Sprintf("synchronous %v", sync), func(t *testing.T) {
+			f := &syncOpsFS{sync: sync}
+			var syncs atomic.Int32
+			f.hook = func(op, path string, real func() error) error {
+				if op == "syncdir" {
+					syncs.Add(1)
+				}
+				return real()
+			}
+			s, root := newTestStore(t, f)
+			mb := mailbox(root, "d")
+			deliverN(t, s, mb, 1)
+			syncs.Store(0)
+			deliverN(t, s, mb, 3)
+			want := int32(3)
+			if sync {
+				want = 0
+			}
+			if got := syncs.Load(); got != want {
+				t.Errorf("%d directory fsyncs for 3 deliveries, want %d", got, want)
+			}
+			if got := f.asked.Load(); got != 1 {
+				t.Errorf("DirOpsSynchronous asked %d times, want once", got)
+			}
+			if n := len(listDir(t, filepath.Join(mb.Path, "new"))); n != 4 {
+				t.Errorf("%d messages in new/, want 4", n)
+			}
+		})
 	}
 }

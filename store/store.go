@@ -128,11 +128,13 @@ type Store struct {
 	pid        int
 	counter    atomic.Uint32
 	dirs       *dirSyncer
-	bufs       sync.Pool
-	index      *indexCache
-	stats      statsBox
-	obs        Observer
-	sweeper    *backgroundSweeper // nil unless StartSweeper ran
+	// syncFree caches FS.DirOpsSynchronous per device (uint64 → bool).
+	syncFree sync.Map
+	bufs     sync.Pool
+	index    *indexCache
+	stats    statsBox
+	obs      Observer
+	sweeper  *backgroundSweeper // nil unless StartSweeper ran
 	// after is the session lock refresher's timer (time.After); tests
 	// replace it to drive the refresher without waiting.
 	after    func(time.Duration) <-chan time.Time
