@@ -43,8 +43,8 @@ type CallsOptions struct {
 	// NFSDrop is a static nfsdrop binary; "" builds one.
 	NFSDrop string
 	// Trace names guest kernel tracepoints ("nfs4:nfs4_getattr") recorded
-	// with their kernel stacks during the counted deliveries and the bare
-	// loop: which system call sent each of those NFS calls. The stacks,
+	// with their kernel stacks during the counted deliveries, repeat
+	// logins and bare loop: which system call sent each of those NFS calls. The stacks,
 	// counted, are in CallsVersion.Traces. Tracing slows the guest: the
 	// rates of a traced run are not comparable.
 	Trace []string
@@ -144,7 +144,8 @@ type CallsVersion struct {
 	Rates                                          []CallsRates
 	Problems                                       []string
 	// Traces are the kernel stacks of the traced events (Options.Trace)
-	// per phase ("deliveries", "bare loop"), most frequent first.
+	// per phase ("deliveries", "repeat logins", "bare loop"), most
+	// frequent first.
 	Traces map[string][]TracedStack
 }
 
@@ -339,7 +340,13 @@ func (s *ScaleOutLab) measureCalls(ctx context.Context, vm *VM, o CallsOptions, 
 	if _, msg := logins(1, o.Messages)(); msg != "" {
 		problem("first login: %s", msg)
 	}
+	if err := s.traceStart(ctx, vm, o.Trace); err != nil {
+		return err
+	}
 	if cv.RepeatLogin, err = phase("repeat logins back to back", logins(o.RepeatLogins, o.Messages)); err != nil {
+		return err
+	}
+	if err := s.traceCollect(ctx, vm, o.Trace, cv, "repeat logins", cv.RepeatLogin.Units); err != nil {
 		return err
 	}
 	cv.SpacedLogin = CallsPhase{Ops: nil}
