@@ -317,8 +317,16 @@ func (s *ScaleOutLab) measureCalls(ctx context.Context, vm *VM, o CallsOptions, 
 		l.logf("calls: NFS %s: warm-up delivery: %s; again", cv.Version, msg)
 		sleepCtx(ctx, 3*time.Second)
 	}
-	if _, msg := logins(1, -1)(); msg != "" {
-		return fmt.Errorf("lab: warm-up login: %s", msg)
+	for try := 1; ; try++ {
+		_, msg := logins(1, -1)()
+		if msg == "" {
+			break
+		}
+		if try == 5 {
+			return fmt.Errorf("lab: warm-up login: %s", msg)
+		}
+		l.logf("calls: NFS %s: warm-up login: %s; again", cv.Version, msg)
+		sleepCtx(ctx, 3*time.Second)
 	}
 	if _, msg := fetch(); msg != "" {
 		return fmt.Errorf("lab: warm-up fetch: %s", msg)
