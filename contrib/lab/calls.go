@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -52,6 +53,11 @@ type CallsOptions struct {
 	// the GETATTRs of each stat variant on the mail root, the mount
 	// marker and the bare loop's new/ (logged).
 	Probe bool
+	// Owned gives the lab's users their own uid and gid (2001, 2002, ...)
+	// in the user database, so that lmtpd, running as root, delivers for
+	// another owner (the production case: the message must become the
+	// user's; before issue 15 a chown, one SETATTR per delivery).
+	Owned bool
 	// CountOnly skips the rate measurements (parallel and filer far).
 	CountOnly bool
 }
@@ -177,6 +183,12 @@ func RunCalls(ctx context.Context, l *Lab, o CallsOptions) (*CallsReport, error)
 		}
 	}
 	prepare := func() error {
+		if o.Owned {
+			// RunCalls has one user, u1.
+			if err := os.WriteFile(filepath.Join(l.Export, "conf", "users"), []byte("u1@lab.test:{PLAIN}pw:2001:2001::::\n"), 0o644); err != nil {
+				return err
+			}
+		}
 		return l.GoBuild(ctx, "./contrib/lab/cmd/bareloop", filepath.Join(l.Export, "bin", "bareloop"))
 	}
 	s, err := StartScaleOut(ctx, l, 1, 1, o.NFSDrop, opts[0], 30*time.Second, false, prepare)
