@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,8 +41,13 @@ type Dir interface {
 	Path() string
 	// Name is the path the directory was opened as, for messages.
 	Name() string
-	// Stat is fstat(2) of the directory.
-	Stat() (Info, error)
+	// ID is the directory's identity: Dev, Ino and the type in Mode, the
+	// rest zero. It asks the kernel for nothing else (statx with
+	// STATX_TYPE|STATX_INO), which an NFS client answers from the inode
+	// itself: an fstat would also want the times, which a CREATE or
+	// RENAME into the directory leaves invalid in an NFSv4 client's
+	// cache, and cost a GETATTR.
+	ID() (Info, error)
 	// OpenBeneath opens the directory rel (relative, clean) beneath this
 	// one without ever leaving it: a symlink on the way is followed only
 	// when it is owned by root or by trustUID and stays beneath this
@@ -118,12 +121,13 @@ type osDir struct {
 func (d *osDir) Path() string { return procFD + strconv.Itoa(d.fd) }
 func (d *osDir) Name() string { return d.name }
 
-func (d *osDir) Stat() (Info, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(d.fd, &st); err != nil {
-		return Info{}, &os.PathError{Op: "fstat", Path: d.name, Err: err}
+func (d *osDir) ID() (Info, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(d.fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE|unix.STATX_INO, &stx); err != nil {
+		return Info{}, &os.PathError{Op: "statx", Path: d.name, Err: err}
 	}
-	return infoOfStat(&st), nil
+	info := infoOfStatx(&stx)
+	return Info{Dev: info.Dev, Ino: info.Ino, Mode: info.Mode.Type()}, nil
 }
 
 func (d *osDir) Close() error {
@@ -278,29 +282,6 @@ func readlinkFD(fd int) (string, error) {
 		}
 	}
 }
-
-func infoOfStat(st *unix.Stat_t) Info {
-	return Info{
-		Dev: st.Dev, Ino: st.Ino, Nlink: st.Nlink, Size: st.Size,
-		Mode:     fileMode(st.Mode),
-		ModTime:  timeOf(st.Mtim),
-		ChangeAt: timeOf(st.Ctim),
-		UID:      int(st.Uid), GID: int(st.Gid),
-	}
-}
-
-func fileMode(m uint32) os.FileMode {
-	mode := os.FileMode(m & 0o777)
-	switch m & syscall.S_IFMT {
-	case syscall.S_IFDIR:
-		mode |= os.ModeDir
-	case syscall.S_IFLNK:
-		mode |= os.ModeSymlink
-	}
-	return mode
-}
-
-func timeOf(ts unix.Timespec) time.Time { return time.Unix(ts.Sec, ts.Nsec) }
 
 // checkProcFD refuses to start without /proc (a chroot, a bare container):
 // every file in a Maildir is named through /proc/self/fd, and failing

@@ -534,7 +534,8 @@ func TestSyncKeyIsTheDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer again.release()
-	if a, b := syncKey(first, "new"), syncKey(again, "new"); a != b {
+	key := func(mb Mailbox) string { k, _, _ := syncKey(mb, "new"); return k }
+	if a, b := key(first), key(again); a != b {
 		t.Errorf("two pins of one new/: keys %q and %q", a, b)
 	}
 	if err := os.Rename(mb.Path, mb.Path+".old"); err != nil {
@@ -545,7 +546,33 @@ func TestSyncKeyIsTheDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer remade.release()
-	if a, b := syncKey(first, "new"), syncKey(remade, "new"); a == b {
+	if a, b := key(first), key(remade); a == b {
 		t.Errorf("new/ of a Maildir made again has the old one's key %q", a)
+	}
+}
+
+// Dir.ID is the directory's device, inode and type, and nothing else (the
+// attributes an NFS client would have to revalidate are left zero).
+func TestDirIDIsIdentityOnly(t *testing.T) {
+	dir := t.TempDir()
+	d, err := OSFS{}.OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	id, err := d.ID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if id.Dev != uint64(st.Dev) || id.Ino != st.Ino || !id.Mode.IsDir() {
+		t.Errorf("ID %+v, want dev %d ino %d, a directory", id, st.Dev, st.Ino)
+	}
+	if id.Nlink != 0 || id.Size != 0 || !id.ModTime.IsZero() || id.Mode.Perm() != 0 {
+		t.Errorf("ID carries more than the identity: %+v", id)
 	}
 }

@@ -104,17 +104,43 @@ func (d *dirSync) wait(fsync func() error) error {
 // device and inode, not the path, so a Maildir replaced under one delivery
 // (renamed away and made again) is never covered by an fsync of the other
 // directory of that name. Without a pin, or when fstat fails, the key is
-// the name this caller uses, which shares nothing it should not.
+// the name this caller uses, which shares nothing it should not. The
+// identity costs no NFS call (Dir.ID).
+//
+// On a filesystem whose directory operations are synchronous (NFS:
+// FS.DirOpsSynchronous) the entry is already durable when the LINK or
+// RENAME has answered, and nothing is done: the fsync would be a no-op
+// behind an open that costs the filer a GETATTR.
 func (s *Store) syncDir(mb Mailbox, sub string) error {
-	return s.dirs.Sync(syncKey(mb, sub), mb.at(sub))
+	key, dev, ok := syncKey(mb, sub)
+	if ok && s.dirOpsSynchronous(dev, mb.at(sub)) {
+		return nil
+	}
+	return s.dirs.Sync(key, mb.at(sub))
 }
 
-// syncKey is the group-commit key of the directory sub of mb.
-func syncKey(mb Mailbox, sub string) string {
+// syncKey is the group-commit key of the directory sub of mb, and its
+// device when it is pinned (ok).
+func syncKey(mb Mailbox, sub string) (key string, dev uint64, ok bool) {
 	if d := mb.pinnedDir(sub); d != nil {
-		if info, err := d.Stat(); err == nil {
-			return fmt.Sprintf("dev %d ino %d", info.Dev, info.Ino)
+		if info, err := d.ID(); err == nil {
+			return fmt.Sprintf("dev %d ino %d", info.Dev, info.Ino), info.Dev, true
 		}
 	}
-	return mb.at(sub)
+	return mb.at(sub), 0, false
+}
+
+// dirOpsSynchronous is FS.DirOpsSynchronous for the device dev (of the
+// directory dir), asked once per device; an error answers false (fsync as
+// usual) and is asked again next time.
+func (s *Store) dirOpsSynchronous(dev uint64, dir string) bool {
+	if v, ok := s.syncFree.Load(dev); ok {
+		return v.(bool)
+	}
+	sync, err := s.fs.DirOpsSynchronous(dir)
+	if err != nil {
+		return false
+	}
+	s.syncFree.Store(dev, sync)
+	return sync
 }

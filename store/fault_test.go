@@ -57,6 +57,23 @@ func (f *faultFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error
 	return &faultFile{File: file, fs: f, path: name}, nil
 }
 
+// CreateAs is "open" to hooks, like OpenFile.
+func (f *faultFS) CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (File, error) {
+	var file File
+	err := f.do("open", name, func() error {
+		var err error
+		file, err = f.OSFS.CreateAs(name, flag, perm, uid, gid)
+		return err
+	})
+	if err != nil {
+		if file != nil {
+			file.Close()
+		}
+		return nil, err
+	}
+	return &faultFile{File: file, fs: f, path: name}, nil
+}
+
 func (f *faultFS) TouchNow(n string) error {
 	return f.do("touch", n, func() error { return f.OSFS.TouchNow(n) })
 }

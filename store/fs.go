@@ -2,8 +2,10 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -18,6 +20,16 @@ import (
 type FS interface {
 	// OpenFile is open(2).
 	OpenFile(name string, flag int, perm fs.FileMode) (File, error)
+	// CreateAs is OpenFile with O_CREAT made with the filesystem uid and
+	// gid set to uid and gid (-1: unchanged) for this one call
+	// (setfsuid/setfsgid on the calling thread only), so that a process
+	// running as root creates a file already owned by a mailbox's owner:
+	// the NFS client sends the caller's filesystem credentials with the
+	// CREATE (or OPEN), and the server makes the file theirs, where a
+	// create as root and an fchown cost a CREATE and a SETATTR. The
+	// permission to create is then theirs too (EACCES when they may not
+	// write the directory).
+	CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (File, error)
 	// Link is link(2): not idempotent over NFS.
 	Link(oldname, newname string) error
 	// Rename is rename(2): not idempotent over NFS.
@@ -34,6 +46,16 @@ type FS interface {
 	// directory entry durable on local filesystems (on NFS, LINK and
 	// RENAME are synchronous on the server and this is nearly free).
 	SyncDir(name string) error
+	// DirOpsSynchronous reports whether the filesystem holding the
+	// directory name makes a new directory entry durable before the call
+	// that made it returns, so that fsyncing the directory adds nothing:
+	// NFS, where the server puts CREATE, LINK, RENAME and REMOVE on stable
+	// storage before it answers, and the Linux client's directory fsync
+	// is a no-op ("All directory operations under NFS are synchronous, so
+	// fsync() is a dummy operation", fs/nfs/dir.c) while the open before
+	// it costs a GETATTR (close-to-open). One statfs(2): callers cache the
+	// answer per device.
+	DirOpsSynchronous(name string) (bool, error)
 	// ReadDirNames lists a directory's entries (no "." or "..").
 	ReadDirNames(name string) ([]string, error)
 	// TouchNow sets a file's times to "now" as the file server sees it
@@ -95,8 +117,61 @@ func (OSFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
 	return osFile{f}, nil
 }
 
-func (OSFS) Link(oldname, newname string) error   { return os.Link(oldname, newname) }
-func (OSFS) Rename(oldname, newname string) error { return os.Rename(oldname, newname) }
+func (OSFS) CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (File, error) {
+	// The filesystem ids are per thread: keep this goroutine on its
+	// thread while they are changed, and give the thread back only with
+	// root's ids restored (a thread left locked ends with its goroutine).
+	runtime.LockOSThread()
+	prevGID, prevUID := -1, -1
+	restored := false
+	defer func() {
+		if restored {
+			runtime.UnlockOSThread()
+		}
+	}()
+	if gid >= 0 {
+		prevGID, _ = unix.SetfsgidRetGid(gid)
+	}
+	if uid >= 0 {
+		prevUID, _ = unix.SetfsuidRetUid(uid)
+	}
+	f, err := os.OpenFile(name, flag|os.O_CREATE, perm)
+	if prevUID >= 0 {
+		unix.Setfsuid(prevUID)
+	}
+	if prevGID >= 0 {
+		unix.Setfsgid(prevGID)
+	}
+	// setfsuid(-1) changes nothing and answers the current id.
+	curUID, _ := unix.SetfsuidRetUid(-1)
+	curGID, _ := unix.SetfsgidRetGid(-1)
+	restored = (prevUID < 0 || curUID == prevUID) && (prevGID < 0 || curGID == prevGID)
+	if !restored {
+		if f != nil {
+			f.Close()
+		}
+		return nil, fmt.Errorf("store: could not restore the filesystem ids after creating %s (fsuid %d, fsgid %d)", name, curUID, curGID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return osFile{f}, nil
+}
+
+func (OSFS) Link(oldname, newname string) error { return os.Link(oldname, newname) }
+
+// Rename calls rename(2) itself: os.Rename first lstats newname (to refuse
+// a directory there, which rename(2) refuses anyway), and on NFS that
+// lookup of a name that does not exist yet is a LOOKUP sent to the filer
+// for nothing (lookupcache=positive keeps no negative answer), and on
+// NFSv4 the negative dentry it leaves is looked up once more by the
+// rename itself.
+func (OSFS) Rename(oldname, newname string) error {
+	if err := syscall.Rename(oldname, newname); err != nil {
+		return &os.LinkError{Op: "rename", Old: oldname, New: newname, Err: err}
+	}
+	return nil
+}
 func (OSFS) Remove(name string) error {
 	// os.Remove tries unlink then rmdir and may report the rmdir error
 	// for a file; call unlink first ourselves so the errno is the real one.
@@ -132,6 +207,14 @@ func (OSFS) SyncDir(name string) error {
 	}
 	return cerr
 }
+func (OSFS) DirOpsSynchronous(name string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(name, &st); err != nil {
+		return false, &os.PathError{Op: "statfs", Path: name, Err: err}
+	}
+	return st.Type == unix.NFS_SUPER_MAGIC, nil
+}
+
 func (OSFS) ReadDirNames(name string) ([]string, error) {
 	d, err := os.Open(name)
 	if err != nil {

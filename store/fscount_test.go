@@ -7,7 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
 )
 
 // countFS counts the calls the store makes through FS (and through the
@@ -22,7 +25,12 @@ import (
 type countFS struct {
 	OSFS
 	n, mut atomic.Int64
+	// nfs answers DirOpsSynchronous: true as an NFS mount does (no
+	// directory fsync), false as a local filesystem.
+	nfs bool
 }
+
+func (c *countFS) DirOpsSynchronous(string) (bool, error) { c.n.Add(1); return c.nfs, nil }
 
 func (c *countFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
 	c.n.Add(1)
@@ -35,6 +43,22 @@ func (c *countFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error
 	f, err := c.OSFS.OpenFile(name, flag, perm)
 	if err != nil {
 		return nil, err
+	}
+	return &countFile{File: f, c: c}, nil
+}
+
+// CreateAs is counted as mutating only when it created: a create the
+// owner may not make is refused by the client's permission check (its
+// cached ACCESS answer), before any CREATE is sent.
+func (c *countFS) CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (File, error) {
+	c.n.Add(1)
+	f, err := c.OSFS.CreateAs(name, flag, perm, uid, gid)
+	if err != nil {
+		return nil, err
+	}
+	c.mut.Add(1)
+	if flag&os.O_EXCL != 0 {
+		c.mut.Add(1)
 	}
 	return &countFile{File: f, c: c}, nil
 }
@@ -98,7 +122,7 @@ type countDir struct {
 	n *atomic.Int64
 }
 
-func (d *countDir) Stat() (Info, error) { d.n.Add(1); return d.Dir.Stat() }
+func (d *countDir) ID() (Info, error) { d.n.Add(1); return d.Dir.ID() }
 func (d *countDir) OpenBeneath(rel string, trust int) (Dir, error) {
 	d.n.Add(1)
 	sub, err := d.Dir.OpenBeneath(rel, trust)
@@ -122,9 +146,24 @@ func (c *countFS) calls() (all, mutating int64) {
 // and publish; each extra recipient one link; a login takes and releases
 // the lock; a deleting session adds one REMOVE per message.
 func TestFSCallsPerDelivery(t *testing.T) {
-	for _, layout := range []string{"plain", "domain symlink"} {
-		t.Run(layout, func(t *testing.T) {
-			c := &countFS{}
+	type variant struct {
+		layout string
+		nfs    bool
+	}
+	for _, v := range []variant{{"plain", true}, {"domain symlink", true}, {"plain", false}} {
+		layout := v.layout
+		name := layout
+		// Per delivery: the mount guard's lstat, the mail root, the
+		// Maildir, tmp/ and new/ opened (O_PATH), create, fstat, write,
+		// fsync, rename, new/'s identity (group commit key); and on a
+		// local filesystem the fsync of new/.
+		perDeliveryLimit := 11.0
+		if !v.nfs {
+			name += ", local"
+			perDeliveryLimit = 12
+		}
+		t.Run(name, func(t *testing.T) {
+			c := &countFS{nfs: v.nfs}
 			s, root := newTestStore(t, c)
 			if layout == "domain symlink" {
 				os.MkdirAll(filepath.Join(root, "vol2", "example.org"), 0o711)
@@ -139,7 +178,7 @@ func TestFSCallsPerDelivery(t *testing.T) {
 			deliverN(t, s, mb, n)
 			all, mut := c.calls()
 			perDelivery, mutPerDelivery := float64(all)/n, float64(mut)/n
-			assertAtMost(t, "FS calls per delivery", perDelivery, 12)
+			assertAtMost(t, "FS calls per delivery", perDelivery, perDeliveryLimit)
 			assertAtMost(t, "mutating calls per delivery", mutPerDelivery, 3)
 
 			const rcpts = 4
@@ -189,6 +228,7 @@ func TestFSCallsPerDelivery(t *testing.T) {
 			const deleted = 3
 			perDeleting, mutDeleting := login(sessOpts, func(ss *Session) error { return ss.Commit([]int{0, 1, 2}, nil) })
 			assertAtMost(t, "mutating calls of a session deleting 3 messages", float64(mutDeleting), float64(mutPerSession+deleted))
+			assertAtMost(t, "FS calls of a session deleting 3 messages", float64(perDeleting), 21)
 			t.Logf("%s: %.1f FS calls per delivery (%.1f mutating on NFSv3), %d mutating for %d recipients, "+
 				"%d per repeat POP3 login+logout (%d mutating), %d for one deleting %d messages (%d mutating)",
 				layout, perDelivery, mutPerDelivery, mutMulti, rcpts, perSession, mutPerSession, perDeleting, deleted, mutDeleting)
@@ -200,5 +240,52 @@ func assertAtMost[N int | int64 | float64](t *testing.T, what string, got, limit
 	t.Helper()
 	if got > limit {
 		t.Errorf("%v %s, more than %v", got, what, limit)
+	}
+}
+
+// TestRootDeliveryBornOwned: a root process delivering for a mailbox
+// owned by someone else creates the tmp/ file as that owner (FS.CreateAs),
+// so that the delivery is create, write and publish (3 mutating calls, no
+// SETATTR for a chown) and the message is the owner's. When the owner may
+// not create in tmp/ (a tmp/ that is root's), the file is created as root
+// and chowned, as before.
+func TestRootDeliveryBornOwned(t *testing.T) {
+	testenv.RequireRoot(t)
+	const owner = 4321
+	for _, tmpOwnedByRoot := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tmp owned by root %v", tmpOwnedByRoot), func(t *testing.T) {
+			c := &countFS{}
+			yes := true
+			s, root := newTestStore(t, c, func(o *Options) { o.Chown = &yes })
+			mb := mailbox(root, "owned")
+			mb.UID, mb.GID = owner, owner
+			deliverN(t, s, mb, 1) // creates the Maildir, owned by owner
+			wantMut := 3.0
+			if tmpOwnedByRoot {
+				if err := os.Chown(filepath.Join(mb.Path, "tmp"), 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				wantMut = 4 // the chown's SETATTR
+			}
+			c.calls()
+			const n = 5
+			deliverN(t, s, mb, n)
+			_, mut := c.calls()
+			if got := float64(mut) / n; got != wantMut {
+				t.Errorf("%v mutating calls per delivery, want %v", got, wantMut)
+			}
+			for _, e := range listDir(t, filepath.Join(mb.Path, "new")) {
+				fi, err := os.Stat(filepath.Join(mb.Path, "new", e))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st := fi.Sys().(*syscall.Stat_t); st.Uid != owner || st.Gid != owner {
+					t.Errorf("%s owned by %d:%d, want %d:%d", e, st.Uid, st.Gid, owner, owner)
+				}
+			}
+			if tmp := listDir(t, filepath.Join(mb.Path, "tmp")); len(tmp) != 0 {
+				t.Errorf("tmp/ not empty: %v", tmp)
+			}
+		})
 	}
 }

@@ -3,10 +3,12 @@ package store
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -226,6 +228,11 @@ func TestSpoolChownFailsEveryoneGetsACopy(t *testing.T) {
 		if op == "chown" && (strings.HasPrefix(path, spool) || strings.HasPrefix(path, boxes[0].Path+"/")) {
 			return &os.PathError{Op: "chown", Path: path, Err: syscall.EDQUOT}
 		}
+		// A file created as that owner (a copy in its own tmp/, born
+		// theirs: FS.CreateAs) is refused by the same quota.
+		if op == "open" && strings.HasPrefix(path, boxes[0].Path+"/tmp/") {
+			return &os.PathError{Op: "open", Path: path, Err: syscall.EDQUOT}
+		}
 		return real()
 	}
 	st, err := s.StageFor(boxes, bytes.NewReader(testMessage))
@@ -385,6 +392,78 @@ func TestCommitDeadline(t *testing.T) {
 			checkOutcome(t, last, tc.acked, testMessage)
 			if tc.two {
 				checkOutcome(t, alice, true, testMessage)
+			}
+		})
+	}
+}
+
+// OSFS.Rename is rename(2) without os.Rename's lstat of the target (one
+// NFS LOOKUP per publish, two on NFSv4): a file is still never renamed
+// over a directory, and the error names both paths.
+func TestOSFSRenameOntoDirectory(t *testing.T) {
+	dir := t.TempDir()
+	file, sub := filepath.Join(dir, "f"), filepath.Join(dir, "d")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	err := OSFS{}.Rename(file, sub)
+	le, ok := err.(*os.LinkError)
+	if !ok || !errors.Is(err, syscall.EISDIR) || le.Old != file || le.New != sub {
+		t.Errorf("rename onto a directory: %v", err)
+	}
+	if err := (OSFS{}).Rename(file, filepath.Join(dir, "g")); err != nil {
+		t.Errorf("rename: %v", err)
+	}
+}
+
+// syncOpsFS answers DirOpsSynchronous with sync (counting the questions),
+// as an NFS mount would with true.
+type syncOpsFS struct {
+	faultFS
+	sync  bool
+	asked atomic.Int32
+}
+
+func (f *syncOpsFS) DirOpsSynchronous(string) (bool, error) {
+	f.asked.Add(1)
+	return f.sync, nil
+}
+
+// Where directory operations are synchronous on the server (NFS), a
+// delivery does not open and fsync new/ (a GETATTR for a no-op), and the
+// filesystem is asked once per device, not per delivery; elsewhere new/
+// is fsynced for every delivery, as before.
+func TestDirFsyncOnlyWhereDirOpsAreNotSynchronous(t *testing.T) {
+	for _, sync := range []bool{true, false} {
+		t.Run(fmt.Sprintf("synchronous %v", sync), func(t *testing.T) {
+			f := &syncOpsFS{sync: sync}
+			var syncs atomic.Int32
+			f.hook = func(op, path string, real func() error) error {
+				if op == "syncdir" {
+					syncs.Add(1)
+				}
+				return real()
+			}
+			s, root := newTestStore(t, f)
+			mb := mailbox(root, "d")
+			deliverN(t, s, mb, 1)
+			syncs.Store(0)
+			deliverN(t, s, mb, 3)
+			want := int32(3)
+			if sync {
+				want = 0
+			}
+			if got := syncs.Load(); got != want {
+				t.Errorf("%d directory fsyncs for 3 deliveries, want %d", got, want)
+			}
+			if got := f.asked.Load(); got != 1 {
+				t.Errorf("DirOpsSynchronous asked %d times, want once", got)
+			}
+			if n := len(listDir(t, filepath.Join(mb.Path, "new"))); n != 4 {
+				t.Errorf("%d messages in new/, want 4", n)
 			}
 		})
 	}

@@ -324,7 +324,7 @@ func (s *Store) createTmp(place tmpPlace) (f File, base, tmpPath string, info In
 	for attempt := 0; ; attempt++ {
 		base = s.newBase()
 		tmpPath = filepath.Join(place.dir, base)
-		f, info, err = s.createFresh(tmpPath)
+		f, info, err = s.createFresh(tmpPath, s.bornOwner(place))
 		if errors.Is(err, errNotFresh) && attempt < 3 {
 			s.log.Warn("a new tmp/ name was taken; trying another", "path", filepath.Join(place.name, base))
 			continue
@@ -337,15 +337,51 @@ func (s *Store) createTmp(place tmpPlace) (f File, base, tmpPath string, info In
 // not the one just created.
 var errNotFresh = errors.New("tmp file name already in use")
 
-// createFresh creates path (see createTmp). When the create fails, the
-// name is removed: a CREATE that worked but whose reply was lost may
-// answer an error (EEXIST, EIO...) and leave an empty file that nobody
-// else knows the name of.
-func (s *Store) createFresh(path string) (File, Info, error) {
+// owner is who a new file is created as (setfsuid/setfsgid, FS.CreateAs);
+// as is false to create it as the process.
+type owner struct {
+	as       bool
+	uid, gid int
+}
+
+// bornOwner says whether a tmp/ file for place is created as its mailbox's
+// owner: when chowning as root into a mailbox's own tmp/ (not the spool,
+// whose file is given away only after it is written: issue 13), so that
+// the file is born theirs and needs no SETATTR (chown) on NFS.
+func (s *Store) bornOwner(place tmpPlace) owner {
+	if !s.chown || place.spool || s.euid != 0 {
+		return owner{}
+	}
+	uid, gid := place.uid, place.gid
+	if uid == s.euid {
+		uid = -1
+	}
+	if gid == s.egid {
+		gid = -1
+	}
+	return owner{as: uid >= 0 || gid >= 0, uid: uid, gid: gid}
+}
+
+// createFresh creates path (see createTmp), as o says. When the create
+// fails, the name is removed: a CREATE that worked but whose reply was
+// lost may answer an error (EEXIST, EIO...) and leave an empty file that
+// nobody else knows the name of. When the owner may not create in the
+// directory (EACCES, EPERM: a tmp/ that is not theirs), the file is
+// created as the process instead, and writeTmp chowns it.
+func (s *Store) createFresh(path string, o owner) (File, Info, error) {
+	const flag = os.O_WRONLY | os.O_CREATE | syscall.O_NOFOLLOW
 	var f File
 	err := s.retryStale(func() error {
 		var oerr error
-		f, oerr = s.fs.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+		if o.as {
+			f, oerr = s.fs.CreateAs(path, flag, 0o600, o.uid, o.gid)
+			if isErrno(oerr, syscall.EACCES) || isErrno(oerr, syscall.EPERM) {
+				o.as = false
+			} else {
+				return oerr
+			}
+		}
+		f, oerr = s.fs.OpenFile(path, flag, 0o600)
 		return oerr
 	})
 	if err != nil {

@@ -130,17 +130,22 @@ type Store struct {
 	quotaDefer bool
 	retries    int
 	chown      bool
+	// euid and egid are the process's: a root process creates a
+	// mailbox's tmp/ files as the mailbox's owner (bornOwner).
+	euid, egid int
 	log        *slog.Logger
 	now        func() time.Time
 	pid        int
 	counter    atomic.Uint32
 	dirs       *dirSyncer
-	bufs       sync.Pool
-	index      *indexCache
-	stats      statsBox
-	obs        Observer
-	dobs       DeliveryObserver   // obs, when it implements it; else nil
-	sweeper    *backgroundSweeper // nil unless StartSweeper ran
+	// syncFree caches FS.DirOpsSynchronous per device (uint64 → bool).
+	syncFree sync.Map
+	bufs     sync.Pool
+	index    *indexCache
+	stats    statsBox
+	obs      Observer
+	dobs     DeliveryObserver   // obs, when it implements it; else nil
+	sweeper  *backgroundSweeper // nil unless StartSweeper ran
 	// after is the session lock refresher's timer (time.After); tests
 	// replace it to drive the refresher without waiting.
 	after    func(time.Duration) <-chan time.Time
@@ -187,6 +192,7 @@ func New(opts Options) (*Store, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.euid, s.egid = os.Geteuid(), os.Getegid()
 	if opts.Chown != nil {
 		s.chown = *opts.Chown
 	} else {

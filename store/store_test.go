@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsdrop/nfsdrop/internal/testenv"
 	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
@@ -98,225 +99,253 @@ func TestDeliverFaults(t *testing.T) {
 			return real()
 		}
 	}
-	tests := []struct {
-		name     string
-		hook     hook
-		acked    bool
-		kind     failure.Kind
-		errno    syscall.Errno
-		deferred bool // QuotaDefer set
-		// two delivers the message for alice and then bob, staged once
-		// in the spool: alice's copy is a link (the hook acts then), bob's
-		// the staged file renamed, with no hook. The outcome is checked
-		// for alice; bob must be acknowledged whatever happened to alice.
-		two bool
-		// tmpLeft is how many files not of this delivery the test put in
-		// tmp/ (they must still be there, untouched).
-		tmpLeft int
-		// setup prepares the Maildir (quota, maildirsize, old messages)
-		// before the hook is installed.
-		setup func(t *testing.T, mb *Mailbox)
-	}{
-		{name: "clean", hook: nil, acked: true},
-		{name: "link succeeded but reply lost (EEXIST on retransmit)", two: true, hook: onceErr("link", syscall.EEXIST, true), acked: true},
-		{name: "link succeeded but answers ENOENT", two: true, hook: onceErr("link", syscall.ENOENT, true), acked: true},
-		{name: "link succeeded but answers EIO", two: true, hook: onceErr("link", syscall.EIO, true), acked: true},
-		{name: "link EEXIST for another file (collision)", two: true, hook: onceErr("link", syscall.EEXIST, false), acked: false, kind: failure.Temporary, errno: syscall.EEXIST},
-		{name: "link EIO, not made", two: true, hook: onceErr("link", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
-		{name: "link ENOSPC", two: true, hook: onceErr("link", syscall.ENOSPC, false), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
-		{name: "link EDQUOT", two: true, hook: onceErr("link", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
-		{name: "link ESTALE once then works", two: true, hook: onceErr("link", syscall.ESTALE, false), acked: true},
-		{name: "link ESTALE forever", two: true, hook: func(op, path string, real func() error) error {
-			if op == "link" {
-				return &os.LinkError{Op: "link", New: path, Err: syscall.ESTALE}
-			}
-			return real()
-		}, acked: false, kind: failure.Temporary, errno: syscall.ESTALE},
-		{name: "cross-device link: copy", two: true, hook: onceErr("link", syscall.EXDEV, false), acked: true},
-		// The only (or last) recipient takes the staged file with one
-		// rename: a lost reply is detected as for a link.
-		{name: "rename succeeded but reply lost (ENOENT on retransmit)", hook: onceErr("rename", syscall.ENOENT, true), acked: true},
-		{name: "rename succeeded but answers EEXIST", hook: onceErr("rename", syscall.EEXIST, true), acked: true},
-		{name: "rename succeeded but answers EIO", hook: onceErr("rename", syscall.EIO, true), acked: true},
-		{name: "rename succeeded but answers ESTALE", hook: onceErr("rename", syscall.ESTALE, true), acked: true},
-		{name: "rename EIO, not made", hook: onceErr("rename", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
-		{name: "rename ENOENT, not made", hook: onceErr("rename", syscall.ENOENT, false), acked: false, kind: failure.Temporary, errno: syscall.ENOENT},
-		{name: "rename ESTALE once then works", hook: onceErr("rename", syscall.ESTALE, false), acked: true},
-		{name: "rename ESTALE forever", hook: func(op, path string, real func() error) error {
-			if op == "rename" {
-				return &os.LinkError{Op: "rename", New: path, Err: syscall.ESTALE}
-			}
-			return real()
-		}, acked: false, kind: failure.Temporary, errno: syscall.ESTALE},
-		{name: "rename ENOSPC", hook: onceErr("rename", syscall.ENOSPC, false), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
-		{name: "rename EDQUOT", hook: onceErr("rename", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
-		{name: "rename EDQUOT, defer", hook: onceErr("rename", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT, deferred: true},
-		// The tmp/ file is created without O_EXCL (its name is unique by
-		// construction): a CREATE that worked but answers an error leaves
-		// no file behind.
-		{name: "create succeeded but answers EEXIST", hook: onceErr("open", syscall.EEXIST, true), acked: false, kind: failure.Temporary, errno: syscall.EEXIST},
-		{name: "create succeeded but answers EIO", hook: onceErr("open", syscall.EIO, true), acked: false, kind: failure.Temporary, errno: syscall.EIO},
-		{name: "create succeeded but answers ENOENT", hook: onceErr("open", syscall.ENOENT, true), acked: false, kind: failure.Temporary, errno: syscall.ENOENT},
-		{name: "create succeeded but answers ESTALE: retransmitted, opens the same file", hook: onceErr("open", syscall.ESTALE, true), acked: true},
-		{name: "create ENOSPC", hook: onceErr("open", syscall.ENOSPC, false), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
-		{name: "create EDQUOT", hook: onceErr("open", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
-		{name: "create finds another process's file under the name: fresh name", hook: func() hook {
-			var done atomic.Bool
-			return func(op, path string, real func() error) error {
-				if op == "open" && strings.Contains(path, "/tmp/") && done.CompareAndSwap(false, true) {
-					// Another writer made this very name a moment ago.
-					if err := os.WriteFile(path, []byte("someone else's"), 0o600); err != nil {
-						return err
-					}
+	// The hooks hold state (onceErr): each run of the table gets its own.
+	cases := func() []deliverFaultCase {
+		return []deliverFaultCase{
+			{name: "clean", hook: nil, acked: true},
+			{name: "link succeeded but reply lost (EEXIST on retransmit)", two: true, hook: onceErr("link", syscall.EEXIST, true), acked: true},
+			{name: "link succeeded but answers ENOENT", two: true, hook: onceErr("link", syscall.ENOENT, true), acked: true},
+			{name: "link succeeded but answers EIO", two: true, hook: onceErr("link", syscall.EIO, true), acked: true},
+			{name: "link EEXIST for another file (collision)", two: true, hook: onceErr("link", syscall.EEXIST, false), acked: false, kind: failure.Temporary, errno: syscall.EEXIST},
+			{name: "link EIO, not made", two: true, hook: onceErr("link", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+			{name: "link ENOSPC", two: true, hook: onceErr("link", syscall.ENOSPC, false), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
+			{name: "link EDQUOT", two: true, hook: onceErr("link", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
+			{name: "link ESTALE once then works", two: true, hook: onceErr("link", syscall.ESTALE, false), acked: true},
+			{name: "link ESTALE forever", two: true, hook: func(op, path string, real func() error) error {
+				if op == "link" {
+					return &os.LinkError{Op: "link", New: path, Err: syscall.ESTALE}
 				}
 				return real()
-			}
-		}(), acked: true, tmpLeft: 1},
-		{name: "create finds a symlink under the name: fresh name, nothing written through it", hook: func() hook {
-			var done atomic.Bool
-			return func(op, path string, real func() error) error {
-				if op == "open" && strings.Contains(path, "/tmp/") && done.CompareAndSwap(false, true) {
-					if err := os.Symlink("/nonexistent-target", path); err != nil {
-						return err
-					}
+			}, acked: false, kind: failure.Temporary, errno: syscall.ESTALE},
+			{name: "cross-device link: copy", two: true, hook: onceErr("link", syscall.EXDEV, false), acked: true},
+			// The only (or last) recipient takes the staged file with one
+			// rename: a lost reply is detected as for a link.
+			{name: "rename succeeded but reply lost (ENOENT on retransmit)", hook: onceErr("rename", syscall.ENOENT, true), acked: true},
+			{name: "rename succeeded but answers EEXIST", hook: onceErr("rename", syscall.EEXIST, true), acked: true},
+			{name: "rename succeeded but answers EIO", hook: onceErr("rename", syscall.EIO, true), acked: true},
+			{name: "rename succeeded but answers ESTALE", hook: onceErr("rename", syscall.ESTALE, true), acked: true},
+			{name: "rename EIO, not made", hook: onceErr("rename", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+			{name: "rename ENOENT, not made", hook: onceErr("rename", syscall.ENOENT, false), acked: false, kind: failure.Temporary, errno: syscall.ENOENT},
+			{name: "rename ESTALE once then works", hook: onceErr("rename", syscall.ESTALE, false), acked: true},
+			{name: "rename ESTALE forever", hook: func(op, path string, real func() error) error {
+				if op == "rename" {
+					return &os.LinkError{Op: "rename", New: path, Err: syscall.ESTALE}
 				}
 				return real()
-			}
-		}(), acked: true, tmpLeft: 1},
-		{name: "no hard links: rename fallback", hook: func(op, path string, real func() error) error {
-			if op == "link" {
-				return &os.LinkError{Op: "link", New: path, Err: syscall.EPERM}
-			}
-			return real()
-		}, acked: true},
-		{name: "no hard links: rename succeeded but answers ENOENT", hook: func() hook {
-			var done atomic.Bool
-			return func(op, path string, real func() error) error {
-				switch {
-				case op == "link":
+			}, acked: false, kind: failure.Temporary, errno: syscall.ESTALE},
+			{name: "rename ENOSPC", hook: onceErr("rename", syscall.ENOSPC, false), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
+			{name: "rename EDQUOT", hook: onceErr("rename", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
+			{name: "rename EDQUOT, defer", hook: onceErr("rename", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT, deferred: true},
+			// The tmp/ file is created without O_EXCL (its name is unique by
+			// construction): a CREATE that worked but answers an error leaves
+			// no file behind.
+			{name: "create succeeded but answers EEXIST", hook: onceErr("open", syscall.EEXIST, true), acked: false, kind: failure.Temporary, errno: syscall.EEXIST},
+			{name: "create succeeded but answers EIO", hook: onceErr("open", syscall.EIO, true), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+			{name: "create succeeded but answers ENOENT", hook: onceErr("open", syscall.ENOENT, true), acked: false, kind: failure.Temporary, errno: syscall.ENOENT},
+			{name: "create succeeded but answers ESTALE: retransmitted, opens the same file", hook: onceErr("open", syscall.ESTALE, true), acked: true},
+			{name: "create ENOSPC", hook: onceErr("open", syscall.ENOSPC, false), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
+			{name: "create EDQUOT", hook: onceErr("open", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
+			{name: "create finds another process's file under the name: fresh name", hook: func() hook {
+				var done atomic.Bool
+				return func(op, path string, real func() error) error {
+					if op == "open" && strings.Contains(path, "/tmp/") && done.CompareAndSwap(false, true) {
+						// Another writer made this very name a moment ago.
+						if err := os.WriteFile(path, []byte("someone else's"), 0o600); err != nil {
+							return err
+						}
+					}
+					return real()
+				}
+			}(), acked: true, tmpLeft: 1},
+			{name: "create finds a symlink under the name: fresh name, nothing written through it", hook: func() hook {
+				var done atomic.Bool
+				return func(op, path string, real func() error) error {
+					if op == "open" && strings.Contains(path, "/tmp/") && done.CompareAndSwap(false, true) {
+						if err := os.Symlink("/nonexistent-target", path); err != nil {
+							return err
+						}
+					}
+					return real()
+				}
+			}(), acked: true, tmpLeft: 1},
+			{name: "no hard links: rename fallback", hook: func(op, path string, real func() error) error {
+				if op == "link" {
 					return &os.LinkError{Op: "link", New: path, Err: syscall.EPERM}
-				case op == "rename" && done.CompareAndSwap(false, true):
-					if err := real(); err != nil {
-						return err
+				}
+				return real()
+			}, acked: true},
+			{name: "no hard links: rename succeeded but answers ENOENT", hook: func() hook {
+				var done atomic.Bool
+				return func(op, path string, real func() error) error {
+					switch {
+					case op == "link":
+						return &os.LinkError{Op: "link", New: path, Err: syscall.EPERM}
+					case op == "rename" && done.CompareAndSwap(false, true):
+						if err := real(); err != nil {
+							return err
+						}
+						return &os.LinkError{Op: "rename", New: path, Err: syscall.ENOENT}
 					}
-					return &os.LinkError{Op: "rename", New: path, Err: syscall.ENOENT}
+					return real()
+				}
+			}(), acked: true},
+			{name: "cross-device link: copy", hook: onceErr("link", syscall.EXDEV, false), acked: true},
+			{name: "EIO at fsync", hook: onceErr("fsync", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+			{name: "EIO at close", hook: onceErr("close", syscall.EIO, true), acked: false, kind: failure.Temporary, errno: syscall.EIO},
+			{name: "ENOSPC at write, after part was written", hook: onceErr("write", syscall.ENOSPC, true), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
+			{name: "EDQUOT at write, bounce", hook: onceErr("write", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
+			{name: "EDQUOT at write, defer", hook: onceErr("write", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT, deferred: true},
+			{name: "ESTALE at tmp create once", hook: onceErr("open", syscall.ESTALE, false), acked: true},
+			{name: "EIO at new/ fsync", hook: func(op, path string, real func() error) error {
+				if op == "syncdir" {
+					return &os.PathError{Op: "fsync", Path: path, Err: syscall.EIO}
 				}
 				return real()
-			}
-		}(), acked: true},
-		{name: "cross-device link: copy", hook: onceErr("link", syscall.EXDEV, false), acked: true},
-		{name: "EIO at fsync", hook: onceErr("fsync", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
-		{name: "EIO at close", hook: onceErr("close", syscall.EIO, true), acked: false, kind: failure.Temporary, errno: syscall.EIO},
-		{name: "ENOSPC at write, after part was written", hook: onceErr("write", syscall.ENOSPC, true), acked: false, kind: failure.Temporary, errno: syscall.ENOSPC},
-		{name: "EDQUOT at write, bounce", hook: onceErr("write", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT},
-		{name: "EDQUOT at write, defer", hook: onceErr("write", syscall.EDQUOT, false), acked: false, kind: failure.OverQuota, errno: syscall.EDQUOT, deferred: true},
-		{name: "ESTALE at tmp create once", hook: onceErr("open", syscall.ESTALE, false), acked: true},
-		{name: "EIO at new/ fsync", hook: func(op, path string, real func() error) error {
-			if op == "syncdir" {
-				return &os.PathError{Op: "fsync", Path: path, Err: syscall.EIO}
-			}
-			return real()
-		}, acked: false, kind: failure.Temporary, errno: syscall.EIO},
-		{name: "unlink of tmp fails (ESTALE): still acknowledged", hook: func(op, path string, real func() error) error {
-			if op == "unlink" && strings.Contains(path, "/tmp/") {
-				real() // the file goes, but the reply says stale
-				return &os.PathError{Op: "unlink", Path: path, Err: syscall.ESTALE}
-			}
-			return real()
-		}, acked: true},
-		// An appended-to maildirsize saying "full" is recounted before a
-		// refusal; trouble while recounting is temporary, never a bounce.
-		{name: "EIO listing cur/ while recounting a full maildirsize", setup: untrustedFull, hook: func(op, path string, real func() error) error {
-			if op == "readdir" && strings.HasSuffix(path, "/cur") {
-				return &os.PathError{Op: "open", Path: path, Err: syscall.EIO}
-			}
-			return real()
-		}, acked: false, kind: failure.Temporary, errno: syscall.EIO},
-		{name: "ESTALE listing new/ once while recounting: looked up again", setup: untrustedFull, hook: func() hook {
-			var done atomic.Bool
-			return func(op, path string, real func() error) error {
-				if op == "readdir" && strings.HasSuffix(path, "/new") && done.CompareAndSwap(false, true) {
-					return &os.PathError{Op: "open", Path: path, Err: syscall.ESTALE}
+			}, acked: false, kind: failure.Temporary, errno: syscall.EIO},
+			{name: "unlink of tmp fails (ESTALE): still acknowledged", hook: func(op, path string, real func() error) error {
+				if op == "unlink" && strings.Contains(path, "/tmp/") {
+					real() // the file goes, but the reply says stale
+					return &os.PathError{Op: "unlink", Path: path, Err: syscall.ESTALE}
 				}
 				return real()
-			}
-		}(), acked: true},
-		{name: "EIO at lstat of an unsized message while recounting", setup: func(t *testing.T, mb *Mailbox) {
-			untrustedFull(t, mb)
-			os.WriteFile(filepath.Join(mb.Path, "cur", "1700000000.unsized:2,S"), []byte("x"), 0o600)
-		}, hook: func(op, path string, real func() error) error {
-			if op == "lstat" && filepath.Base(path) == "1700000000.unsized:2,S" {
-				return &os.PathError{Op: "lstat", Path: path, Err: syscall.EIO}
-			}
-			return real()
-		}, acked: false, kind: failure.Temporary, errno: syscall.EIO},
-		{name: "recount shows room, writing it back fails (EIO at fsync): delivered", setup: untrustedFull, hook: func(op, path string, real func() error) error {
-			if op == "fsync" && strings.HasSuffix(path, ".maildirsize") {
-				return &os.PathError{Op: "fsync", Path: path, Err: syscall.EIO}
-			}
-			return real()
-		}, acked: true},
-		{name: "recount shows room, rename over maildirsize fails: delivered", setup: untrustedFull, hook: func(op, path string, real func() error) error {
-			if op == "rename" && strings.HasSuffix(path, "/maildirsize") {
-				return &os.LinkError{Op: "rename", New: path, Err: syscall.EIO}
-			}
-			return real()
-		}, acked: true},
-		{name: "recount confirms full, bounce", setup: reallyFull, acked: false, kind: failure.OverQuota},
-		{name: "recount confirms full, defer", setup: reallyFull, acked: false, kind: failure.OverQuota, deferred: true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ffs := &faultFS{}
-			s, root := newTestStore(t, ffs, func(o *Options) { o.QuotaDefer = tc.deferred })
-			mb := mailbox(root, "alice")
-			err := s.EnsureMaildir(mb)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tc.setup != nil {
-				tc.setup(t, &mb)
-			}
-			ffs.hook = tc.hook
-			var d Delivery
-			if tc.two {
-				d, err = deliverTwo(t, s, ffs, mb, mailbox(root, "bob"), tc.hook)
-			} else {
-				d, err = s.Deliver(mb, bytes.NewReader(testMessage))
-			}
-			acked := err == nil
-			if acked != tc.acked {
-				t.Fatalf("acknowledged=%v, want %v (err %v)", acked, tc.acked, err)
-			}
-			ffs.hook = nil
-			if tc.tmpLeft > 0 {
-				removeForeign(t, mb, tc.tmpLeft)
-			}
-			checkOutcome(t, mb, acked, testMessage)
-			if tc.two {
-				checkOutcome(t, mailbox(root, "bob"), true, testMessage)
-				if left := listDir(t, filepath.Join(root, SpoolName, "tmp")); len(left) != 0 {
-					t.Errorf("spool tmp/ not empty: %v", left)
+			}, acked: true},
+			// An appended-to maildirsize saying "full" is recounted before a
+			// refusal; trouble while recounting is temporary, never a bounce.
+			{name: "EIO listing cur/ while recounting a full maildirsize", setup: untrustedFull, hook: func(op, path string, real func() error) error {
+				if op == "readdir" && strings.HasSuffix(path, "/cur") {
+					return &os.PathError{Op: "open", Path: path, Err: syscall.EIO}
 				}
-			}
-			if acked {
-				if _, err := os.Stat(filepath.Join(mb.Path, "new", d.Key)); err != nil {
-					t.Errorf("key %q not in new/: %v", d.Key, err)
+				return real()
+			}, acked: false, kind: failure.Temporary, errno: syscall.EIO},
+			{name: "ESTALE listing new/ once while recounting: looked up again", setup: untrustedFull, hook: func() hook {
+				var done atomic.Bool
+				return func(op, path string, real func() error) error {
+					if op == "readdir" && strings.HasSuffix(path, "/new") && done.CompareAndSwap(false, true) {
+						return &os.PathError{Op: "open", Path: path, Err: syscall.ESTALE}
+					}
+					return real()
 				}
-				return
-			}
-			fe := failure.As(err)
-			if fe.Kind != tc.kind {
-				t.Errorf("kind = %v, want %v (%v)", fe.Kind, tc.kind, err)
-			}
-			if tc.errno != 0 && !errors.Is(err, tc.errno) {
-				t.Errorf("errors.Is(err, %v) = false: %v", tc.errno, err)
-			}
-			if fe.Temporary() != (tc.kind == failure.Temporary || tc.deferred) {
-				t.Errorf("Temporary() = %v for %v", fe.Temporary(), err)
-			}
-		})
+			}(), acked: true},
+			{name: "EIO at lstat of an unsized message while recounting", setup: func(t *testing.T, mb *Mailbox) {
+				untrustedFull(t, mb)
+				os.WriteFile(filepath.Join(mb.Path, "cur", "1700000000.unsized:2,S"), []byte("x"), 0o600)
+			}, hook: func(op, path string, real func() error) error {
+				if op == "lstat" && filepath.Base(path) == "1700000000.unsized:2,S" {
+					return &os.PathError{Op: "lstat", Path: path, Err: syscall.EIO}
+				}
+				return real()
+			}, acked: false, kind: failure.Temporary, errno: syscall.EIO},
+			{name: "recount shows room, writing it back fails (EIO at fsync): delivered", setup: untrustedFull, hook: func(op, path string, real func() error) error {
+				if op == "fsync" && strings.HasSuffix(path, ".maildirsize") {
+					return &os.PathError{Op: "fsync", Path: path, Err: syscall.EIO}
+				}
+				return real()
+			}, acked: true},
+			{name: "recount shows room, rename over maildirsize fails: delivered", setup: untrustedFull, hook: func(op, path string, real func() error) error {
+				if op == "rename" && strings.HasSuffix(path, "/maildirsize") {
+					return &os.LinkError{Op: "rename", New: path, Err: syscall.EIO}
+				}
+				return real()
+			}, acked: true},
+			{name: "recount confirms full, bounce", setup: reallyFull, acked: false, kind: failure.OverQuota},
+			{name: "recount confirms full, defer", setup: reallyFull, acked: false, kind: failure.OverQuota, deferred: true},
+		}
 	}
+	// Each case runs as a delivery by the mailbox's owner, and (as root)
+	// as a root delivery for another owner, whose tmp/ file is created as
+	// that owner (FS.CreateAs).
+	for _, owned := range []bool{false, true} {
+		for _, tc := range cases() {
+			name := tc.name
+			if owned {
+				name = "root for another owner/" + name
+			}
+			t.Run(name, func(t *testing.T) { testDeliverFault(t, tc, owned) })
+		}
+	}
+}
+
+// testDeliverFault runs one case of TestDeliverFaults.
+func testDeliverFault(t *testing.T, tc deliverFaultCase, owned bool) {
+	chown := false
+	if owned {
+		testenv.RequireRoot(t)
+		chown = true
+	}
+	ffs := &faultFS{}
+	s, root := newTestStore(t, ffs, func(o *Options) { o.QuotaDefer = tc.deferred; o.Chown = &chown })
+	mb := mailbox(root, "alice")
+	bob := mailbox(root, "bob")
+	if owned {
+		mb.UID, mb.GID = 5001, 5001
+		bob.UID, bob.GID = 5002, 5002
+	}
+	err := s.EnsureMaildir(mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc.setup != nil {
+		tc.setup(t, &mb)
+	}
+	ffs.hook = tc.hook
+	var d Delivery
+	if tc.two {
+		d, err = deliverTwo(t, s, ffs, mb, bob, tc.hook)
+	} else {
+		d, err = s.Deliver(mb, bytes.NewReader(testMessage))
+	}
+	acked := err == nil
+	if acked != tc.acked {
+		t.Fatalf("acknowledged=%v, want %v (err %v)", acked, tc.acked, err)
+	}
+	ffs.hook = nil
+	if tc.tmpLeft > 0 {
+		removeForeign(t, mb, tc.tmpLeft)
+	}
+	checkOutcome(t, mb, acked, testMessage)
+	if tc.two {
+		checkOutcome(t, bob, true, testMessage)
+		if left := listDir(t, filepath.Join(root, SpoolName, "tmp")); len(left) != 0 {
+			t.Errorf("spool tmp/ not empty: %v", left)
+		}
+	}
+	if acked {
+		if _, err := os.Stat(filepath.Join(mb.Path, "new", d.Key)); err != nil {
+			t.Errorf("key %q not in new/: %v", d.Key, err)
+		}
+		return
+	}
+	fe := failure.As(err)
+	if fe.Kind != tc.kind {
+		t.Errorf("kind = %v, want %v (%v)", fe.Kind, tc.kind, err)
+	}
+	if tc.errno != 0 && !errors.Is(err, tc.errno) {
+		t.Errorf("errors.Is(err, %v) = false: %v", tc.errno, err)
+	}
+	if fe.Temporary() != (tc.kind == failure.Temporary || tc.deferred) {
+		t.Errorf("Temporary() = %v for %v", fe.Temporary(), err)
+	}
+}
+
+// deliverFaultCase is one case of TestDeliverFaults.
+type deliverFaultCase struct {
+	name     string
+	hook     func(op, path string, real func() error) error
+	acked    bool
+	kind     failure.Kind
+	errno    syscall.Errno
+	deferred bool // QuotaDefer set
+	// two delivers the message for alice and then bob, staged once
+	// in the spool: alice's copy is a link (the hook acts then), bob's
+	// the staged file renamed, with no hook. The outcome is checked
+	// for alice; bob must be acknowledged whatever happened to alice.
+	two bool
+	// tmpLeft is how many files not of this delivery the test put in
+	// tmp/ (they must still be there, untouched).
+	tmpLeft int
+	// setup prepares the Maildir (quota, maildirsize, old messages)
+	// before the hook is installed.
+	setup func(t *testing.T, mb *Mailbox)
 }
 
 // deliverTwo stages the message once for alice and bob (in the spool),

@@ -114,6 +114,10 @@ func run() int {
 	callsVersions := flag.String("calls-versions", "3,4.1", "with -calls: NFS versions, separated by commas")
 	callsMessages := flag.Int("calls-messages", 300, "with -calls: messages delivered, retrieved and deleted (and bare loop files)")
 	callsDelay := flag.Duration("calls-delay", 2*time.Millisecond, "with -calls: added to every round trip to the filer for the second rate measurement (0: none)")
+	callsTrace := flag.String("calls-trace", "", "with -calls: guest kernel tracepoints recorded with their kernel stacks during the counted deliveries and bare loop, separated by commas (nfs4:nfs4_getattr)")
+	callsProbe := flag.Bool("calls-probe", false, "with -calls: count the GETATTRs of stat variants in the VM after the bare loop (logged)")
+	callsOwned := flag.Bool("calls-owned", false, "with -calls: the user has its own uid and gid (root lmtpd delivering for another owner)")
+	callsCountOnly := flag.Bool("calls-count-only", false, "with -calls: only the counts, no rate measurements")
 	cache := flag.String("cache", lab.DefaultCacheDir(), "cache of the kernel, modules and busybox")
 	keep := flag.Bool("keep", false, "keep the run directory (export, logs, consoles)")
 	install := flag.Bool("install", true, "install missing Debian packages with apt-get")
@@ -204,7 +208,10 @@ func run() int {
 	}
 
 	if *calls {
-		o := lab.CallsOptions{Versions: strings.Split(*callsVersions, ","), Messages: *callsMessages, Delay: *callsDelay, NFSDrop: *binary}
+		o := lab.CallsOptions{Versions: strings.Split(*callsVersions, ","), Messages: *callsMessages, Delay: *callsDelay, NFSDrop: *binary, CountOnly: *callsCountOnly, Probe: *callsProbe, Owned: *callsOwned}
+		if *callsTrace != "" {
+			o.Trace = strings.Split(*callsTrace, ",")
+		}
 		if *callsDelay == 0 {
 			o.Delay = -1
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -42,6 +43,23 @@ type CallsOptions struct {
 	DelayMessages int
 	// NFSDrop is a static nfsdrop binary; "" builds one.
 	NFSDrop string
+	// Trace names guest kernel tracepoints ("nfs4:nfs4_getattr") recorded
+	// with their kernel stacks during the counted deliveries, repeat
+	// logins and bare loop: which system call sent each of those NFS calls. The stacks,
+	// counted, are in CallsVersion.Traces. Tracing slows the guest: the
+	// rates of a traced run are not comparable.
+	Trace []string
+	// Probe, when set, runs "bareloop -probe" after the counted bare loop:
+	// the GETATTRs of each stat variant on the mail root, the mount
+	// marker and the bare loop's new/ (logged).
+	Probe bool
+	// Owned gives the lab's users their own uid and gid (2001, 2002, ...)
+	// in the user database, so that lmtpd, running as root, delivers for
+	// another owner (the production case: the message must become the
+	// user's; before issue 15 a chown, one SETATTR per delivery).
+	Owned bool
+	// CountOnly skips the rate measurements (parallel and filer far).
+	CountOnly bool
 }
 
 func (o *CallsOptions) defaults() {
@@ -131,6 +149,10 @@ type CallsVersion struct {
 	Deliver, RepeatLogin, SpacedLogin, Fetch, Bare CallsPhase
 	Rates                                          []CallsRates
 	Problems                                       []string
+	// Traces are the kernel stacks of the traced events (Options.Trace)
+	// per phase ("deliveries", "repeat logins", "bare loop"), most
+	// frequent first.
+	Traces map[string][]TracedStack
 }
 
 // CallsReport is what RunCalls measured.
@@ -161,6 +183,12 @@ func RunCalls(ctx context.Context, l *Lab, o CallsOptions) (*CallsReport, error)
 		}
 	}
 	prepare := func() error {
+		if o.Owned {
+			// RunCalls has one user, u1.
+			if err := os.WriteFile(filepath.Join(l.Export, "conf", "users"), []byte("u1@lab.test:{PLAIN}pw:2001:2001::::\n"), 0o644); err != nil {
+				return err
+			}
+		}
 		return l.GoBuild(ctx, "./contrib/lab/cmd/bareloop", filepath.Join(l.Export, "bin", "bareloop"))
 	}
 	s, err := StartScaleOut(ctx, l, 1, 1, o.NFSDrop, opts[0], 30*time.Second, false, prepare)
@@ -301,8 +329,16 @@ func (s *ScaleOutLab) measureCalls(ctx context.Context, vm *VM, o CallsOptions, 
 		l.logf("calls: NFS %s: warm-up delivery: %s; again", cv.Version, msg)
 		sleepCtx(ctx, 3*time.Second)
 	}
-	if _, msg := logins(1, -1)(); msg != "" {
-		return fmt.Errorf("lab: warm-up login: %s", msg)
+	for try := 1; ; try++ {
+		_, msg := logins(1, -1)()
+		if msg == "" {
+			break
+		}
+		if try == 5 {
+			return fmt.Errorf("lab: warm-up login: %s", msg)
+		}
+		l.logf("calls: NFS %s: warm-up login: %s; again", cv.Version, msg)
+		sleepCtx(ctx, 3*time.Second)
 	}
 	if _, msg := fetch(); msg != "" {
 		return fmt.Errorf("lab: warm-up fetch: %s", msg)
@@ -310,7 +346,13 @@ func (s *ScaleOutLab) measureCalls(ctx context.Context, vm *VM, o CallsOptions, 
 	if cv.Idle, err = phase("idle 5 s", func() (int64, string) { sleepCtx(ctx, 5*time.Second); return 5, "" }); err != nil {
 		return err
 	}
+	if err := s.traceStart(ctx, vm, o.Trace); err != nil {
+		return err
+	}
 	if cv.Deliver, err = phase("deliveries", deliver(o.Messages)); err != nil {
+		return err
+	}
+	if err := s.traceCollect(ctx, vm, o.Trace, cv, "deliveries", cv.Deliver.Units); err != nil {
 		return err
 	}
 	// The first login after the deliveries lists new/ again; the
@@ -318,7 +360,13 @@ func (s *ScaleOutLab) measureCalls(ctx context.Context, vm *VM, o CallsOptions, 
 	if _, msg := logins(1, o.Messages)(); msg != "" {
 		problem("first login: %s", msg)
 	}
+	if err := s.traceStart(ctx, vm, o.Trace); err != nil {
+		return err
+	}
 	if cv.RepeatLogin, err = phase("repeat logins back to back", logins(o.RepeatLogins, o.Messages)); err != nil {
+		return err
+	}
+	if err := s.traceCollect(ctx, vm, o.Trace, cv, "repeat logins", cv.RepeatLogin.Units); err != nil {
 		return err
 	}
 	cv.SpacedLogin = CallsPhase{Ops: nil}
@@ -338,10 +386,25 @@ func (s *ScaleOutLab) measureCalls(ctx context.Context, vm *VM, o CallsOptions, 
 	if cv.Fetch, err = phase("retrieve and delete", fetch); err != nil {
 		return err
 	}
+	if err := s.traceStart(ctx, vm, o.Trace); err != nil {
+		return err
+	}
 	if cv.Bare, err = phase("bare loop", bare("count", o.Messages, 1, 600)); err != nil {
 		return err
 	}
+	if err := s.traceCollect(ctx, vm, o.Trace, cv, "bare loop", cv.Bare.Units); err != nil {
+		return err
+	}
+	if o.Probe {
+		paths := fmt.Sprintf("%[1]s/mail,%[1]s/mail/.nfsdrop-mounted,%[1]s/bare/%[2]s-v%[3]s-count/new", MountPoint, vm.Host, cv.Version)
+		out, _, err := vm.Exec(ctx, "/tmp/bareloop -probe "+paths)
+		l.logf("calls: NFS %s: probe: %s (%v)", cv.Version, strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "), err)
+	}
 	local := CallsRates{Deliver: cv.Deliver, Bare: cv.Bare, Logins: cv.RepeatLogin}
+	if o.CountOnly {
+		cv.Rates = append(cv.Rates, local)
+		return nil
+	}
 	if err := s.parallelRates(ctx, dial, vm, o, cv, &local, phase, bare, fetch); err != nil {
 		return err
 	}

@@ -62,6 +62,12 @@ NFS_KRB5 {
 	Active_krb5 = false;
 }
 NFSV4 {
+	# Owners and groups as bare numbers, as Linux's knfsd sends them for
+	# sec=sys: names ("root@localdomain") that a client without an
+	# idmapper cannot map leave every file owned by nobody on the
+	# client, and its owner attributes never valid, so that every stat
+	# costs a GETATTR (docs/nfs.md).
+	Only_Numeric_Owners = true;
 	Graceless = true;
 	RecoveryBackend = fs;
 	RecoveryRoot = %s;

@@ -97,6 +97,24 @@ func (f *faultFS) OpenFile(name string, flag int, perm fs.FileMode) (store.File,
 	return &faultFile{File: file, fs: f, path: name}, nil
 }
 
+// CreateAs (a root delivery creating a file as the mailbox's owner) is
+// "open" to hooks, like OpenFile.
+func (f *faultFS) CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (store.File, error) {
+	var file store.File
+	err := f.do("open", name, func() error {
+		var err error
+		file, err = f.OSFS.CreateAs(name, flag, perm, uid, gid)
+		return err
+	})
+	if err != nil {
+		if file != nil {
+			file.Close()
+		}
+		return nil, err
+	}
+	return &faultFile{File: file, fs: f, path: name}, nil
+}
+
 func (f *faultFS) Link(o, n string) error {
 	return f.do("link", n, func() error { return f.OSFS.Link(o, n) })
 }

@@ -360,6 +360,10 @@ func TestCheckMarkerAndPermissions(t *testing.T) {
 	if r := CheckPermissions(root, fi, err, 65534); r.Status != WARN || !strings.Contains(r.Detail, "squashes root") {
 		t.Errorf("squashed: %+v", r)
 	}
+	if r := CheckPermissions(root, fi, err, UnmappedOwner); r.Status != FAIL || !strings.Contains(r.Detail, "could not map the owner name") ||
+		!strings.Contains(r.Fix, "Only_Numeric_Owners") {
+		t.Errorf("NFSv4 owner not mapped: %+v", r)
+	}
 	_, err = os.Stat(filepath.Join(root, "missing"))
 	if r := CheckPermissions(filepath.Join(root, "missing"), nil, err, -1); r.Status != FAIL || !strings.Contains(r.Detail, "does not exist") {
 		t.Errorf("missing: %+v", r)

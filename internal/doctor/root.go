@@ -40,6 +40,10 @@ func CheckMarker(root, marker string, nfs bool) Result {
 	return ok("mount-marker", p+" present ("+kind+")")
 }
 
+// UnmappedOwner is the uid the Linux NFSv4 client shows for a file whose
+// owner name it could not map to a number (nfs_fhget's -2).
+const UnmappedOwner = 4294967294
+
 // CheckPermissions judges the mail root's type, mode and owner. squashedTo
 // is the owner a file created by root got in the mail root (-1: unknown or
 // not running as root); another uid than 0 means the server squashes root.
@@ -68,6 +72,15 @@ func CheckPermissions(root string, fi fs.FileInfo, statErr error, squashedTo int
 			"run nfsdrop (and this check) as the user owning the mail, or as root")
 	default:
 		res = ok("permissions", detail)
+	}
+	if squashedTo == UnmappedOwner {
+		res.Status = FAIL
+		res.Detail += fmt.Sprintf("; a file root made here reads back as owned by uid %d: the NFSv4 client could not map the owner name the file server sent "+
+			"(\"root@domain\"), so every file shows as nobody's, the ownership of Maildirs and of the POP3 lock cannot be judged, "+
+			"and every stat of a file costs a GETATTR (the owner attribute stays invalid in the client's cache)", UnmappedOwner)
+		res.Fix = "have the file server send numeric owners for sec=sys (Linux knfsd does by default; nfs-ganesha: Only_Numeric_Owners = true in NFSV4; " +
+			"a NAS: its NFSv4 numeric-ids option), or run the idmapper with the server's NFSv4 domain (nfsidmap, /etc/idmapd.conf)"
+		return res
 	}
 	if squashedTo > 0 {
 		res.Status = max(res.Status, WARN)

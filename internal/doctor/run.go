@@ -111,8 +111,10 @@ func Run(o Options) *Report {
 		}
 	}
 	squashed := -1
-	if scratch != "" && os.Geteuid() == 0 {
-		if info, err := o.FS.Lstat(scratch); err == nil && info.UID != 0 {
+	if scratch != "" {
+		// Root squashed (a root-made file owned by someone else), or an
+		// NFSv4 owner name the client could not map (whoever made it).
+		if info, err := o.FS.Lstat(scratch); err == nil && (info.UID == UnmappedOwner || os.Geteuid() == 0 && info.UID != 0) {
 			squashed = info.UID
 		}
 	}

@@ -348,6 +348,25 @@ func (f gatedFS) OpenFile(name string, flag int, perm fs.FileMode) (store.File, 
 	return gatedFile{g: f.g, f: file}, nil
 }
 
+func (f gatedFS) CreateAs(name string, flag int, perm fs.FileMode, uid, gid int) (store.File, error) {
+	var file store.File
+	err := f.g.do(func() error {
+		var err error
+		file, err = f.g.inner.CreateAs(name, flag, perm, uid, gid)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return gatedFile{g: f.g, f: file}, nil
+}
+
+func (f gatedFS) DirOpsSynchronous(name string) (bool, error) {
+	var sync bool
+	err := f.g.do(func() error { var err error; sync, err = f.g.inner.DirOpsSynchronous(name); return err })
+	return sync, err
+}
+
 func (f gatedFS) Link(oldname, newname string) error {
 	return f.g.do(func() error { return f.g.inner.Link(oldname, newname) })
 }
@@ -455,9 +474,9 @@ func (d gatedDir) Path() string { return d.d.Path() }
 func (d gatedDir) Name() string { return d.d.Name() }
 func (d gatedDir) Close() error { return d.g.closeGated(d.d.Close) }
 
-func (d gatedDir) Stat() (store.Info, error) {
+func (d gatedDir) ID() (store.Info, error) {
 	var info store.Info
-	err := d.g.do(func() error { var err error; info, err = d.d.Stat(); return err })
+	err := d.g.do(func() error { var err error; info, err = d.d.ID(); return err })
 	return info, err
 }
 

@@ -327,7 +327,7 @@ func TestFileAndDirMethodsGated(t *testing.T) {
 		"Sync":        f.Sync,
 		"Stat":        func() error { _, err := f.Stat(); return err },
 		"Chown":       func() error { return f.Chown(-1, -1) },
-		"Dir.Stat":    func() error { _, err := d.Stat(); return err },
+		"Dir.ID":      func() error { _, err := d.ID(); return err },
 		"OpenBeneath": func() error { _, err := d.OpenBeneath("sub", -1); return err },
 	} {
 		checkRefusedNamed(t, name, call(), ReasonBusy)

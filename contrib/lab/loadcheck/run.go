@@ -493,7 +493,7 @@ func (ld *Load) popClient(ctx context.Context, mode string, users []string, rnd 
 		if mode == "delete" {
 			max = ld.cfg.RetrPerDelete
 		}
-		ld.session(ctx, user, mode, max, rnd)
+		ld.session(ctx, user, mode, max, rnd, ld.cfg.Timeout)
 		select {
 		case <-ctx.Done():
 		case <-time.After(ld.cfg.Pause):
@@ -504,14 +504,14 @@ func (ld *Load) popClient(ctx context.Context, mode string, users []string, rnd 
 // session runs one POP3 session and records it. The context only stops
 // new sessions: a session in progress runs to its end (its outcome must
 // be known), bounded by the reply timeout.
-func (ld *Load) session(_ context.Context, user, mode string, maxRetr int, rnd *rand.Rand) *Session {
+func (ld *Load) session(_ context.Context, user, mode string, maxRetr int, rnd *rand.Rand, timeout time.Duration) *Session {
 	s := ld.Rec.newSession(user, mode)
 	defer func() { ld.Rec.set(func() { s.End = time.Now() }) }()
 	addr := ld.cfg.POP3Addrs[s.ID%len(ld.cfg.POP3Addrs)]
 	if rnd != nil {
 		addr = ld.cfg.POP3Addrs[rnd.Intn(len(ld.cfg.POP3Addrs))]
 	}
-	p, greet, err := dialPOP3(context.Background(), ld.cfg.Dial, addr, ld.cfg.Timeout)
+	p, greet, err := dialPOP3(context.Background(), ld.cfg.Dial, addr, timeout)
 	if err != nil {
 		s.Err = err.Error()
 		return s
@@ -648,13 +648,20 @@ func identify(p *pop3Conn, s *Session) error {
 	return nil
 }
 
+// probeTimeout bounds the wait for each reply of a probe session.
+const probeTimeout = 15 * time.Second
+
 // Probe logs in as user (UIDL, QUIT) until a login succeeds or limit
 // passes, and returns when it succeeded (zero if not): how long a mailbox
 // whose session died with its machine stays locked.
 func (ld *Load) Probe(ctx context.Context, user string, limit time.Duration) time.Time {
 	deadline := time.Now().Add(limit)
 	for ctx.Err() == nil && time.Now().Before(deadline) {
-		s := ld.session(ctx, user, "probe", 0, nil)
+		// A probe never deletes, so its outcome need not be waited for
+		// as long as a session's: a short reply timeout keeps a probe
+		// that reached a machine killed meanwhile from hanging past the
+		// recovery it is there to see.
+		s := ld.session(ctx, user, "probe", 0, nil, probeTimeout)
 		if !s.LoginAt.IsZero() {
 			return s.LoginAt
 		}
@@ -671,7 +678,7 @@ func (ld *Load) Drain(ctx context.Context, limit time.Duration) []*Session {
 	for _, u := range ld.cfg.Users {
 		deadline := time.Now().Add(limit)
 		for {
-			s := ld.session(ctx, u, "drain", 0, nil)
+			s := ld.session(ctx, u, "drain", 0, nil, ld.cfg.Timeout)
 			if !s.LoginAt.IsZero() && s.Quit == "ok" && s.Err == "" {
 				out = append(out, s)
 				break

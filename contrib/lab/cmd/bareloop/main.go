@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,7 +29,14 @@ func main() {
 	size := flag.Int("size", 2048, "bytes per file")
 	threads := flag.Int("threads", 1, "concurrent loops")
 	limit := flag.Int64("files", 0, "stop after this many files (0: no limit)")
+	probePaths := flag.String("probe", "", "instead: count the GETATTRs of stat variants on these paths (separated by commas)")
 	flag.Parse()
+	if *probePaths != "" {
+		for _, p := range strings.Split(*probePaths, ",") {
+			probe(p, 20)
+		}
+		return
+	}
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "bareloop: -dir is required")
 		os.Exit(2)
