@@ -123,13 +123,17 @@ type Store struct {
 	log        *slog.Logger
 	now        func() time.Time
 	pid        int
-	counter    atomic.Uint32
-	dirs       *dirSyncer
-	bufs       sync.Pool
-	index      *indexCache
-	stats      statsBox
-	obs        Observer
-	sweeper    *backgroundSweeper // nil unless StartSweeper ran
+	// euid is the process's effective uid, the owner whose symlinks the
+	// path rule trusts besides root's (confine.go); read once, not with a
+	// syscall on every delivery (the daemons never change it).
+	euid    int
+	counter atomic.Uint32
+	dirs    *dirSyncer
+	bufs    sync.Pool
+	index   *indexCache
+	stats   statsBox
+	obs     Observer
+	sweeper *backgroundSweeper // nil unless StartSweeper ran
 	// after is the session lock refresher's timer (time.After); tests
 	// replace it to drive the refresher without waiting.
 	after    func(time.Duration) <-chan time.Time
@@ -181,6 +185,7 @@ func New(opts Options) (*Store, error) {
 	} else {
 		s.chown = os.Geteuid() == 0
 	}
+	s.euid = os.Geteuid()
 	s.dirs = newDirSyncer(func(dir string) error {
 		start := time.Now()
 		err := s.retryStale(func() error { return s.fs.SyncDir(dir) })
