@@ -80,6 +80,20 @@
 #                       differ between configurations (logging, metrics,
 #                       user lookup, scan); the perf.data files stay in the
 #                       temporary directory with BENCH_KEEP=1
+#   BENCH_FLOOR=0       skip the floor rows: after each round, store/bench_test.go's
+#                       BenchmarkDeliver in the same temporary directory, 4
+#                       goroutines, one Maildir each, BENCH_FLOOR_FILES files
+#                       (default 3000) per row: "store" (store.Deliver alone,
+#                       the durable write path lmtpd calls) and "bare" (the
+#                       bare durable syscall loop: create, write, fsync,
+#                       close, link, unlink, fsync of new/), with their
+#                       process's CPU per file. lmtpd's cpu-us minus store's is
+#                       what LMTP, the user lookup and the Go runtime's
+#                       scheduling add; the kernel's part of the durable file
+#                       syscalls follows the machine's load (it doubled
+#                       between runs with load average 3 and 12 here) and the
+#                       disk's state (on a journal-less ext4, creating files
+#                       right after many were deleted costs several times more)
 #   BENCH_PPROF=1       run every configuration's lmtpd with a Go CPU profile
 #                       (NFSDROP_CPUPROFILE: the whole process life, warm-up
 #                       included; 100 samples/s, about 1% of lmtpd's CPU),
@@ -183,6 +197,11 @@ bench_remove_mail() {
 }
 bench_workdir nfsdrop-variants # slapd (openldap) and clamd (clamav) reach their directories in it
 bench_build load
+FLOOR=${BENCH_FLOOR:-1}
+FLOOR_FILES=${BENCH_FLOOR_FILES:-3000}
+if [ "$FLOOR" = 1 ]; then
+  go test -c -o "$T/bin/store.test" ./store/ || die "cannot build the store benchmark (BENCH_FLOOR=0 skips the floor row)"
+fi
 
 NROOT=$T/mail
 mkdir -p "$NROOT"
@@ -399,6 +418,38 @@ log "$ROWDESC"
 cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 kv() { grep -o "$1=[0-9.]*" "$T/driver.out" | head -1 | cut -d= -f2; } # a key of load lmtp send's summary
 
+# floor_row ROUND: the store alone and the bare syscall loop (BENCH_FLOOR),
+# a row each.
+declare -A FLOOR_CPUS FLOOR_RATES
+floor_row() {
+  local out line rate cpu other b0 w0 b1 w1 kind
+  log "round $1/$ROUNDS: store alone and bare syscall loop ($FLOOR_FILES files each)"
+  sync
+  read -r b0 w0 <<<"$(cpu_busy)"
+  out=$(cd "$T" && NFSDROP_BENCH_DIR=$T NFSDROP_BENCH_KEEP=1 "$T/bin/store.test" -test.run '^$' \
+    -test.bench "^BenchmarkDeliver\$/^(store|bare)\$/^separate\$/^g$SESSIONS\$" -test.benchtime "${FLOOR_FILES}x" 2>&1) || {
+    log "floor rows failed: $(echo "$out" | tail -3)"
+    return 0
+  }
+  read -r b1 w1 <<<"$(cpu_busy)"
+  declare -A fcpu frate
+  for kind in store bare; do
+    line=$(echo "$out" | grep "/$kind/" | grep 'cpu-us/op' | tail -1)
+    fcpu[$kind]=$(echo "$line" | awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "cpu-us/op") printf "%.0f", $i }')
+    frate[$kind]=$(echo "$line" | awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "deliveries/s") printf "%.0f", $i }')
+  done
+  # other%: during both benchmarks, their own CPU taken out
+  other=$(awk -v b=$((b1 - b0)) -v w=$((w1 - w0)) -v c="$((${fcpu[store]:-0} + ${fcpu[bare]:-0}))" \
+    -v n="$FLOOR_FILES" -v t="$TCK" 'BEGIN { o = (b - c * n / 1e6 * t) / w * 100; if (o < 0) o = 0; printf "%.0f", o }')
+  for kind in store bare; do
+    FLOOR_CPUS[$kind]+=" ${fcpu[$kind]}"
+    FLOOR_RATES[$kind]+=" ${frate[$kind]}"
+    RAW+=("$(printf '%-5s %6s %-6s %7d %6s %9s %8s %7s %8s %7s  %s' "$1" "$(cut -d' ' -f1 /proc/loadavg)" "$kind" "$FLOOR_FILES" - \
+      "${frate[$kind]}" "${fcpu[$kind]}" - - "$other" \
+      "$([ $kind = store ] && echo "store.Deliver alone" || echo "bare syscall loop"), $SESSIONS goroutines")")
+  done
+}
+
 # --- measured rounds ------------------------------------------------------------
 declare -A RATES CPUS USRS AUXS CHECK
 RAW=()
@@ -465,6 +516,7 @@ for r in $(seq 1 "$ROUNDS"); do
     RAW+=("$(printf '%-5s %6s %-6s %7d %6.1f %9s %8s %7s %8s %7s  %s' "$r" "$(cut -d' ' -f1 /proc/loadavg)" "$id" "$n" "$secs" "$rate" "$cpu" "$usr" \
       "$([ -n "$apid" ] && echo "$aux" || echo -)" "$other" "$chk")")
   done
+  [ "$FLOOR" = 1 ] && floor_row "$r"
 done
 
 R1=$SECONDS
@@ -620,6 +672,14 @@ for id in "${IDS[@]}"; do
   fi
   printf '%-6s %-42s %7.0f %6s %7.0f %6s %7.0f %10s  %-13s %-22s %s\n' "$id" "${LABEL[$id]}" "$m" "$ratio" "$c" "$cx" "$(echo "${USRS[$id]}" | median)" "$a" \
     "$target" "$(echo "${RATES[$id]}" | sed 's/^ //')" "${CHECK[$id]}"
+done
+for kind in store bare; do
+  [ -n "${FLOOR_CPUS[$kind]:-}" ] || continue
+  fc=$(echo "${FLOOR_CPUS[$kind]}" | median)
+  printf '%-6s %-42s %7.0f %6s %7.0f %6s %7s %10s  %-13s %-22s %s\n' "$kind" \
+    "$([ $kind = store ] && echo "store.Deliver alone (go test -bench)" || echo "bare syscall loop (go test -bench)")" \
+    "$(echo "${FLOOR_RATES[$kind]}" | median)" - "$fc" "$(awk -v a="$fc" -v b="$bc" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')" - - - \
+    "$(echo "${FLOOR_RATES[$kind]}" | sed 's/^ //')" "$SESSIONS goroutines, one Maildir each"
 done
 [ -n "$PROBE" ] && { echo; echo "EICAR probe on scan: $PROBE"; }
 if [ ${#MEM[@]} -gt 0 ]; then
