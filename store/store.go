@@ -126,14 +126,17 @@ type Store struct {
 	// euid is the process's effective uid, the owner whose symlinks the
 	// path rule trusts besides root's (confine.go); read once, not with a
 	// syscall on every delivery (the daemons never change it).
-	euid    int
-	counter atomic.Uint32
-	dirs    *dirSyncer
-	bufs    sync.Pool
-	index   *indexCache
-	stats   statsBox
-	obs     Observer
-	sweeper *backgroundSweeper // nil unless StartSweeper ran
+	euid int
+	// markerPath is the mount marker's path (mail root + marker), joined
+	// once: CheckMount runs on every delivery.
+	markerPath string
+	counter    atomic.Uint32
+	dirs       *dirSyncer
+	bufs       sync.Pool
+	index      *indexCache
+	stats      statsBox
+	obs        Observer
+	sweeper    *backgroundSweeper // nil unless StartSweeper ran
 	// after is the session lock refresher's timer (time.After); tests
 	// replace it to drive the refresher without waiting.
 	after    func(time.Duration) <-chan time.Time
@@ -186,6 +189,9 @@ func New(opts Options) (*Store, error) {
 		s.chown = os.Geteuid() == 0
 	}
 	s.euid = os.Geteuid()
+	if s.marker != "" {
+		s.markerPath = filepath.Join(s.root, s.marker)
+	}
 	s.dirs = newDirSyncer(func(dir string) error {
 		start := time.Now()
 		err := s.retryStale(func() error { return s.fs.SyncDir(dir) })
@@ -216,7 +222,7 @@ func (s *Store) CheckMount() error {
 	if s.marker == "" {
 		return nil
 	}
-	p := filepath.Join(s.root, s.marker)
+	p := s.markerPath
 	err := s.retryStale(func() error { _, err := s.fs.Lstat(p); return err })
 	if err != nil {
 		return failure.Temp("mount guard", "mail store not mounted", fmt.Errorf("marker %s: %w", p, err))
