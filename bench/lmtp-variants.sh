@@ -22,7 +22,9 @@
 # round so that no configuration always runs first or after the same
 # neighbour; the table shows each configuration's median over the rounds
 # and its ratio to the baseline's median, and the same for lmtpd's CPU time
-# per delivery. Each row also shows how busy the rest of the machine was
+# per delivery (user+sys; usr-us is the user part, lmtpd's own code and the
+# Go runtime, which moves much less with the machine's load than the
+# kernel's part does). Each row also shows how busy the rest of the machine was
 # (other%): on a shared machine, rows with much other load are not
 # comparable, and 3 rounds cannot always outvote them; look at cpu-x and at
 # the rows, or run again. Right after a run (this one's or bench/lmtp.sh's)
