@@ -22,7 +22,9 @@
 # round so that no configuration always runs first or after the same
 # neighbour; the table shows each configuration's median over the rounds
 # and its ratio to the baseline's median, and the same for lmtpd's CPU time
-# per delivery. Each row also shows how busy the rest of the machine was
+# per delivery (user+sys; usr-us is the user part, lmtpd's own code and the
+# Go runtime, which moves much less with the machine's load than the
+# kernel's part does). Each row also shows how busy the rest of the machine was
 # (other%): on a shared machine, rows with much other load are not
 # comparable, and 3 rounds cannot always outvote them; look at cpu-x and at
 # the rows, or run again. Right after a run (this one's or bench/lmtp.sh's)
@@ -80,6 +82,28 @@
 #                       differ between configurations (logging, metrics,
 #                       user lookup, scan); the perf.data files stay in the
 #                       temporary directory with BENCH_KEEP=1
+#   BENCH_FLOOR=0       skip the floor rows: after each round, store/bench_test.go's
+#                       BenchmarkDeliver in the same temporary directory, 4
+#                       goroutines, one Maildir each, BENCH_FLOOR_FILES files
+#                       (default 3000) per row: "store" (store.Deliver alone,
+#                       the durable write path lmtpd calls) and "bare" (the
+#                       bare durable syscall loop: create, write, fsync,
+#                       close, link, unlink, fsync of new/), with their
+#                       process's CPU per file. lmtpd's cpu-us minus store's is
+#                       what LMTP, the user lookup and the Go runtime's
+#                       scheduling add; the kernel's part of the durable file
+#                       syscalls follows the machine's load (it doubled
+#                       between runs with load average 3 and 12 here) and the
+#                       disk's state (on a journal-less ext4, creating files
+#                       right after many were deleted costs several times more)
+#   BENCH_PPROF=1       run every configuration's lmtpd with a Go CPU profile
+#                       (NFSDROP_CPUPROFILE: the whole process life, warm-up
+#                       included; 100 samples/s, about 1% of lmtpd's CPU),
+#                       print each one's top functions after the rounds and
+#                       keep the profiles in BENCH_PPROF_DIR (default: the
+#                       current directory) as lmtpd-ID.pprof, for
+#                       go tool pprof -top / -list (the binary is built
+#                       with symbols, the profile carries them)
 #   BENCH_DIR, BENCH_KEEP, BENCH_USER, BENCH_REV: as for bench/lmtp.sh
 #
 # Must run as root: slapd runs as openldap and clamd as clamav (setpriv:
@@ -175,6 +199,11 @@ bench_remove_mail() {
 }
 bench_workdir nfsdrop-variants # slapd (openldap) and clamd (clamav) reach their directories in it
 bench_build load
+FLOOR=${BENCH_FLOOR:-1}
+FLOOR_FILES=${BENCH_FLOOR_FILES:-3000}
+if [ "$FLOOR" = 1 ]; then
+  go test -c -o "$T/bin/store.test" ./store/ || die "cannot build the store benchmark (BENCH_FLOOR=0 skips the floor row)"
+fi
 
 NROOT=$T/mail
 mkdir -p "$NROOT"
@@ -287,10 +316,15 @@ write_conf() {
   bench_nfsdrop_check "$T/$id.toml"
 }
 
+PPROF_DIR=
+if [ "${BENCH_PPROF:-0}" = 1 ]; then
+  PPROF_DIR=$(cd "${BENCH_PPROF_DIR:-.}" && pwd)
+fi
 start_lmtpd() {
-  local id=$1
+  local id=$1 prof=
   write_conf "$id"
-  "$NFSDROP" lmtpd -c "$T/$id.toml" 2>"$T/$id.log" &
+  [ -n "$PPROF_DIR" ] && prof="$PPROF_DIR/lmtpd-$id.pprof"
+  NFSDROP_CPUPROFILE=$prof "$NFSDROP" lmtpd -c "$T/$id.toml" 2>"$T/$id.log" &
   PID[$id]=$!
   PIDS+=("${PID[$id]}")
   for _ in $(seq 1 100); do
@@ -317,6 +351,13 @@ TCK=$(getconf CLK_TCK)
 ticks() { # PID: user+system clock ticks so far
   if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" # utime, stime (fields 14, 15)
+  else
+    echo 0
+  fi
+}
+uticks() { # PID: user clock ticks so far (the part of ticks that is lmtpd's own code, not the kernel's)
+  if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
+    awk '{ sub(/^.*\) /, ""); print $12 }' "/proc/$1/stat"
   else
     echo 0
   fi
@@ -379,8 +420,40 @@ log "$ROWDESC"
 cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 kv() { grep -o "$1=[0-9.]*" "$T/driver.out" | head -1 | cut -d= -f2; } # a key of load lmtp send's summary
 
+# floor_row ROUND: the store alone and the bare syscall loop (BENCH_FLOOR),
+# a row each.
+declare -A FLOOR_CPUS FLOOR_RATES
+floor_row() {
+  local out line rate cpu other b0 w0 b1 w1 kind
+  log "round $1/$ROUNDS: store alone and bare syscall loop ($FLOOR_FILES files each)"
+  sync
+  read -r b0 w0 <<<"$(cpu_busy)"
+  out=$(cd "$T" && NFSDROP_BENCH_DIR=$T NFSDROP_BENCH_KEEP=1 "$T/bin/store.test" -test.run '^$' \
+    -test.bench "^BenchmarkDeliver\$/^(store|bare)\$/^separate\$/^g$SESSIONS\$" -test.benchtime "${FLOOR_FILES}x" 2>&1) || {
+    log "floor rows failed: $(echo "$out" | tail -3)"
+    return 0
+  }
+  read -r b1 w1 <<<"$(cpu_busy)"
+  declare -A fcpu frate
+  for kind in store bare; do
+    line=$(echo "$out" | grep "/$kind/" | grep 'cpu-us/op' | tail -1)
+    fcpu[$kind]=$(echo "$line" | awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "cpu-us/op") printf "%.0f", $i }')
+    frate[$kind]=$(echo "$line" | awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "deliveries/s") printf "%.0f", $i }')
+  done
+  # other%: during both benchmarks, their own CPU taken out
+  other=$(awk -v b=$((b1 - b0)) -v w=$((w1 - w0)) -v c="$((${fcpu[store]:-0} + ${fcpu[bare]:-0}))" \
+    -v n="$FLOOR_FILES" -v t="$TCK" 'BEGIN { o = (b - c * n / 1e6 * t) / w * 100; if (o < 0) o = 0; printf "%.0f", o }')
+  for kind in store bare; do
+    FLOOR_CPUS[$kind]+=" ${fcpu[$kind]}"
+    FLOOR_RATES[$kind]+=" ${frate[$kind]}"
+    RAW+=("$(printf '%-5s %6s %-6s %7d %6s %9s %8s %7s %8s %7s  %s' "$1" "$(cut -d' ' -f1 /proc/loadavg)" "$kind" "$FLOOR_FILES" - \
+      "${frate[$kind]}" "${fcpu[$kind]}" - - "$other" \
+      "$([ $kind = store ] && echo "store.Deliver alone" || echo "bare syscall loop"), $SESSIONS goroutines")")
+  done
+}
+
 # --- measured rounds ------------------------------------------------------------
-declare -A RATES CPUS AUXS CHECK
+declare -A RATES CPUS USRS AUXS CHECK
 RAW=()
 R0=$SECONDS
 FAIL=0
@@ -399,12 +472,14 @@ for r in $(seq 1 "$ROUNDS"); do
     log "round $r/$ROUNDS: $id (${LABEL[$id]})"
     sync
     c0=$(ticks "${PID[$id]}")
+    u0=$(uticks "${PID[$id]}")
     a0=$(ticks "$apid")
     read -r b0 w0 <<<"$(cpu_busy)"
     ok=1
     send "$id" "${ROWARGS[@]}" || ok=0
     read -r b1 w1 <<<"$(cpu_busy)"
     c1=$(ticks "${PID[$id]}")
+    u1=$(uticks "${PID[$id]}")
     a1=$(ticks "$apid")
     [ $ok = 1 ] || log "driver failed on $id: $(tail -3 "$T/driver.out")"
     n=$(kv deliveries)
@@ -428,6 +503,7 @@ for r in $(seq 1 "$ROUNDS"); do
     [ "$n" -gt 0 ] || n=1 # keep the arithmetic below defined
     rate=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
     cpu=$(awk -v n="$n" -v c=$((c1 - c0)) -v t="$TCK" 'BEGIN { printf "%.0f", c / t / n * 1e6 }')
+    usr=$(awk -v n="$n" -v c=$((u1 - u0)) -v t="$TCK" 'BEGIN { printf "%.0f", c / t / n * 1e6 }')
     aux=$(awk -v n="$n" -v c=$((a1 - a0)) -v t="$TCK" 'BEGIN { printf "%.0f", c / t / n * 1e6 }')
     # other: CPU busy on the machine outside lmtpd, its helper and the
     # driver (kernel threads flushing our writes, other users' load), in %
@@ -436,11 +512,13 @@ for r in $(seq 1 "$ROUNDS"); do
       'BEGIN { o = (b - c - d * t) / w * 100; if (o < 0) o = 0; printf "%.0f", o }')
     RATES[$id]+=" $rate"
     CPUS[$id]+=" $cpu"
+    USRS[$id]+=" $usr"
     AUXS[$id]+=" $aux"
     [ "${CHECK[$id]:-ok}" = ok ] && CHECK[$id]=$chk
-    RAW+=("$(printf '%-5s %6s %-6s %7d %6.1f %9s %8s %8s %7s  %s' "$r" "$(cut -d' ' -f1 /proc/loadavg)" "$id" "$n" "$secs" "$rate" "$cpu" \
+    RAW+=("$(printf '%-5s %6s %-6s %7d %6.1f %9s %8s %7s %8s %7s  %s' "$r" "$(cut -d' ' -f1 /proc/loadavg)" "$id" "$n" "$secs" "$rate" "$cpu" "$usr" \
       "$([ -n "$apid" ] && echo "$aux" || echo -)" "$other" "$chk")")
   done
+  [ "$FLOOR" = 1 ] && floor_row "$r"
 done
 
 R1=$SECONDS
@@ -490,6 +568,17 @@ if [ "${BENCH_PERF:-0}" = 1 ]; then
     perf report -i "$T/perf-$id.data" --stdio --children --sort symbol -g none --percent-limit 0.2 \
       >"$T/perf-$id-children.txt" 2>/dev/null || true
     PERF_OUT+=("--- $id: $T/perf-$id.data" "$(perf_summary "$id")")
+  done
+fi
+
+# --- Go CPU profiles (BENCH_PPROF=1) ------------------------------------------------
+# lmtpd writes its profile when it stops: stop the measured ones now.
+PPROF_OUT=()
+if [ -n "$PPROF_DIR" ]; then
+  for id in "${IDS[@]}"; do
+    stop_lmtpd "$id"
+    PPROF_OUT+=("--- $id: $PPROF_DIR/lmtpd-$id.pprof (warm-up and every row)"
+      "$(go tool pprof -top -nodecount 25 "$PPROF_DIR/lmtpd-$id.pprof" 2>&1 | sed -n '/^Showing\|flat%/,$p' | sed 's/^/    /')")
   done
 fi
 
@@ -547,7 +636,7 @@ for id in "${IDS[@]}"; do
 done
 echo
 echo "nfsdrop $VERSION, LMTP variants, $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "command: ${BENCH_ROUNDS:+BENCH_ROUNDS=$BENCH_ROUNDS }${BENCH_ROW_SECONDS:+BENCH_ROW_SECONDS=$BENCH_ROW_SECONDS }${BENCH_MESSAGES:+BENCH_MESSAGES=$BENCH_MESSAGES }${BENCH_ONLY:+BENCH_ONLY=\"$BENCH_ONLY\" }${BENCH_PERF:+BENCH_PERF=$BENCH_PERF }bash bench/lmtp-variants.sh"
+echo "command: ${BENCH_ROUNDS:+BENCH_ROUNDS=$BENCH_ROUNDS }${BENCH_ROW_SECONDS:+BENCH_ROW_SECONDS=$BENCH_ROW_SECONDS }${BENCH_MESSAGES:+BENCH_MESSAGES=$BENCH_MESSAGES }${BENCH_ONLY:+BENCH_ONLY=\"$BENCH_ONLY\" }${BENCH_PERF:+BENCH_PERF=$BENCH_PERF }${BENCH_PPROF:+BENCH_PPROF=$BENCH_PPROF }bash bench/lmtp-variants.sh"
 echo "machine: $(bench_machine), $(go version | awk '{ print $3 }')"
 echo "load average (1/5/15 min) at start of runs: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews the rates; the CPU columns less so)"
 echo "temp dir: $(bench_tempdir)"
@@ -555,15 +644,16 @@ echo "slapd: $( [ "$NEED_LDAP" = 1 ] && { slapd -VV 2>&1 | head -1 | sed 's/^@(#
 echo "clamd: $( [ "$NEED_CLAMD" = 1 ] && clamd --version 2>/dev/null || echo 'not used'), one-signature database, unix socket"
 echo "load: bench/load lmtp, $SESSIONS sessions (one connection each, no pipelining), $SIZE-byte bodies, 1 rcpt/msg, $NUSERS users per configuration"
 echo "rows: $ROWDESC; $ROUNDS rounds, order rotated each round; the rounds took $((R1 - R0)) s (started at ${R0} s)"
-echo "rate = deliveries / wall-clock seconds of the driver; cpu = lmtpd user+sys microseconds per delivery; aux = the same for slapd (ldap*) or clamd (scan);"
+echo "rate = deliveries / wall-clock seconds of the driver; cpu = lmtpd user+sys microseconds per delivery (usr: the user part, lmtpd's own code;"
+echo "the rest is the kernel's, mostly the durable file syscalls: compare go test -bench Deliver/bare ./store/, cpu-us/op); aux = cpu for slapd (ldap*) or clamd (scan);"
 echo "other% = CPU time of everything else on the machine (kernel flush threads, other users' load) during the row, in % of all CPUs"
 echo
 echo "per row, in the order run:"
-printf '%-5s %6s %-6s %7s %6s %9s %8s %8s %7s  %s\n' round load1 id dlv secs rate/s cpu-us aux-us other% "files checked"
+printf '%-5s %6s %-6s %7s %6s %9s %8s %7s %8s %7s  %s\n' round load1 id dlv secs rate/s cpu-us usr-us aux-us other% "files checked"
 printf '%s\n' "${RAW[@]}"
 echo
 echo "summary (medians over $ROUNDS rounds; ratio = median rate / base's median rate; cpu-x = median cpu-us / base's):"
-printf '%-6s %-42s %7s %6s %7s %6s %10s  %-13s %-22s %s\n' id configuration "rate/s" ratio "cpu-us" "cpu-x" "aux-us" target "rates per round" "checks"
+printf '%-6s %-42s %7s %6s %7s %6s %7s %10s  %-13s %-22s %s\n' id configuration "rate/s" ratio "cpu-us" "cpu-x" "usr-us" "aux-us" target "rates per round" "checks"
 bm=$(echo "${RATES[base]}" | median)
 bc=$(echo "${CPUS[base]}" | median)
 for id in "${IDS[@]}"; do
@@ -582,8 +672,16 @@ for id in "${IDS[@]}"; do
   if [ -n "$t" ]; then
     target=$(awk -v r="$ratio" -v t="$t" 'BEGIN { printf "%s%s", (r >= t ? "met" : "MISSED"), ">=" t }')
   fi
-  printf '%-6s %-42s %7.0f %6s %7.0f %6s %10s  %-13s %-22s %s\n' "$id" "${LABEL[$id]}" "$m" "$ratio" "$c" "$cx" "$a" \
+  printf '%-6s %-42s %7.0f %6s %7.0f %6s %7.0f %10s  %-13s %-22s %s\n' "$id" "${LABEL[$id]}" "$m" "$ratio" "$c" "$cx" "$(echo "${USRS[$id]}" | median)" "$a" \
     "$target" "$(echo "${RATES[$id]}" | sed 's/^ //')" "${CHECK[$id]}"
+done
+for kind in store bare; do
+  [ -n "${FLOOR_CPUS[$kind]:-}" ] || continue
+  fc=$(echo "${FLOOR_CPUS[$kind]}" | median)
+  printf '%-6s %-42s %7.0f %6s %7.0f %6s %7s %10s  %-13s %-22s %s\n' "$kind" \
+    "$([ $kind = store ] && echo "store.Deliver alone (go test -bench)" || echo "bare syscall loop (go test -bench)")" \
+    "$(echo "${FLOOR_RATES[$kind]}" | median)" - "$fc" "$(awk -v a="$fc" -v b="$bc" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')" - - - \
+    "$(echo "${FLOOR_RATES[$kind]}" | sed 's/^ //')" "$SESSIONS goroutines, one Maildir each"
 done
 [ -n "$PROBE" ] && { echo; echo "EICAR probe on scan: $PROBE"; }
 if [ ${#MEM[@]} -gt 0 ]; then
@@ -597,6 +695,11 @@ if [ ${#PERF_OUT[@]} -gt 0 ]; then
   echo
   echo "perf (BENCH_PERF=1, one extra untimed row per configuration):"
   printf '%s\n' "${PERF_OUT[@]}"
+fi
+if [ ${#PPROF_OUT[@]} -gt 0 ]; then
+  echo
+  echo "Go CPU profiles (BENCH_PPROF=1):"
+  printf '%s\n' "${PPROF_OUT[@]}"
 fi
 echo
 echo "error lines in lmtpd logs: $nerr"

@@ -18,6 +18,11 @@
 #                pop3.move_to_cur) and cur/ for Dovecot (its IMAP moves mail
 #                to cur/)
 #   BENCH_ONLY   space-separated scenario ids to run (e.g. "1a 4b"); default all
+#   BENCH_STORE=0  skip the store row: right after scenario 1c, the store
+#                alone (store/bench_test.go BenchmarkDeliver store/separate/g16:
+#                store.Deliver from 16 goroutines, one Maildir each, as many
+#                2 KB messages as 1c) in the same temporary directory, for
+#                "1c / store" (how much of the store's rate lmtpd keeps)
 #   BENCH_REV    build nfsdrop from this git revision (git archive into the
 #                temporary directory) instead of the working tree, e.g. HEAD
 #                while the working tree is in the middle of an edit
@@ -64,6 +69,10 @@ bench_require_users dovecot-core dovecot dovenull
 # --- work directory and cleanup -------------------------------------------
 bench_workdir nfsdrop-bench
 bench_build load
+STORE_ROW=${BENCH_STORE:-1}
+if [ "$STORE_ROW" = 1 ]; then
+  go test -c -o "$T/bin/store.test" ./store/ || die "cannot build the store benchmark (BENCH_STORE=0 skips its row)"
+fi
 
 bench_mail_roots
 chown "$MUID:$MGID" "$DROOT"
@@ -251,6 +260,34 @@ for s in "${SCENARIOS[@]}"; do
   done
 done
 
+# cpu_busy: "busy total" clock ticks of all CPUs so far (/proc/stat)
+cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+# driver_cpu: bench/load's own CPU seconds in its summary (0 for smtp-source)
+driver_cpu() { { grep -o 'driver_cpu_s=[0-9.]*' "$T/driver.out" || echo x=0; } | head -1 | cut -d= -f2; }
+
+# store_row MESSAGES: the store alone at 16 goroutines (BENCH_STORE), a row
+# with 1c's nfsdrop rate over the store's as its ratio.
+store_row() {
+  local msgs=$1 out line srate scpu b0 w0 b1 w1 other
+  log "st store.Deliver alone, 2K, 16 goroutines ($msgs messages)"
+  sync
+  read -r b0 w0 <<<"$(cpu_busy)"
+  out=$(cd "$T" && NFSDROP_BENCH_DIR=$T NFSDROP_BENCH_KEEP=1 "$T/bin/store.test" -test.run '^$' \
+    -test.bench '^BenchmarkDeliver$/^store$/^separate$/^g16$' -test.benchtime "${msgs}x" 2>&1) || {
+    log "store row failed: $(echo "$out" | tail -3)"
+    return 0
+  }
+  read -r b1 w1 <<<"$(cpu_busy)"
+  line=$(echo "$out" | grep 'cpu-us/op' | tail -1)
+  scpu=$(echo "$line" | awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "cpu-us/op") printf "%.0f", $i }')
+  srate=$(echo "$line" | awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "deliveries/s") printf "%.0f", $i }')
+  other=$(awk -v b=$((b1 - b0)) -v w=$((w1 - w0)) -v c="$scpu" -v n="$msgs" -v t="$TCK" \
+    'BEGIN { o = (b - c * n / 1e6 * t) / w * 100; if (o < 0) o = 0; printf "%.0f", o }')
+  RESULTS+=("$(printf '%-3s %-36s %7d %9s %9s %6s %7s %7s %5s %5s  %s' st "2K, store alone, 16 goroutines" "$msgs" \
+    "$srate" - "$(awk -v a="$RATE_1C" -v b="$srate" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')" \
+    "$scpu" - "$other" - "ratio = 1c nfsdrop/s / store/s")")
+}
+
 # --- measured runs ------------------------------------------------------------
 RESULTS=()
 FAIL=0
@@ -264,16 +301,22 @@ for s in "${SCENARIOS[@]}"; do
   order=(nfsdrop dovecot)
   [ $((n % 2)) = 1 ] && order=(dovecot nfsdrop) # alternate who goes first
   n=$((n + 1))
-  declare -A rate cpu check
+  declare -A rate cpu check other
   for server in "${order[@]}"; do
     log "$id $label: $server ($msgs messages x $rcpts rcpts)"
     sync
     c0=$(cpu_ticks "$server")
+    read -r b0 w0 <<<"$(cpu_busy)"
     t0=$(date +%s.%N)
     ok=1
     drive "$server" "$driver" "$sess" "$msgs" "$size" "$rcpts" "$users" "$dom" || ok=0
     t1=$(date +%s.%N)
+    read -r b1 w1 <<<"$(cpu_busy)"
     c1=$(cpu_ticks "$server")
+    # other%: CPU busy outside the server and bench/load (kernel flush
+    # threads, other users' load; smtp-source counts here), % of all CPUs
+    other[$server]=$(awk -v b=$((b1 - b0)) -v w=$((w1 - w0)) -v c=$((c1 - c0)) -v d="$(driver_cpu)" -v t="$TCK" \
+      'BEGIN { o = (b - c - d * t) / w * 100; if (o < 0) o = 0; printf "%.0f", o }')
     if [ $ok = 0 ]; then
       log "driver failed on $server: $(tail -3 "$T/driver.out")"
     fi
@@ -293,9 +336,13 @@ for s in "${SCENARIOS[@]}"; do
   else
     chk="nfsdrop=${check[nfsdrop]} dovecot=${check[dovecot]}"
   fi
-  RESULTS+=("$(printf '%-3s %-36s %7d %9s %9s %6s %7s %7s  %s' "$id" "$label" $((msgs * rcpts)) \
-    "${rate[nfsdrop]}" "${rate[dovecot]}" "$ratio" "${cpu[nfsdrop]}" "${cpu[dovecot]}" "$chk")")
-  unset rate cpu check
+  RESULTS+=("$(printf '%-3s %-36s %7d %9s %9s %6s %7s %7s %5s %5s  %s' "$id" "$label" $((msgs * rcpts)) \
+    "${rate[nfsdrop]}" "${rate[dovecot]}" "$ratio" "${cpu[nfsdrop]}" "${cpu[dovecot]}" "${other[nfsdrop]}" "${other[dovecot]}" "$chk")")
+  if [ "$id" = 1c ] && [ "$STORE_ROW" = 1 ]; then
+    RATE_1C=${rate[nfsdrop]}
+    store_row "$msgs"
+  fi
+  unset rate cpu check other
 done
 
 # --- report -------------------------------------------------------------------
@@ -328,7 +375,8 @@ if [ -d "$d4" ]; then
 fi
 echo "rate = deliveries (messages x recipients) / wall-clock seconds of the driver; CPU = server user+sys microseconds per delivery"
 echo
-printf '%-3s %-36s %7s %9s %9s %6s %7s %7s  %s\n' id scenario dlv nfsdrop/s dovecot/s ratio nfs-cpu dov-cpu "files checked"
+echo "n-oth%, d-oth% = CPU busy outside the server and bench/load during nfsdrop's and Dovecot's run, in % of all CPUs (other users' load skews the rates; CPU per delivery less so)"
+printf '%-3s %-36s %7s %9s %9s %6s %7s %7s %5s %5s  %s\n' id scenario dlv nfsdrop/s dovecot/s ratio nfs-cpu dov-cpu n-oth d-oth "files checked"
 printf '%s\n' "${RESULTS[@]}"
 echo
 echo "error lines in logs: nfsdrop $nerr_n, dovecot $nerr_d"

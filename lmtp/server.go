@@ -465,6 +465,15 @@ func (ss *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 
 func (ss *session) logRcpt(rcpt, key string, rep *smtp.SMTPError, err error, nrcpt int, d time.Duration) {
 	ss.s.opts.Observer.Recipient(rep.Code, d)
+	level := slog.LevelInfo // delivered, refused
+	if rep.Code >= 300 && rep.Code < 500 {
+		level = slog.LevelWarn // deferred
+	}
+	if !ss.s.log.Enabled(context.Background(), level) {
+		// Not logged at this level: build none of the line (a warn-level
+		// server would make a dozen attributes per delivery for nothing).
+		return
+	}
 	// Locked: Logout may reset the transaction from another goroutine
 	// (the server closing the connection) while Rcpt logs.
 	ss.mu.Lock()
@@ -488,11 +497,11 @@ func (ss *session) logRcpt(rcpt, key string, rep *smtp.SMTPError, err error, nrc
 	}
 	switch {
 	case rep.Code < 300:
-		ss.s.log.Info("delivered", attrs...)
+		ss.s.log.Log(context.Background(), level, "delivered", attrs...)
 	case rep.Code < 500:
-		ss.s.log.Warn("deferred", append(attrs, "reason", rep.Message, "err", errString(err))...)
+		ss.s.log.Log(context.Background(), level, "deferred", append(attrs, "reason", rep.Message, "err", errString(err))...)
 	default:
-		ss.s.log.Info("refused", append(attrs, "reason", rep.Message, "err", errString(err))...)
+		ss.s.log.Log(context.Background(), level, "refused", append(attrs, "reason", rep.Message, "err", errString(err))...)
 	}
 }
 

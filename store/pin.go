@@ -114,7 +114,7 @@ func (s *Store) pinMaildir(mb Mailbox, subs ...string) (_ Mailbox, err error) {
 		return mb, s.classify("open mail root", err)
 	}
 	defer root.Close()
-	trust := os.Geteuid()
+	trust := s.euid
 	var dir Dir
 	err = s.retryStale(func() error { var e error; dir, e = root.OpenBeneath(rel, trust); return e })
 	if isErrno(err, syscall.ENOENT) {
@@ -145,7 +145,7 @@ func (s *Store) pinMaildir(mb Mailbox, subs ...string) (_ Mailbox, err error) {
 // Maildir left with tmp/ but no new/ would otherwise defer its mail
 // forever); the ENOENT that tells is the open the fast path makes anyway.
 func (s *Store) pinSubdirs(pin *maildirPin, mb Mailbox, subs []string) error {
-	trust := os.Geteuid()
+	trust := s.euid
 	open := func(sub string) error {
 		if _, ok := pin.subs[sub]; ok {
 			return nil
@@ -204,7 +204,7 @@ func (s *Store) pinSubdirs(pin *maildirPin, mb Mailbox, subs []string) error {
 // Parents get mode 0711 (traversable, not listable: a domain directory
 // does not reveal its users); the Maildir 0700, owned by the mailbox.
 func (s *Store) createBeneath(root Dir, rel string, mb Mailbox) (Dir, error) {
-	trust := os.Geteuid()
+	trust := s.euid
 	parts := splitPath(rel)
 	parent := root
 	for i, part := range parts {

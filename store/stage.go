@@ -252,7 +252,7 @@ func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
 	defer s.bufs.Put(bp)
 	buf := *bp
 	for {
-		n, rerr := r.Read(buf)
+		n, rerr := fill(r, buf)
 		if n > 0 {
 			cnt.add(buf[:n])
 			if _, werr := f.Write(buf[:n]); werr != nil {
@@ -298,6 +298,24 @@ func (s *Store) writeTmp(place tmpPlace, r io.Reader) (st *Staged, err error) {
 		base: base, size: cnt.size, crlfSize: cnt.pop3Size(),
 		uid: place.uid, gid: place.gid, owned: owned,
 	}, nil
+}
+
+// fill reads from r until buf is full or r returns an error (io.EOF at
+// the end), and returns what it read with that error (nil when full). The
+// message arrives in pieces (trace headers, header section, then the body
+// in whatever chunks the client's reader hands over): writing a full
+// buffer at a time makes one write(2) of a small message instead of one
+// per piece.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // ownedBy reports whether info's owner is already uid and gid (-1: any).

@@ -130,12 +130,17 @@ type Store struct {
 	quotaDefer bool
 	retries    int
 	chown      bool
-	// euid and egid are the process's: a root process creates a
-	// mailbox's tmp/ files as the mailbox's owner (bornOwner).
+	// euid and egid are the process's, read once: a root process
+	// creates a mailbox's tmp/ files as the mailbox's owner (bornOwner),
+	// and the path rule trusts the symlinks of euid besides root's
+	// (confine.go); the daemons never change them.
 	euid, egid int
 	log        *slog.Logger
 	now        func() time.Time
 	pid        int
+	// markerPath is the mount marker's path (mail root + marker), joined
+	// once: CheckMount runs on every delivery.
+	markerPath string
 	counter    atomic.Uint32
 	dirs       *dirSyncer
 	// syncFree caches FS.DirOpsSynchronous per device (uint64 → bool).
@@ -198,6 +203,9 @@ func New(opts Options) (*Store, error) {
 	} else {
 		s.chown = os.Geteuid() == 0
 	}
+	if s.marker != "" {
+		s.markerPath = filepath.Join(s.root, s.marker)
+	}
 	s.dirs = newDirSyncer(func(dir string) error {
 		start := time.Now()
 		err := s.retryStale(func() error { return s.fs.SyncDir(dir) })
@@ -229,7 +237,7 @@ func (s *Store) CheckMount() error {
 	if s.marker == "" {
 		return nil
 	}
-	p := filepath.Join(s.root, s.marker)
+	p := s.markerPath
 	err := s.retryStale(func() error { _, err := s.fs.Lstat(p); return err })
 	if err != nil {
 		return failure.Temp("mount guard", "mail store not mounted", fmt.Errorf("marker %s: %w", p, err))

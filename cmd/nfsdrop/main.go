@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -20,8 +21,43 @@ var (
 
 const defaultConfig = "/etc/nfsdrop/nfsdrop.toml"
 
+// cpuProfileEnv names a file to write a Go CPU profile of the whole run
+// to (runtime/pprof; read it with go tool pprof). It exists for the
+// benchmarks (bench/lmtp-variants.sh BENCH_PPROF=1): a file, not a debug
+// listener, so nothing is exposed on the network; unset, nothing is
+// profiled. A daemon writes the profile when it stops (SIGTERM).
+const cpuProfileEnv = "NFSDROP_CPUPROFILE"
+
 func main() {
-	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
+	stop := startCPUProfile(os.Getenv(cpuProfileEnv), os.Stderr)
+	code := run(os.Args, os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// startCPUProfile starts profiling into path ("" profiles nothing) and
+// returns what ends it. A profile that cannot start is reported and the
+// command runs anyway: profiling is a measuring aid, never a reason to fail.
+func startCPUProfile(path string, stderr io.Writer) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "nfsdrop: %s: %v\n", cpuProfileEnv, err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintf(stderr, "nfsdrop: %s: %v\n", cpuProfileEnv, err)
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(stderr, "nfsdrop: %s: %v\n", cpuProfileEnv, err)
+		}
+	}
 }
 
 // run is main without the process: tests call it.

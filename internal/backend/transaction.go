@@ -77,7 +77,11 @@ func (t *transaction) Deliver(ctx context.Context, msg io.Reader, status func(in
 	t.rcpts = nil
 	src := t.b.cur.Load()
 	in := &firstError{r: msg, now: t.b.now}
-	hdr, body, err := envelope.ReadHeader(in)
+	br := t.b.headerReader(in)
+	// Deliver returns only after the store has read body to its end (or
+	// failed): nothing reads through br after this.
+	defer t.b.putHeaderReader(br)
+	hdr, body, err := envelope.ReadHeaderFrom(br)
 	answer := func(i int, s lmtp.Status) {
 		s.QueueID = hdr.QueueID
 		status(i, s)

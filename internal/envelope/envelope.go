@@ -34,7 +34,18 @@ type Header struct {
 // the whole message again (the header bytes, then the rest of r), so the
 // caller streams it without a second copy.
 func ReadHeader(r io.Reader) (Header, io.Reader, error) {
-	br := bufio.NewReaderSize(r, 64<<10)
+	return ReadHeaderFrom(bufio.NewReaderSize(r, HeaderBufferSize))
+}
+
+// HeaderBufferSize is the size of the buffered reader ReadHeader reads
+// through: a header line longer than this is read in pieces.
+const HeaderBufferSize = 64 << 10
+
+// ReadHeaderFrom is ReadHeader through br, a reader the caller owns (and
+// may reuse once it is done with the returned reader: a daemon keeps a
+// pool of them rather than allocating and clearing 64 KB per message);
+// br should be HeaderBufferSize long for the same results as ReadHeader.
+func ReadHeaderFrom(br *bufio.Reader) (Header, io.Reader, error) {
 	var raw bytes.Buffer
 	var h Header
 	var current []byte // the header field being read, unfolded
