@@ -187,7 +187,7 @@ func openUserDB(cfg *config.Config, log *slog.Logger, vols *volume.Set, gates []
 			}
 			for _, g := range gates {
 				if g.Volume() == roots[i].Name {
-					roots[i].Guard = g.Do
+					roots[i].Guard = g.DoLookup
 				}
 			}
 		}

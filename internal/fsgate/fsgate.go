@@ -47,6 +47,7 @@ const (
 const (
 	ReasonDown = "down" // the health probe says the volume is down
 	ReasonBusy = "busy" // no slot within CallWait: MaxCalls calls are in flight
+	ReasonSlow = "slow" // a lookup not answered within LookupTimeout was given up
 )
 
 // Observer receives one gate's measurements (internal/metrics implements
@@ -76,6 +77,10 @@ type Options struct {
 	// ProbeTimeout how long a probe may take before the volume is marked
 	// down (0: DefaultProbeTimeout).
 	ProbeInterval, ProbeTimeout time.Duration
+	// LookupTimeout is how long a caller waits for a call that changes
+	// nothing on the filer (a lookup, reading a link or a directory,
+	// opening a directory) before it is given up (0: ProbeTimeout).
+	LookupTimeout time.Duration
 	// Logger receives the up/down transitions; nil discards.
 	Logger *slog.Logger
 	// Observer receives measurements; nil discards.
@@ -91,8 +96,9 @@ type Gate struct {
 	// slots holds one token per call in flight.
 	slots chan struct{}
 
-	mu   sync.Mutex
-	down error // nil when up; else why the volume was marked down
+	mu        sync.Mutex
+	down      error     // nil when up; else why the volume was marked down
+	downSince time.Time // when it was marked down
 }
 
 // New wraps inner. The gate starts up; Run keeps its health current.
@@ -108,6 +114,9 @@ func New(inner store.FS, o Options) *Gate {
 	}
 	if o.ProbeTimeout <= 0 {
 		o.ProbeTimeout = DefaultProbeTimeout
+	}
+	if o.LookupTimeout <= 0 {
+		o.LookupTimeout = o.ProbeTimeout
 	}
 	g := &Gate{inner: inner, o: o, log: o.Logger, obs: o.Observer, slots: make(chan struct{}, o.MaxCalls)}
 	if g.log == nil {
@@ -169,8 +178,11 @@ type RefusedError struct {
 }
 
 func (e *RefusedError) Error() string {
-	if e.Reason == ReasonBusy {
+	switch e.Reason {
+	case ReasonBusy:
 		return fmt.Sprintf("volume %s: too many filesystem calls in flight", e.Volume)
+	case ReasonSlow:
+		return fmt.Sprintf("volume %s did not answer a lookup in time", e.Volume)
 	}
 	return fmt.Sprintf("volume %s is not answering", e.Volume)
 }
@@ -223,10 +235,56 @@ func (g *Gate) release() {
 // Volume is the name of the volume the gate guards.
 func (g *Gate) Volume() string { return g.o.Volume }
 
-// Do runs call as one call on the volume, under the same bound and
-// health as the gated FS: for file system work done outside the FS (the
-// user database resolving a mailbox path's symlinks).
-func (g *Gate) Do(call func() error) error { return g.do(call) }
+// DoLookup is Do for work that changes nothing on the filer (resolving a
+// path): given up after LookupTimeout, as the gated lookups are.
+func (g *Gate) DoLookup(call func() error) error {
+	_, err := lookup(g, func() (struct{}, error) { return struct{}{}, call() }, nil)
+	return err
+}
+
+// lookup runs a call that changes nothing on the filer (a lookup, reading
+// a link or a directory, opening a directory). The caller waits for it at
+// most LookupTimeout, then gets a temporary failure while the call goes
+// on in its own goroutine, keeping its slot until the kernel answers (so
+// the bound on calls in flight, and on threads, holds) and handing what
+// it returns late to release (closing a directory). A hung filer then
+// holds up an RCPT or a login for LookupTimeout, not until it answers
+// again, which a client gives up on long before. A lookup can be given up
+// without harm; a call that changes something cannot (its effect may
+// still happen after the caller was told it failed), so those are waited
+// for.
+func lookup[T any](g *Gate, call func() (T, error), release func(T)) (T, error) {
+	var zero T
+	if err := g.acquire(); err != nil {
+		return zero, err
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := call()
+		done <- result{v, err}
+	}()
+	t := time.NewTimer(g.o.LookupTimeout)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		g.release()
+		return r.v, r.err
+	case <-t.C:
+	}
+	go func() {
+		r := <-done
+		if r.err == nil && release != nil {
+			release(r.v)
+		}
+		g.release()
+	}()
+	g.obs.CallRefused(ReasonSlow)
+	return zero, g.refusal(ReasonSlow)
+}
 
 func (g *Gate) do(call func() error) error {
 	if err := g.acquire(); err != nil {
@@ -313,13 +371,18 @@ func (g *Gate) record(probeErr error) {
 	g.mu.Lock()
 	wasUp := g.down == nil
 	g.down = probeErr
+	if wasUp && probeErr != nil {
+		g.downSince = time.Now()
+	}
 	g.mu.Unlock()
 	switch {
 	case wasUp && probeErr != nil:
 		g.log.Error("volume down: its filesystem calls fail until it answers again", "volume", g.o.Volume, "err", probeErr)
 		g.obs.VolumeUp(false)
 	case !wasUp && probeErr == nil:
-		g.log.Info("volume up again", "volume", g.o.Volume)
+		// Warn, not Info: a site logging at warn, which saw the volume
+		// go down, must see it come back too.
+		g.log.Warn("volume up again", "volume", g.o.Volume, "down_for", time.Since(g.downSince).Round(time.Second))
 		g.obs.VolumeUp(true)
 	}
 }
@@ -380,9 +443,7 @@ func (f gatedFS) Remove(name string) error {
 }
 
 func (f gatedFS) Lstat(name string) (store.Info, error) {
-	var info store.Info
-	err := f.g.do(func() error { var err error; info, err = f.g.inner.Lstat(name); return err })
-	return info, err
+	return lookup(f.g, func() (store.Info, error) { return f.g.inner.Lstat(name) }, nil)
 }
 
 func (f gatedFS) Mkdir(name string, perm fs.FileMode) error {
@@ -398,9 +459,7 @@ func (f gatedFS) SyncDir(name string) error {
 }
 
 func (f gatedFS) ReadDirNames(name string) ([]string, error) {
-	var names []string
-	err := f.g.do(func() error { var err error; names, err = f.g.inner.ReadDirNames(name); return err })
-	return names, err
+	return lookup(f.g, func() ([]string, error) { return f.g.inner.ReadDirNames(name) }, nil)
 }
 
 func (f gatedFS) TouchNow(name string) error {
@@ -412,20 +471,15 @@ func (f gatedFS) Symlink(target, name string) error {
 }
 
 func (f gatedFS) Readlink(name string) (string, error) {
-	var target string
-	err := f.g.do(func() error { var err error; target, err = f.g.inner.Readlink(name); return err })
-	return target, err
+	return lookup(f.g, func() (string, error) { return f.g.inner.Readlink(name) }, nil)
 }
 
 func (f gatedFS) LstatFresh(name string) (store.Info, error) {
-	var info store.Info
-	err := f.g.do(func() error { var err error; info, err = f.g.inner.LstatFresh(name); return err })
-	return info, err
+	return lookup(f.g, func() (store.Info, error) { return f.g.inner.LstatFresh(name) }, nil)
 }
 
 func (f gatedFS) OpenDir(name string) (store.Dir, error) {
-	var d store.Dir
-	err := f.g.do(func() error { var err error; d, err = f.g.inner.OpenDir(name); return err })
+	d, err := lookup(f.g, func() (store.Dir, error) { return f.g.inner.OpenDir(name) }, closeDir)
 	if err != nil {
 		return nil, err
 	}
@@ -475,16 +529,16 @@ func (d gatedDir) Name() string { return d.d.Name() }
 func (d gatedDir) Close() error { return d.g.closeGated(d.d.Close) }
 
 func (d gatedDir) ID() (store.Info, error) {
-	var info store.Info
-	err := d.g.do(func() error { var err error; info, err = d.d.ID(); return err })
-	return info, err
+	return lookup(d.g, d.d.ID, nil)
 }
 
 func (d gatedDir) OpenBeneath(rel string, trustUID int) (store.Dir, error) {
-	var sub store.Dir
-	err := d.g.do(func() error { var err error; sub, err = d.d.OpenBeneath(rel, trustUID); return err })
+	sub, err := lookup(d.g, func() (store.Dir, error) { return d.d.OpenBeneath(rel, trustUID) }, closeDir)
 	if err != nil {
 		return nil, err
 	}
 	return gatedDir{g: d.g, d: sub}, nil
 }
+
+// closeDir closes a directory opened after its caller gave up on it.
+func closeDir(d store.Dir) { d.Close() }

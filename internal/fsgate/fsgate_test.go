@@ -468,3 +468,29 @@ func (s *syncBuffer) String() string {
 func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
 
 func countSubstr(s, sub string) int { return strings.Count(s, sub) }
+
+// TestLookupGivenUp: a lookup the filer does not answer is given up after
+// LookupTimeout (a temporary failure, reason "slow"), so an RCPT or a
+// login does not wait for a hung filer; the call keeps its slot until the
+// kernel answers, so the bound on calls in flight holds. A call that
+// changes something (Remove) is waited for.
+func TestLookupGivenUp(t *testing.T) {
+	hang := newHangFS()
+	g := New(hang, Options{Volume: "filer2", MaxCalls: 1, CallWait: time.Second, LookupTimeout: 20 * time.Millisecond})
+	_, err := g.FS().Lstat("/srv/mail/filer2/x")
+	var re *RefusedError
+	if !errors.As(err, &re) || re.Reason != ReasonSlow || !failure.As(err).Temporary() {
+		t.Fatalf("Lstat on a hung filer: %v, want a temporary refusal for a slow lookup", err)
+	}
+	// The given-up call still holds the only slot.
+	if _, err := g.FS().Readlink("/srv/mail/filer2/l"); !errors.As(err, &re) || re.Reason != ReasonBusy {
+		t.Fatalf("Readlink while the given-up Lstat is in the filer: %v, want busy", err)
+	}
+	removed := make(chan error, 1)
+	close(hang.release)
+	<-hang.entered
+	go func() { removed <- g.FS().Remove("/srv/mail/filer2/y") }()
+	if err := <-removed; errors.As(err, &re) {
+		t.Fatalf("Remove once the filer answers: %v, want the filer's own answer", err)
+	}
+}

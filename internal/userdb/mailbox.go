@@ -40,7 +40,7 @@ type VolumeRoot struct {
 	Err func() error
 	// Guard, when not nil, runs the lookup's file system calls on the
 	// volume (resolving the mailbox path's symlinks) as one call through
-	// the volume's hung-filer gate (fsgate.Gate.Do); an error from it is
+	// the volume's hung-filer gate (fsgate.Gate.DoLookup: given up when the filer does not answer in time); an error from it is
 	// a temporary failure.
 	Guard func(call func() error) error
 }
