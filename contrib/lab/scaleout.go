@@ -40,6 +40,10 @@ default_domain = "lab.test"
 [lmtp]
 listen = ["tcp:%s:24"]
 max_connections = 200
+# Below the lab Postfix's lmtp_data_done_timeout (60s, postfix.go): a
+# delivery held up longer by a hung filer is not published, since Postfix
+# has stopped waiting and sends it again.
+commit_deadline = "40s"
 
 [pop3]
 listen = ["tcp:%s:110"]

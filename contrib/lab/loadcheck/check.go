@@ -561,26 +561,24 @@ func (c *checker) resurrections(sessions []*Session) {
 
 // locks finds the longest stretch of consecutive [IN-USE] answers for a
 // user (from the first refused session's start to the last one's end),
-// closed by the next successful login.
+// closed by the next successful login. Time while a session that logged
+// in was still going on does not count: its lock was rightly held (a
+// session held up by a hung filer goes on when the filer answers, and
+// its client was still waiting); what the limit bounds is how long a
+// lock outlives its session.
 func (c *checker) locks(sessions []*Session) {
+	c.r.MaxInUse, c.r.MaxInUseUser = longestInUse(sessions)
 	r := c.r
 	inUseStart := map[string]time.Time{}
-	lastInUse := map[string]time.Time{}
 	for _, s := range sessions {
 		if s.InUse {
 			if _, ok := inUseStart[s.User]; !ok {
 				inUseStart[s.User] = s.Start
 			}
-			lastInUse[s.User] = s.End
 			continue
 		}
 		if !s.LoginAt.IsZero() {
-			if t0, ok := inUseStart[s.User]; ok {
-				if d := lastInUse[s.User].Sub(t0); d > r.MaxInUse {
-					r.MaxInUse, r.MaxInUseUser = d, s.User
-				}
-				delete(inUseStart, s.User)
-			}
+			delete(inUseStart, s.User)
 		}
 	}
 	for u, t0 := range inUseStart {
@@ -833,4 +831,38 @@ func boolKeys(m map[string]int) map[string]bool {
 		out[k] = true
 	}
 	return out
+}
+
+// longestInUse is the longest stretch of [IN-USE] answers of one user
+// not covered by a session of that user that had logged in (sessions in
+// the order they started).
+func longestInUse(sessions []*Session) (longest time.Duration, user string) {
+	inUseStart := map[string]time.Time{}
+	lastInUse := map[string]time.Time{}
+	heldUntil := map[string]time.Time{} // latest end of a logged-in session
+	for _, s := range sessions {
+		if s.InUse {
+			if _, ok := inUseStart[s.User]; !ok {
+				inUseStart[s.User] = s.Start
+			}
+			lastInUse[s.User] = s.End
+			continue
+		}
+		if s.LoginAt.IsZero() {
+			continue
+		}
+		if t0, ok := inUseStart[s.User]; ok {
+			if h := heldUntil[s.User]; h.After(t0) {
+				t0 = h
+			}
+			if d := lastInUse[s.User].Sub(t0); d > longest {
+				longest, user = d, s.User
+			}
+			delete(inUseStart, s.User)
+		}
+		if s.End.After(heldUntil[s.User]) {
+			heldUntil[s.User] = s.End
+		}
+	}
+	return longest, user
 }

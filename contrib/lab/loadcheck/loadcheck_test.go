@@ -175,3 +175,26 @@ func TestCheckIMAP(t *testing.T) {
 			r.Lost, r.Resurrected, r.SizeMismatches, r.RetrFailed, r.UIDLChanged, r.DrainStoreMismatch)
 	}
 }
+
+// TestLongestInUse: [IN-USE] answers while the session holding the lock
+// was still going on (held up by a hung filer, say) are not a lock that
+// outlived its session; those after its end are.
+func TestLongestInUse(t *testing.T) {
+	at := func(sec int) time.Time { return time.Date(2026, 12, 3, 8, 0, sec, 0, time.UTC) }
+	holder := &Session{User: "u5", Start: at(0), LoginAt: at(1), End: at(65)}
+	var sessions []*Session
+	sessions = append(sessions, holder)
+	for sec := 5; sec <= 70; sec += 5 {
+		sessions = append(sessions, &Session{User: "u5", Start: at(sec), End: at(sec), InUse: true})
+	}
+	sessions = append(sessions, &Session{User: "u5", Start: at(72), LoginAt: at(72), End: at(73)})
+	d, u := longestInUse(sessions)
+	if u != "u5" || d != 5*time.Second {
+		t.Errorf("longest [IN-USE] %v for %q, want 5s (after the holder ended) for u5", d, u)
+	}
+	// Without the holder (a session that died), the whole stretch counts.
+	d, _ = longestInUse(sessions[1:])
+	if d != 65*time.Second {
+		t.Errorf("longest [IN-USE] without a live holder %v, want 65s", d)
+	}
+}
