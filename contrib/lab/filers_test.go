@@ -74,19 +74,12 @@ func TestFilers(t *testing.T) {
 		return
 	}
 	r := rep.Load
-	if rep.Mode == "legacy" {
-		// Today's product has no per-volume guard: a session stuck on
-		// the dead or hung filer keeps its mailbox [IN-USE] longer than
-		// lock_stale allows (what issue 16 is to fix). The data
-		// invariants hold all the same.
-		t.Logf("the nfsdrop binary has no volumes yet: today's product on one mail_root over both filers (%s)", rep.ModeReason)
-		if r.LocksNotRecovered > 0 {
-			t.Logf("today's product: %d mailboxes [IN-USE] longer than lock_stale + 30 s (not counted here)", r.LocksNotRecovered)
-		}
-		if v := r.Violations() - r.LocksNotRecovered; v > 0 {
-			t.Errorf("%d invariant violations (see the report)", v)
-		}
-	} else if v := r.Violations(); v > 0 {
+	// The binary under test has [[store.volumes]]: a fallback to the
+	// legacy layout (or stand-ins) would prove nothing about volumes.
+	if rep.Mode != "volumes" {
+		t.Errorf("the front ends ran in mode %q, want volumes (%s)", rep.Mode, rep.ModeReason)
+	}
+	if v := r.Violations(); v > 0 {
 		t.Errorf("%d invariant violations (see the report)", v)
 	}
 	base := rep.Phases[0].Windows[0]
