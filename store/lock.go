@@ -99,6 +99,9 @@ type dotlock struct {
 	mu       sync.Mutex // serialises checks and refreshes
 	lost     bool       // the lock name held another session's token
 	released bool
+	// stale is lock_stale: how long a lock whose release failed is tried
+	// again (releaseLater); after that others take it over anyway.
+	stale time.Duration
 }
 
 // lockFile is what a lock file says about itself.
@@ -221,6 +224,7 @@ func (s *Store) acquireLockAt(mb Mailbox, name, scratch string, stale time.Durat
 	if l.filerNow.IsZero() {
 		return nil, inUse()
 	}
+	l.stale = stale
 	go l.refresh(stale / 3)
 	return l, nil
 }
@@ -402,12 +406,48 @@ func (l *dotlock) Release() {
 	}
 	if err := l.check(); err != nil {
 		if !errors.Is(err, errLockLost) && !isErrno(err, syscall.ENOENT) {
-			l.s.log.Warn("could not check the session lock before removing it; it expires after lock_stale", "path", l.name, "err", err)
+			l.s.log.Warn("could not check the session lock before removing it; trying again in the background", "path", l.name, "err", err)
+			go l.releaseLater()
 		}
 		return
 	}
 	if err := l.s.retryStale(func() error { return l.s.fs.Remove(l.path) }); err != nil && !isErrno(err, syscall.ENOENT) {
-		l.s.log.Warn("could not remove session lock", "path", l.name, "err", err)
+		l.s.log.Warn("could not remove session lock; trying again in the background", "path", l.name, "err", err)
+		go l.releaseLater()
+	}
+}
+
+// releaseRetry is how often releaseLater tries again.
+const releaseRetry = time.Second
+
+// releaseLater tries again to remove the lock of a session that ended
+// while the filer could not be reached (its volume marked down by the
+// hung-filer gate, a timeout): left alone, that lock would keep the
+// mailbox [IN-USE] for a whole lock_stale after the filer is back. It goes
+// by the lock's real name (the session's pinned Maildir is closed by
+// now), removes it only while it holds this session's token, and gives up
+// after lock_stale, when others take it over anyway.
+func (l *dotlock) releaseLater() {
+	if l.stale <= 0 {
+		return
+	}
+	deadline := l.s.now().Add(l.stale)
+	for l.s.now().Before(deadline) {
+		<-l.s.after(releaseRetry)
+		cur, err := l.s.readLock(l.name)
+		switch {
+		case isErrno(err, syscall.ENOENT):
+			return
+		case err != nil:
+			continue
+		case cur.token != l.token:
+			return // taken over meanwhile: not ours to remove
+		}
+		err = l.s.retryStale(func() error { return l.s.fs.Remove(l.name) })
+		if err == nil || isErrno(err, syscall.ENOENT) {
+			l.s.log.Warn("removed the session lock of an ended session once the filer answered", "path", l.name)
+			return
+		}
 	}
 }
 

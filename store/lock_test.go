@@ -627,3 +627,49 @@ func TestLockOlderLockFileRespected(t *testing.T) {
 		t.Fatalf("left in tmp/: %v", n)
 	}
 }
+
+// TestLockReleasedWhenFilerAnswersAgain: a session whose lock could not be
+// removed when it ended (the filer unreachable, or its volume marked down
+// by the gate) removes it in the background once the filer answers,
+// instead of keeping the mailbox [IN-USE] for lock_stale after the filer
+// is back (seen in the lab: 30 s of [IN-USE] after a 60 s outage).
+func TestLockReleasedWhenFilerAnswersAgain(t *testing.T) {
+	_, fault, st, root := filerMachines(t, 0, 0)
+	a, b := st[0], st[1]
+	timers := newManualTimers()
+	a.after = timers.after
+	mb := mailbox(root, "release")
+	deliverN(t, a, mb, 1)
+	sess, err := a.OpenSession(mb, stale30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockPath := filepath.Join(mb.Path, LockName)
+	failTimes(fault, "unlink", lockPath, 1, syscall.ETIMEDOUT)
+	sess.Close()
+	if _, err := b.OpenSession(mb, stale30); !isInUse(err) {
+		t.Fatalf("the lock whose removal failed is gone at once: %v", err)
+	}
+	// The refresher's last wait (never fired: it stopped), then
+	// releaseLater's.
+	for w := timers.next(t); ; w = timers.next(t) {
+		if w.d == releaseRetry {
+			w.fire <- time.Now()
+			break
+		}
+	}
+	for i := 0; ; i++ {
+		if _, err := os.Lstat(lockPath); os.IsNotExist(err) {
+			break
+		}
+		if i == 1000 {
+			t.Fatal("the lock was not removed once the filer answered")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	other, err := b.OpenSession(mb, stale30)
+	if err != nil {
+		t.Fatalf("login after the lock was released: %v", err)
+	}
+	other.Close()
+}
