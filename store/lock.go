@@ -99,9 +99,12 @@ type dotlock struct {
 	mu       sync.Mutex // serialises checks and refreshes
 	lost     bool       // the lock name held another session's token
 	released bool
-	// stale is lock_stale: how long a lock whose release failed is tried
-	// again (releaseLater); after that others take it over anyway.
-	stale time.Duration
+	// stale is lock_stale; refreshed (this machine's clock) is when the
+	// lock was made or last refreshed, under mu. No contender can judge
+	// the lock stale before refreshed+stale: releaseLater stops well
+	// before that, so that its read-then-remove never meets a takeover.
+	stale     time.Duration
+	refreshed time.Time
 }
 
 // lockFile is what a lock file says about itself.
@@ -224,7 +227,7 @@ func (s *Store) acquireLockAt(mb Mailbox, name, scratch string, stale time.Durat
 	if l.filerNow.IsZero() {
 		return nil, inUse()
 	}
-	l.stale = stale
+	l.stale, l.refreshed = stale, s.now()
 	go l.refresh(stale / 3)
 	return l, nil
 }
@@ -366,7 +369,11 @@ func (l *dotlock) refreshOnce() error {
 		}
 		return err
 	}
-	return l.s.retryStale(func() error { return l.s.fs.TouchNow(l.path) })
+	if err := l.s.retryStale(func() error { return l.s.fs.TouchNow(l.path) }); err != nil {
+		return err
+	}
+	l.refreshed = l.s.now()
+	return nil
 }
 
 // Held reports whether the lock name holds this session's lock now. False
@@ -423,15 +430,21 @@ const releaseRetry = time.Second
 // releaseLater tries again to remove the lock of a session that ended
 // while the filer could not be reached (its volume marked down by the
 // hung-filer gate, a timeout): left alone, that lock would keep the
-// mailbox [IN-USE] for a whole lock_stale after the filer is back. It goes
-// by the lock's real name (the session's pinned Maildir is closed by
-// now), removes it only while it holds this session's token, and gives up
-// after lock_stale, when others take it over anyway.
+// mailbox [IN-USE] for a whole lock_stale after the filer is back (seen
+// when a login took the lock just as the filer came back, then failed on
+// the volume still marked down). It goes by the lock's real name (the
+// session's pinned Maildir is closed by now) and removes it only while it
+// holds this session's token, and only until half of lock_stale after the
+// lock was last made fresh: until then no contender may take it over, so
+// the token read cannot be overtaken by a takeover before the remove.
+// After that the lock goes stale and is taken over anyway.
 func (l *dotlock) releaseLater() {
+	l.mu.Lock()
+	deadline := l.refreshed.Add(l.stale / 2)
+	l.mu.Unlock()
 	if l.stale <= 0 {
 		return
 	}
-	deadline := l.s.now().Add(l.stale)
 	for l.s.now().Before(deadline) {
 		<-l.s.after(releaseRetry)
 		cur, err := l.s.readLock(l.name)

@@ -137,9 +137,19 @@ func (st *Staged) deliver(mb Mailbox, prefix []byte) (Delivery, error) {
 		// this recipient is answered for it too. So does one a move
 		// sealed away meanwhile: the move carried it, and Postfix's
 		// retry would be a second copy.
-		if st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), true, ourLink) ||
-			!s.sealedByMove(mb, syscall.ENOENT) {
+		switch st.withdraw(dst, filepath.Join(mb.Path, "new", d.Key), true, ourLink) {
+		case withdrawn:
 			return Delivery{}, lateError()
+		case alreadyGone:
+			// Our own REMOVE whose reply was lost answers ENOENT too:
+			// only a move's tombstone says the message is safe.
+			if !s.sealedByMove(mb, syscall.ENOENT) {
+				return Delivery{}, lateError()
+			}
+		case stillThere:
+			// Durable in new/ and not taken back (the filer refused
+			// the REMOVE): a 4xx would make Postfix's retry a sure
+			// second copy; the answer may still reach the client.
 		}
 	}
 	if sameFile {
@@ -168,16 +178,24 @@ func (st *Staged) moveStaged(mb Mailbox, dst string) error {
 	return nil
 }
 
+// withdrawal is what withdraw did with a published entry.
+type withdrawal int
+
+const (
+	withdrawn   withdrawal = iota // removed (or moved back to the staging place)
+	alreadyGone                   // not there (ENOENT): a lost REMOVE reply, or a move's seal
+	stillThere                    // left in new/ (not allowed, or the REMOVE failed)
+)
+
 // withdraw removes dst (named for messages dstName) after its directory
 // fsync failed, unless it may be a file another recipient was answered
 // for (allowed false).
-// It reports false only when dst was no longer there (ENOENT): a move
-// may have sealed it away (the caller asks sealedByMove).
-func (st *Staged) withdraw(dst, dstName string, allowed, ourLink bool) (wasThere bool) {
+// It reports what became of dst.
+func (st *Staged) withdraw(dst, dstName string, allowed, ourLink bool) withdrawal {
 	s := st.s
 	if !allowed {
 		s.log.Warn("not withdrawing a message whose directory fsync failed: another recipient has the same file", "path", dstName)
-		return true
+		return stillThere
 	}
 	if dst == st.src && !st.inTmp {
 		// The staged file itself was renamed here (no hard links): move
@@ -185,18 +203,21 @@ func (st *Staged) withdraw(dst, dstName string, allowed, ourLink bool) (wasThere
 		back := filepath.Join(st.place.dir, st.base)
 		if err := s.fs.Rename(dst, back); err == nil {
 			st.src, st.inTmp = back, true
-			return true
+			return withdrawn
 		}
 	}
 	err := s.fs.Remove(dst)
 	if err != nil && !isErrno(err, syscall.ENOENT) {
 		s.log.Warn("could not withdraw a message from new/ (its directory fsync failed, or it came too late)", "path", dstName, "err", err)
-		return true
+		return stillThere
 	}
 	if ourLink {
 		st.links--
 	}
-	return err == nil
+	if err != nil {
+		return alreadyGone
+	}
+	return withdrawn
 }
 
 // publishCopy writes a fresh copy of the staged message (after prefix)

@@ -468,3 +468,45 @@ func TestDirFsyncOnlyWhereDirOpsAreNotSynchronous(t *testing.T) {
 		})
 	}
 }
+
+// TestLateDeliveryNotWithdrawnIsAcknowledged: a delivery that turns out
+// late after its publish is taken back out of new/ and answered 4xx; when
+// taking it back fails (the filer refuses the REMOVE), the message stays
+// durable in new/, and a 4xx would make Postfix's retry a sure second
+// copy: it is acknowledged instead.
+func TestLateDeliveryNotWithdrawnIsAcknowledged(t *testing.T) {
+	const deadline = 5 * time.Minute
+	clock := &fakeClock{now: time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)}
+	ffs := &faultFS{}
+	s, root := newTestStore(t, ffs, func(o *Options) { o.Now = clock.Now })
+	alice := mailbox(root, "alice")
+	st, err := s.Stage(alice, bytes.NewReader(testMessage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Discard()
+	st.SetDeadline(clock.Now().Add(deadline))
+	var advanced, refused bool
+	ffs.hook = func(op, path string, real func() error) error {
+		switch {
+		case op == "rename" && strings.Contains(path, "/new/") && !advanced:
+			advanced = true
+			clock.Advance(deadline) // the filer "hung" past the deadline
+		case op == "rename" && advanced && strings.Contains(path, "/tmp/"):
+			return syscall.EIO // moving it back to tmp/ fails too
+		case op == "unlink" && strings.Contains(path, "/new/"):
+			refused = true
+			return syscall.EIO
+		}
+		return real()
+	}
+	_, err = st.Deliver(alice)
+	ffs.hook = nil
+	if !advanced || !refused {
+		t.Fatalf("rename seen %v, unlink of new/ refused %v: the test does not test what it says", advanced, refused)
+	}
+	if err != nil {
+		t.Fatalf("late delivery left durable in new/: %v, want it acknowledged", err)
+	}
+	checkOutcome(t, alice, true, testMessage)
+}

@@ -97,7 +97,11 @@ func (s *Store) sealedByMove(mb Mailbox, err error) bool {
 	if !isErrno(err, syscall.ESTALE) && !isErrno(err, syscall.ENOENT) {
 		return false
 	}
-	if s.checkTombstone(mb.at(LockName)) == nil {
+	// Only a tombstone read says so: an error reading the lock (EIO, a
+	// lookup the gate gave up on) says nothing about where our entry is.
+	terr := s.checkTombstone(mb.at(LockName))
+	var moved *MovedError
+	if !errors.As(terr, &moved) && !errors.Is(terr, errBeingMoved) {
 		return false
 	}
 	s.log.Info("new/ was sealed by a move after the message was published there; the move carries it", "maildir", mb.Path)

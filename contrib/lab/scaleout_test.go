@@ -57,15 +57,24 @@ func TestScaleOut(t *testing.T) {
 	if r.Commits < 10 || r.DeletedRetrievals < 50 {
 		t.Errorf("only %d committed POP3 deletions of %d messages", r.Commits, r.DeletedRetrievals)
 	}
-	// Hard mounts block, they do not fail: no temporary error from nfsdrop
-	// reached Postfix ("said: 4..") or a POP3 client.
+	// Hard mounts block, they do not fail. The one temporary answer
+	// allowed is the hung-filer gate's: while the filer is dead (6 s,
+	// longer than store.volume_probe_timeout) its volume is marked down
+	// and RCPTs and logins get 451 / [SYS/TEMP] at once instead of
+	// waiting. No other error from nfsdrop may reach Postfix ("said:
+	// 4..") or a POP3 client.
+	volumeDown := func(s string) bool {
+		return strings.Contains(s, "mail storage unavailable") || strings.Contains(s, "mail volume unavailable")
+	}
 	for reason, n := range r.DeferReasons {
-		if strings.Contains(reason, "said:") {
+		if strings.Contains(reason, "said:") && !volumeDown(reason) {
 			t.Errorf("nfsdrop answered a delivery with an error %d times: %s", n, reason)
 		}
 	}
 	for reply, n := range r.LoginErrors {
-		t.Errorf("POP3 login failed %d times: %s", n, reply)
+		if !volumeDown(reply) {
+			t.Errorf("POP3 login failed %d times: %s", n, reply)
+		}
 	}
 	if len(r.DeliveredBy) < 3 || len(r.SessionsBy) < 3 {
 		t.Errorf("not every VM served: deliveries %v, POP3 sessions %v", r.DeliveredBy, r.SessionsBy)

@@ -242,8 +242,9 @@ func (g *Gate) DoLookup(call func() error) error {
 	return err
 }
 
-// lookup runs a call that changes nothing on the filer (a lookup, reading
-// a link or a directory, opening a directory). The caller waits for it at
+// lookup runs a call that changes nothing on the filer and whose caller
+// can do without an answer (LstatFresh, Readlink, ReadDirNames, OpenDir
+// by path, and DoLookup). The caller waits for it at
 // most LookupTimeout, then gets a temporary failure while the call goes
 // on in its own goroutine, keeping its slot until the kernel answers (so
 // the bound on calls in flight, and on threads, holds) and handing what
@@ -442,8 +443,13 @@ func (f gatedFS) Remove(name string) error {
 	return f.g.do(func() error { return f.g.inner.Remove(name) })
 }
 
+// Lstat is waited for, not given up: the store's verification of a
+// LINK or RENAME whose reply was lost rests on it, and "cannot tell"
+// there would be answered as "not published" (a duplicate).
 func (f gatedFS) Lstat(name string) (store.Info, error) {
-	return lookup(f.g, func() (store.Info, error) { return f.g.inner.Lstat(name) }, nil)
+	var info store.Info
+	err := f.g.do(func() error { var err error; info, err = f.g.inner.Lstat(name); return err })
+	return info, err
 }
 
 func (f gatedFS) Mkdir(name string, perm fs.FileMode) error {
@@ -528,12 +534,18 @@ func (d gatedDir) Path() string { return d.d.Path() }
 func (d gatedDir) Name() string { return d.d.Name() }
 func (d gatedDir) Close() error { return d.g.closeGated(d.d.Close) }
 
+// ID and OpenBeneath are waited for, not given up: they use the
+// directory's descriptor, which its owner may close as soon as the call
+// returns to it.
 func (d gatedDir) ID() (store.Info, error) {
-	return lookup(d.g, d.d.ID, nil)
+	var info store.Info
+	err := d.g.do(func() error { var err error; info, err = d.d.ID(); return err })
+	return info, err
 }
 
 func (d gatedDir) OpenBeneath(rel string, trustUID int) (store.Dir, error) {
-	sub, err := lookup(d.g, func() (store.Dir, error) { return d.d.OpenBeneath(rel, trustUID) }, closeDir)
+	var sub store.Dir
+	err := d.g.do(func() error { var err error; sub, err = d.d.OpenBeneath(rel, trustUID); return err })
 	if err != nil {
 		return nil, err
 	}

@@ -477,14 +477,14 @@ func countSubstr(s, sub string) int { return strings.Count(s, sub) }
 func TestLookupGivenUp(t *testing.T) {
 	hang := newHangFS()
 	g := New(hang, Options{Volume: "filer2", MaxCalls: 1, CallWait: time.Second, LookupTimeout: 20 * time.Millisecond})
-	_, err := g.FS().Lstat("/srv/mail/filer2/x")
+	_, err := g.FS().Readlink("/srv/mail/filer2/x")
 	var re *RefusedError
 	if !errors.As(err, &re) || re.Reason != ReasonSlow || !failure.As(err).Temporary() {
-		t.Fatalf("Lstat on a hung filer: %v, want a temporary refusal for a slow lookup", err)
+		t.Fatalf("Readlink on a hung filer: %v, want a temporary refusal for a slow lookup", err)
 	}
 	// The given-up call still holds the only slot.
-	if _, err := g.FS().Readlink("/srv/mail/filer2/l"); !errors.As(err, &re) || re.Reason != ReasonBusy {
-		t.Fatalf("Readlink while the given-up Lstat is in the filer: %v, want busy", err)
+	if _, err := g.FS().ReadDirNames("/srv/mail/filer2/d"); !errors.As(err, &re) || re.Reason != ReasonBusy {
+		t.Fatalf("ReadDirNames while the given-up Readlink is in the filer: %v, want busy", err)
 	}
 	removed := make(chan error, 1)
 	close(hang.release)

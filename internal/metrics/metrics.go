@@ -123,7 +123,7 @@ func New() *Metrics {
 	m.volumeInFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nfsdrop_volume_calls_in_flight",
 		Help: "Filesystem calls in flight on the volume (bounded by store.volume_max_calls); stuck at the bound while its filer hangs."}, []string{"volume"})
 	m.volumeRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_volume_calls_refused_total",
-		Help: "Filesystem calls refused on the volume: reason down (the probe failed) or busy (no free slot within store.volume_call_wait)."}, []string{"volume", "reason"})
+		Help: "Filesystem calls refused on the volume: reason down (the probe failed), busy (no free slot within store.volume_call_wait) or slow (a lookup not answered within store.volume_probe_timeout, given up)."}, []string{"volume", "reason"})
 	m.volumeDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsdrop_volume_deliveries_total",
 		Help: "Recipients' deliveries into the volume's Maildirs by result (delivered, deferred, refused)."}, []string{"volume", "result"})
 	m.volumeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "nfsdrop_volume_delivery_seconds",
@@ -347,7 +347,7 @@ func (m *Metrics) Volume(name string) *VolumeMetrics {
 		deliveries: map[string]prometheus.Counter{},
 		duration:   m.volumeDuration.WithLabelValues(name),
 	}
-	for _, r := range []string{"down", "busy"} {
+	for _, r := range []string{"down", "busy", "slow"} {
 		v.refused.WithLabelValues(r)
 	}
 	for _, r := range []string{VolumeDelivered, VolumeDeferred, VolumeRefused} {
@@ -369,7 +369,7 @@ func (v *VolumeMetrics) VolumeUp(up bool) {
 func (v *VolumeMetrics) CallsInFlight(n int) { v.inFlight.Set(float64(n)) }
 
 // CallRefused records a refused call (fsgate.Observer); reason is one of
-// fsgate's two reasons.
+// fsgate's reasons (down, busy, slow).
 func (v *VolumeMetrics) CallRefused(reason string) { v.refused.WithLabelValues(reason).Inc() }
 
 // Delivery records one recipient's outcome on the volume

@@ -30,8 +30,8 @@ func TestVolumeSeriesMadeUpFront(t *testing.T) {
 			t.Errorf("%s: %d series, want one per volume (2)", name, n)
 		}
 	}
-	if n := seriesCount(t, m, "nfsdrop_volume_calls_refused_total"); n != 4 {
-		t.Errorf("refusals: %d series, want volume × {down, busy} (4)", n)
+	if n := seriesCount(t, m, "nfsdrop_volume_calls_refused_total"); n != 6 {
+		t.Errorf("refusals: %d series, want volume × {down, busy, slow} (6)", n)
 	}
 	if n := seriesCount(t, m, "nfsdrop_volume_deliveries_total"); n != 6 {
 		t.Errorf("deliveries: %d series, want volume × {delivered, deferred, refused} (6)", n)
