@@ -281,6 +281,14 @@ func (s *Store) publishRename(src string, srcInfo Info, dst string) error {
 	return err
 }
 
+// verifyRetries and verifyRetryWait bound how long verifyPublished asks
+// again after ETIMEDOUT: 15 s, beyond the gate's default probe interval
+// plus timeout.
+const (
+	verifyRetries   = 30
+	verifyRetryWait = 500 * time.Millisecond
+)
+
 // mayHaveHappened reports whether a LINK or RENAME that answered err may
 // nevertheless have been carried out by the server: any error but the
 // ones that say the operation is not supported there (the caller falls
@@ -299,6 +307,15 @@ func mayHaveHappened(err error) bool {
 func (s *Store) verifyPublished(src string, srcInfo Info, nlink uint64, dst string, link bool) bool {
 	var info Info
 	err := s.retryStale(func() error { var e error; info, e = s.fs.Lstat(dst); return e })
+	// ETIMEDOUT cannot tell, and answering "not published" for an entry
+	// that is in new/ makes Postfix's retry a second copy. It is what the
+	// hung-filer gate answers while its probe still holds the volume down
+	// although the filer is back (it has just answered our LINK/RENAME):
+	// ask again for as long as the probe needs to notice.
+	for i := 0; i < verifyRetries && isErrno(err, syscall.ETIMEDOUT); i++ {
+		<-s.after(verifyRetryWait)
+		err = s.retryStale(func() error { var e error; info, e = s.fs.Lstat(dst); return e })
+	}
 	if err == nil {
 		return info.SameFile(srcInfo)
 	}

@@ -124,6 +124,25 @@ func TestDeliverFaults(t *testing.T) {
 			{name: "rename succeeded but answers EEXIST", hook: onceErr("rename", syscall.EEXIST, true), acked: true},
 			{name: "rename succeeded but answers EIO", hook: onceErr("rename", syscall.EIO, true), acked: true},
 			{name: "rename succeeded but answers ESTALE", hook: onceErr("rename", syscall.ESTALE, true), acked: true},
+			// The hung-filer gate answers ETIMEDOUT while its probe still
+			// holds the volume down although the filer is back: the
+			// verification asks again instead of answering "not published".
+			{name: "rename succeeded but answers ENOENT, target lstat ETIMEDOUT twice", hook: func() hook {
+				var renamed atomic.Bool
+				var timeouts atomic.Int32
+				return func(op, path string, real func() error) error {
+					if op == "rename" && renamed.CompareAndSwap(false, true) {
+						if err := real(); err != nil {
+							return err
+						}
+						return &os.LinkError{Op: op, New: path, Err: syscall.ENOENT}
+					}
+					if op == "lstat" && renamed.Load() && strings.Contains(path, "/new/") && timeouts.Add(1) <= 2 {
+						return &os.PathError{Op: "lstat", Path: path, Err: syscall.ETIMEDOUT}
+					}
+					return real()
+				}
+			}(), acked: true},
 			{name: "rename EIO, not made", hook: onceErr("rename", syscall.EIO, false), acked: false, kind: failure.Temporary, errno: syscall.EIO},
 			{name: "rename ENOENT, not made", hook: onceErr("rename", syscall.ENOENT, false), acked: false, kind: failure.Temporary, errno: syscall.ENOENT},
 			{name: "rename ESTALE once then works", hook: onceErr("rename", syscall.ESTALE, false), acked: true},
