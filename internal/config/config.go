@@ -154,7 +154,7 @@ type Store struct {
 	// VolumeProbeTimeout is how long a health probe may take: a probe not
 	// answered by then marks the volume down, and its users get temporary
 	// errors at once until a probe answers again. It also bounds how long
-	// a lookup (a stat, reading a link or a directory, at RCPT time or at
+	// a lookup (resolving the mailbox path, reading a link or a directory, at RCPT time or at
 	// a POP3 login) waits for the filer before it is given up with a
 	// temporary error: a hung filer then holds up a client for this long,
 	// not until it answers again. Default "5s"; at least "100ms".
