@@ -222,7 +222,11 @@ type FilersOptions struct {
 	Phase time.Duration
 	// LinkDown is how long the kernel server's tap stays down (default 60 s).
 	LinkDown time.Duration
-	// LockStale is pop3.lock_stale (default 30 s).
+	// LockStale is pop3.lock_stale (default 90 s: longer than the
+	// filers' outages, the link down and a killed knfsd's reboot plus its
+	// NFSv4 grace; a lock whose filer is away longer than lock_stale may
+	// be taken over while its session's deletions are still in the
+	// kernel, docs/nfs.md).
 	LockStale time.Duration
 	// Rate is the submission rate over all users (default 4 messages/s):
 	// fixed, so that deliveries held up on one volume do not slow the
@@ -258,7 +262,7 @@ func (o *FilersOptions) defaults() {
 		o.LinkDown = 60 * time.Second
 	}
 	if o.LockStale == 0 {
-		o.LockStale = 30 * time.Second
+		o.LockStale = 90 * time.Second
 	}
 	if o.Rate == 0 {
 		o.Rate = 4
