@@ -829,10 +829,8 @@ func (r *filersRun) fill(w *Window) {
 	}
 	if r.ld != nil {
 		logins := map[string]int{}
-		for _, s := range r.ld.Rec.Sessions() {
-			if !s.LoginAt.IsZero() && !s.LoginAt.Before(w.Start) && s.LoginAt.Before(w.End) {
-				logins[r.initialVolume(s.User)]++
-			}
+		for user, n := range r.ld.Rec.LoginsBetween(w.Start, w.End) {
+			logins[r.initialVolume(user)] += n
 		}
 		for _, v := range FilersVolumes {
 			w.Logins[v] = rate(logins[v], secs)

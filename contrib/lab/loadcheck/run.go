@@ -224,6 +224,21 @@ func (r *Recorder) newSession(user, mode string) *Session {
 	return s
 }
 
+// LoginsBetween counts, per user, the sessions that logged in within
+// [start, end), reading the sessions under the recorder's lock (they are
+// still being written while the load runs).
+func (r *Recorder) LoginsBetween(start, end time.Time) map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := map[string]int{}
+	for _, s := range r.sessions {
+		if !s.LoginAt.IsZero() && !s.LoginAt.Before(start) && s.LoginAt.Before(end) {
+			n[s.User]++
+		}
+	}
+	return n
+}
+
 func (r *Recorder) set(f func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
