@@ -146,8 +146,16 @@ func As(err error) *Error {
 	return &Error{Kind: Temporary, Reason: "internal error", Err: err}
 }
 
-// KindOf is As(err).Kind; an unknown error is Temporary.
-func KindOf(err error) Kind { return As(err).Kind }
+// KindOf is As(err).Kind; an unknown error is Temporary. So is nil: a
+// caller classifying a failure that carries no error has a bug, and the
+// safe answer is the one that keeps the message with the sender (4xx,
+// EX_TEMPFAIL), not a panic that takes the daemon's other sessions down.
+func KindOf(err error) Kind {
+	if err == nil {
+		return Temporary
+	}
+	return As(err).Kind
+}
 
 // UserFault reports whether err is the user's (or the client's) doing,
 // not the system's: no such user or wrong password (NotFound), a disabled

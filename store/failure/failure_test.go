@@ -27,3 +27,11 @@ func TestUserFault(t *testing.T) {
 		}
 	}
 }
+
+// TestKindOfNil: classifying a nil error answers Temporary instead of
+// panicking (it dereferenced As(nil), which is nil).
+func TestKindOfNil(t *testing.T) {
+	if k := KindOf(nil); k != Temporary {
+		t.Errorf("KindOf(nil) = %v, want Temporary", k)
+	}
+}
