@@ -40,7 +40,7 @@ the effective configuration with every default.`,
 			if hostname == "" {
 				hostname = "check" // names no file: check writes nothing
 			}
-			vols, gates, err := openVolumes(cfg, hostname, log, nil, nil)
+			vols, gates, err := openVolumes(cfg, hostname, log, nil, nil, nil)
 			if err != nil {
 				return exitError(err.Error(), exConfig)
 			}

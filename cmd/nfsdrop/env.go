@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -34,10 +33,11 @@ type env struct {
 	scan    *backend.ScanPolicy
 
 	sweepStop chan struct{} // closed by Close when a daemon started the sweeper
-	// gates guard each volume's file system (one per volume, in order);
-	// gateStop ends their probes (daemons only, see startGates).
+	// gates guard each volume's file system (one per volume, in order).
+	// A daemon's come from its gatePool, which runs their probes and
+	// keeps them across reloads; a command's have no probe.
 	gates    []*fsgate.Gate
-	gateStop context.CancelFunc
+	gatePool *fsgate.Pool
 }
 
 // startSweeper makes each volume's store sweep tmp/ of the Maildirs it
@@ -83,13 +83,14 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 // here is a configuration or environment problem: the caller decides the
 // exit code (deliver must answer EX_TEMPFAIL so that mail waits).
 func openEnv(cfg *config.Config, logw io.Writer) (*env, error) {
-	return openEnvWith(cfg, logw, nil)
+	return openEnvWith(cfg, logw, nil, nil)
 }
 
 // openEnvWith is openEnv with metrics (nil: none) wired into the store
-// and the user database.
-func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, error) {
-	e := &env{cfg: cfg, log: newLogger(cfg, logw), metrics: m}
+// and the user database, and the volumes' gates from pool (a daemon's;
+// nil: gates without a health probe, for a command).
+func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics, pool *fsgate.Pool) (*env, error) {
+	e := &env{cfg: cfg, log: newLogger(cfg, logw), metrics: m, gatePool: pool}
 	e.hostname = cfg.Hostname
 	if e.hostname == "" {
 		h, err := os.Hostname()
@@ -102,13 +103,16 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 	if m != nil {
 		obs = m
 	}
-	vols, gates, err := openVolumes(cfg, e.hostname, e.log, obs, m)
+	vols, gates, err := openVolumes(cfg, e.hostname, e.log, obs, m, pool)
+	e.gates = gates
 	if err != nil {
+		e.Close()
 		return nil, err
 	}
-	e.volumes, e.gates = vols, gates
+	e.volumes = vols
 	users, err := openUserDB(cfg, e.log, vols, gates)
 	if err != nil {
+		e.Close()
 		return nil, err
 	}
 	e.users = users
@@ -116,7 +120,7 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 		e.users = m.UserDB(users)
 	}
 	if e.scan, err = openScanner(cfg, e.log, m); err != nil {
-		users.Close()
+		e.Close()
 		return nil, err
 	}
 	return e, nil
@@ -126,8 +130,10 @@ func openEnvWith(cfg *config.Config, logw io.Writer, m *metrics.Metrics) (*env, 
 // each behind its own hung-filer gate (internal/fsgate): its calls are
 // bounded by store.volume_max_calls and fail at once while the volume's
 // health probe says it is down. The probes run only in daemons
-// (startGates); a command's gate still bounds and times out its calls.
-func openVolumes(cfg *config.Config, hostname string, log *slog.Logger, obs store.Observer, m *metrics.Metrics) (*volume.Set, []*fsgate.Gate, error) {
+// (gates from pool, which runs them); a command's gate (pool nil) still
+// bounds and times out its calls. The gates are returned with the error
+// too, for the caller to give back.
+func openVolumes(cfg *config.Config, hostname string, log *slog.Logger, obs store.Observer, m *metrics.Metrics, pool *fsgate.Pool) (*volume.Set, []*fsgate.Gate, error) {
 	o := volume.Options{MailRoot: cfg.Store.MailRoot}
 	var gates []*fsgate.Gate
 	for _, v := range cfg.EffectiveVolumes() {
@@ -145,7 +151,12 @@ func openVolumes(cfg *config.Config, hostname string, log *slog.Logger, obs stor
 			vm := m.Volume(v.Name)
 			gopts.Observer, vobs = vm, vm
 		}
-		g := fsgate.ForVolume(nil, v.Path, v.MountMarker, gopts)
+		var g *fsgate.Gate
+		if pool != nil {
+			g = pool.Get(v.Path, v.MountMarker, gopts)
+		} else {
+			g = fsgate.ForVolume(nil, v.Path, v.MountMarker, gopts)
+		}
 		gates = append(gates, g)
 		o.Volumes = append(o.Volumes, volume.VolumeOptions{
 			Name: v.Name, Path: v.Path, MountMarker: v.MountMarker, NewMailboxes: v.NewMailboxes,
@@ -162,18 +173,9 @@ func openVolumes(cfg *config.Config, hostname string, log *slog.Logger, obs stor
 	}
 	set, err := volume.Open(o)
 	if err != nil {
-		return nil, nil, err
+		return nil, gates, err
 	}
 	return set, gates, nil
-}
-
-// startGates runs each volume's health probe until Close (daemons only).
-func (e *env) startGates() {
-	ctx, cancel := context.WithCancel(context.Background())
-	e.gateStop = cancel
-	for _, g := range e.gates {
-		go g.Run(ctx)
-	}
 }
 
 // openUserDB opens the source named by userdb.driver; config converts the
@@ -247,9 +249,11 @@ func openScanner(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*bac
 }
 
 func (e *env) Close() {
-	if e.gateStop != nil {
-		e.gateStop()
-		e.gateStop = nil
+	if e.gatePool != nil {
+		for _, g := range e.gates {
+			e.gatePool.Put(g)
+		}
+		e.gates = nil
 	}
 	if e.sweepStop != nil {
 		close(e.sweepStop)

@@ -65,6 +65,8 @@ type lmtpdConfig struct {
 	listen          []string
 	quotaAction     string
 	shutdownTimeout string
+	// storeExtra are more [store] lines.
+	storeExtra string
 }
 
 // newLmtpdWorld prepares the files (not the process). The Unix socket
@@ -119,7 +121,7 @@ level = "info"
 mail_root = %q
 mount_marker = %q
 quota_action = %q
-
+%s
 [userdb]
 driver = "passwd-file"
 passwd_file = "users"
@@ -128,7 +130,7 @@ default_domain = "example.test"
 [lmtp]
 listen = [%s]
 shutdown_timeout = %q
-`, w.mailRoot, lmtpdMarker, c.quotaAction, strings.Join(quoted, ", "), c.shutdownTimeout)
+`, w.mailRoot, lmtpdMarker, c.quotaAction, c.storeExtra, strings.Join(quoted, ", "), c.shutdownTimeout)
 	if err := os.WriteFile(w.cfgPath, []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
 	}
@@ -704,5 +706,48 @@ func lmtpdWaitDial(t *testing.T, network, addr string) {
 			t.Fatalf("%s %s never accepted: %v", network, addr, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestLMTPDReloadKeepsVolumeHealth: a SIGHUP while a volume is down keeps
+// its gate (its health, its slots, its probe): recipients on it still get
+// 451 at once, and the volume is reported down once, not again by a new
+// gate that would start up and let another volume_max_calls calls block
+// on a hung filer. When the marker is back, it is reported up once.
+func TestLMTPDReloadKeepsVolumeHealth(t *testing.T) {
+	w := newLmtpdWorld(t)
+	cfg := lmtpdConfig{storeExtra: "volume_probe_interval = \"100ms\"\nvolume_probe_timeout = \"1s\"\n"}
+	w.writeConfig(cfg)
+	w.start()
+	w.waitReady()
+	pid := w.cmd.Process.Pid
+
+	w.setMounted(false)
+	w.waitLog(`msg="volume down`, 10*time.Second)
+	c := lmtpdDial(t, "tcp", w.tcpAddr())
+	c.send("LHLO client.test\r\nMAIL FROM:<sender@remote.test>\r\nRCPT TO:<alice@example.test>\r\n")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("451 4.3.0 ")
+
+	cfg.quotaAction = "defer" // a change, so that the reload builds a new configuration
+	w.writeConfig(cfg)
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	w.waitLog(`msg=reloaded`, 15*time.Second)
+	c.send("RCPT TO:<alice@example.test>\r\n")
+	c.expect("451 4.3.0 ")
+	time.Sleep(time.Second) // ten probe intervals of the reloaded configuration
+	if n := strings.Count(w.log(), `msg="volume down`); n != 1 {
+		t.Errorf("volume reported down %d times around a reload, want once:\n%s", n, w.log())
+	}
+
+	w.setMounted(true)
+	w.waitLog(`msg="volume up again"`, 10*time.Second)
+	c.send("RCPT TO:<alice@example.test>\r\n")
+	c.expect("250 ")
+	if n := strings.Count(w.log(), `msg="volume up again"`); n != 1 {
+		t.Errorf("volume reported up %d times, want once", n)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/nfsdrop/nfsdrop/internal/backend"
 	"github.com/nfsdrop/nfsdrop/internal/config"
 	"github.com/nfsdrop/nfsdrop/internal/daemon"
+	"github.com/nfsdrop/nfsdrop/internal/fsgate"
 	"github.com/nfsdrop/nfsdrop/internal/metrics"
 	"github.com/nfsdrop/nfsdrop/lmtp"
 )
@@ -93,7 +94,6 @@ func (d *daemonRun) run(ctx context.Context) error {
 	e := d.env
 	log := e.log
 	e.startSweeper()
-	e.startGates()
 	d.current.Store(e)
 	notify := daemon.NewNotifier(log)
 	var wg sync.WaitGroup
@@ -158,12 +158,11 @@ func (d *daemonRun) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		ne, err := openEnvWith(cfg, d.logw, d.env.metrics)
+		ne, err := openEnvWith(cfg, d.logw, d.env.metrics, d.env.gatePool)
 		if err != nil {
 			return err
 		}
 		ne.startSweeper()
-		ne.startGates()
 		old := d.current.Load()
 		for _, r := range d.reloaders {
 			if err := r(old, ne); err != nil {
@@ -214,7 +213,7 @@ func newDaemonRun(cfg *config.Config, cfgPath string, logw io.Writer, metricsAdd
 		}
 		ml = l
 	}
-	e, err := openEnvWith(cfg, logw, m)
+	e, err := openEnvWith(cfg, logw, m, fsgate.NewPool())
 	if err != nil {
 		if ml != nil {
 			ml.Close()

@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -91,7 +92,7 @@ type Options struct {
 type Gate struct {
 	inner store.FS
 	o     Options
-	log   *slog.Logger
+	log   atomic.Pointer[slog.Logger] // swapped when a reload keeps the gate (Pool)
 	obs   Observer
 	// slots holds one token per call in flight.
 	slots chan struct{}
@@ -118,10 +119,8 @@ func New(inner store.FS, o Options) *Gate {
 	if o.LookupTimeout <= 0 {
 		o.LookupTimeout = o.ProbeTimeout
 	}
-	g := &Gate{inner: inner, o: o, log: o.Logger, obs: o.Observer, slots: make(chan struct{}, o.MaxCalls)}
-	if g.log == nil {
-		g.log = slog.New(slog.DiscardHandler)
-	}
+	g := &Gate{inner: inner, o: o, obs: o.Observer, slots: make(chan struct{}, o.MaxCalls)}
+	g.setLogger(o.Logger)
 	if g.obs == nil {
 		g.obs = nopObserver{}
 	}
@@ -150,6 +149,14 @@ func MarkerProbe(name string) func(store.FS) error {
 		_, err := fsys.Lstat(name)
 		return err
 	}
+}
+
+// setLogger makes l (nil: discard) receive the up/down transitions.
+func (g *Gate) setLogger(l *slog.Logger) {
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	g.log.Store(l)
 }
 
 // FS is the gated filesystem to give the volume's store.
@@ -378,12 +385,12 @@ func (g *Gate) record(probeErr error) {
 	g.mu.Unlock()
 	switch {
 	case wasUp && probeErr != nil:
-		g.log.Error("volume down: its filesystem calls fail until it answers again", "volume", g.o.Volume, "err", probeErr)
+		g.log.Load().Error("volume down: its filesystem calls fail until it answers again", "volume", g.o.Volume, "err", probeErr)
 		g.obs.VolumeUp(false)
 	case !wasUp && probeErr == nil:
 		// Warn, not Info: a site logging at warn, which saw the volume
 		// go down, must see it come back too.
-		g.log.Warn("volume up again", "volume", g.o.Volume, "down_for", time.Since(g.downSince).Round(time.Second))
+		g.log.Load().Warn("volume up again", "volume", g.o.Volume, "down_for", time.Since(g.downSince).Round(time.Second))
 		g.obs.VolumeUp(true)
 	}
 }

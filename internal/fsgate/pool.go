@@ -1,0 +1,91 @@
+package fsgate
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Pool keeps a daemon's gates, and their health probes, across
+// configuration reloads. Were a reload to build a new gate for a volume
+// whose settings did not change, the calls stuck under the old gate on a
+// hung filer would keep their slots while the new gate, which starts up,
+// handed out volume_max_calls more: every SIGHUP during a hang would add
+// that many threads blocked in the kernel. A volume whose settings are
+// unchanged keeps its gate (its slots, its health and its probe); a
+// changed one gets a new gate, and the old one's probe stops when the
+// last configuration using it is closed.
+type Pool struct {
+	mu     sync.Mutex
+	gates  map[poolKey]*pooled
+	byGate map[*Gate]poolKey
+}
+
+// poolKey is what makes two volumes' gates the same gate.
+type poolKey struct {
+	volume, path, marker        string
+	maxCalls                    int
+	callWait                    time.Duration
+	probeInterval, probeTimeout time.Duration
+}
+
+type pooled struct {
+	g    *Gate
+	refs int
+	stop context.CancelFunc
+}
+
+// NewPool makes an empty pool.
+func NewPool() *Pool {
+	return &Pool{gates: map[poolKey]*pooled{}, byGate: map[*Gate]poolKey{}}
+}
+
+// Get returns the gate of the volume at path with its mount marker and
+// options o (ForVolume's arguments, on the real filesystem), running its
+// probe: the same gate as an earlier Get with the same volume, path,
+// marker, slots, wait and probe settings that has not been given back,
+// or else a new one. o.Logger replaces the kept gate's (a reload may
+// change the log level); o.Observer and o.Probe are used only for a new
+// gate. Each Get is matched by a Put.
+func (p *Pool) Get(path, marker string, o Options) *Gate {
+	k := poolKey{volume: o.Volume, path: path, marker: marker, maxCalls: o.MaxCalls, callWait: o.CallWait,
+		probeInterval: o.ProbeInterval, probeTimeout: o.ProbeTimeout}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := p.gates[k]; e != nil {
+		e.refs++
+		e.g.setLogger(o.Logger)
+		return e.g
+	}
+	g := ForVolume(nil, path, marker, o)
+	ctx, stop := context.WithCancel(context.Background())
+	go g.Run(ctx)
+	p.gates[k] = &pooled{g: g, refs: 1, stop: stop}
+	p.byGate[g] = k
+	return g
+}
+
+// Put gives back a gate from Get; the last Put of a gate stops its
+// probe. A gate not from this pool is ignored.
+func (p *Pool) Put(g *Gate) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k, ok := p.byGate[g]
+	if !ok {
+		return
+	}
+	e := p.gates[k]
+	if e.refs--; e.refs > 0 {
+		return
+	}
+	e.stop()
+	delete(p.gates, k)
+	delete(p.byGate, g)
+}
+
+// Len is the number of gates in use.
+func (p *Pool) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.gates)
+}
