@@ -744,7 +744,19 @@ func (r *filersRun) phases(ctx context.Context) {
 	if err := k.LinkDown(ctx); err != nil {
 		p.Err = err.Error()
 	}
-	sleep(ctx, o.LinkDown)
+	// A quarter into the hang, with deliveries and sessions stuck on the
+	// cut-off filer, mx1's daemons get SIGTERM (an administrator's
+	// restart, a package upgrade): they must still exit within
+	// lmtp.shutdown_timeout, and the script's restart must come up and
+	// stay up while the filer is away.
+	if !r.f.Stub {
+		sleep(ctx, o.LinkDown/4)
+		term := r.termDuringHang(ctx, r.f.VMs[0])
+		sleep(ctx, time.Until(tDown.Add(o.LinkDown)))
+		r.checkRestarted(ctx, r.f.VMs[0], term)
+		p.Note = term.String()
+	}
+	sleep(ctx, time.Until(tDown.Add(o.LinkDown)))
 	if err := k.LinkUp(ctx); err != nil {
 		p.Err = err.Error()
 	}
@@ -775,6 +787,128 @@ func (r *filersRun) phases(ctx context.Context) {
 			r.fill(w)
 		}
 	}
+}
+
+// labShutdownTimeout is lmtp.shutdown_timeout in the lab's configuration
+// (the product's default): the bound within which a daemon must exit after
+// SIGTERM, hung filer or not.
+const labShutdownTimeout = 30 * time.Second
+
+// termResult is what became of one VM's daemons after SIGTERM during the
+// hang.
+type termResult struct {
+	Host string
+	// Exited is each daemon's time from SIGTERM to exit, as the guest's
+	// own clock saw it; absent when it had not exited when the guest
+	// stopped waiting (labShutdownTimeout + 30 s).
+	Exited map[string]time.Duration
+	// Restarted is each daemon's process after the script's restart, and
+	// Running whether it was still alive at the end of the hang.
+	Restarted map[string]string
+	Running   map[string]bool
+	Err       string
+}
+
+func (t *termResult) String() string {
+	var parts []string
+	for _, d := range []string{"lmtpd", "pop3d"} {
+		e, ok := t.Exited[d]
+		switch {
+		case !ok:
+			parts = append(parts, d+" did NOT exit")
+		case !t.Running[d]:
+			parts = append(parts, fmt.Sprintf("%s exited in %.1fs, restart NOT running at link-up", d, e.Seconds()))
+		default:
+			parts = append(parts, fmt.Sprintf("%s exited in %.1fs, restarted and running at link-up", d, e.Seconds()))
+		}
+	}
+	s := fmt.Sprintf("SIGTERM on %s during the hang (bound %v): %s", t.Host, labShutdownTimeout, strings.Join(parts, "; "))
+	if t.Err != "" {
+		s += "; " + t.Err
+	}
+	return s
+}
+
+// problems are the ways the SIGTERM check failed.
+func (t *termResult) problems() []string {
+	var out []string
+	if t.Err != "" {
+		out = append(out, "SIGTERM during the hang: "+t.Err)
+	}
+	for _, d := range []string{"lmtpd", "pop3d"} {
+		e, ok := t.Exited[d]
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("%s: %s did not exit after SIGTERM while the filer hung", t.Host, d))
+		case e > labShutdownTimeout+5*time.Second:
+			out = append(out, fmt.Sprintf("%s: %s took %.1fs to exit after SIGTERM while the filer hung (bound %v)", t.Host, d, e.Seconds(), labShutdownTimeout))
+		case !t.Running[d]:
+			out = append(out, fmt.Sprintf("%s: %s, restarted during the hang, was not running at its end", t.Host, d))
+		}
+	}
+	return out
+}
+
+// termCommand sends SIGTERM to the daemons named in /tmp/pid.lmtpd and
+// /tmp/pid.pop3d and waits for both to be gone, timing each exit with
+// /proc/uptime; it prints "exit DAEMON PID START END" (END "-" if still
+// running when it stopped waiting). Builtins and usleep only, nothing on
+// NFS: it must answer while the filer hangs.
+func termCommand(wait time.Duration) string {
+	return fmt.Sprintf(`read -r a </tmp/pid.lmtpd; read -r b </tmp/pid.pop3d; read -r t0 _ </proc/uptime; kill -TERM $a $b; ea=-; eb=-; n=0; while [ $n -lt %d ]; do read -r t _ </proc/uptime; [ "$ea" = - ] && [ ! -d /proc/$a ] && ea=$t; [ "$eb" = - ] && [ ! -d /proc/$b ] && eb=$t; [ "$ea" != - ] && [ "$eb" != - ] && break; usleep 100000; n=$((n + 1)); done; echo "exit lmtpd $a $t0 $ea"; echo "exit pop3d $b $t0 $eb"`, int(wait/(100*time.Millisecond)))
+}
+
+// parseTermOutput reads termCommand's output into r.Exited and returns
+// the old processes.
+func parseTermOutput(out string, r *termResult) map[string]string {
+	old := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 5 || f[0] != "exit" {
+			continue
+		}
+		old[f[1]] = f[2]
+		t0, err0 := strconv.ParseFloat(f[3], 64)
+		t1, err1 := strconv.ParseFloat(f[4], 64)
+		if err0 == nil && err1 == nil {
+			r.Exited[f[1]] = time.Duration((t1 - t0) * float64(time.Second))
+		}
+	}
+	return old
+}
+
+// termDuringHang sends SIGTERM to vm's lmtpd and pop3d and times their
+// exits (issue 16: SIGTERM still exits within its bound while a filer
+// hangs). The VM script starts each again a second after it exits.
+func (r *filersRun) termDuringHang(ctx context.Context, vm *VM) *termResult {
+	res := &termResult{Host: vm.Host, Exited: map[string]time.Duration{}, Restarted: map[string]string{}, Running: map[string]bool{}}
+	wait := labShutdownTimeout + 30*time.Second
+	ectx, cancel := context.WithTimeout(ctx, wait+30*time.Second)
+	defer cancel()
+	r.f.Lab.logf("filers: fault: SIGTERM to %s's lmtpd and pop3d during the hang", vm.Host)
+	out, code, err := vm.Exec(ectx, termCommand(wait))
+	if err != nil || code != 0 {
+		res.Err = fmt.Sprintf("exit %d, %v: %s", code, err, strings.TrimSpace(out))
+		return res
+	}
+	old := parseTermOutput(out, res)
+	sleep(ctx, 3*time.Second)
+	for _, d := range []string{"lmtpd", "pop3d"} {
+		p, _, err := vm.Exec(ctx, "read -r p </tmp/pid."+d+"; echo $p")
+		if p = strings.TrimSpace(p); err == nil && p != "" && p != old[d] {
+			res.Restarted[d] = p
+		}
+	}
+	return res
+}
+
+// checkRestarted records whether the restarted daemons are still alive.
+func (r *filersRun) checkRestarted(ctx context.Context, vm *VM, res *termResult) {
+	for d, p := range res.Restarted {
+		out, code, err := vm.Exec(ctx, "[ -d /proc/"+p+" ] && echo alive; true")
+		res.Running[d] = err == nil && code == 0 && strings.TrimSpace(out) == "alive"
+	}
+	r.rep.Problems = append(r.rep.Problems, res.problems()...)
 }
 
 // moveMailboxes moves the first user of each volume to the other volume

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -124,5 +125,69 @@ func TestMoveHomeCommand(t *testing.T) {
 	vol[users[0]] = VolKNFSD
 	if want := filersUsersFile(users, vol); string(got) != want {
 		t.Errorf("users file after the move:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestTermCommand runs the SIGTERM-and-time command under the host's sh
+// against two real processes (with its /tmp/ paths moved to a test
+// directory and usleep stood in by sleep): both must be reported gone,
+// with exit times from /proc/uptime that parse.
+func TestTermCommand(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bin, "usleep"), []byte("#!/bin/sh\nexec sleep 0.1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"lmtpd", "pop3d"} {
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		t.Cleanup(func() { _ = c.Process.Kill(); <-done })
+		if err := os.WriteFile(filepath.Join(dir, "pid."+d), []byte(strconv.Itoa(c.Process.Pid)+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := strings.ReplaceAll(termCommand(20*time.Second), "/tmp/", dir+"/")
+	c := exec.Command("sh", "-c", cmd)
+	c.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	res := &termResult{Host: "mx1", Exited: map[string]time.Duration{}, Running: map[string]bool{"lmtpd": true, "pop3d": true}}
+	old := parseTermOutput(string(out), res)
+	if len(old) != 2 || len(res.Exited) != 2 {
+		t.Fatalf("parsed %v and %v from %q", old, res.Exited, out)
+	}
+	for d, e := range res.Exited {
+		if e < 0 || e > 10*time.Second {
+			t.Errorf("%s: exit time %v", d, e)
+		}
+	}
+	if p := res.problems(); len(p) != 0 {
+		t.Errorf("problems %v", p)
+	}
+}
+
+// TestTermResultProblems: a daemon that did not exit, one that took
+// longer than the bound, and a restart that died are each a problem.
+func TestTermResultProblems(t *testing.T) {
+	r := &termResult{Host: "mx1", Exited: map[string]time.Duration{"pop3d": labShutdownTimeout + time.Minute}, Running: map[string]bool{"pop3d": true}}
+	p := r.problems()
+	if len(p) != 2 || !strings.Contains(p[0], "lmtpd did not exit") || !strings.Contains(p[1], "pop3d took") {
+		t.Errorf("problems %q", p)
+	}
+	r = &termResult{Host: "mx1", Exited: map[string]time.Duration{"lmtpd": time.Second, "pop3d": time.Second}, Running: map[string]bool{"lmtpd": true}}
+	if p := r.problems(); len(p) != 1 || !strings.Contains(p[0], "pop3d, restarted") {
+		t.Errorf("problems %q", p)
+	}
+	if s := r.String(); !strings.Contains(s, "lmtpd exited in 1.0s, restarted and running") {
+		t.Errorf("String %q", s)
 	}
 }
