@@ -236,8 +236,9 @@ func (s *Server) ServeTLS(l net.Listener) error {
 // to make room that are still closing).
 func (s *Server) Sessions() int64 { return s.sessions.Load() }
 
-// Shutdown stops accepting and waits for the open sessions to end, until
-// ctx is done; then it closes their connections. A session closed that
+// Shutdown stops accepting, ends the sessions waiting for a command, and
+// waits for the others to finish the command in progress, until ctx is
+// done; then it closes their connections. A session closed that
 // way did not see QUIT, so it deletes nothing (RFC 1939 section 6): its
 // mailbox is closed, not committed.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -245,6 +246,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing = true
 	for l := range s.listeners {
 		l.Close()
+	}
+	// Wake the sessions waiting for a command: they end at once with
+	// replyShuttingDown (readLine). A session in the middle of a command
+	// (a RETR, a QUIT's deletions) is waited for until ctx is done.
+	now := time.Now()
+	for c := range s.conns {
+		c.SetReadDeadline(now)
 	}
 	s.mu.Unlock()
 

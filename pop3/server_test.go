@@ -914,8 +914,11 @@ func TestProxyUntrusted(t *testing.T) {
 	}
 }
 
+// TestShutdown: a session busy in a command (a RETR its client stopped
+// reading) is waited for until the deadline, then closed without
+// committing; the listener stops accepting.
 func TestShutdown(t *testing.T) {
-	b := newFakeBackend(testMessages...)
+	b := newFakeBackend(fakeMsg{gen: 256 << 20})
 	opts := baseOptions()
 	log := &logBuffer{}
 	opts.Logger = newTestLogger(log)
@@ -928,8 +931,13 @@ func TestShutdown(t *testing.T) {
 	go func() { served <- s.Serve(l) }()
 
 	c := aliceIn(t, l.Addr().String())
+	if tc, ok := c.C.(*net.TCPConn); ok {
+		tc.SetReadBuffer(64 << 10)
+	}
 	c.ask("DELE 1", "+OK")
-	idle := greeted(t, l.Addr().String())
+	c.ask("RSET", "+OK")
+	c.send("RETR 1") // not read: the session stays busy writing
+	c.expect("+OK")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -940,8 +948,6 @@ func TestShutdown(t *testing.T) {
 		t.Fatalf("Serve: %v", err)
 	}
 	b.box(t, 0).ended(t, 0, 1)
-	c.eof()
-	idle.eof()
 	if n := s.Sessions(); n != 0 {
 		t.Fatalf("Sessions() = %d after Shutdown", n)
 	}
@@ -960,6 +966,40 @@ func TestShutdown(t *testing.T) {
 	if err := s2.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestShutdownEndsIdleSessions: sessions waiting for a command, logged
+// in or not, are told and closed at once, without committing (no QUIT
+// was seen), so that a stop or restart is not held up for
+// lmtp.shutdown_timeout by idle clients (it was, until systemd's
+// TimeoutStopSec killed the process). Shutdown returns nil: nothing had
+// to be forced.
+func TestShutdownEndsIdleSessions(t *testing.T) {
+	b := newFakeBackend(testMessages...)
+	opts := baseOptions()
+	log := &logBuffer{}
+	opts.Logger = newTestLogger(log)
+	s := New(b, opts)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	c := aliceIn(t, l.Addr().String())
+	c.ask("DELE 1", "+OK")
+	idle := greeted(t, l.Addr().String())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with only idle sessions: %v, want nil (they end at once)", err)
+	}
+	for _, cl := range []*client{c, idle} {
+		cl.expect("-ERR [SYS/TEMP] server shutting down")
+		cl.eof()
+	}
+	b.box(t, 0).ended(t, 0, 1)
+	log.waitFor(t, "pop3 session", "end=shutdown", "user=alice", "deleted=0")
 }
 
 // TestIdleMemory checks the memory budget: 5,000 idle sessions in at most

@@ -55,7 +55,12 @@ var (
 	errLineTooLong    = errors.New("line too long")
 	errProxyHeader    = errors.New("PROXY header from a peer not in proxy networks")
 	errLoginTimeout   = errors.New("not logged in within the login timeout")
+	errShuttingDown   = errors.New("server shutting down")
 )
+
+// replyShuttingDown ends a session waiting for a command when the server
+// stops; the client tries again (on another machine, behind a balancer).
+const replyShuttingDown = "-ERR [SYS/TEMP] server shutting down"
 
 // session is one POP3 connection. Only its own goroutine touches it.
 type session struct {
@@ -172,7 +177,7 @@ func (ss *session) ended(err error) (string, error) {
 		return endAuthFail, nil
 	case err == errLoginTimeout:
 		return endLoginTimeout, nil
-	case ss.s.forced.Load():
+	case err == errShuttingDown, ss.s.forced.Load():
 		return endShutdown, nil
 	case ss.slot.evicted.Load():
 		return endEvicted, nil
@@ -188,7 +193,7 @@ func (ss *session) ended(err error) (string, error) {
 // mailbox without changing it unless QUIT committed, closes the
 // connection and logs the session.
 func (ss *session) finish(how string, err error) {
-	if ss.writeErr == nil && how != endShutdown {
+	if ss.writeErr == nil && !ss.s.forced.Load() {
 		ss.writeTimeout = min(ss.writeTimeout, farewellTimeout)
 		ss.flush()
 	}
@@ -256,9 +261,21 @@ func (ss *session) readLine() ([]byte, error) {
 		}
 	}
 	ss.conn.SetReadDeadline(deadline)
+	// Checked after setting the deadline: Shutdown marks the server
+	// closing, then moves every connection's read deadline to now; either
+	// this sees closing, or Shutdown's deadline replaced ours and the read
+	// below returns at once. Pipelined commands already read are dropped
+	// too: without their QUIT, none of them commits anything.
+	if ss.s.isClosing() {
+		ss.line(replyShuttingDown)
+		return nil, errShuttingDown
+	}
 	line, err := ss.r.ReadSlice('\n')
 	if err != nil {
 		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded) && ss.s.isClosing():
+			ss.line(replyShuttingDown)
+			return nil, errShuttingDown
 		case err == bufio.ErrBufferFull:
 			ss.line("-ERR line too long")
 			return nil, errLineTooLong

@@ -475,8 +475,10 @@ type LMTP struct {
 	// ShutdownTimeout is how long transactions in progress may go on after
 	// nfsdrop is told to stop; then their connections are closed and
 	// Postfix, which has not had a reply, delivers those messages again
-	// later. Default "30s"; at least "1s". Keep it below systemd's
-	// TimeoutStopSec.
+	// later. pop3d stops the same way: sessions waiting for a command end
+	// at once, and a command in progress (a RETR, the deletions of a QUIT)
+	// may go on this long. Default "30s"; at least "1s". Keep it below
+	// systemd's TimeoutStopSec.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 
 	// CommitDeadline is how long after the end of a message's data it may
