@@ -212,17 +212,9 @@ func addDynamic(ctx context.Context, c *newc, prog, dst string) error {
 		return err
 	}
 	c.file(dst, b, 0o755)
-	out, err := exec.CommandContext(ctx, "ldd", p).Output()
+	libs, err := sharedLibs(ctx, p)
 	if err != nil {
-		return fmt.Errorf("lab: ldd %s: %v", p, err)
-	}
-	var libs []string
-	for _, line := range strings.Split(string(out), "\n") {
-		for _, f := range strings.Fields(line) {
-			if strings.HasPrefix(f, "/") {
-				libs = append(libs, f)
-			}
-		}
+		return err
 	}
 	sort.Strings(libs)
 	seen := map[string]bool{}
