@@ -5,11 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 )
 
 // fakeFiler is a file server with a clock of its own, which the test sets:
@@ -22,28 +23,12 @@ import (
 // the same inode number: an NFS server that reuses inode numbers.
 type fakeFiler struct {
 	FS              // the real calls, often through a *faultFS
+	*testkit.Clock  // the filer's clock (Now, Advance)
 	reuseLockInodes bool
-
-	mu  sync.Mutex
-	now time.Time
 }
 
 func newFakeFiler(inner FS, now time.Time) *fakeFiler {
-	return &fakeFiler{FS: inner, now: now}
-}
-
-// Now is the filer's clock.
-func (f *fakeFiler) Now() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-// Advance moves the filer's clock.
-func (f *fakeFiler) Advance(d time.Duration) {
-	f.mu.Lock()
-	f.now = f.now.Add(d)
-	f.mu.Unlock()
+	return &fakeFiler{FS: inner, Clock: testkit.NewClock(now)}
 }
 
 // stamp sets paths' times (a symlink's own) to the filer's "now", in

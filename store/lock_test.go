@@ -47,6 +47,35 @@ func countNew(t *testing.T, mb Mailbox) int {
 	return len(listDir(t, filepath.Join(mb.Path, "new")))
 }
 
+// lockedSession is a POP3 session of machine a, one of two machines
+// (filerMachines) on a fake filer, over a mailbox with messages in new/;
+// the test fires a's timers (the lock refresher's and releaseLater's).
+type lockedSession struct {
+	filer    *fakeFiler
+	fault    *faultFS
+	a, b     *Store
+	timers   *manualTimers
+	mb       Mailbox
+	sess     *Session
+	lockPath string
+}
+
+// openLockedSession delivers messages into the mailbox name and opens a
+// session on it from machine a.
+func openLockedSession(t *testing.T, name string, messages int) *lockedSession {
+	t.Helper()
+	filer, fault, st, root := filerMachines(t, 0, 0)
+	l := &lockedSession{filer: filer, fault: fault, a: st[0], b: st[1], timers: newManualTimers(), mb: mailbox(root, name)}
+	l.a.after = l.timers.after
+	deliverN(t, l.a, l.mb, messages)
+	var err error
+	if l.sess, err = l.a.OpenSession(l.mb, stale30); err != nil {
+		t.Fatal(err)
+	}
+	l.lockPath = filepath.Join(l.mb.Path, LockName)
+	return l
+}
+
 // Finding 7: a transient error while refreshing is retried; the refresher
 // stops only when the lock is positively someone else's.
 func TestLockRefreshSurvivesTransientErrors(t *testing.T) {
@@ -64,18 +93,9 @@ func TestLockRefreshSurvivesTransientErrors(t *testing.T) {
 		{"touch ESTALE twice", "touch", 2, syscall.ESTALE},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			filer, fault, st, root := filerMachines(t, 0, 0)
-			a, b := st[0], st[1]
-			timers := newManualTimers()
-			a.after = timers.after
-			mb := mailbox(root, "refresh")
-			deliverN(t, a, mb, 2)
-			sess, err := a.OpenSession(mb, stale30)
-			if err != nil {
-				t.Fatal(err)
-			}
-			lockPath := filepath.Join(mb.Path, LockName)
-			failTimes(fault, tc.op, lockPath, tc.times, tc.errno)
+			l := openLockedSession(t, "refresh", 2)
+			filer, timers, mb := l.filer, l.timers, l.mb
+			failTimes(l.fault, tc.op, l.lockPath, tc.times, tc.errno)
 			// Let twice the stale time pass on the filer's clock, one
 			// refresher round at a time.
 			for start := filer.Now(); filer.Now().Sub(start) < 2*stale30.LockStale; {
@@ -84,10 +104,10 @@ func TestLockRefreshSurvivesTransientErrors(t *testing.T) {
 				w.fire <- filer.Now()
 			}
 			timers.next(t) // the last round finished
-			if _, err := b.OpenSession(mb, stale30); !isInUse(err) {
+			if _, err := l.b.OpenSession(mb, stale30); !isInUse(err) {
 				t.Fatalf("another session opened the mailbox of a live session: %v", err)
 			}
-			if err := sess.Commit([]int{0, 1}, nil); err != nil {
+			if err := l.sess.Commit([]int{0, 1}, nil); err != nil {
 				t.Fatalf("commit: %v", err)
 			}
 			if n := countNew(t, mb); n != 0 {
@@ -634,19 +654,10 @@ func TestLockOlderLockFileRespected(t *testing.T) {
 // instead of keeping the mailbox [IN-USE] for lock_stale after the filer
 // is back (seen in the lab: 30 s of [IN-USE] after a 60 s outage).
 func TestLockReleasedWhenFilerAnswersAgain(t *testing.T) {
-	_, fault, st, root := filerMachines(t, 0, 0)
-	a, b := st[0], st[1]
-	timers := newManualTimers()
-	a.after = timers.after
-	mb := mailbox(root, "release")
-	deliverN(t, a, mb, 1)
-	sess, err := a.OpenSession(mb, stale30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lockPath := filepath.Join(mb.Path, LockName)
-	failTimes(fault, "unlink", lockPath, 1, syscall.ETIMEDOUT)
-	sess.Close()
+	l := openLockedSession(t, "release", 1)
+	b, timers, mb, lockPath := l.b, l.timers, l.mb, l.lockPath
+	failTimes(l.fault, "unlink", lockPath, 1, syscall.ETIMEDOUT)
+	l.sess.Close()
 	if _, err := b.OpenSession(mb, stale30); !isInUse(err) {
 		t.Fatalf("the lock whose removal failed is gone at once: %v", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
@@ -707,16 +708,29 @@ func TestMoveFaultAtEachCall(t *testing.T) {
 	}
 }
 
-// TestMoveDeliveryBetweenPublishAndFsync: a delivery that published into
-// new/ just before the seal and fsyncs new/ after the seal removed it
-// (over NFS: ESTALE) must not be answered "temporary failure": the move
-// has its message, and Postfix would deliver it a second time.
-func TestMoveDeliveryBetweenPublishAndFsync(t *testing.T) {
-	e := newMoveEnv(t)
+// sealRace is a delivery on a second machine of the source volume that
+// races a move: it published into new/ just before the seal and fsyncs
+// new/ after the seal removed it.
+type sealRace struct {
+	now func() time.Time // the second machine's clock (nil: time.Now)
+	// afterSeal runs in the delivery's fsync of new/ once the move sealed
+	// new/, before that fsync goes on (nil: nothing).
+	afterSeal func()
+	// deliver delivers into e.srcMb on the second machine.
+	deliver func(s *Store) (Delivery, error)
+}
+
+// deliverAcrossSeal runs r.deliver on a second machine (mx3.test) and holds
+// its fsync of new/ until a move of the mailbox has sealed new/. The fsync
+// then finds new/ gone and fails with ESTALE, as an NFS client does for a
+// removed directory. It returns the delivery's answer once the move is
+// done; the move itself must succeed.
+func (e *moveEnv) deliverAcrossSeal(r sealRace) (Delivery, error) {
+	e.t.Helper()
 	other := &faultFS{}
-	s2, err := New(Options{MailRoot: e.a.Root(), MountMarker: testMarker, Hostname: "mx3.test", FS: other, Chown: e.a2Chown()})
+	s2, err := New(Options{MailRoot: e.a.Root(), MountMarker: testMarker, Hostname: "mx3.test", FS: other, Chown: e.a2Chown(), Now: r.now})
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	atSync, proceed := make(chan struct{}), make(chan struct{})
 	var once sync.Once
@@ -724,21 +738,24 @@ func TestMoveDeliveryBetweenPublishAndFsync(t *testing.T) {
 		if op != "syncdir" || !strings.Contains(path, "/new") {
 			return real()
 		}
-		once.Do(func() { close(atSync); <-proceed })
+		once.Do(func() {
+			close(atSync)
+			<-proceed
+			if r.afterSeal != nil {
+				r.afterSeal()
+			}
+		})
 		if _, err := os.Stat(path); os.IsNotExist(err) {
 			return syscall.ESTALE // what an NFS client says of a removed directory
 		}
 		return real()
 	}
+	var d Delivery
 	var derr error
 	done := make(chan struct{})
-	body := "Subject: racing\n\nfsync after the seal\n"
-	var key string
 	go func() {
 		defer close(done)
-		var d Delivery
-		d, derr = s2.Deliver(e.srcMb, strings.NewReader(body))
-		key = d.Key
+		d, derr = r.deliver(s2)
 	}()
 	<-atSync
 	_, err = e.move(MoveOptions{stepHook: func(st MoveStep) error {
@@ -749,12 +766,25 @@ func TestMoveDeliveryBetweenPublishAndFsync(t *testing.T) {
 		return nil
 	}})
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	if derr != nil {
-		t.Fatalf("delivery whose message the move carried: %v", derr)
+	return d, derr
+}
+
+// TestMoveDeliveryBetweenPublishAndFsync: a delivery that published into
+// new/ just before the seal and fsyncs new/ after the seal removed it
+// (over NFS: ESTALE) must not be answered "temporary failure": the move
+// has its message, and Postfix would deliver it a second time.
+func TestMoveDeliveryBetweenPublishAndFsync(t *testing.T) {
+	e := newMoveEnv(t)
+	body := "Subject: racing\n\nfsync after the seal\n"
+	d, err := e.deliverAcrossSeal(sealRace{deliver: func(s *Store) (Delivery, error) {
+		return s.Deliver(e.srcMb, strings.NewReader(body))
+	}})
+	if err != nil {
+		t.Fatalf("delivery whose message the move carried: %v", err)
 	}
-	e.want[BaseName(key)] = body
+	e.want[BaseName(d.Key)] = body
 	e.checkMoved()
 }
 
@@ -902,63 +932,24 @@ func TestMoveCleanupLeavesLateMail(t *testing.T) {
 // The recipient is acknowledged instead.
 func TestMoveLateDeliveryCarriedIsAcknowledged(t *testing.T) {
 	e := newMoveEnv(t)
-	other := &faultFS{}
-	var mu sync.Mutex
-	now := time.Now()
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	s2, err := New(Options{MailRoot: e.a.Root(), MountMarker: testMarker, Hostname: "mx3.test", FS: other, Chown: e.a2Chown(), Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	atSync, proceed := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	other.hook = func(op, path string, real func() error) error {
-		if op != "syncdir" || !strings.Contains(path, "/new") {
-			return real()
-		}
-		once.Do(func() {
-			close(atSync)
-			<-proceed
-			mu.Lock()
-			now = now.Add(time.Hour) // the filer "hung" past the deadline
-			mu.Unlock()
-		})
-		if _, err := os.Stat(path); os.IsNotExist(err) {
-			return syscall.ESTALE
-		}
-		return real()
-	}
-	var derr error
-	done := make(chan struct{})
+	clock := testkit.NewClock(time.Now())
 	body := "Subject: late\n\ncarried by the move\n"
-	var key string
-	go func() {
-		defer close(done)
-		st, err := s2.Stage(e.srcMb, strings.NewReader(body))
-		if err != nil {
-			derr = err
-			return
-		}
-		defer st.Discard()
-		st.SetDeadline(clock().Add(5 * time.Minute))
-		var d Delivery
-		d, derr = st.Deliver(e.srcMb)
-		key = d.Key
-	}()
-	<-atSync
-	_, err = e.move(MoveOptions{stepHook: func(st MoveStep) error {
-		if st == StepSealed {
-			close(proceed)
-			<-done
-		}
-		return nil
-	}})
+	d, err := e.deliverAcrossSeal(sealRace{
+		now:       clock.Now,
+		afterSeal: func() { clock.Advance(time.Hour) }, // the filer "hung" past the deadline
+		deliver: func(s *Store) (Delivery, error) {
+			st, err := s.Stage(e.srcMb, strings.NewReader(body))
+			if err != nil {
+				return Delivery{}, err
+			}
+			defer st.Discard()
+			st.SetDeadline(clock.Now().Add(5 * time.Minute))
+			return st.Deliver(e.srcMb)
+		},
+	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("late delivery whose message the move carried: %v (Postfix would send it again)", err)
 	}
-	if derr != nil {
-		t.Fatalf("late delivery whose message the move carried: %v (Postfix would send it again)", derr)
-	}
-	e.want[BaseName(key)] = body
+	e.want[BaseName(d.Key)] = body
 	e.checkMoved()
 }

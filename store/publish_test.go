@@ -7,13 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nfsdrop/nfsdrop/internal/testenv"
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/store/failure"
 )
 
@@ -306,24 +306,6 @@ func TestNoHardLinksWithdrawKeepsTheSourceForOthers(t *testing.T) {
 	}
 }
 
-// fakeClock is a clock the test moves.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // A staged message publishes only before its deadline: a recipient
 // reached later, or whose publish (link/rename, fsync of new/) ended
 // later because the filer hung meanwhile, gets a temporary failure and
@@ -347,7 +329,7 @@ func TestCommitDeadline(t *testing.T) {
 		{name: "rename of the last of two hangs", two: true, hangOn: "rename"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := &fakeClock{now: time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)}
+			clock := testkit.NewClock(time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC))
 			ffs := &faultFS{}
 			s, root := newTestStore(t, ffs, func(o *Options) { o.Now = clock.Now })
 			alice, bob := mailbox(root, "alice"), mailbox(root, "bob")
@@ -476,7 +458,7 @@ func TestDirFsyncOnlyWhereDirOpsAreNotSynchronous(t *testing.T) {
 // copy: it is acknowledged instead.
 func TestLateDeliveryNotWithdrawnIsAcknowledged(t *testing.T) {
 	const deadline = 5 * time.Minute
-	clock := &fakeClock{now: time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)}
+	clock := testkit.NewClock(time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC))
 	ffs := &faultFS{}
 	s, root := newTestStore(t, ffs, func(o *Options) { o.Now = clock.Now })
 	alice := mailbox(root, "alice")

@@ -99,6 +99,46 @@ func (c *newc) close() error {
 // lab's /init, lab-ctl and lab-stop, the static labmount helper, and the
 // host's tc with its libraries (for netem inside the guest).
 func BuildInitramfs(ctx context.Context, a *Assets, labmount, out string) error {
+	return writeInitramfs(ctx, out, initramfsOptions{
+		Busybox: a.Busybox,
+		Init:    "init",
+		Dirs:    []string{"mnt", "var"},
+		Add: func(c *newc) error {
+			lm, err := os.ReadFile(labmount)
+			if err != nil {
+				return err
+			}
+			c.file("bin/labmount", lm, 0o755)
+			if err := c.modules(a.Modules); err != nil {
+				return err
+			}
+			c.file("etc/hostname", []byte("lab\n"), 0o644)
+			return addDynamic(ctx, c, "tc", "usr/local/sbin/tc")
+		},
+	})
+}
+
+// baseDirs are the directories every lab guest's initramfs has.
+var baseDirs = []string{"bin", "sbin", "usr/bin", "usr/sbin", "usr/local/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root"}
+
+// initramfsOptions says what a lab VM's initramfs holds beyond the base.
+type initramfsOptions struct {
+	// Busybox is the static busybox binary.
+	Busybox string
+	// Init is the file under guest/ that becomes /init.
+	Init string
+	// Dirs are directories beyond baseDirs.
+	Dirs []string
+	// Add writes the VM's own files (modules, programs, /etc).
+	Add func(c *newc) error
+}
+
+// writeInitramfs writes a lab VM's initramfs (gzip-compressed cpio) to
+// out: what every lab guest needs (baseDirs and o.Dirs, /dev/console and
+// /dev/null, busybox with its applet links, o.Init as /init, lab-ctl and
+// lab-stop), then what o.Add writes. It writes out+".tmp" and renames it,
+// so that an interrupted build never leaves a truncated image under out.
+func writeInitramfs(ctx context.Context, out string, o initramfsOptions) error {
 	f, err := os.Create(out + ".tmp")
 	if err != nil {
 		return err
@@ -106,43 +146,26 @@ func BuildInitramfs(ctx context.Context, a *Assets, labmount, out string) error 
 	defer f.Close()
 	gz, _ := gzip.NewWriterLevel(f, gzip.BestSpeed)
 	c := &newc{w: gz, dirs: map[string]bool{}}
-
-	for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "usr/local/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "mnt", "var", "root"} {
+	for _, d := range append(append([]string(nil), baseDirs...), o.Dirs...) {
 		c.dir(d)
 	}
+	// The kernel opens /dev/console for init's stdio before anything
+	// could create it.
 	c.chr("dev/console", 5, 1)
 	c.chr("dev/null", 1, 3)
-
-	if err := c.busybox(ctx, a.Busybox); err != nil {
+	if err := c.busybox(ctx, o.Busybox); err != nil {
 		return err
 	}
-
-	for _, name := range []string{"init", "lab-ctl", "lab-stop"} {
-		b, err := guestFiles.ReadFile("guest/" + name)
+	for _, g := range []struct{ name, dst string }{{o.Init, "init"}, {"lab-ctl", "bin/lab-ctl"}, {"lab-stop", "bin/lab-stop"}} {
+		b, err := guestFiles.ReadFile("guest/" + g.name)
 		if err != nil {
 			return err
 		}
-		dst := "bin/" + name
-		if name == "init" {
-			dst = "init"
-		}
-		c.file(dst, b, 0o755)
+		c.file(g.dst, b, 0o755)
 	}
-	lm, err := os.ReadFile(labmount)
-	if err != nil {
+	if err := o.Add(c); err != nil {
 		return err
 	}
-	c.file("bin/labmount", lm, 0o755)
-
-	if err := c.modules(a.Modules); err != nil {
-		return err
-	}
-	c.file("etc/hostname", []byte("lab\n"), 0o644)
-
-	if err := addDynamic(ctx, c, "tc", "usr/local/sbin/tc"); err != nil {
-		return err
-	}
-
 	if err := c.close(); err != nil {
 		return err
 	}
@@ -189,17 +212,9 @@ func addDynamic(ctx context.Context, c *newc, prog, dst string) error {
 		return err
 	}
 	c.file(dst, b, 0o755)
-	out, err := exec.CommandContext(ctx, "ldd", p).Output()
+	libs, err := sharedLibs(ctx, p)
 	if err != nil {
-		return fmt.Errorf("lab: ldd %s: %v", p, err)
-	}
-	var libs []string
-	for _, line := range strings.Split(string(out), "\n") {
-		for _, f := range strings.Fields(line) {
-			if strings.HasPrefix(f, "/") {
-				libs = append(libs, f)
-			}
-		}
+		return err
 	}
 	sort.Strings(libs)
 	seen := map[string]bool{}

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"compress/gzip"
 	"context"
 	"fmt"
 	"os"
@@ -322,31 +321,24 @@ func knfsEtc() (map[string]string, error) {
 // the front ends), and the nfs-kernel-server and rpcbind programs with
 // their libraries and /etc files.
 func buildFilerInitramfs(ctx context.Context, a *Assets, out string) error {
-	f, err := os.Create(out + ".tmp")
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	gz, _ := gzip.NewWriterLevel(f, gzip.BestSpeed)
-	c := &newc{w: gz, dirs: map[string]bool{}}
-	for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "usr/local/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "srv", "var/lib/nfs", "root"} {
-		c.dir(d)
-	}
-	c.chr("dev/console", 5, 1)
-	c.chr("dev/null", 1, 3)
-	if err := c.busybox(ctx, a.Busybox); err != nil {
-		return err
-	}
-	for name, dst := range map[string]string{"filer-init": "init", "lab-ctl": "bin/lab-ctl", "lab-stop": "bin/lab-stop"} {
-		b, err := guestFiles.ReadFile("guest/" + name)
-		if err != nil {
-			return err
-		}
-		c.file(dst, b, 0o755)
-	}
-	if err := c.modules(a.Modules); err != nil {
-		return err
-	}
+	return writeInitramfs(ctx, out, initramfsOptions{
+		Busybox: a.Busybox,
+		Init:    "filer-init",
+		Dirs:    []string{"srv", "var/lib/nfs"},
+		Add: func(c *newc) error {
+			if err := c.modules(a.Modules); err != nil {
+				return err
+			}
+			if err := addKNFSEtc(c); err != nil {
+				return err
+			}
+			return addKNFSPrograms(ctx, c)
+		},
+	})
+}
+
+// addKNFSEtc writes knfsEtc's files, in a fixed order, and /etc/mtab.
+func addKNFSEtc(c *newc) error {
 	etc, err := knfsEtc()
 	if err != nil {
 		return err
@@ -360,6 +352,12 @@ func buildFilerInitramfs(ctx context.Context, a *Assets, out string) error {
 		c.file(n, []byte(etc[n]), 0o644)
 	}
 	c.symlink("etc/mtab", "/proc/mounts")
+	return nil
+}
+
+// addKNFSPrograms copies knfsPrograms from the host into /usr/sbin, and
+// the shared libraries they need, each once, under the same paths.
+func addKNFSPrograms(ctx context.Context, c *newc) error {
 	libs := map[string]bool{}
 	for _, p := range knfsPrograms {
 		path, err := lookPath(p)
@@ -391,16 +389,7 @@ func buildFilerInitramfs(ctx context.Context, a *Assets, out string) error {
 		}
 		c.file(l, b, 0o755)
 	}
-	if err := c.close(); err != nil {
-		return err
-	}
-	if err := gz.Close(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(out+".tmp", out)
+	return nil
 }
 
 // sharedLibs lists the absolute paths ldd names for a program.

@@ -7,11 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nfsdrop/nfsdrop/internal/testkit"
 	"github.com/nfsdrop/nfsdrop/internal/userdb"
 	"github.com/nfsdrop/nfsdrop/internal/volume"
 	"github.com/nfsdrop/nfsdrop/lmtp"
@@ -206,24 +206,6 @@ func TestSwapBetweenRecipients(t *testing.T) {
 	w.onlyMessage("zed", "body line\r\n")
 }
 
-// testClock is a clock the test moves.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // No acknowledgement to nobody: a recipient whose delivery is not done
 // by the commit deadline (counted from the end of the data, where
 // Postfix starts its lmtp_data_done_timeout) is answered 4xx and nothing
@@ -243,7 +225,7 @@ func TestCommitDeadline(t *testing.T) {
 		{"fsync of alice's new/ hangs", "syncdir", "/alice/Maildir/new", map[string]bool{"alice": false, "bob": false}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := &testClock{now: time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)}
+			clock := testkit.NewClock(time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC))
 			w := newWorld(t, worldOpts{now: clock.Now, commitDeadline: deadline}, "alice", "bob")
 			var hung atomic.Bool
 			w.setHook(func(op, path string) (error, bool) {

@@ -367,7 +367,7 @@ func TestVolumeMovedMaildirFollowed(t *testing.T) {
 // while b1 on the other volume is acknowledged: acknowledged <=> in new/.
 func TestVolumesCommitDeadline(t *testing.T) {
 	const deadline = 5 * time.Minute
-	clock := &testClock{now: time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)}
+	clock := testkit.NewClock(time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC))
 	w := newVolWorld(t, Options{Now: clock.Now, CommitDeadline: deadline})
 	var hung atomic.Bool
 	w.fs1.mu.Lock()

@@ -1,7 +1,9 @@
 // Package testkit holds the small helpers that tests of several packages
 // share: a log buffer safe for concurrent writers, polling until a
-// condition holds (instead of fixed sleeps), self-signed certificates and
-// a raw line client for POP3 and LMTP/SMTP.
+// condition holds (instead of fixed sleeps), a clock the test moves,
+// self-signed certificates and a raw line client for POP3 and LMTP/SMTP.
+//
+// It must not import store: store's own tests (package store) import it.
 //
 // It is imported only by tests. Real peers (Postfix, slapd, clamd, ...)
 // live in internal/testenv; this package starts nothing.

@@ -85,3 +85,15 @@ func TestSelfSignedCert(t *testing.T) {
 		t.Errorf("the written PEM files do not load: %v", err)
 	}
 }
+
+func TestClockMovesOnlyOnAdvance(t *testing.T) {
+	start := time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)
+	c := NewClock(start)
+	if got := c.Now(); !got.Equal(start) {
+		t.Fatalf("Now() = %v, want the start %v", got, start)
+	}
+	c.Advance(5 * time.Minute)
+	if got, want := c.Now(), start.Add(5*time.Minute); !got.Equal(want) {
+		t.Fatalf("after Advance(5m): Now() = %v, want %v", got, want)
+	}
+}
