@@ -806,7 +806,10 @@ type termResult struct {
 	// Running whether it was still alive at the end of the hang.
 	Restarted map[string]string
 	Running   map[string]bool
-	Err       string
+	// Held counts the threads of daemons still there a second after
+	// lmtp.shutdown_timeout by "STATE WCHAN" (their kernel wait).
+	Held map[string]int
+	Err  string
 }
 
 func (t *termResult) String() string {
@@ -823,6 +826,14 @@ func (t *termResult) String() string {
 		}
 	}
 	s := fmt.Sprintf("SIGTERM on %s during the hang (bound %v): %s", t.Host, labShutdownTimeout, strings.Join(parts, "; "))
+	if len(t.Held) > 0 {
+		var held []string
+		for k, n := range t.Held {
+			held = append(held, fmt.Sprintf("%d× %s", n, k))
+		}
+		sort.Strings(held)
+		s += "; threads still there after the bound: " + strings.Join(held, ", ")
+	}
 	if t.Err != "" {
 		s += "; " + t.Err
 	}
@@ -854,8 +865,13 @@ func (t *termResult) problems() []string {
 // /proc/uptime; it prints "exit DAEMON PID START END" (END "-" if still
 // running when it stopped waiting). Builtins and usleep only, nothing on
 // NFS: it must answer while the filer hangs.
-func termCommand(wait time.Duration) string {
-	return fmt.Sprintf(`read -r a </tmp/pid.lmtpd; read -r b </tmp/pid.pop3d; read -r t0 _ </proc/uptime; kill -TERM $a $b; ea=-; eb=-; n=0; while [ $n -lt %d ]; do read -r t _ </proc/uptime; [ "$ea" = - ] && [ ! -d /proc/$a ] && ea=$t; [ "$eb" = - ] && [ ! -d /proc/$b ] && eb=$t; [ "$ea" != - ] && [ "$eb" != - ] && break; usleep 100000; n=$((n + 1)); done; echo "exit lmtpd $a $t0 $ea"; echo "exit pop3d $b $t0 $eb"`, int(wait/(100*time.Millisecond)))
+//
+// After dumpAfter it also prints "task PID/task/TID STATE WCHAN" for every
+// thread of a daemon still there: where in the kernel a process that
+// outlives its shutdown is held.
+func termCommand(wait, dumpAfter time.Duration) string {
+	dumpAt := int(dumpAfter / (100 * time.Millisecond))
+	return fmt.Sprintf(`read -r a </tmp/pid.lmtpd; read -r b </tmp/pid.pop3d; read -r t0 _ </proc/uptime; kill -TERM $a $b; ea=-; eb=-; n=0; while [ $n -lt %d ]; do read -r t _ </proc/uptime; [ "$ea" = - ] && [ ! -d /proc/$a ] && ea=$t; [ "$eb" = - ] && [ ! -d /proc/$b ] && eb=$t; [ "$ea" != - ] && [ "$eb" != - ] && break; if [ $n = %d ]; then for k in /proc/$a/task/* /proc/$b/task/*; do [ -d "$k" ] || continue; w=-; read -r w <$k/wchan; st=-; while read -r f v _; do [ "$f" = State: ] && st=$v; done <$k/status; echo "task ${k#/proc/} $st $w"; done 2>/dev/null; fi; usleep 100000; n=$((n + 1)); done; echo "exit lmtpd $a $t0 $ea"; echo "exit pop3d $b $t0 $eb"`, int(wait/(100*time.Millisecond)), dumpAt)
 }
 
 // parseTermOutput reads termCommand's output into r.Exited and returns
@@ -864,6 +880,10 @@ func parseTermOutput(out string, r *termResult) map[string]string {
 	old := map[string]string{}
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
+		if len(f) == 4 && f[0] == "task" {
+			r.Held[f[2]+" "+f[3]]++
+			continue
+		}
 		if len(f) != 5 || f[0] != "exit" {
 			continue
 		}
@@ -881,12 +901,12 @@ func parseTermOutput(out string, r *termResult) map[string]string {
 // exits (issue 16: SIGTERM still exits within its bound while a filer
 // hangs). The VM script starts each again a second after it exits.
 func (r *filersRun) termDuringHang(ctx context.Context, vm *VM) *termResult {
-	res := &termResult{Host: vm.Host, Exited: map[string]time.Duration{}, Restarted: map[string]string{}, Running: map[string]bool{}}
+	res := &termResult{Host: vm.Host, Exited: map[string]time.Duration{}, Restarted: map[string]string{}, Running: map[string]bool{}, Held: map[string]int{}}
 	wait := labShutdownTimeout + 30*time.Second
 	ectx, cancel := context.WithTimeout(ctx, wait+30*time.Second)
 	defer cancel()
 	r.f.Lab.logf("filers: fault: SIGTERM to %s's lmtpd and pop3d during the hang", vm.Host)
-	out, code, err := vm.Exec(ectx, termCommand(wait))
+	out, code, err := vm.Exec(ectx, termCommand(wait, labShutdownTimeout+time.Second))
 	if err != nil || code != 0 {
 		res.Err = fmt.Sprintf("exit %d, %v: %s", code, err, strings.TrimSpace(out))
 		return res

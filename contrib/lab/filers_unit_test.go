@@ -142,7 +142,12 @@ func TestTermCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range []string{"lmtpd", "pop3d"} {
+		// lmtpd ignores SIGTERM for a while: it is still there when the
+		// threads are listed.
 		c := exec.Command("sleep", "60")
+		if d == "lmtpd" {
+			c = exec.Command("sh", "-c", `trap "" TERM; sleep 1`)
+		}
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -153,17 +158,20 @@ func TestTermCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cmd := strings.ReplaceAll(termCommand(20*time.Second), "/tmp/", dir+"/")
+	cmd := strings.ReplaceAll(termCommand(20*time.Second, 300*time.Millisecond), "/tmp/", dir+"/")
 	c := exec.Command("sh", "-c", cmd)
 	c.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
 	out, err := c.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	res := &termResult{Host: "mx1", Exited: map[string]time.Duration{}, Running: map[string]bool{"lmtpd": true, "pop3d": true}}
+	res := &termResult{Host: "mx1", Exited: map[string]time.Duration{}, Running: map[string]bool{"lmtpd": true, "pop3d": true}, Held: map[string]int{}}
 	old := parseTermOutput(string(out), res)
 	if len(old) != 2 || len(res.Exited) != 2 {
 		t.Fatalf("parsed %v and %v from %q", old, res.Exited, out)
+	}
+	if res.Exited["lmtpd"] < 500*time.Millisecond || len(res.Held) == 0 {
+		t.Errorf("the process ignoring SIGTERM: exit after %v, threads listed %v (output %q)", res.Exited["lmtpd"], res.Held, out)
 	}
 	for d, e := range res.Exited {
 		if e < 0 || e > 10*time.Second {
