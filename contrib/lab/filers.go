@@ -794,6 +794,13 @@ func (r *filersRun) phases(ctx context.Context) {
 // SIGTERM, hung filer or not.
 const labShutdownTimeout = 30 * time.Second
 
+// labStopBound is how long a daemon may take from SIGTERM to exit while a
+// filer hangs: lmtp.shutdown_timeout, plus pop3d's 5 s for the sessions
+// it closed to give back their mailbox locks (pop3.Server.Shutdown), plus
+// 2 s for the process to end and the guest's polling. Below the packaged
+// units' TimeoutStopSec (45 s), after which systemd would SIGKILL it.
+const labStopBound = labShutdownTimeout + 7*time.Second
+
 // termResult is what became of one VM's daemons after SIGTERM during the
 // hang.
 type termResult struct {
@@ -820,12 +827,12 @@ func (t *termResult) String() string {
 		case !ok:
 			parts = append(parts, d+" did NOT exit")
 		case !t.Running[d]:
-			parts = append(parts, fmt.Sprintf("%s exited in %.1fs, restart NOT running at link-up", d, e.Seconds()))
+			parts = append(parts, fmt.Sprintf("%s exited in %.1fs, restart NOT running and listening at link-up", d, e.Seconds()))
 		default:
-			parts = append(parts, fmt.Sprintf("%s exited in %.1fs, restarted and running at link-up", d, e.Seconds()))
+			parts = append(parts, fmt.Sprintf("%s exited in %.1fs, restarted and listening at link-up", d, e.Seconds()))
 		}
 	}
-	s := fmt.Sprintf("SIGTERM on %s during the hang (bound %v): %s", t.Host, labShutdownTimeout, strings.Join(parts, "; "))
+	s := fmt.Sprintf("SIGTERM on %s during the hang (shutdown_timeout %v, bound %v): %s", t.Host, labShutdownTimeout, labStopBound, strings.Join(parts, "; "))
 	if len(t.Held) > 0 {
 		var held []string
 		for k, n := range t.Held {
@@ -851,10 +858,10 @@ func (t *termResult) problems() []string {
 		switch {
 		case !ok:
 			out = append(out, fmt.Sprintf("%s: %s did not exit after SIGTERM while the filer hung", t.Host, d))
-		case e > labShutdownTimeout+5*time.Second:
-			out = append(out, fmt.Sprintf("%s: %s took %.1fs to exit after SIGTERM while the filer hung (bound %v)", t.Host, d, e.Seconds(), labShutdownTimeout))
+		case e > labStopBound:
+			out = append(out, fmt.Sprintf("%s: %s took %.1fs to exit after SIGTERM while the filer hung (bound %v)", t.Host, d, e.Seconds(), labStopBound))
 		case !t.Running[d]:
-			out = append(out, fmt.Sprintf("%s: %s, restarted during the hang, was not running at its end", t.Host, d))
+			out = append(out, fmt.Sprintf("%s: %s, restarted during the hang, was not running and listening at its end", t.Host, d))
 		}
 	}
 	return out
@@ -922,11 +929,22 @@ func (r *filersRun) termDuringHang(ctx context.Context, vm *VM) *termResult {
 	return res
 }
 
-// checkRestarted records whether the restarted daemons are still alive.
+// daemonPorts are the daemons' listening ports in /proc/net/tcp's hex.
+var daemonPorts = map[string]string{"lmtpd": ":0018", "pop3d": ":006E"}
+
+// listeningCommand prints the local address of every listening TCP
+// socket (state 0A in /proc/net/tcp), with builtins only.
+const listeningCommand = `while read -r _ l _ st _; do [ "$st" = 0A ] && echo "$l"; done </proc/net/tcp; true`
+
+// checkRestarted records whether each restarted daemon is alive and
+// listening on its port at the end of the hang: it started while its
+// filer was away (the old one exited, so the socket is the new one's).
 func (r *filersRun) checkRestarted(ctx context.Context, vm *VM, res *termResult) {
+	listening, _, lerr := vm.Exec(ctx, listeningCommand)
 	for d, p := range res.Restarted {
 		out, code, err := vm.Exec(ctx, "[ -d /proc/"+p+" ] && echo alive; true")
-		res.Running[d] = err == nil && code == 0 && strings.TrimSpace(out) == "alive"
+		alive := err == nil && code == 0 && strings.TrimSpace(out) == "alive"
+		res.Running[d] = alive && lerr == nil && strings.Contains(listening, daemonPorts[d]+"\n")
 	}
 	r.rep.Problems = append(r.rep.Problems, res.problems()...)
 }

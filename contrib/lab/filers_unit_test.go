@@ -1,6 +1,8 @@
 package lab
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -195,7 +197,29 @@ func TestTermResultProblems(t *testing.T) {
 	if p := r.problems(); len(p) != 1 || !strings.Contains(p[0], "pop3d, restarted") {
 		t.Errorf("problems %q", p)
 	}
-	if s := r.String(); !strings.Contains(s, "lmtpd exited in 1.0s, restarted and running") {
+	if s := r.String(); !strings.Contains(s, "lmtpd exited in 1.0s, restarted and listening") {
 		t.Errorf("String %q", s)
+	}
+}
+
+// TestListeningCommand runs the listening-socket reader under the host's
+// sh: a listener this test opens is in its output, in /proc/net/tcp's
+// hex form (the form daemonPorts uses).
+func TestListeningCommand(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	out, err := exec.Command("sh", "-c", listeningCommand).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	want := fmt.Sprintf("0100007F:%04X\n", l.Addr().(*net.TCPAddr).Port)
+	if !strings.Contains(string(out), want) {
+		t.Errorf("listening sockets %q lack %q", out, want)
+	}
+	if daemonPorts["lmtpd"] != fmt.Sprintf(":%04X", 24) || daemonPorts["pop3d"] != fmt.Sprintf(":%04X", 110) {
+		t.Errorf("daemonPorts %v", daemonPorts)
 	}
 }
