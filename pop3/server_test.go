@@ -1002,6 +1002,61 @@ func TestShutdownEndsIdleSessions(t *testing.T) {
 	log.waitFor(t, "pop3 session", "end=shutdown", "user=alice", "deleted=0")
 }
 
+// TestShutdownCarriesOutSentCommands: commands a client had already sent
+// when the stop came (here DELE and QUIT pipelined behind a RETR still
+// being written) are carried out, QUIT's deletions included: they need
+// no further read, and the client is owed their answers.
+func TestShutdownCarriesOutSentCommands(t *testing.T) {
+	b := newFakeBackend(fakeMsg{gen: 16 << 20})
+	opts := baseOptions()
+	ts := startServer(t, b, opts, false)
+	c := aliceIn(t, ts.addr)
+	if tc, ok := c.C.(*net.TCPConn); ok {
+		tc.SetReadBuffer(64 << 10)
+	}
+	// One write: the session reads all three in one go, and the RETR
+	// then blocks writing, the client reading no more than its answer line.
+	c.raw("RETR 1\r\nDELE 1\r\nQUIT\r\n")
+	c.expect("+OK")
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		shut <- ts.Shutdown(ctx)
+	}()
+	testkit.Eventually(t, 10*time.Second, ts.isClosing, func() string { return "the server never started closing" })
+	c.body()
+	c.expect("+OK")
+	c.expect("+OK pop.test bye (1 messages deleted)")
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	b.box(t, 0).ended(t, 1, 0)
+}
+
+// TestShutdownEndsPendingTLSHandshake: a POP3S connection whose client
+// never starts the handshake does not hold the stop for the handshake
+// timeout (30 s).
+func TestShutdownEndsPendingTLSHandshake(t *testing.T) {
+	srvTLS, _ := testCert(t)
+	b := newFakeBackend(testMessages...)
+	opts := baseOptions()
+	opts.TLSConfig = func() *tls.Config { return srvTLS }
+	ts := startServer(t, b, opts, true)
+	raw, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	testkit.Eventually(t, 10*time.Second, func() bool { return ts.Sessions() == 1 }, func() string { return "no session for the connection" })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with a handshake pending: %v, want nil (ended at once)", err)
+	}
+	ts.log.waitFor(t, "pop3 session", "end=shutdown")
+}
+
 // TestIdleMemory checks the memory budget: 5,000 idle sessions in at most
 // 64 KiB each. It measures a few hundred, server and client ends together
 // (both live in this process), so the server end is well below the sum.

@@ -264,9 +264,9 @@ func (ss *session) readLine() ([]byte, error) {
 	// Checked after setting the deadline: Shutdown marks the server
 	// closing, then moves every connection's read deadline to now; either
 	// this sees closing, or Shutdown's deadline replaced ours and the read
-	// below returns at once. Pipelined commands already read are dropped
-	// too: without their QUIT, none of them commits anything.
-	if ss.s.isClosing() {
+	// below returns at once. Commands the client already sent (pipelined,
+	// perhaps ending with QUIT) are still carried out: they need no read.
+	if ss.s.isClosing() && !ss.lineBuffered() {
 		ss.line(replyShuttingDown)
 		return nil, errShuttingDown
 	}
@@ -571,7 +571,16 @@ func (ss *session) startTLS(cfg *tls.Config) error {
 	}
 	tc := tls.Server(ss.conn, cfg)
 	tc.SetDeadline(time.Now().Add(ss.s.handshakeTimeout))
+	// As in readLine: Shutdown marks the server closing, then moves every
+	// connection's deadline to now; checked after setting ours, one of
+	// the two ends a handshake a client never makes.
+	if ss.s.isClosing() {
+		return errShuttingDown
+	}
 	if err := tc.HandshakeContext(ss.s.ctx); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) && ss.s.isClosing() {
+			return errShuttingDown
+		}
 		return fmt.Errorf("TLS handshake: %w", err)
 	}
 	tc.SetDeadline(time.Time{})
