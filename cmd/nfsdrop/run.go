@@ -174,6 +174,11 @@ func (d *daemonRun) run(ctx context.Context) error {
 			d.backend.Swap(ne.sources())
 		}
 		d.current.Store(ne)
+		// Gates the reload kept log through the new configuration's
+		// logger only now that it is the one in use.
+		for _, g := range ne.gates {
+			g.SetLogger(ne.log)
+		}
 		old.Close()
 		return nil
 	})

@@ -477,8 +477,10 @@ type LMTP struct {
 	// Postfix, which has not had a reply, delivers those messages again
 	// later. pop3d stops the same way: sessions waiting for a command end
 	// at once, and a command in progress (a RETR, the deletions of a QUIT)
-	// may go on this long. Default "30s"; at least "1s". Keep it below
-	// systemd's TimeoutStopSec.
+	// may go on this long, and pop3d then gives the sessions it closed up
+	// to 5s to hand back their mailbox locks. Default "30s"; at least
+	// "1s". Keep it at least 10s below systemd's TimeoutStopSec (45s in
+	// the packaged units).
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 
 	// CommitDeadline is how long after the end of a message's data it may

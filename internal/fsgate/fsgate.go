@@ -151,7 +151,22 @@ func MarkerProbe(name string) func(store.FS) error {
 	}
 }
 
-// setLogger makes l (nil: discard) receive the up/down transitions.
+// SetLogger makes l (nil: discard) receive the up/down transitions (a
+// reloaded configuration's logger, for a gate the reload kept).
+func (g *Gate) SetLogger(l *slog.Logger) { g.setLogger(l) }
+
+// inheritHealth starts g, a new gate, with old's health: a reload that
+// changed a volume's settings during a hang must not start it up.
+func (g *Gate) inheritHealth(old *Gate) {
+	old.mu.Lock()
+	down, since := old.down, old.downSince
+	old.mu.Unlock()
+	g.mu.Lock()
+	g.down, g.downSince = down, since
+	g.mu.Unlock()
+	g.obs.VolumeUp(down == nil)
+}
+
 func (g *Gate) setLogger(l *slog.Logger) {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)

@@ -44,9 +44,13 @@ func NewPool() *Pool {
 // options o (ForVolume's arguments, on the real filesystem), running its
 // probe: the same gate as an earlier Get with the same volume, path,
 // marker, slots, wait and probe settings that has not been given back,
-// or else a new one. o.Logger replaces the kept gate's (a reload may
-// change the log level); o.Observer and o.Probe are used only for a new
-// gate. Each Get is matched by a Put.
+// or else a new one. A kept gate keeps its logger until the caller, once
+// the configuration asking for it is in use, gives it the new one
+// (SetLogger): a reload that fails must leave the running one's.
+// o.Observer and o.Probe are used only for a new gate. A new gate for a
+// volume that already has one (its settings changed) starts with that
+// gate's health: a volume down stays down, with no new slots on a hung
+// filer, until its own probe answers. Each Get is matched by a Put.
 func (p *Pool) Get(path, marker string, o Options) *Gate {
 	k := poolKey{volume: o.Volume, path: path, marker: marker, maxCalls: o.MaxCalls, callWait: o.CallWait,
 		probeInterval: o.ProbeInterval, probeTimeout: o.ProbeTimeout}
@@ -54,10 +58,15 @@ func (p *Pool) Get(path, marker string, o Options) *Gate {
 	defer p.mu.Unlock()
 	if e := p.gates[k]; e != nil {
 		e.refs++
-		e.g.setLogger(o.Logger)
 		return e.g
 	}
 	g := ForVolume(nil, path, marker, o)
+	for other, e := range p.gates {
+		if other.volume == o.Volume {
+			g.inheritHealth(e.g)
+			break
+		}
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	go g.Run(ctx)
 	p.gates[k] = &pooled{g: g, refs: 1, stop: stop}

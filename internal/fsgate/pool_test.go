@@ -12,8 +12,8 @@ import (
 // TestPoolKeepsGateAcrossReload: a second Get of an unchanged volume (a
 // reload) returns the same gate, still down if it was down (a new gate
 // would start up and let another volume_max_calls calls block on the
-// hung filer); changed settings give a new gate; the probe of a gate
-// stops with its last Put.
+// hung filer); changed settings give a new gate, which starts with the
+// volume's health (down); the probe of a gate stops with its last Put.
 func TestPoolKeepsGateAcrossReload(t *testing.T) {
 	var probes atomic.Int64
 	failing := errors.New("filer not answering")
@@ -40,6 +40,9 @@ func TestPoolKeepsGateAcrossReload(t *testing.T) {
 	g3 := p.Get("/srv/v1", ".m", o2)
 	if g3 == g2 {
 		t.Fatal("changed max_calls kept the old gate")
+	}
+	if g3.Err() == nil {
+		t.Fatal("the new gate of a volume that is down started up (it would hand out slots on a hung filer)")
 	}
 	p.Put(g2)
 	p.Put(g3)
