@@ -761,6 +761,11 @@ func (r *filersRun) phases(ctx context.Context) {
 		p.Err = err.Error()
 	}
 	tLinkUp := time.Now()
+	if down := tLinkUp.Sub(tDown); down > o.LinkDown+5*time.Second {
+		// A short outage (TestFilers') is held until the SIGTERM step
+		// has seen both daemons exit and start again.
+		p.Name = fmt.Sprintf("knfsd tap down for %v (%v asked, held for the SIGTERM step)", down.Round(time.Second), o.LinkDown)
+	}
 	sleep(ctx, o.Phase)
 	p.Windows = []*Window{{Name: "before", Start: before, End: tDown}, {Name: "during", Start: tDown, End: tLinkUp}, {Name: "after", Start: tLinkUp, End: time.Now()}}
 	before = tLinkUp

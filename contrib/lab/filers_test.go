@@ -13,7 +13,9 @@ import (
 // nfsdrop-lab -filers is the long one): two front ends with a volume on
 // nfs-ganesha and one on the kernel NFS server VM, the load through
 // HAProxy and Postfix, the kernel server SIGKILLed and restarted, then
-// cut off for 15 s (NFSDROP_LAB_FILERS_LINKDOWN, a duration), a baseline
+// cut off for 15 s (NFSDROP_LAB_FILERS_LINKDOWN, a duration; held longer
+// while mx1's daemons, sent SIGTERM during it, exit and start again: each
+// must exit within labStopBound), a baseline
 // and "after" windows of 10 s (NFSDROP_LAB_FILERS_PHASE). Every invariant
 // must hold. When the nfsdrop binary cannot load a configuration with
 // [[store.volumes]] (issue 16's volumes not merged), the front ends run
@@ -35,7 +37,7 @@ func TestFilers(t *testing.T) {
 			*d = v
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute+2*linkDown+6*phase)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute+2*linkDown+6*phase+labStopBound)
 	defer cancel()
 	l := newTestLab(t, ctx)
 	testenv.Require(t, "haproxy", "haproxy")
