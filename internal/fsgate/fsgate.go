@@ -286,8 +286,10 @@ func lookup[T any](g *Gate, call func() (T, error), release func(T)) (T, error) 
 		err error
 	}
 	done := make(chan result, 1)
+	start := time.Now()
 	go func() {
 		v, err := call()
+		g.answered(start)
 		done <- result{v, err}
 	}()
 	t := time.NewTimer(g.o.LookupTimeout)
@@ -314,7 +316,38 @@ func (g *Gate) do(call func() error) error {
 		return err
 	}
 	defer g.release()
-	return call()
+	start := time.Now()
+	err := call()
+	g.answered(start)
+	return err
+}
+
+// answered notes that a call started at start has returned. One that was
+// in flight for at least ProbeTimeout, and so across the volume going
+// down, was held by the filer and is now answered: the filer is back.
+// The volume is marked up at once rather than when the probe, stuck in
+// the same outage, returns a moment later: in between, the caller's next
+// calls (the rest of a delivery whose rename into new/ was just carried
+// out) would be refused, and a 4xx for a message already in new/ is a
+// duplicate. A call answered from the client's cache is quick and proves
+// nothing, hence the duration.
+func (g *Gate) answered(start time.Time) {
+	if time.Since(start) < g.o.ProbeTimeout {
+		return
+	}
+	g.mu.Lock()
+	heldAcross := g.down != nil && start.Before(g.downSince)
+	downSince := g.downSince
+	if heldAcross {
+		// Checked and changed under one lock: a probe marking a new
+		// outage meanwhile is not undone.
+		g.down = nil
+	}
+	g.mu.Unlock()
+	if heldAcross {
+		g.log.Load().Warn("volume up again: a call held by the filer was answered", "volume", g.o.Volume, "down_for", time.Since(downSince).Round(time.Second))
+		g.obs.VolumeUp(true)
+	}
 }
 
 // closeGated closes a File or Dir: with a slot like any call, but a
@@ -397,6 +430,7 @@ func (g *Gate) record(probeErr error) {
 	if wasUp && probeErr != nil {
 		g.downSince = time.Now()
 	}
+	downSince := g.downSince
 	g.mu.Unlock()
 	switch {
 	case wasUp && probeErr != nil:
@@ -405,7 +439,7 @@ func (g *Gate) record(probeErr error) {
 	case !wasUp && probeErr == nil:
 		// Warn, not Info: a site logging at warn, which saw the volume
 		// go down, must see it come back too.
-		g.log.Load().Warn("volume up again", "volume", g.o.Volume, "down_for", time.Since(g.downSince).Round(time.Second))
+		g.log.Load().Warn("volume up again", "volume", g.o.Volume, "down_for", time.Since(downSince).Round(time.Second))
 		g.obs.VolumeUp(true)
 	}
 }

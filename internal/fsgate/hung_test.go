@@ -194,3 +194,58 @@ func TestRefusedVerificationIsTemporary(t *testing.T) {
 		t.Fatalf("unverifiable publish: %v (kind %v), want a temporary failure", err, fe.Kind)
 	}
 }
+
+// stuckRenameFS holds the rename into new/ in the "kernel" until released,
+// while the test marks the volume down (its probe timed out meanwhile);
+// then the rename is carried out and answered: the filer is back, but
+// the probe has not answered yet.
+type stuckRenameFS struct {
+	store.OSFS
+	entered, release chan struct{}
+}
+
+func (s *stuckRenameFS) Rename(oldname, newname string) error {
+	if strings.Contains(store.ResolvedPath(newname), "/new/") {
+		close(s.entered)
+		<-s.release
+	}
+	return s.OSFS.Rename(oldname, newname)
+}
+
+// TestCallAnsweredAfterHangMarksVolumeUp: a delivery whose rename into
+// new/ was stuck in a hung filer and is answered when the filer comes
+// back must not be failed by the gate because its probe has not noticed
+// yet (CI's TestScaleOut: the calls after the rename, the directory's
+// identity and fsync, were refused, the withdrawal too, and the 4xx left
+// the message in new/ for Postfix to deliver again). A call in flight
+// longer than the probe timeout that is answered is the filer answering:
+// the volume is up.
+func TestCallAnsweredAfterHangMarksVolumeUp(t *testing.T) {
+	inner := &stuckRenameFS{entered: make(chan struct{}), release: make(chan struct{})}
+	v := newVolumeForTest(t, "filer1", inner, Options{MaxCalls: 4, ProbeTimeout: 50 * time.Millisecond})
+	type result struct {
+		d   store.Delivery
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		d, err := v.store.Deliver(v.mailbox(1), strings.NewReader("Subject: x\r\n\r\nbody\r\n"))
+		done <- result{d, err}
+	}()
+	<-inner.entered
+	time.Sleep(60 * time.Millisecond) // in flight longer than the probe timeout
+	v.gate.record(fmt.Errorf("probe not answered: %w", syscall.ETIMEDOUT))
+	close(inner.release)
+	r := <-done
+	inNew := v.countFiles(t, "new")
+	switch {
+	case r.err == nil && inNew == 1:
+	case r.err != nil && inNew == 0:
+		t.Errorf("delivery failed (%v) although the filer answered its rename; nothing in new/, so no duplicate, but the retry was needless", r.err)
+	default:
+		t.Fatalf("delivery answered %v with %d messages in new/ (a 4xx with the message stored is a duplicate)", r.err, inNew)
+	}
+	if err := v.gate.Err(); err != nil {
+		t.Errorf("volume still down after a call stuck in it was answered: %v", err)
+	}
+}
