@@ -20,6 +20,12 @@ func (s *Store) classify(op string, err error) error {
 	}
 	var fe *failure.Error
 	if errors.As(err, &fe) {
+		if fe.Op != op && errors.Is(err, syscall.ETIMEDOUT) {
+			// A refusal from the volume's gate: keep its answer, and name
+			// the store operation it stopped, so that the log tells
+			// whether the message had already been published.
+			return &failure.Error{Kind: fe.Kind, Defer: fe.Defer, Op: op, Reason: fe.Reason, Detail: fe.Detail, DSN: fe.DSN, Err: err}
+		}
 		return err
 	}
 	var errno syscall.Errno

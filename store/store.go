@@ -20,6 +20,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -239,10 +240,17 @@ func (s *Store) CheckMount() error {
 	}
 	p := s.markerPath
 	err := s.retryStale(func() error { _, err := s.fs.Lstat(p); return err })
-	if err != nil {
-		return failure.Temp("mount guard", "mail store not mounted", fmt.Errorf("marker %s: %w", p, err))
+	var fe *failure.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &fe):
+		// The lookup was refused (the volume's filer is not answering):
+		// say that, not "not mounted", which sends an administrator to
+		// check the mounts of a filer that is only hung.
+		return &failure.Error{Kind: fe.Kind, Op: "mount guard", Reason: fe.Reason, DSN: fe.DSN, Err: fmt.Errorf("marker %s: %w", p, err)}
 	}
-	return nil
+	return failure.Temp("mount guard", "mail store not mounted", fmt.Errorf("marker %s: %w", p, err))
 }
 
 // retryStale runs op again while it fails with ESTALE, at most s.retries

@@ -249,3 +249,20 @@ func TestCallAnsweredAfterHangMarksVolumeUp(t *testing.T) {
 		t.Errorf("volume still down after a call stuck in it was answered: %v", err)
 	}
 }
+
+// TestMountGuardRefusedSaysVolumeUnavailable: while the volume is down, a
+// delivery is refused at the mount guard with the gate's answer ("mail
+// volume unavailable"), not "mail store not mounted", which would send
+// an administrator to check the mounts of a filer that is only hung.
+func TestMountGuardRefusedSaysVolumeUnavailable(t *testing.T) {
+	v := newVolumeForTest(t, "filer1", nil, Options{MaxCalls: 4})
+	v.gate.record(fmt.Errorf("probe not answered: %w", syscall.ETIMEDOUT))
+	_, err := v.store.Deliver(v.mailbox(1), strings.NewReader("Subject: x\r\n\r\nbody\r\n"))
+	fe := failure.As(err)
+	if err == nil || !fe.Temporary() || fe.Reason != "mail volume unavailable" {
+		t.Fatalf("delivery on a down volume: %v (reason %q), want a temporary \"mail volume unavailable\"", err, fe.Reason)
+	}
+	if !strings.Contains(err.Error(), "mount guard") {
+		t.Errorf("error %q does not name the operation refused", err)
+	}
+}
