@@ -810,6 +810,9 @@ const labStopBound = labShutdownTimeout + 7*time.Second
 // hang.
 type termResult struct {
 	Host string
+	// MainDone is each daemon's time from SIGTERM until its own code was
+	// done (main thread exited); absent when it was not within the wait.
+	MainDone map[string]time.Duration
 	// Exited is each daemon's time from SIGTERM to exit, as the guest's
 	// own clock saw it; absent when it had not exited when the guest
 	// stopped waiting (labShutdownTimeout + 30 s).
@@ -824,13 +827,21 @@ type termResult struct {
 	Err  string
 }
 
+func newTermResult(host string) *termResult {
+	return &termResult{Host: host, Exited: map[string]time.Duration{}, MainDone: map[string]time.Duration{},
+		Restarted: map[string]string{}, Running: map[string]bool{}, Held: map[string]int{}}
+}
+
 func (t *termResult) String() string {
 	var parts []string
 	for _, d := range []string{"lmtpd", "pop3d"} {
-		e, ok := t.Exited[d]
+		m, stopped := t.MainDone[d]
+		e, gone := t.Exited[d]
 		switch {
-		case !ok:
-			parts = append(parts, d+" did NOT exit")
+		case !stopped:
+			parts = append(parts, d+" did NOT stop")
+		case !gone:
+			parts = append(parts, fmt.Sprintf("%s stopped in %.1fs, its process then held by the kernel until the filer answered (threads in uninterruptible waits on it)", d, m.Seconds()))
 		case !t.Running[d]:
 			parts = append(parts, fmt.Sprintf("%s exited in %.1fs, restart NOT running and listening at link-up", d, e.Seconds()))
 		default:
@@ -852,20 +863,25 @@ func (t *termResult) String() string {
 	return s
 }
 
-// problems are the ways the SIGTERM check failed.
+// problems are the ways the SIGTERM check failed: a daemon whose own
+// code did not stop within the bound, or one that exited but whose
+// restart was not serving. A process held by the kernel after its code
+// stopped is not one: no user space can end a thread in an
+// uninterruptible wait on a hard mount (its restart waits for the filer).
 func (t *termResult) problems() []string {
 	var out []string
 	if t.Err != "" {
 		out = append(out, "SIGTERM during the hang: "+t.Err)
 	}
 	for _, d := range []string{"lmtpd", "pop3d"} {
-		e, ok := t.Exited[d]
+		m, stopped := t.MainDone[d]
+		_, gone := t.Exited[d]
 		switch {
-		case !ok:
-			out = append(out, fmt.Sprintf("%s: %s did not exit after SIGTERM while the filer hung", t.Host, d))
-		case e > labStopBound:
-			out = append(out, fmt.Sprintf("%s: %s took %.1fs to exit after SIGTERM while the filer hung (bound %v)", t.Host, d, e.Seconds(), labStopBound))
-		case !t.Running[d]:
+		case !stopped:
+			out = append(out, fmt.Sprintf("%s: %s did not stop after SIGTERM while the filer hung", t.Host, d))
+		case m > labStopBound:
+			out = append(out, fmt.Sprintf("%s: %s took %.1fs to stop after SIGTERM while the filer hung (bound %v)", t.Host, d, m.Seconds(), labStopBound))
+		case gone && !t.Running[d]:
 			out = append(out, fmt.Sprintf("%s: %s, restarted during the hang, was not running and listening at its end", t.Host, d))
 		}
 	}
@@ -873,21 +889,27 @@ func (t *termResult) problems() []string {
 }
 
 // termCommand sends SIGTERM to the daemons named in /tmp/pid.lmtpd and
-// /tmp/pid.pop3d and waits for both to be gone, timing each exit with
-// /proc/uptime; it prints "exit DAEMON PID START END" (END "-" if still
-// running when it stopped waiting). Builtins and usleep only, nothing on
-// NFS: it must answer while the filer hangs.
+// /tmp/pid.pop3d and times, with /proc/uptime, when each one's own code
+// was done (its main thread exited: the process is gone, or only a
+// zombie leader is left) and when the process was gone. A thread inside
+// an uninterruptible wait on the hung filer (waiting for page writeback
+// in fsync or close) keeps an exiting process in the kernel until the
+// filer answers, whatever user space does, SIGKILL included. It prints
+// "exit DAEMON PID START GONE MAINDONE" ("-" for what did not happen
+// within wait). Builtins and usleep only, nothing on NFS: it must answer
+// while the filer hangs.
 //
 // After dumpAfter it also prints "task PID/task/TID STATE WCHAN" for every
 // thread of a daemon still there: where in the kernel a process that
-// outlives its shutdown is held.
+// outlives its shutdown is held. It stops waiting once both processes
+// are gone, or once both mains are done and the threads were listed.
 func termCommand(wait, dumpAfter time.Duration) string {
 	dumpAt := int(dumpAfter / (100 * time.Millisecond))
-	return fmt.Sprintf(`read -r a </tmp/pid.lmtpd; read -r b </tmp/pid.pop3d; read -r t0 _ </proc/uptime; kill -TERM $a $b; ea=-; eb=-; n=0; while [ $n -lt %d ]; do read -r t _ </proc/uptime; [ "$ea" = - ] && [ ! -d /proc/$a ] && ea=$t; [ "$eb" = - ] && [ ! -d /proc/$b ] && eb=$t; [ "$ea" != - ] && [ "$eb" != - ] && break; if [ $n = %d ]; then for k in /proc/$a/task/* /proc/$b/task/*; do [ -d "$k" ] || continue; w=-; read -r w <$k/wchan; st=-; while read -r f v _; do [ "$f" = State: ] && st=$v; done <$k/status; echo "task ${k#/proc/} $st $w"; done 2>/dev/null; fi; usleep 100000; n=$((n + 1)); done; echo "exit lmtpd $a $t0 $ea"; echo "exit pop3d $b $t0 $eb"`, int(wait/(100*time.Millisecond)), dumpAt)
+	return fmt.Sprintf(`done_() { s=-; while read -r f v _; do [ "$f" = State: ] && s=$v; done </proc/$1/status; [ ! -d /proc/$1 ] || [ "$s" = Z ]; } 2>/dev/null; read -r a </tmp/pid.lmtpd; read -r b </tmp/pid.pop3d; read -r t0 _ </proc/uptime; kill -TERM $a $b; ea=-; eb=-; ma=-; mb=-; n=0; while [ $n -lt %d ]; do read -r t _ </proc/uptime; [ "$ea" = - ] && [ ! -d /proc/$a ] && ea=$t; [ "$eb" = - ] && [ ! -d /proc/$b ] && eb=$t; [ "$ma" = - ] && done_ $a && ma=$t; [ "$mb" = - ] && done_ $b && mb=$t; [ "$ea" != - ] && [ "$eb" != - ] && break; [ "$ma" != - ] && [ "$mb" != - ] && [ $n -gt %d ] && break; if [ $n = %d ]; then for k in /proc/$a/task/* /proc/$b/task/*; do [ -d "$k" ] || continue; w=-; read -r w <$k/wchan; st=-; while read -r f v _; do [ "$f" = State: ] && st=$v; done <$k/status; echo "task ${k#/proc/} $st $w"; done 2>/dev/null; fi; usleep 100000; n=$((n + 1)); done; echo "exit lmtpd $a $t0 $ea $ma"; echo "exit pop3d $b $t0 $eb $mb"`, int(wait/(100*time.Millisecond)), dumpAt, dumpAt)
 }
 
-// parseTermOutput reads termCommand's output into r.Exited and returns
-// the old processes.
+// parseTermOutput reads termCommand's output into r and returns the old
+// processes.
 func parseTermOutput(out string, r *termResult) map[string]string {
 	old := map[string]string{}
 	for _, line := range strings.Split(out, "\n") {
@@ -896,14 +918,19 @@ func parseTermOutput(out string, r *termResult) map[string]string {
 			r.Held[f[2]+" "+f[3]]++
 			continue
 		}
-		if len(f) != 5 || f[0] != "exit" {
+		if len(f) != 6 || f[0] != "exit" {
 			continue
 		}
 		old[f[1]] = f[2]
-		t0, err0 := strconv.ParseFloat(f[3], 64)
-		t1, err1 := strconv.ParseFloat(f[4], 64)
-		if err0 == nil && err1 == nil {
-			r.Exited[f[1]] = time.Duration((t1 - t0) * float64(time.Second))
+		t0, err := strconv.ParseFloat(f[3], 64)
+		if err != nil {
+			continue
+		}
+		if t, err := strconv.ParseFloat(f[4], 64); err == nil {
+			r.Exited[f[1]] = time.Duration((t - t0) * float64(time.Second))
+		}
+		if t, err := strconv.ParseFloat(f[5], 64); err == nil {
+			r.MainDone[f[1]] = time.Duration((t - t0) * float64(time.Second))
 		}
 	}
 	return old
@@ -913,7 +940,7 @@ func parseTermOutput(out string, r *termResult) map[string]string {
 // exits (issue 16: SIGTERM still exits within its bound while a filer
 // hangs). The VM script starts each again a second after it exits.
 func (r *filersRun) termDuringHang(ctx context.Context, vm *VM) *termResult {
-	res := &termResult{Host: vm.Host, Exited: map[string]time.Duration{}, Restarted: map[string]string{}, Running: map[string]bool{}, Held: map[string]int{}}
+	res := newTermResult(vm.Host)
 	wait := labShutdownTimeout + 30*time.Second
 	ectx, cancel := context.WithTimeout(ctx, wait+30*time.Second)
 	defer cancel()

@@ -167,10 +167,14 @@ func TestTermCommand(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	res := &termResult{Host: "mx1", Exited: map[string]time.Duration{}, Running: map[string]bool{"lmtpd": true, "pop3d": true}, Held: map[string]int{}}
+	res := newTermResult("mx1")
+	res.Running = map[string]bool{"lmtpd": true, "pop3d": true}
 	old := parseTermOutput(string(out), res)
 	if len(old) != 2 || len(res.Exited) != 2 {
 		t.Fatalf("parsed %v and %v from %q", old, res.Exited, out)
+	}
+	if len(res.MainDone) != 2 || res.MainDone["lmtpd"] > res.Exited["lmtpd"] {
+		t.Errorf("main done %v, gone %v", res.MainDone, res.Exited)
 	}
 	if res.Exited["lmtpd"] < 500*time.Millisecond || len(res.Held) == 0 {
 		t.Errorf("the process ignoring SIGTERM: exit after %v, threads listed %v (output %q)", res.Exited["lmtpd"], res.Held, out)
@@ -185,19 +189,38 @@ func TestTermCommand(t *testing.T) {
 	}
 }
 
-// TestTermResultProblems: a daemon that did not exit, one that took
-// longer than the bound, and a restart that died are each a problem.
+// TestTermResultProblems: a daemon whose code did not stop, one that took
+// longer than the bound, and a restart that died are each a problem; a
+// process held by the kernel after its code stopped in time is not.
 func TestTermResultProblems(t *testing.T) {
-	r := &termResult{Host: "mx1", Exited: map[string]time.Duration{"pop3d": labShutdownTimeout + time.Minute}, Running: map[string]bool{"pop3d": true}}
+	r := newTermResult("mx1")
+	r.MainDone["pop3d"] = labShutdownTimeout + time.Minute
+	r.Exited["pop3d"] = labShutdownTimeout + time.Minute
+	r.Running["pop3d"] = true
 	p := r.problems()
-	if len(p) != 2 || !strings.Contains(p[0], "lmtpd did not exit") || !strings.Contains(p[1], "pop3d took") {
+	if len(p) != 2 || !strings.Contains(p[0], "lmtpd did not stop") || !strings.Contains(p[1], "pop3d took") {
 		t.Errorf("problems %q", p)
 	}
-	r = &termResult{Host: "mx1", Exited: map[string]time.Duration{"lmtpd": time.Second, "pop3d": time.Second}, Running: map[string]bool{"lmtpd": true}}
+	r = newTermResult("mx1")
+	for _, d := range []string{"lmtpd", "pop3d"} {
+		r.MainDone[d], r.Exited[d] = time.Second, time.Second
+	}
+	r.Running["lmtpd"] = true
 	if p := r.problems(); len(p) != 1 || !strings.Contains(p[0], "pop3d, restarted") {
 		t.Errorf("problems %q", p)
 	}
 	if s := r.String(); !strings.Contains(s, "lmtpd exited in 1.0s, restarted and listening") {
+		t.Errorf("String %q", s)
+	}
+	// lmtpd's code stopped at the deadline, its process held in the
+	// kernel by a thread waiting for the filer's writeback.
+	r = newTermResult("mx1")
+	r.MainDone["lmtpd"] = labShutdownTimeout
+	r.MainDone["pop3d"], r.Exited["pop3d"], r.Running["pop3d"] = time.Second, time.Second, true
+	if p := r.problems(); len(p) != 0 {
+		t.Errorf("problems %q for a process the kernel held after its code stopped in time", p)
+	}
+	if s := r.String(); !strings.Contains(s, "lmtpd stopped in 30.0s, its process then held by the kernel") {
 		t.Errorf("String %q", s)
 	}
 }
