@@ -976,22 +976,14 @@ func TestShutdown(t *testing.T) {
 // to be forced.
 func TestShutdownEndsIdleSessions(t *testing.T) {
 	b := newFakeBackend(testMessages...)
-	opts := baseOptions()
-	log := &logBuffer{}
-	opts.Logger = newTestLogger(log)
-	s := New(b, opts)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(l)
-	c := aliceIn(t, l.Addr().String())
+	ts := startServer(t, b, baseOptions(), false)
+	c := aliceIn(t, ts.addr)
 	c.ask("DELE 1", "+OK")
-	idle := greeted(t, l.Addr().String())
+	idle := greeted(t, ts.addr)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := s.Shutdown(ctx); err != nil {
+	if err := ts.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown with only idle sessions: %v, want nil (they end at once)", err)
 	}
 	for _, cl := range []*client{c, idle} {
@@ -999,7 +991,7 @@ func TestShutdownEndsIdleSessions(t *testing.T) {
 		cl.eof()
 	}
 	b.box(t, 0).ended(t, 0, 1)
-	log.waitFor(t, "pop3 session", "end=shutdown", "user=alice", "deleted=0")
+	ts.log.waitFor(t, "pop3 session", "end=shutdown", "user=alice", "deleted=0")
 }
 
 // TestShutdownCarriesOutSentCommands: commands a client had already sent

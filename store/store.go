@@ -240,17 +240,18 @@ func (s *Store) CheckMount() error {
 	}
 	p := s.markerPath
 	err := s.retryStale(func() error { _, err := s.fs.Lstat(p); return err })
-	var fe *failure.Error
-	switch {
-	case err == nil:
+	if err == nil {
 		return nil
-	case errors.As(err, &fe):
-		// The lookup was refused (the volume's filer is not answering):
-		// say that, not "not mounted", which sends an administrator to
-		// check the mounts of a filer that is only hung.
-		return &failure.Error{Kind: fe.Kind, Op: "mount guard", Reason: fe.Reason, DSN: fe.DSN, Err: fmt.Errorf("marker %s: %w", p, err)}
 	}
-	return failure.Temp("mount guard", "mail store not mounted", fmt.Errorf("marker %s: %w", p, err))
+	err = fmt.Errorf("marker %s: %w", p, err)
+	if errors.As(err, new(*failure.Error)) {
+		// The lookup was refused (the volume's filer is not answering):
+		// classify keeps that answer, not "not mounted", which would send
+		// an administrator to check the mounts of a filer that is only
+		// hung.
+		return s.classify("mount guard", err)
+	}
+	return failure.Temp("mount guard", "mail store not mounted", err)
 }
 
 // retryStale runs op again while it fails with ESTALE, at most s.retries

@@ -120,7 +120,7 @@ func New(inner store.FS, o Options) *Gate {
 		o.LookupTimeout = o.ProbeTimeout
 	}
 	g := &Gate{inner: inner, o: o, obs: o.Observer, slots: make(chan struct{}, o.MaxCalls)}
-	g.setLogger(o.Logger)
+	g.SetLogger(o.Logger)
 	if g.obs == nil {
 		g.obs = nopObserver{}
 	}
@@ -151,10 +151,6 @@ func MarkerProbe(name string) func(store.FS) error {
 	}
 }
 
-// SetLogger makes l (nil: discard) receive the up/down transitions (a
-// reloaded configuration's logger, for a gate the reload kept).
-func (g *Gate) SetLogger(l *slog.Logger) { g.setLogger(l) }
-
 // inheritHealth starts g, a new gate, with old's health: a reload that
 // changed a volume's settings during a hang must not start it up.
 func (g *Gate) inheritHealth(old *Gate) {
@@ -167,7 +163,9 @@ func (g *Gate) inheritHealth(old *Gate) {
 	g.obs.VolumeUp(down == nil)
 }
 
-func (g *Gate) setLogger(l *slog.Logger) {
+// SetLogger makes l (nil: discard) receive the up/down transitions (a
+// reloaded configuration's logger, for a gate the reload kept).
+func (g *Gate) SetLogger(l *slog.Logger) {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
 	}

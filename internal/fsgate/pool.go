@@ -16,9 +16,8 @@ import (
 // changed one gets a new gate, and the old one's probe stops when the
 // last configuration using it is closed.
 type Pool struct {
-	mu     sync.Mutex
-	gates  map[poolKey]*pooled
-	byGate map[*Gate]poolKey
+	mu    sync.Mutex
+	gates map[poolKey]*pooled
 }
 
 // poolKey is what makes two volumes' gates the same gate.
@@ -37,7 +36,7 @@ type pooled struct {
 
 // NewPool makes an empty pool.
 func NewPool() *Pool {
-	return &Pool{gates: map[poolKey]*pooled{}, byGate: map[*Gate]poolKey{}}
+	return &Pool{gates: map[poolKey]*pooled{}}
 }
 
 // Get returns the gate of the volume at path with its mount marker and
@@ -70,7 +69,6 @@ func (p *Pool) Get(path, marker string, o Options) *Gate {
 	ctx, stop := context.WithCancel(context.Background())
 	go g.Run(ctx)
 	p.gates[k] = &pooled{g: g, refs: 1, stop: stop}
-	p.byGate[g] = k
 	return g
 }
 
@@ -79,17 +77,16 @@ func (p *Pool) Get(path, marker string, o Options) *Gate {
 func (p *Pool) Put(g *Gate) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	k, ok := p.byGate[g]
-	if !ok {
+	for k, e := range p.gates { // a few volumes: no index needed
+		if e.g != g {
+			continue
+		}
+		if e.refs--; e.refs == 0 {
+			e.stop()
+			delete(p.gates, k)
+		}
 		return
 	}
-	e := p.gates[k]
-	if e.refs--; e.refs > 0 {
-		return
-	}
-	e.stop()
-	delete(p.gates, k)
-	delete(p.byGate, g)
 }
 
 // Len is the number of gates in use.
