@@ -364,6 +364,13 @@ var lmtpdSavedRE = regexp.MustCompile(`^250 2\.0\.0 <([^>]+)> <([^>]+)> Saved$`)
 // lands in the Maildirs.
 func TestLMTPDPostfix(t *testing.T) {
 	w := newLmtpdWorld(t)
+	// The volume's health probe runs only at start: "store unavailable"
+	// below removes the marker to see the store's own guard answer "mail
+	// store not mounted", and a probe landing in that window would mark
+	// the volume down instead (another answer, and an ERROR line that
+	// this test rightly refuses). The probe has its own tests
+	// (TestLMTPDReloadKeepsVolumeHealth, internal/fsgate).
+	w.writeConfig(lmtpdConfig{storeExtra: "volume_probe_interval = \"1h\"\n"})
 	w.start()
 	w.waitReady()
 	pf := postfix.StartT(t, postfix.Options{
